@@ -1,0 +1,337 @@
+"""Agent configuration: a YAML file validated by pydantic, overridable from the environment.
+
+Every model forbids unknown keys so a typo is an error, not a silent default. Secrets are
+``SecretStr`` and come from the file, from ``<field>_file`` (a path, e.g. a mounted Secret),
+or from ``OPENFINANCE_SOURCE_<NAME>_<FIELD>`` (``NAME`` upper-cased, non-alphanumerics as
+``_``). Other settings can be overridden with ``OPENFINANCE_<SECTION>__<KEY>``, for example
+``OPENFINANCE_STATE__PATH=/data/state.db``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "OPENFINANCE_"
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))+\s*$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> float:
+    """``"90s"``, ``"1h30m"``, ``"250ms"`` or a number of seconds → seconds."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and _DURATION.match(value):
+        return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+    raise ValueError("expected a duration such as 30s, 5m or 1h")
+
+
+def _duration_validator(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, Field(json_schema_extra={"format": "duration"})]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScheduleConfig(_Strict):
+    """Either an interval with jitter, or a cron expression (5 fields, the agent's time zone)."""
+
+    interval: Duration | None = 3600.0
+    jitter: Duration = 300.0
+    cron: str | None = None
+    timezone: str = "UTC"
+    run_at_start: bool = True
+
+    _check_durations = field_validator("interval", "jitter", mode="before")(
+        lambda v: None if v is None else _duration_validator(v)
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_fields(cls, v: str | None) -> str | None:
+        if v is not None and len(v.split()) != 5:
+            raise ValueError("cron needs 5 fields: minute hour day month day_of_week")
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ScheduleConfig:
+        if self.cron is None and (self.interval is None or self.interval <= 0):
+            raise ValueError("set interval (> 0) or cron")
+        return self
+
+
+class HttpConfig(_Strict):
+    """How a source talks to its upstream."""
+
+    timeout: Duration = 30.0
+    connect_timeout: Duration = 10.0
+    max_concurrency: int = Field(8, ge=1, le=256)
+    rate_limit_per_second: float = Field(20.0, gt=0)
+    rate_limit_burst: int = Field(20, ge=1)
+    max_retries: int = Field(4, ge=0, le=20)
+    backoff_base: Duration = 0.5
+    backoff_max: Duration = 30.0
+    http2: bool = False
+    verify_tls: bool = True
+
+    _check_durations = field_validator(
+        "timeout", "connect_timeout", "backoff_base", "backoff_max", mode="before"
+    )(_duration_validator)
+
+
+class ShardConfig(_Strict):
+    """Split customers between replicas by a stable hash: this replica takes ``index`` of ``count``."""
+
+    index: int = Field(0, ge=0)
+    count: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> ShardConfig:
+        if self.index >= self.count:
+            raise ValueError(f"index must be < count ({self.count})")
+        return self
+
+
+class _SourceBase(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+    base_url: str
+    schedule: ScheduleConfig = ScheduleConfig()
+    http: HttpConfig = HttpConfig()
+    shard: ShardConfig = ShardConfig()
+    institution_cache_ttl: Duration = 86400.0
+    page_size: int = Field(1000, ge=1, le=1000)
+
+    _check_ttl = field_validator("institution_cache_ttl", mode="before")(_duration_validator)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/")
+
+    def secret_fields(self) -> tuple[str, ...]:
+        return ()
+
+
+class FinicitySourceConfig(_SourceBase):
+    """Mastercard Open Finance US (the Finicity API)."""
+
+    provider: Literal["finicity"]
+    base_url: str = "https://api.finicity.com"
+    app_key: SecretStr | None = None
+    app_key_file: Path | None = None
+    partner_id: str | None = None
+    partner_secret: SecretStr | None = None
+    partner_secret_file: Path | None = None
+    customer_type: Literal["active", "testing", "all"] = "active"
+    simple_accounts: bool = False
+    token_renew_after: Duration = 5400.0
+
+    _check_renew = field_validator("token_renew_after", mode="before")(_duration_validator)
+
+    def secret_fields(self) -> tuple[str, ...]:
+        return ("app_key", "partner_secret")
+
+
+class MxSourceConfig(_SourceBase):
+    """MX Platform API (v20111101, ``Accept: application/vnd.mx.api.v1+json``)."""
+
+    provider: Literal["mx"]
+    base_url: str = "https://api.mx.com"
+    client_id: str | None = None
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    include_disabled_users: bool = False
+
+    def secret_fields(self) -> tuple[str, ...]:
+        return ("api_key",)
+
+
+SourceConfig = Annotated[FinicitySourceConfig | MxSourceConfig, Field(discriminator="provider")]
+
+
+class WebConfig(_Strict):
+    listen_address: str = ":9877"
+    telemetry_path: str = "/metrics"
+
+
+class StateConfig(_Strict):
+    """Where the tracker keeps per-account state (SQLite, WAL)."""
+
+    path: Path = Path("openfinance-state.db")
+    batch_size: int = Field(5000, ge=1, le=100_000)
+
+
+class TrackerConfig(_Strict):
+    """How statuses are turned into metrics."""
+
+    otp_streak_threshold: int = Field(3, ge=1, le=100)
+    institution_min_accounts: int = Field(
+        0, ge=0, description="Fold institutions with fewer accounts into institution_id=\"other\"."
+    )
+
+
+class Settings(BaseSettings):
+    """The whole agent configuration."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
+    sources: list[SourceConfig] = Field(default_factory=list)
+    web: WebConfig = WebConfig()
+    state: StateConfig = StateConfig()
+    tracker: TrackerConfig = TrackerConfig()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        seen: set[str] = set()
+        for src in self.sources:
+            if src.name in seen:
+                raise ValueError(f"source name {src.name!r} is used twice")
+            seen.add(src.name)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: it overrides what the file (passed as init kwargs) says.
+        return (env_settings, init_settings)
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _loc(loc: tuple[Any, ...], data: Mapping[str, Any]) -> str:
+    """Dotted path of a pydantic error location, skipping the discriminator tags."""
+    parts: list[str] = []
+    node: Any = data
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+            continue
+        if item in ("finicity", "mx") and isinstance(node, dict) and node.get("provider") == item:
+            continue
+        if item.startswith("function-"):
+            continue
+        parts.append(str(item))
+        node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts) or "(top level)"
+
+
+def _source_env_name(source_name: str, field: str) -> str:
+    return f"{ENV_PREFIX}SOURCE_{re.sub(r'[^A-Za-z0-9]', '_', source_name).upper()}_{field.upper()}"
+
+
+def _resolve_secrets(data: dict[str, Any], env: Mapping[str, str], problems: list[str]) -> None:
+    """Fill ``<field>`` from ``<field>_file`` or the per-source environment variable."""
+    secret_names = {"finicity": ("app_key", "partner_secret"), "mx": ("api_key",)}
+    plain_from_env = {"finicity": ("partner_id",), "mx": ("client_id",)}
+    for i, src in enumerate(data.get("sources") or []):
+        if not isinstance(src, dict):
+            continue
+        provider, name = src.get("provider"), src.get("name")
+        if provider not in secret_names or not isinstance(name, str):
+            continue
+        for field in secret_names[provider] + plain_from_env[provider]:
+            env_value = env.get(_source_env_name(name, field))
+            if env_value:
+                src[field] = env_value
+            file_key = f"{field}_file"
+            path = src.get(file_key)
+            if path and not src.get(field):
+                try:
+                    src[field] = Path(path).read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    problems.append(f"sources[{i}].{file_key}: cannot read file ({exc.strerror})")
+        for field in secret_names[provider]:
+            if not src.get(field) and not src.get(f"{field}_file"):
+                problems.append(
+                    f"sources[{i}].{field}: required (set it, {field}_file, "
+                    f"or {_source_env_name(name, field)})"
+                )
+        for field in plain_from_env[provider]:
+            if not src.get(field):
+                problems.append(
+                    f"sources[{i}].{field}: required (set it or {_source_env_name(name, field)})"
+                )
+
+
+def load_config(path: str | Path | None) -> Settings:
+    """Read, merge with the environment and validate; raise :class:`ConfigError` listing every problem."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError([f"{path}: not valid YAML{where}"]) from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError([f"{path}: the top level must be a mapping"])
+        data = loaded
+    problems: list[str] = []
+    _resolve_secrets(data, os.environ, problems)
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False, include_input=False):
+            msg = err["msg"].removeprefix("Value error, ")
+            line = f"{_loc(err['loc'], data)}: {msg}"
+            if line not in problems:
+                problems.append(line)
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return settings

@@ -1,0 +1,30 @@
+"""The unit of data that flows from sources to the tracker.
+
+A source turns upstream payloads into :class:`AccountStatus` records; the tracker never sees
+upstream JSON. Keeping this module free of I/O lets every layer import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True, frozen=True)
+class AccountStatus:
+    """One account (Finicity) or member (MX) as seen by one poll.
+
+    ``account_key`` is stable and opaque (an account id or member guid): it is stored in the
+    state database and never used as a label or logged at info level. ``code`` is the raw
+    upstream code as a string (``"185"``, ``"CHALLENGED"``), ``"NONE"`` for an MX null status,
+    or ``None`` when the account has never been aggregated. Times are epoch seconds; an
+    ``attempt_ts`` of ``None`` means "no settled aggregation attempt to count".
+    """
+
+    source: str
+    provider: str
+    account_key: str
+    institution_id: str
+    institution: str
+    code: str | None
+    attempt_ts: float | None = None
+    success_ts: float | None = None

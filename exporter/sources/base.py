@@ -1,0 +1,91 @@
+"""What every source implements, and the hooks it reports through.
+
+Sources know nothing of Prometheus: they report upstream traffic to an
+:class:`UpstreamObserver` (implemented by ``exporter.metrics``) and hand records to a
+:class:`SweepSink` (implemented by the tracker's sweep session).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from exporter.records import AccountStatus
+
+
+class UpstreamObserver(Protocol):
+    """Receives one call per upstream HTTP exchange, retry and auth failure."""
+
+    def request(self, source: str, endpoint: str, status_code: str, duration: float) -> None:
+        """``endpoint`` is the route template (``/aggregation/v1/customers/{customerId}/accounts``)."""
+
+    def retry(self, source: str, reason: str) -> None:
+        """``reason``: ``rate_limited``, ``server_error``, ``timeout``, ``connect_error``, ``token_expired``."""
+
+    def invalid_record(self, source: str, reason: str) -> None:
+        """A payload or record that could not be used (``malformed_json``, ``missing_field`` …)."""
+
+
+class NullObserver:
+    """An observer that drops everything (tests, tools)."""
+
+    def request(self, source: str, endpoint: str, status_code: str, duration: float) -> None:
+        pass
+
+    def retry(self, source: str, reason: str) -> None:
+        pass
+
+    def invalid_record(self, source: str, reason: str) -> None:
+        pass
+
+
+class SweepSink(Protocol):
+    """Where a sweep delivers its records, chunk by chunk, and reports progress."""
+
+    def add(self, records: Sequence[AccountStatus]) -> None:
+        """Apply a chunk of records (may be called many times per sweep)."""
+
+    def progress(self, done: int, total: int | None) -> None:
+        """Customers/users done so far, and the total when known."""
+
+
+@dataclass(slots=True)
+class SweepReport:
+    """How a sweep ended. ``complete`` is True only if every customer/user was read.
+
+    Only a complete sweep may drop accounts it did not see; a partial one keeps their last
+    state.
+    """
+
+    complete: bool
+    units_total: int = 0
+    units_failed: int = 0
+    records: int = 0
+    error: str | None = None
+
+
+class SweepFailed(Exception):
+    """The sweep could not start or was aborted (auth refused, list endpoint down)."""
+
+
+class AuthLockoutRisk(SweepFailed):
+    """Authentication was refused: the source stops until restart or config change.
+
+    Finicity locks a partner out after five failed logins, so we never retry it in a loop.
+    """
+
+
+class Source(abc.ABC):
+    """A configured upstream (``finicity-prod``) that can sweep its whole fleet."""
+
+    name: str
+    provider: str
+
+    @abc.abstractmethod
+    async def sweep(self, sink: SweepSink) -> SweepReport:
+        """Read every account once, deliver records to ``sink``; never raise for one bad unit."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release HTTP clients."""
