@@ -114,7 +114,7 @@ def cmd_codes(args) -> int:
     def line(values):
         head = "  ".join(v.ljust(widths[i]) for i, v in enumerate(values[:5]))
         return f"{head}  {values[5]}" + (f" | user: {values[6]}" if values[6] else "")
-    print(line(tuple(c.upper() for c in cols[:5]) + ("DESCRIPTION", "")))
+    print(line((*(c.upper() for c in cols[:5]), "DESCRIPTION", "")))
     for r in rows:
         print(line(r))
     return 0
@@ -162,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `openfinance-exporter codes | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -108,3 +108,41 @@ def series_labels() -> dict[str, frozenset[str]]:
             extra = {"le"} if s.endswith("_bucket") else set()
             out[s] = frozenset(m.labels) | extra
     return out
+
+
+def render_markdown() -> str:
+    """The body of ``docs/metrics.md`` (regenerate with ``python -m exporter.metric_catalog``)."""
+    lines = [
+        "# Metrics reference",
+        "",
+        "Generated from `exporter/metric_catalog.py` by `python -m exporter.metric_catalog > "
+        "docs/metrics.md`; a test fails when this file and the code disagree.",
+        "",
+        "Fleet metrics are recomputed when a sweep lands and keep their last value while a "
+        "sweep fails. No label ever carries a customer, account, login or member id.",
+        "",
+    ]
+    for group, title in (("fleet", "Fleet state"), ("agent", "The agent itself")):
+        lines += [f"## {title}", "", "| metric | type | labels | meaning |", "|---|---|---|---|"]
+        for m in METRICS:
+            if m.group == group:
+                name = m.name + ("_total" if m.type == "counter" else "")
+                labels = ", ".join(f"`{label}`" for label in m.labels) or "—"
+                lines.append(f"| `{name}` | {m.type} | {labels} | {m.help} |")
+        lines.append("")
+    lines += [
+        "Age buckets (`le`, seconds) of the gauge histograms: "
+        + ", ".join(f"{b:g}" for b in AGE_BUCKETS) + ", +Inf.",
+        "",
+        "Label values: `code` is the Finicity code as a string (`\"185\"`, `\"NONE\"` before "
+        "the first aggregation) or the MX `connection_status` (`\"CHALLENGED\"`, `\"NONE\"` "
+        "for a null status); `category` is one of ok, credentials, user_action, mfa, oauth, "
+        "institution, unsupported, account_closed, pending, disabled, manual, unknown "
+        "(see `openfinance-exporter codes`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")

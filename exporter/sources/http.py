@@ -236,6 +236,9 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
 class UpstreamClient:
     """An ``httpx.AsyncClient`` with the agent's manners: timeouts, limits, retries, reporting.
 
+    ``clock`` is wall time (for ``Retry-After`` dates), ``monotonic`` drives the rate limit and
+    durations; inject both, with ``sleep``, to test without waiting.
+
     ``is_outcome_code`` says whether an error ``code`` in a 5xx body is an aggregation outcome
     (Finicity sends those as HTTP 500): such answers are final, not retried.
     """
@@ -251,6 +254,7 @@ class UpstreamClient:
         auth: httpx.Auth | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Clock = time.time,
+        monotonic: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         random: Callable[[], float] = _random.random,
         is_outcome_code: Callable[[int], bool] = lambda code: False,
@@ -259,11 +263,13 @@ class UpstreamClient:
         self._cfg = http
         self._observer = observer
         self._clock = clock
+        self._monotonic = monotonic
         self._sleep = sleep
         self._random = random
         self._is_outcome_code = is_outcome_code
         self._semaphore = asyncio.Semaphore(http.max_concurrency)
-        self._bucket = TokenBucket(http.rate_limit_per_second, http.rate_limit_burst, clock, sleep)
+        self._bucket = TokenBucket(
+            http.rate_limit_per_second, http.rate_limit_burst, monotonic, sleep)
         self._client = httpx.AsyncClient(
             base_url=base_url,
             headers=dict(headers or {}),
@@ -335,7 +341,7 @@ class UpstreamClient:
         """One exchange under the concurrency bound and the rate limit, reported to the observer."""
         async with self._semaphore:
             await self._bucket.acquire()
-            started = self._clock()
+            started = self._monotonic()
             status = "connect_error"
             try:
                 response = await self._client.request(
@@ -347,7 +353,7 @@ class UpstreamClient:
                 status = "timeout"
                 raise
             finally:
-                self._observer.request(self.source, route, status, max(0.0, self._clock() - started))
+                self._observer.request(self.source, route, status, max(0.0, self._monotonic() - started))
 
     def _retry_reason(self, status: int, body: ErrorBody) -> str | None:
         if status == 429:

@@ -1,0 +1,410 @@
+"""Mastercard Open Finance US (the Finicity API): one sweep = customers walk + accounts per customer.
+
+Read-only: the only POST is the partner authentication. One token per source, renewed after
+``token_renew_after`` behind a single lock; a refused login stops the source for good, since
+five failed logins lock the partner out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import random as _random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from exporter.catalog import Catalog, normalise_code
+from exporter.config import FinicitySourceConfig
+from exporter.records import AccountStatus
+from exporter.sources.base import (
+    AuthLockoutRisk,
+    NullObserver,
+    Source,
+    SweepFailed,
+    SweepReport,
+    SweepSink,
+    UpstreamObserver,
+)
+from exporter.sources.http import (
+    Clock,
+    MalformedResponse,
+    RecordParser,
+    Sleep,
+    TtlCache,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamStatusError,
+    first_present,
+    in_shard,
+    parse_id,
+    run_units,
+)
+
+log = logging.getLogger(__name__)
+
+AUTH_ROUTE = "/aggregation/v2/partners/authentication"
+CUSTOMERS_ROUTE = "/aggregation/v1/customers"
+ACCOUNTS_ROUTE = "/aggregation/v1/customers/{customerId}/accounts"
+SIMPLE_ACCOUNTS_ROUTE = "/aggregation/v1/customers/{customerId}/accounts/simple"
+INSTITUTION_ROUTE = "/institution/v2/institutions/{institutionId}"
+
+RENEWABLE_TOKEN_CODES = frozenset({10022, 10023})  # invalid / expired Finicity-App-Token
+MAX_CUSTOMER_PAGES = 10_000  # safety net when the server reports no ``found``
+FALLBACK_TTL = 300.0  # keep an institution-name fallback this long after an error
+
+
+class StartMeaning(enum.Enum):
+    """How the server reads ``start`` on ``GET /customers``: the spec has said both."""
+
+    RECORD_INDEX = "record_index"
+    PAGE_NUMBER = "page_number"
+
+
+class PartnerToken:
+    """The partner's ``Finicity-App-Token``: one per source, renewed early, single flight.
+
+    A 401 on the authentication call stops the source: retrying wrong credentials five times
+    would lock the partner out.
+    """
+
+    def __init__(self, source: FinicitySource, partner_id: str, partner_secret: str):
+        self._source = source
+        self._body = {"partnerId": partner_id, "partnerSecret": partner_secret}
+        self._value: str | None = None
+        self._issued = -math.inf
+        self._lock = asyncio.Lock()
+        self.stopped = False
+
+    def _fresh(self) -> bool:
+        age = self._source.clock() - self._issued
+        return self._value is not None and age < self._source.config.token_renew_after
+
+    def check_stopped(self) -> None:
+        if self.stopped:
+            raise AuthLockoutRisk(
+                f"{self._source.name}: authentication was refused; fix the credentials and restart"
+            )
+
+    async def get(self) -> str:
+        self.check_stopped()
+        if self._fresh():
+            return self._value  # type: ignore[return-value]
+        async with self._lock:
+            self.check_stopped()
+            if self._fresh():
+                return self._value  # type: ignore[return-value]
+            return await self._create()
+
+    async def renew(self, rejected: str) -> str:
+        """A new token after ``rejected`` was refused, unless another task already renewed it."""
+        async with self._lock:
+            self.check_stopped()
+            if self._value is not None and self._value != rejected:
+                return self._value
+            return await self._create()
+
+    async def _create(self) -> str:
+        source = self._source
+        try:
+            body = await source.http.request_json("POST", AUTH_ROUTE, json=self._body)
+        except UpstreamStatusError as exc:
+            if exc.http_status == 401:
+                self.stopped = True
+                self._value = None
+                source.observer.auth_failure(source.name)
+                log.error("%s: partner authentication refused (HTTP 401, code %s); source stopped "
+                          "to avoid a partner lockout", source.name, exc.code)
+                raise AuthLockoutRisk(f"{source.name}: partner authentication refused") from None
+            raise SweepFailed(f"{source.name}: partner authentication failed: {exc}") from None
+        except UpstreamError as exc:
+            raise SweepFailed(f"{source.name}: partner authentication failed: {exc}") from None
+        token = body.get("token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            source.observer.invalid_record(source.name, "missing_field")
+            raise SweepFailed(f"{source.name}: authentication answer carries no token")
+        self._value, self._issued = token, source.clock()
+        log.debug("%s: new partner token", source.name)
+        return token
+
+
+@dataclass(slots=True)
+class CustomerWalk:
+    """The state of one walk over ``GET /customers``; decides where to go next and when to stop.
+
+    Starts with ``start`` as a 1-based record index (or the meaning learnt on an earlier
+    sweep). A page that is empty while more was announced, that brings only repeats, that
+    overlaps in page-number mode, or an end short of ``found`` means the server reads
+    ``start`` the other way: switch once, and stop at the next anomaly.
+    """
+
+    meaning: StartMeaning
+    ids: dict[str, None] = field(default_factory=dict)
+    walk_seen: set[str] = field(default_factory=set)
+    first_page: list[str] = field(default_factory=list)
+    found: int | None = None
+    page_number: int = 2
+    next_index: int = 1
+    requests: int = 0
+    switched: bool = False
+    confirmed_switch: bool = False
+    truncated: bool = False
+
+    def start(self) -> int:
+        if self.requests == 0:
+            return 1
+        return self.page_number if self.meaning is StartMeaning.PAGE_NUMBER else self.next_index
+
+    def cap(self, limit: int) -> int:
+        if self.found is None:
+            return MAX_CUSTOMER_PAGES
+        return 2 * (math.ceil(self.found / limit) + 2)
+
+    def accept(self, page_ids: list[str], more: bool, found: int | None, limit: int) -> bool:
+        """Record one page; True when the walk should fetch another page."""
+        self.requests += 1
+        if found is not None:
+            self.found = found
+        for unit_id in page_ids:
+            self.ids.setdefault(unit_id, None)
+        if self.requests == 1:
+            self.first_page = page_ids
+            self.walk_seen = set(page_ids)
+            self.next_index = 1 + len(page_ids)
+            return more and bool(page_ids) and not self._found_all() and self._under_cap(limit)
+        new = [i for i in page_ids if i not in self.walk_seen]
+        self.walk_seen.update(page_ids)
+        overlap = self.meaning is StartMeaning.PAGE_NUMBER and len(new) < len(page_ids)
+        short = self.found is not None and len(self.ids) < self.found
+        anomaly = not page_ids or not new or overlap or (not more and short)
+        if self.switched and not self.confirmed_switch and new and not overlap:
+            self.confirmed_switch = True
+        if anomaly and not self.switched:
+            self._switch()
+            return not self._found_all() and self._under_cap(limit)
+        if anomaly or not more or self._found_all():
+            return False
+        self.page_number += 1
+        self.next_index += len(page_ids)
+        return self._under_cap(limit)
+
+    def _switch(self) -> None:
+        self.switched = True
+        self.meaning = (StartMeaning.PAGE_NUMBER if self.meaning is StartMeaning.RECORD_INDEX
+                        else StartMeaning.RECORD_INDEX)
+        self.walk_seen = set(self.first_page)
+        self.page_number = 2
+        self.next_index = 1 + len(self.first_page)
+
+    def _found_all(self) -> bool:
+        return self.found is not None and len(self.ids) >= self.found
+
+    def _under_cap(self, limit: int) -> bool:
+        if self.requests < self.cap(limit):
+            return True
+        self.truncated = True
+        return False
+
+    @property
+    def complete(self) -> bool:
+        short = self.found is not None and len(self.ids) < self.found
+        return not self.truncated and not short
+
+
+class FinicitySource(Source):
+    """Polls every account of one Finicity partner, read-only."""
+
+    provider = "finicity"
+
+    def __init__(
+        self,
+        config: FinicitySourceConfig,
+        observer: UpstreamObserver | None = None,
+        *,
+        clock: Clock = time.time,
+        monotonic: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        random: Clock = _random.random,
+        transport: httpx.AsyncBaseTransport | None = None,
+        catalog: Catalog | None = None,
+    ):
+        if config.app_key is None or config.partner_id is None or config.partner_secret is None:
+            raise ValueError(f"source {config.name}: app_key, partner_id and partner_secret are required")
+        self.name = config.name
+        self.config = config
+        self.observer = observer or NullObserver()
+        self.clock = clock
+        catalog = catalog or Catalog.default()
+        self.http = UpstreamClient(
+            source=config.name,
+            base_url=config.base_url,
+            http=config.http,
+            observer=self.observer,
+            headers={
+                "Finicity-App-Key": config.app_key.get_secret_value(),
+                "Accept": "application/json",
+            },
+            transport=transport,
+            clock=clock,
+            monotonic=monotonic,
+            sleep=sleep,
+            random=random,
+            is_outcome_code=lambda code: catalog.get("finicity", str(code)) is not None,
+        )
+        self._token = PartnerToken(self, config.partner_id, config.partner_secret.get_secret_value())
+        self._parser = RecordParser(config.name, self.observer, clock)
+        self._institutions: TtlCache[str, str] = TtlCache(self._load_institution, clock)
+        self._start_meaning = StartMeaning.RECORD_INDEX
+        self._accounts_route = SIMPLE_ACCOUNTS_ROUTE if config.simple_accounts else ACCOUNTS_ROUTE
+
+    @property
+    def stopped(self) -> bool:
+        return self._token.stopped
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def sweep(self, sink: SweepSink) -> SweepReport:
+        """Walk the customers, then read each one's accounts; a failed customer makes it partial."""
+        self._token.check_stopped()
+        try:
+            customer_ids, listing_complete = await self._customer_ids()
+        except UpstreamError as exc:
+            raise SweepFailed(f"{self.name}: customer list failed: {exc}") from None
+        mine = [c for c in customer_ids if in_shard(c, self.config.shard)]
+        outcome = await run_units(
+            mine, self._customer_accounts, sink=sink,
+            concurrency=self.config.http.max_concurrency, source=self.name,
+        )
+        complete = listing_complete and outcome.failed == 0
+        log.info("%s: sweep read %d customers (%d failed), %d accounts%s", self.name, len(mine),
+                 outcome.failed, outcome.records, "" if listing_complete else ", list truncated")
+        return SweepReport(
+            complete=complete,
+            units_total=len(mine),
+            units_failed=outcome.failed,
+            records=outcome.records,
+            error=None if listing_complete else "customer list ended short of its reported total",
+        )
+
+    # ------------------------------------------------------------------ requests
+
+    async def _get(self, route: str, path: Mapping[str, object] | None = None,
+                   params: Mapping[str, object] | None = None) -> Any:
+        """GET with the partner token; on an invalid/expired token, renew once and retry once."""
+        token = await self._token.get()
+        try:
+            return await self.http.get_json(route, path, params=params,
+                                            headers={"Finicity-App-Token": token})
+        except UpstreamStatusError as exc:
+            if exc.http_status != 401 or exc.code not in RENEWABLE_TOKEN_CODES | {None}:
+                raise
+        self.observer.retry(self.name, "token_expired")
+        token = await self._token.renew(token)
+        return await self.http.get_json(route, path, params=params,
+                                        headers={"Finicity-App-Token": token})
+
+    async def _customer_ids(self) -> tuple[list[str], bool]:
+        """Every customer id, walking ``start``/``limit`` to the end and no further."""
+        limit = self.config.page_size
+        walk = CustomerWalk(self._start_meaning)
+        params: dict[str, object] = {"limit": limit}
+        if self.config.customer_type != "all":
+            params["type"] = self.config.customer_type
+        while True:
+            body = await self._get(CUSTOMERS_ROUTE, params={**params, "start": walk.start()})
+            page_ids, more, found = self._customers_page(body)
+            if not walk.accept(page_ids, more, found, limit):
+                break
+        if walk.switched and walk.confirmed_switch:
+            log.info("%s: the server reads start as a %s", self.name, walk.meaning.value)
+            self._start_meaning = walk.meaning
+        return list(walk.ids), walk.complete
+
+    def _customers_page(self, body: Any) -> tuple[list[str], bool, int | None]:
+        customers = body.get("customers") if isinstance(body, dict) else None
+        if not isinstance(customers, list):
+            self._parser.invalid("missing_field")
+            raise MalformedResponse(f"{CUSTOMERS_ROUTE} answered without a customers list",
+                                    route=CUSTOMERS_ROUTE, status="200")
+        ids: list[str] = []
+        for customer in customers:
+            customer_id = parse_id(customer.get("id")) if isinstance(customer, dict) else None
+            if customer_id is None:
+                self._parser.invalid("missing_field")
+            else:
+                ids.append(customer_id)
+        more = body.get("moreAvailable")
+        more = more is True or (isinstance(more, str) and more.strip().lower() == "true")
+        found_id = parse_id(body.get("found"))
+        found = int(found_id) if found_id is not None and found_id.isdigit() else None
+        return ids, more, found
+
+    async def _customer_accounts(self, customer_id: str) -> list[AccountStatus]:
+        """Records for one customer's accounts; a 404 means it has none (any more)."""
+        try:
+            body = await self._get(self._accounts_route, {"customerId": customer_id})
+        except UpstreamStatusError as exc:
+            if exc.http_status == 404:
+                log.debug("%s: customer %s has no accounts (404)", self.name, customer_id)
+                return []
+            raise
+        accounts = body.get("accounts") if isinstance(body, dict) else None
+        if not isinstance(accounts, list):
+            self._parser.invalid("missing_field")
+            raise MalformedResponse(f"{self._accounts_route} answered without an accounts list",
+                                    route=self._accounts_route, status="200")
+        records = []
+        for account in accounts:
+            record = await self._record(account)
+            if record is not None:
+                records.append(record)
+        return records
+
+    async def _record(self, account: object) -> AccountStatus | None:
+        if not isinstance(account, dict):
+            self._parser.invalid("missing_field")
+            return None
+        account_id = parse_id(account.get("id"))
+        institution_id = parse_id(account.get("institutionId"))
+        if account_id is None or institution_id is None:
+            self._parser.invalid("missing_field")
+            return None
+        raw_code = account.get("aggregationStatusCode")
+        code = None
+        if raw_code is not None:
+            code = normalise_code("finicity", raw_code)
+            if code is None:
+                self._parser.invalid("invalid_code")
+                return None
+        return AccountStatus(
+            source=self.name,
+            provider=self.provider,
+            account_key=account_id,
+            institution_id=institution_id,
+            institution=await self._institutions.get(institution_id),
+            code=code,
+            attempt_ts=self._parser.timestamp(account.get("aggregationAttemptDate")),
+            success_ts=self._parser.timestamp(account.get("aggregationSuccessDate")),
+        )
+
+    async def _load_institution(self, institution_id: str) -> tuple[str, float]:
+        """``displayName ?? name ?? id``; the id on 404 or error (errors kept only briefly)."""
+        ttl = self.config.institution_cache_ttl
+        try:
+            body = await self._get(INSTITUTION_ROUTE, {"institutionId": institution_id})
+        except UpstreamStatusError as exc:
+            return institution_id, ttl if exc.http_status == 404 else min(ttl, FALLBACK_TTL)
+        except UpstreamError:
+            return institution_id, min(ttl, FALLBACK_TTL)
+        institution = body.get("institution") if isinstance(body, dict) else None
+        if not isinstance(institution, dict):
+            self._parser.invalid("missing_field")
+            return institution_id, min(ttl, FALLBACK_TTL)
+        name = first_present(institution.get("displayName"), institution.get("name"))
+        return (str(name).strip() if name is not None else institution_id), ttl

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from exporter.catalog import Catalog
+from exporter.metrics import AgeCollector, AgentMetrics, Exposition, FleetCollector
+from exporter.records import AccountStatus
+from exporter.sources.base import SweepReport
+from exporter.state import StateStore
+from exporter.tracker import Tracker
+
+T0 = 1_763_700_000.0  # a Friday night in November 2025
+DAY = 86400.0
+
+
+class Clock:
+    """A hand-driven clock: tests move time, nothing sleeps."""
+
+    def __init__(self, now: float = T0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Harness:
+    """A tracker on a temporary SQLite file with its collectors and self-metrics."""
+
+    def __init__(self, path, clock: Clock, **tracker_kwargs):
+        self.path = path
+        self.clock = clock
+        self.live = CollectorRegistry()
+        self.fleet = CollectorRegistry()
+        self.metrics = AgentMetrics(self.live)
+        self.store = StateStore(path)
+        self.tracker = Tracker(self.store, clock=clock, events=self.metrics, **tracker_kwargs)
+        self.fleet.register(FleetCollector(lambda: self.tracker.snapshot, Catalog.default()))
+        self.live.register(AgeCollector(lambda: self.tracker.snapshot, clock))
+        self.exposition = Exposition(self.fleet, self.live, lambda: self.tracker.snapshot.version)
+
+    async def sweep(self, records: list[AccountStatus], *, complete: bool = True,
+                    source: str = "fin", provider: str = "finicity") -> None:
+        session = self.tracker.begin(source, provider)
+        session.add(records)
+        await session.finish(SweepReport(complete=complete))
+
+    def value(self, name: str, **labels: str) -> float | None:
+        for registry in (self.fleet, self.live):
+            v = registry.get_sample_value(name, labels)
+            if v is not None:
+                return v
+        return None
+
+    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        out = []
+        for registry in (self.fleet, self.live):
+            for family in registry.collect():
+                out += [(dict(s.labels), s.value) for s in family.samples if s.name == name]
+        return out
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def harness(tmp_path, clock) -> Harness:
+    h = Harness(tmp_path / "state.db", clock)
+    yield h
+    h.store.close()
+
+
+@pytest.fixture
+def acct(clock) -> Callable[..., AccountStatus]:
+    """A Finicity account record at the current night, overridable field by field."""
+
+    def make(key: str = "a1", code: object = 0, *, inst: str = "4222", name: str = "FinBank",
+             attempt: float | None | str = "now", success: float | None | str = "auto",
+             source: str = "fin", provider: str = "finicity") -> AccountStatus:
+        attempt_ts = clock.now - 3600 if attempt == "now" else attempt
+        if success == "auto":
+            success_ts = attempt_ts if code in (0, "0", "CONNECTED") else None
+        else:
+            success_ts = success
+        return AccountStatus(source, provider, key, inst, name, code, attempt_ts, success_ts)
+
+    return make

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import gzip
+import subprocess
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.metric_catalog import METRICS, render_markdown
+from tests.unit.conftest import Harness
+
+DOCS = Path(__file__).resolve().parents[2] / "docs/metrics.md"
+
+
+async def _fleet(h: Harness, acct) -> None:
+    h.metrics.init_source("fin", "finicity")
+    h.metrics.request("fin", "/aggregation/v1/customers", "200", 0.1)
+    await h.sweep([acct("a1", 0), acct("a2", 185), acct("a3", 910, name='Q"uote\\d\nBank')])
+
+
+def test_docs_metrics_md_matches_the_code():
+    assert DOCS.read_text() == render_markdown()
+
+
+def test_every_catalogued_metric_is_described_by_the_exporter(harness):
+    described = set()
+    for registry in (harness.fleet, harness.live):
+        for collector in list(registry._collector_to_names):
+            for family in (collector.describe() if hasattr(collector, "describe") else []):
+                described.add(family.name)
+    assert described == {m.name for m in METRICS}
+
+
+async def test_text_exposition_parses_and_passes_promtool(harness, acct, tmp_path):
+    await _fleet(harness, acct)
+    body, ctype, gzipped = harness.exposition.render("text/plain", "")
+    assert ctype.startswith("text/plain") and not gzipped
+    names = {f.name for f in text_string_to_metric_families(body.decode())}
+    assert "openfinance_accounts" in names and "openfinance_build_info" in names
+    lint = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True)
+    assert lint.returncode == 0, lint.stderr.decode() + lint.stdout.decode()
+
+
+async def test_openmetrics_and_gzip_are_served_as_one_document(harness, acct):
+    await _fleet(harness, acct)
+    body, ctype, gzipped = harness.exposition.render(
+        "application/openmetrics-text; version=1.0.0", "gzip")
+    assert gzipped and ctype.startswith("application/openmetrics-text")
+    text = gzip.decompress(body).decode()
+    assert text.count("# EOF") == 1 and text.endswith("# EOF\n")
+    assert 'openfinance_accounts{category="mfa",code="185"' in text
+
+
+async def test_fleet_bytes_are_rendered_once_per_snapshot(harness, acct, monkeypatch):
+    await _fleet(harness, acct)
+    calls = []
+    from exporter import metrics as m
+
+    real = m.text_format.generate_latest
+    monkeypatch.setattr(m.text_format, "generate_latest",
+                        lambda reg: calls.append(reg) or real(reg))
+    for _ in range(3):
+        harness.exposition.render()
+    assert sum(1 for r in calls if r is harness.fleet) == 1
+    await harness.sweep([acct("a1", 0)])
+    harness.exposition.render()
+    assert sum(1 for r in calls if r is harness.fleet) == 2
+
+
+async def test_no_account_or_customer_id_appears_in_labels(harness, acct):
+    await harness.sweep([acct("ACCT-5011648377", 185), acct("ACCT-99", 0)])
+    body, _c, _g = harness.exposition.render()
+    assert b"ACCT-" not in body
