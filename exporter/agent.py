@@ -52,7 +52,8 @@ class Agent:
         if sources is None:
             sources = [build_source(cfg, self.metrics, clock) for cfg in settings.sources]
         self.sources = sources
-        self.runner = SweepRunner(sources, self.tracker, self.metrics, clock)
+        self.runner = SweepRunner(sources, self.tracker, self.metrics, clock,
+                                  on_snapshot=self.exposition.prerender)
         self.scheduler = build_scheduler(
             self.runner, {cfg.name: cfg.schedule for cfg in settings.sources})
         self.ready = False

@@ -217,17 +217,30 @@ class Exposition:
         self._cache: tuple[int, dict[tuple[bool, bool], bytes]] | None = None
 
     def _fleet_bytes(self, openmetrics_format: bool, gzipped: bool) -> bytes:
+        """The fleet part for one format, rendered at most once per snapshot version."""
         version = self._version()
+        key = (openmetrics_format, gzipped)
         with self._lock:
             if self._cache is None or self._cache[0] != version:
-                text = text_format.generate_latest(self._fleet)
-                om = openmetrics.generate_latest(self._fleet)
-                om = om[: -len(_EOF)] if om.endswith(_EOF) else om
-                self._cache = (version, {
-                    (False, False): text, (True, False): om,
-                    (False, True): gzip.compress(text, 6), (True, True): gzip.compress(om, 6),
-                })
-            return self._cache[1][(openmetrics_format, gzipped)]
+                self._cache = (version, {})
+            parts = self._cache[1]
+            if key not in parts:
+                plain = parts.get((openmetrics_format, False))
+                if plain is None:
+                    if openmetrics_format:
+                        plain = openmetrics.generate_latest(self._fleet)
+                        plain = plain[: -len(_EOF)] if plain.endswith(_EOF) else plain
+                    else:
+                        plain = text_format.generate_latest(self._fleet)
+                    parts[(openmetrics_format, False)] = plain
+                if gzipped:
+                    parts[key] = gzip.compress(plain, 6)
+            return parts[key]
+
+    def prerender(self) -> None:
+        """Render what Prometheus will ask for (OpenMetrics, gzip) before the next scrape."""
+        self._fleet_bytes(True, True)
+        self._fleet_bytes(False, False)
 
     def render(self, accept: str = "", accept_encoding: str = "") -> tuple[bytes, str, bool]:
         """(body, content type, gzipped) for a scrape with these request headers."""

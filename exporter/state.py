@@ -10,6 +10,7 @@ the writer), so they can be done off the event loop.
 from __future__ import annotations
 
 import sqlite3
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -94,6 +95,7 @@ class StateStore:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA cache_size=-32768")  # 32 MiB of pages, bounded
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -180,12 +182,17 @@ class SourceRows(NamedTuple):
     accounts: list[tuple[str, str, str, str, int, int, int]]
     institutions: dict[str, str]
     transitions: list[tuple[str, str, str, str, int]]
-    broken_since: list[tuple[str, float]]
-    success_ts: list[float | None]
+    broken_since: dict[str, array]
+    success_ts: array
+    never_succeeded: int
 
 
 def read_source(conn: sqlite3.Connection, source: str) -> SourceRows:
-    """Read the aggregates of one source: grouped counts plus the per-account timestamps."""
+    """Read the aggregates of one source: grouped counts plus sorted per-account timestamps.
+
+    Timestamps stream straight into ``array('d')`` (8 bytes each), never into a list of
+    Python floats, so a million accounts cost megabytes, not tens of them.
+    """
     with closing(conn.cursor()) as cur:
         cur.execute("BEGIN")
         accounts = cur.execute(
@@ -199,10 +206,17 @@ def read_source(conn: sqlite3.Connection, source: str) -> SourceRows:
         transitions = cur.execute(
             "SELECT provider, institution_id, from_category, to_category, count "
             "FROM transitions WHERE source=?", (source,)).fetchall()
-        broken = cur.execute(
-            "SELECT category, broken_since FROM accounts "
-            "WHERE source=? AND broken_since IS NOT NULL", (source,)).fetchall()
-        success = [r[0] for r in cur.execute(
-            "SELECT success_ts FROM accounts WHERE source=?", (source,))]
+        broken: dict[str, array] = {}
+        for category in [r[0] for r in cur.execute(
+                "SELECT DISTINCT category FROM accounts "
+                "WHERE source=? AND broken_since IS NOT NULL", (source,))]:
+            broken[category] = array("d", (r[0] for r in cur.execute(
+                "SELECT broken_since FROM accounts WHERE source=? AND category=? "
+                "AND broken_since IS NOT NULL ORDER BY broken_since", (source, category))))
+        success = array("d", (r[0] for r in cur.execute(
+            "SELECT success_ts FROM accounts WHERE source=? AND success_ts IS NOT NULL "
+            "ORDER BY success_ts", (source,))))
+        never = cur.execute("SELECT count(*) FROM accounts WHERE source=? AND success_ts IS NULL",
+                            (source,)).fetchone()[0]
         cur.execute("COMMIT")
-    return SourceRows(accounts, names, transitions, broken, success)
+    return SourceRows(accounts, names, transitions, broken, success, never)

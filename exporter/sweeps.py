@@ -57,7 +57,9 @@ class SweepRunner:
     """Runs the sweeps of every source against one tracker."""
 
     def __init__(self, sources: list[Source], tracker: Tracker, metrics: AgentMetrics,
-                 clock: Callable[[], float] = time.time, progress_every: float = 10.0):
+                 clock: Callable[[], float] = time.time, progress_every: float = 10.0,
+                 on_snapshot: Callable[[], None] | None = None):
+        self.on_snapshot = on_snapshot
         self.sources = {s.name: s for s in sources}
         self.tracker = tracker
         self.metrics = metrics
@@ -113,6 +115,8 @@ class SweepRunner:
             result = "failed"
         else:
             await session.finish(report)
+            if self.on_snapshot is not None:
+                await asyncio.to_thread(self.on_snapshot)
             result = "success" if report.complete else "partial"
             m.sweep_accounts.labels(name).set(session.records)
             if report.complete:

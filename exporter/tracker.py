@@ -59,6 +59,8 @@ def clean_label(value: object, fallback: str) -> str:
     """
     if not isinstance(value, str) or not value.strip():
         return fallback
+    if value.isprintable() and len(value) <= _MAX_LABEL and value == value.strip():
+        return value
     text = "".join(" " if (ord(c) < 32 or 127 <= ord(c) < 160) else c for c in value).strip()
     text = text.encode("utf-8", "replace").decode("utf-8")
     return text[:_MAX_LABEL] or fallback
@@ -121,6 +123,7 @@ class Tracker:
         self._unknown_logged: set[tuple[str, str]] = set()
         self._invalid_logged: set[tuple[str, str]] = set()
         self._code_cache: dict[tuple[str, object], tuple[str, str, int, bool] | None] = {}
+        self._labels: dict[tuple[object, object], tuple[str, str]] = {}
 
     @property
     def snapshot(self) -> Snapshot:
@@ -188,13 +191,16 @@ class Tracker:
     def _timestamp(self, source: str, value: object, now: float) -> float | None:
         if value is None:
             return None
+        if type(value) is float and _MIN_TS <= value <= now + _MAX_AHEAD:
+            return value
         if (isinstance(value, int | float) and not isinstance(value, bool)
                 and math.isfinite(value) and _MIN_TS <= value <= now + _MAX_AHEAD):
             return float(value)
         self.note_invalid(source, "absurd_timestamp")
         return None
 
-    def next_state(self, rec: AccountStatus, prev: AccountRow | None, resolved, now: float):
+    def next_state(self, rec: AccountStatus, inst_id: str, prev: AccountRow | None, resolved,
+                   now: float):
         """The new stored row for one record, plus the transition it makes (if any)."""
         code, category, fixable, otp_code = resolved
         attempt = self._timestamp(rec.source, rec.attempt_ts, now)
@@ -228,7 +234,7 @@ class Tracker:
         elif attempt is None and prev_attempt is not None:
             attempt = prev_attempt
         otp = 1 if otp_code and (streak >= self.otp_streak_threshold or relapsed) else 0
-        row = AccountRow(rec.provider, "", code, category, fixable, attempt, success, broken,
+        row = AccountRow(rec.provider, inst_id, code, category, fixable, attempt, success, broken,
                          streak, after_fix, relapsed, otp)
         moved = (prev.category, category) if prev is not None and prev.category != category else None
         return row, moved
@@ -268,10 +274,6 @@ def build_aggregate(source: str, provider: str, rows: SourceRows, fold_below: in
     transitions: dict[tuple[str, str, str, str], int] = defaultdict(int)
     for _p, inst_id, frm, to, n in rows.transitions:
         transitions[(*label(inst_id), frm, to)] += n
-    broken: dict[str, list[float]] = defaultdict(list)
-    for category, ts in rows.broken_since:
-        broken[category].append(ts)
-    success = sorted(ts for ts in rows.success_ts if ts is not None)
     return SourceAggregate(
         source=source,
         provider=provider,
@@ -279,12 +281,12 @@ def build_aggregate(source: str, provider: str, rows: SourceRows, fold_below: in
         fixable=tuple((*k, n) for k, n in sorted(fixable.items())),
         otp_suspected=tuple((*k, n) for k, n in sorted(otp.items())),
         transitions=tuple((*k, n) for k, n in sorted(transitions.items())),
-        broken_since={c: array("d", sorted(v)) for c, v in broken.items()},
-        broken_sums={c: math.fsum(v) for c, v in broken.items()},
-        success_ts=array("d", success),
-        success_sum=math.fsum(success),
-        never_succeeded=len(rows.success_ts) - len(success),
-        state_accounts=len(rows.success_ts),
+        broken_since=rows.broken_since,
+        broken_sums={c: math.fsum(v) for c, v in rows.broken_since.items()},
+        success_ts=rows.success_ts,
+        success_sum=math.fsum(rows.success_ts),
+        never_succeeded=rows.never_succeeded,
+        state_accounts=len(rows.success_ts) + rows.never_succeeded,
     )
 
 
@@ -336,13 +338,20 @@ class SweepSession:
         rows: list[tuple[str, AccountRow]] = []
         transitions: dict[tuple[str, str, str, str], int] = defaultdict(int)
         names: dict[str, str] = {}
+        labels = tracker._labels
         for key, (rec, resolved) in valid.items():
-            inst_id = clean_label(rec.institution_id, "unknown")
-            name = clean_label(rec.institution, inst_id)
+            raw = (rec.institution_id, rec.institution)
+            cleaned = labels.get(raw)
+            if cleaned is None:
+                inst_id = clean_label(rec.institution_id, "unknown")
+                cleaned = (inst_id, clean_label(rec.institution, inst_id))
+                if len(labels) < 100_000:
+                    labels[raw] = cleaned
+            inst_id, name = cleaned
             if name != inst_id or inst_id not in names:
                 names[inst_id] = name
-            row, moved = tracker.next_state(rec, previous.get(key), resolved, now)
-            rows.append((key, row._replace(institution_id=inst_id)))
+            row, moved = tracker.next_state(rec, inst_id, previous.get(key), resolved, now)
+            rows.append((key, row))
             if moved is not None:
                 transitions[(rec.provider, inst_id, *moved)] += 1
         tracker.store.write_chunk(self.source, self.sweep_id, rows, transitions, names)

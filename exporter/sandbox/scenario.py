@@ -36,6 +36,7 @@ def _str_items(value: Any) -> Any:
 
 CodeWeights = Annotated[dict[str, float], BeforeValidator(_str_keys)]
 CodeList = Annotated[list[str], BeforeValidator(_str_items)]
+InstitutionRef = Annotated[str | None, BeforeValidator(lambda v: v if v is None else str(v))]
 
 
 class _Strict(BaseModel):
@@ -52,7 +53,7 @@ class OutageConfig(_Strict):
 
     enabled: bool = True
     # Institution id (Finicity, as a string) or code (MX); None: the one at ``institution_rank``.
-    institution: Annotated[str | None, BeforeValidator(lambda v: v if v is None else str(v))] = None
+    institution: InstitutionRef = None
     institution_rank: int = Field(1, ge=0, description="0 = the largest institution")
     start_night: int = Field(3, ge=0)
     nights: int = Field(4, ge=1)
@@ -75,7 +76,7 @@ class OtpConfig(_Strict):
     """
 
     enabled: bool = True
-    institution: Annotated[str | None, BeforeValidator(lambda v: v if v is None else str(v))] = None
+    institution: InstitutionRef = None
     institution_rank: int = Field(2, ge=0)
     start_night: int = Field(1, ge=0)
     loop_share: float = Field(0.06, ge=0, le=1)
