@@ -1,0 +1,951 @@
+"""Build the prebuilt Grafana dashboards with grafana-foundation-sdk and write them as JSON.
+
+One file per dashboard, ``dashboards/<uid>.json``, committed; the uid equals the file name so
+links and provisioning survive re-imports. ``python dashboards/generate.py`` rewrites them,
+``--check`` exits 1 when the committed files differ from what this script builds.
+
+Queries only use metrics from ``exporter/metric_catalog.py`` (and Prometheus' own ``ALERTS``),
+which ``tests/dashboards`` enforces. :func:`iter_queries` and :func:`substitute_variables` are
+the entry points for tests that run every panel's query against a real Prometheus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import difflib
+import importlib.util
+import json
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import bargauge, stat, table, timeseries
+from grafana_foundation_sdk.builders import common as common_builder
+from grafana_foundation_sdk.builders import dashboard as dash
+from grafana_foundation_sdk.builders import prometheus as prom
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as common_model
+from grafana_foundation_sdk.models import dashboard as model
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
+DASHBOARDS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = DASHBOARDS_DIR.parent
+STATUS_CODES_CSV = REPO_ROOT / "exporter" / "data" / "status_codes.csv"
+
+# --- Alert defaults drawn as thresholds --------------------------------------------------
+ALERTS_GENERATOR = REPO_ROOT / "alerts" / "generate.py"
+
+
+def _alert_defaults() -> dict:
+    """``DEFAULTS`` of alerts/generate.py: the dashboards draw the alert rules' own numbers."""
+    spec = importlib.util.spec_from_file_location("openfinance_alerts_generate", ALERTS_GENERATOR)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {ALERTS_GENERATOR}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(module.DEFAULTS)
+
+
+ALERT_DEFAULTS = _alert_defaults()
+# OpenFinanceInstitutionOutage: share of an institution's accounts in category "institution" …
+OUTAGE_RATIO = float(ALERT_DEFAULTS["outage_ratio"])
+OUTAGE_MIN_ACCOUNTS = int(ALERT_DEFAULTS["outage_min_accounts"])  # … and at least this many
+# OpenFinanceRepeatedOTP: suspected accounts at one institution (fires at > 0 by default).
+OTP_SUSPECTED_MIN = int(ALERT_DEFAULTS["otp_min_accounts"])
+# OpenFinanceDataStale: seconds since the last successful sweep.
+STALE_AFTER_SECONDS = int(ALERT_DEFAULTS["stale_after_seconds"])
+
+
+def _duration_text(seconds: int) -> str:
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+# --- Variables and label filters ----------------------------------------------------------
+DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
+TAG = "openfinance"
+
+FLEET = ('source=~"$source", provider=~"$provider", '
+         'institution=~"$institution", institution_id=~"$institution_id"')
+SOURCE_PROVIDER = 'source=~"$source", provider=~"$provider"'  # age histograms: no institution
+AGENT = 'source=~"$source"'  # self-metrics carry only the source
+INSTITUTION = "source, provider, institution_id, institution"
+FIXABLE_CATEGORIES = "credentials|user_action|mfa|oauth"
+
+# What a test or a person should put in place of each variable when running a query outside
+# Grafana: ``.*`` is what Grafana sends for "All" (every variable here has allValue ".*").
+DEFAULT_VARIABLE_VALUES: dict[str, str] = {
+    "source": ".*",
+    "provider": ".*",
+    "institution": ".*",
+    "institution_id": ".*",
+    "window": "1h",
+    "__rate_interval": "1m",
+    "__interval": "30s",
+    "__range": "1h",
+    "__range_s": "3600",
+}
+
+# A panel shows data when at least one of its queries returns a series: breakdowns of events
+# that may not have happened yet (retries by reason, webhooks by kind) come with a total that
+# always answers. These panels may legitimately be empty (nothing is firing).
+MAY_BE_EMPTY = frozenset({"Firing OpenFinance alerts"})
+
+
+# --- Status-code knowledge for descriptions (from the catalog data, not repeated here) -----
+def _catalog_rows() -> list[dict[str, str]]:
+    with STATUS_CODES_CSV.open(encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _compact_codes(codes: list[str]) -> str:
+    """``103, 108, 945, 946, 947`` → ``103, 108, 945–947`` (numeric runs only)."""
+    numeric = sorted(int(c) for c in codes if c.isdigit())
+    others = [c for c in codes if not c.isdigit()]
+    parts: list[str] = []
+    i = 0
+    while i < len(numeric):
+        j = i
+        while j + 1 < len(numeric) and numeric[j + 1] == numeric[j] + 1:
+            j += 1
+        if j - i >= 2:
+            parts.append(f"{numeric[i]}–{numeric[j]}")
+        else:
+            parts.extend(str(n) for n in numeric[i:j + 1])
+        i = j + 1
+    return ", ".join(parts + others)
+
+
+def _fixable(provider: str) -> str:
+    return _compact_codes([r["code"] for r in _catalog_rows()
+                           if r["provider"] == provider and r["fixable"] == "true"])
+
+
+def _codes_in(provider: str, category: str) -> str:
+    return _compact_codes([r["code"] for r in _catalog_rows()
+                           if r["provider"] == provider and r["category"] == category])
+
+
+def _code_guide() -> str:
+    return (
+        "**What the codes mean and what to do**\n\n"
+        f"- **Fixable** — Finicity {_fixable('finicity')}; MX {_fixable('mx')}: send the "
+        "customer a repair link (Finicity *Connect Fix*, MX Connect widget in update mode). "
+        "103 = the login changed at the bank; 108/109 = the bank wants the user to act on its "
+        "site first (accept terms, update security details); 185/187 = an MFA question or "
+        "one-time passcode; 945–948 = OAuth consent or token must be renewed.\n"
+        f"- **Institution** — Finicity {_codes_in('finicity', 'institution')}; MX "
+        f"{_codes_in('mx', 'institution')}: outage, maintenance or a connection being built "
+        "or repaired. Nothing the customer can do; the aggregator retries. If a 9xx code "
+        "persists for days, open a support ticket with the aggregator quoting the "
+        "institution id.\n"
+        "- **931 — one-time passcode on every refresh**: the bank asks for a passcode at "
+        "every login, so background refreshes never succeed and Connect Fix does not stop it. "
+        "Tell these users their data updates only when they refresh in the app themselves.\n"
+        f"- **Not fixable**: unsupported ({_codes_in('finicity', 'unsupported')}), account "
+        f"closed ({_codes_in('finicity', 'account_closed')}): remove the account or mark it "
+        "offline. **unknown** = a code not in the catalog: check the aggregator's docs."
+    )
+
+
+# --- Small builders ------------------------------------------------------------------------
+def _target(expr: str, legend: str = "__auto", *, instant: bool = False,
+            fmt: PromQueryFormat | None = None) -> prom.Dataquery:
+    q = prom.Dataquery().expr(expr).datasource(DATASOURCE)
+    q = q.instant() if instant else q.range()
+    if fmt is not None:
+        q = q.format(fmt)
+    if legend and fmt is not PromQueryFormat.TABLE:
+        q = q.legend_format(legend)
+    return q
+
+
+def _table_target(expr: str) -> prom.Dataquery:
+    return _target(expr, instant=True, fmt=PromQueryFormat.TABLE)
+
+
+def _steps(*steps: tuple[float | None, str]) -> dash.ThresholdsConfig:
+    return dash.ThresholdsConfig().mode(model.ThresholdsMode.ABSOLUTE).steps(
+        [model.Threshold(value=v, color=c) for v, c in steps])
+
+
+def _setup(panel, title: str, description: str, unit: str,
+           targets: list[prom.Dataquery], w: int, h: int):
+    panel = (panel.title(title).description(description).datasource(DATASOURCE)
+             .unit(unit).span(w).height(h))
+    for i, t in enumerate(targets):
+        panel = panel.with_target(t.ref_id(chr(ord("A") + i)))
+    return panel
+
+
+def _stat(title: str, description: str, unit: str, targets: list[prom.Dataquery], *,
+          thresholds: dash.ThresholdsConfig | None = None, w: int = 4, h: int = 5,
+          graph: bool = True, mappings: list[model.ValueMapping] | None = None) -> stat.Panel:
+    p = _setup(stat.Panel(), title, description, unit, targets, w, h)
+    p = (p.graph_mode(common_model.BigValueGraphMode.AREA if graph
+                      else common_model.BigValueGraphMode.NONE)
+         .color_mode(common_model.BigValueColorMode.VALUE)
+         .reduce_options(common_builder.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+         .thresholds(thresholds or _steps((None, "text"))))
+    if mappings:
+        p = p.mappings(mappings)
+    return p
+
+
+def _timeseries(title: str, description: str, unit: str, targets: list[prom.Dataquery], *,
+                w: int = 12, h: int = 8, stack: bool = False, min_val: float | None = 0,
+                max_val: float | None = None,
+                threshold_line: dash.ThresholdsConfig | None = None,
+                legend_table: bool = False) -> timeseries.Panel:
+    p = _setup(timeseries.Panel(), title, description, unit, targets, w, h)
+    p = p.line_width(1).fill_opacity(40 if stack else 10)
+    if stack:
+        p = p.stacking(common_builder.StackingConfig().mode(common_model.StackingMode.NORMAL))
+    if min_val is not None:
+        p = p.min(min_val)
+    if max_val is not None:
+        p = p.max(max_val)
+    if threshold_line is not None:
+        p = p.thresholds(threshold_line).thresholds_style(
+            common_builder.GraphThresholdsStyleConfig().mode(
+                common_model.GraphThresholdsStyleMode.DASHED))
+    legend = common_builder.VizLegendOptions().show_legend(True)
+    if legend_table:
+        legend = (legend.display_mode(common_model.LegendDisplayMode.TABLE)
+                  .placement(common_model.LegendPlacement.RIGHT)
+                  .calcs(["lastNotNull", "max"]).sort_by("Last *").sort_desc(True))
+    else:
+        legend = (legend.display_mode(common_model.LegendDisplayMode.LIST)
+                  .placement(common_model.LegendPlacement.BOTTOM))
+    return p.legend(legend).tooltip(
+        common_builder.VizTooltipOptions().mode(common_model.TooltipDisplayMode.MULTI)
+        .sort(common_model.SortOrder.DESCENDING))
+
+
+def _table(title: str, description: str, unit: str, targets: list[prom.Dataquery], *,
+           rename: Mapping[str, str], order: list[str], sort_by: str, w: int = 12, h: int = 9,
+           overrides: Mapping[str, list[model.DynamicConfigValue]] | None = None,
+           thresholds: dash.ThresholdsConfig | None = None) -> table.Panel:
+    p = _setup(table.Panel(), title, description, unit, targets, w, h)
+    original = {shown: field for field, shown in rename.items()}
+    if len(targets) > 1:
+        p = p.with_transformation(model.DataTransformerConfig(id_val="merge", options={}))
+    p = p.with_transformation(model.DataTransformerConfig(id_val="organize", options={
+        "excludeByName": {"Time": True},
+        "renameByName": dict(rename),
+        # organize matches fields by their original names, before renameByName applies.
+        "indexByName": {original.get(name, name): i for i, name in enumerate(order)},
+    }))
+    p = p.sort_by([common_builder.TableSortByFieldState().display_name(sort_by).desc(True)])
+    if thresholds is not None:
+        p = p.thresholds(thresholds)
+    for name, props in (overrides or {}).items():
+        p = p.override_by_name(name, props)
+    return p
+
+
+def _bargauge(title: str, description: str, unit: str, targets: list[prom.Dataquery], *,
+              thresholds: dash.ThresholdsConfig, w: int = 12, h: int = 9,
+              min_val: float | None = 0, max_val: float | None = None) -> bargauge.Panel:
+    p = _setup(bargauge.Panel(), title, description, unit, targets, w, h)
+    p = (p.orientation(common_model.VizOrientation.HORIZONTAL)
+         .display_mode(common_model.BarGaugeDisplayMode.GRADIENT)
+         .reduce_options(common_builder.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+         .thresholds(thresholds))
+    if min_val is not None:
+        p = p.min(min_val)
+    if max_val is not None:
+        p = p.max(max_val)
+    return p
+
+
+def _cell_color(mode: common_model.TableCellDisplayMode) -> model.DynamicConfigValue:
+    return model.DynamicConfigValue(id_val="custom.cellOptions", value={"type": str(mode)})
+
+
+def _unit(unit: str) -> model.DynamicConfigValue:
+    return model.DynamicConfigValue(id_val="unit", value=unit)
+
+
+def _thresholds_value(*steps: tuple[float | None, str]) -> model.DynamicConfigValue:
+    return model.DynamicConfigValue(id_val="thresholds", value={
+        "mode": "absolute", "steps": [{"value": v, "color": c} for v, c in steps]})
+
+
+# --- Variables -------------------------------------------------------------------------------
+def _query_variable(name: str, label: str, query: str, description: str, *,
+                    multi: bool = True) -> dash.QueryVariable:
+    return (dash.QueryVariable(name).label(label).description(description)
+            .datasource(DATASOURCE).query(query)
+            .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(model.VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC)
+            .multi(multi).include_all(True).all_value(".*")
+            .current(model.VariableOption(text="All", value="$__all", selected=True)))
+
+
+def _variables(*, single_institution: bool = False) -> list:
+    """datasource, source, provider, institution, institution_id — the same on every dashboard."""
+    base = "openfinance_accounts"
+    return [
+        dash.DatasourceVariable("datasource").label("Data source").type("prometheus")
+        .description("The Prometheus that scrapes openfinance-exporter."),
+        _query_variable("source", "Source", f"label_values({base}, source)",
+                        "Configured source (e.g. finicity-prod)."),
+        _query_variable("provider", "Provider",
+                        f'label_values({base}{{source=~"$source"}}, provider)',
+                        "Aggregator: finicity or mx."),
+        _query_variable("institution", "Institution",
+                        f'label_values({base}{{source=~"$source", provider=~"$provider"}}, '
+                        "institution)",
+                        "Institution display name.", multi=not single_institution),
+        _query_variable("institution_id", "Institution ID",
+                        f'label_values({base}{{source=~"$source", provider=~"$provider", '
+                        'institution=~"$institution"}, institution_id)',
+                        "The aggregator's institution id: tells apart institutions that share "
+                        "a display name; quote it in support tickets."),
+    ]
+
+
+def _links() -> list[dash.DashboardLink]:
+    return [dash.DashboardLink("OpenFinance dashboards").type(model.DashboardLinkType.DASHBOARDS)
+            .tags([TAG]).as_dropdown(True).include_vars(True).keep_time(True)]
+
+
+def _dashboard(uid: str, title: str, description: str) -> dash.Dashboard:
+    return (dash.Dashboard(title).uid(uid).description(description).tags([TAG])
+            .editable().refresh("1m").time("now-6h", "now").timezone("browser")
+            .tooltip(model.DashboardCursorSync.CROSSHAIR).links(_links()))
+
+
+# --- Expressions -----------------------------------------------------------------------------
+def accounts(extra: str = "") -> str:
+    return f"openfinance_accounts{{{FLEET}{extra}}}"
+
+
+def with_code_name(by: str, selector: str, labels: str = "name") -> str:
+    """``sum by (…)`` of a per-code gauge, joined with the code's name from the catalog series.
+
+    Codes missing from ``openfinance_status_code_info`` (category unknown) are kept, unnamed.
+    """
+    summed = f"sum by ({by}) ({selector})"
+    return (f"{summed} * on (provider, code) group_left ({labels}) "
+            f"group by (provider, code, {labels}) (openfinance_status_code_info) "
+            f"or on (provider, code) {summed}")
+
+
+def share(by: str, part: str, whole: str) -> str:
+    """``part / whole`` per group, 0 (not absent) where ``part`` has no series."""
+    agg = f"sum by ({by})" if by else "sum"
+    return f"({agg} ({part}) or 0 * {agg} ({whole})) / {agg} ({whole})"
+
+
+OUTAGE_SELECTOR = accounts(', category="institution"')
+NOT_OK_SELECTOR = accounts(', category!="ok"')
+MFA_SELECTOR = accounts(', category="mfa"')
+
+
+OUTAGE_SHARE = share(INSTITUTION, accounts(', category="institution"'), accounts())
+OUTAGE_ACCOUNTS = (f'sum by ({INSTITUTION}) ({OUTAGE_SELECTOR}) '
+                   f"or 0 * sum by ({INSTITUTION}) ({accounts()})")
+OTP_BY_INSTITUTION = (f"sum by ({INSTITUTION}) (openfinance_otp_suspected_accounts{{{FLEET}}}) "
+                      f"or 0 * sum by ({INSTITUTION}) ({accounts()})")
+IN_OUTAGE = (f"({OUTAGE_SHARE}) >= {OUTAGE_RATIO} "
+             f"and ({OUTAGE_ACCOUNTS}) >= {OUTAGE_MIN_ACCOUNTS}")
+
+
+def transitions(extra: str = "", by: str = "") -> str:
+    """Transitions per minute (``rate`` × 60)."""
+    agg = f"sum by ({by})" if by else "sum"
+    return (f"{agg} (rate(openfinance_status_transitions_total{{{FLEET}{extra}}}"
+            "[$__rate_interval])) * 60")
+
+
+def or_zero(expr: str) -> str:
+    """For series that legitimately do not exist yet (no transition, no alert)."""
+    return f"{expr} or on () vector(0)"
+
+
+ACCOUNTS_LEGEND = "{{institution}} ({{institution_id}})"
+
+
+# --- Fleet overview ------------------------------------------------------------------------
+def fleet_overview() -> dash.Dashboard:
+    guide = _code_guide()
+    d = _dashboard("openfinance-fleet-overview", "OpenFinance / Fleet overview",
+                   "Bank-connection health of every account the exporter tracks at "
+                   "Mastercard Open Finance (Finicity) and MX.")
+    for v in _variables():
+        d = d.with_variable(v)
+
+    d = d.with_row(dash.Row("Now"))
+    d = d.with_panel(_stat(
+        "Healthy accounts", "Share of accounts whose last aggregation succeeded (category "
+        "`ok`: Finicity code 0, MX CONNECTED). Pending, manual and disabled accounts count in "
+        "the total.", "percentunit",
+        [_target(share("", accounts(', category="ok"'), accounts()))],
+        thresholds=_steps((None, "red"), (0.8, "orange"), (0.95, "green")), w=4))
+    d = d.with_panel(_stat(
+        "Accounts tracked", "Accounts (Finicity) or members (MX) with a known status.", "short",
+        [_target(f"sum({accounts()})")], w=3))
+    d = d.with_panel(_stat(
+        "Not ok", "Accounts in any category other than `ok`.\n\n" + guide, "short",
+        [_target(f'sum({NOT_OK_SELECTOR}) '
+                 f"or 0 * sum({accounts()})")], w=3))
+    d = d.with_panel(_stat(
+        "Fixable backlog", "Accounts at a code that a repair link resolves: send the customer "
+        f"Connect Fix (Finicity {_fixable('finicity')}) or the MX Connect widget in update mode "
+        f"(MX {_fixable('mx')}).", "short",
+        [_target(f"sum(openfinance_fixable_accounts{{{FLEET}}}) or 0 * sum({accounts()})")],
+        thresholds=_steps((None, "green"), (1, "orange")), w=3))
+    d = d.with_panel(_stat(
+        "OTP suspects", "Accounts whose last distinct aggregation attempts all ended in MFA "
+        "(185), or that fell back into 185 after a fix: the bank probably wants a one-time "
+        "passcode on every refresh. Tell these users their data only updates when they refresh "
+        f"themselves. The OTP alert fires from {OTP_SUSPECTED_MIN} such account(s) at an "
+        "institution.", "short",
+        [_target(f"sum(openfinance_otp_suspected_accounts{{{FLEET}}}) or 0 * sum({accounts()})")],
+        thresholds=_steps((None, "green"), (OTP_SUSPECTED_MIN, "orange")), w=3))
+    d = d.with_panel(_stat(
+        "Institutions in outage", "Institutions over the outage alert threshold: at least "
+        f"{OUTAGE_RATIO:.0%} of their accounts, and at least {OUTAGE_MIN_ACCOUNTS} accounts, "
+        "in category `institution` (9xx outage, maintenance, connection being built or "
+        "repaired). Nothing the customer can do; open a ticket with the aggregator if it "
+        "persists for days.", "short",
+        [_target(or_zero(f"count({IN_OUTAGE})"))],
+        thresholds=_steps((None, "green"), (1, "red")), w=4))
+    d = d.with_panel(_stat(
+        "Firing alerts", "OpenFinance alerts firing now (Prometheus' own ALERTS series).",
+        "short",
+        [_target(or_zero('count(ALERTS{alertname=~"OpenFinance.+", alertstate="firing"})'))],
+        thresholds=_steps((None, "green"), (1, "red")), w=4))
+
+    d = d.with_row(dash.Row("Accounts by status"))
+    d = d.with_panel(_timeseries(
+        "Accounts by category", "Accounts per normalised category over time. `institution` "
+        "rising across many banks at once points at the aggregator; at one bank, at the bank."
+        "\n\n" + guide, "short",
+        [_target(f"sum by (category) ({accounts()})", "{{category}}")], stack=True))
+    d = d.with_panel(_timeseries(
+        "Healthy share by provider", "Share of accounts in category `ok`, per source and "
+        "provider.", "percentunit",
+        [_target(share("source, provider", accounts(', category="ok"'), accounts()),
+                 "{{source}} / {{provider}}")], max_val=1))
+    d = d.with_panel(_table(
+        "Broken accounts by code", "Accounts not `ok`, by status code, with the code's name "
+        "from the catalog (`openfinance_status_code_info`).\n\n" + guide, "short",
+        [_table_target(with_code_name("provider, code, category",
+                                      accounts(', category!="ok"'), "name, fixable"))],
+        rename={"Value": "Accounts", "name": "Name", "code": "Code", "provider": "Provider",
+                "category": "Category", "fixable": "Fixable"},
+        order=["Provider", "Code", "Name", "Category", "Fixable", "Accounts"],
+        sort_by="Accounts"))
+    d = d.with_panel(_timeseries(
+        "Broken accounts by code over time", "Accounts not `ok`, by code and name.\n\n" + guide,
+        "short",
+        [_target(with_code_name("provider, code", accounts(', category!="ok"')),
+                 "{{provider}} {{code}} {{name}}")], legend_table=True, h=9))
+
+    d = d.with_row(dash.Row("Institutions"))
+    d = d.with_panel(_table(
+        "Institutions ranked by outage share", "Share of each institution's accounts in "
+        "category `institution` (outage, maintenance, connection being built or repaired), "
+        f"with the counts. The outage alert fires at {OUTAGE_RATIO:.0%} and at least "
+        f"{OUTAGE_MIN_ACCOUNTS} accounts. Quote the institution id when you open a ticket "
+        "with the aggregator about a persistent 9xx.", "short",
+        [_table_target(OUTAGE_SHARE), _table_target(OUTAGE_ACCOUNTS),
+         _table_target(f"sum by ({INSTITUTION}) ({accounts()})")],
+        rename={"Value #A": "Outage share", "Value #B": "Accounts in outage codes",
+                "Value #C": "Accounts", "institution": "Institution",
+                "institution_id": "Institution ID", "provider": "Provider", "source": "Source"},
+        order=["Institution", "Institution ID", "Provider", "Source", "Outage share",
+               "Accounts in outage codes", "Accounts"],
+        sort_by="Outage share",
+        overrides={
+            "Outage share": [_unit("percentunit"),
+                             _thresholds_value((None, "green"), (OUTAGE_RATIO, "red")),
+                             _cell_color(common_model.TableCellDisplayMode.COLOR_BACKGROUND)],
+            "Accounts in outage codes": [
+                _thresholds_value((None, "text"), (OUTAGE_MIN_ACCOUNTS, "red")),
+                _cell_color(common_model.TableCellDisplayMode.COLOR_TEXT)],
+        }))
+    d = d.with_panel(_bargauge(
+        "Top institutions by outage share", "The ten institutions with the highest share of "
+        f"accounts in category `institution`; red from the alert threshold ({OUTAGE_RATIO:.0%})."
+        " The alert also needs at least "
+        f"{OUTAGE_MIN_ACCOUNTS} such accounts (see the table).", "percentunit",
+        [_target(f"topk(10, {OUTAGE_SHARE})", ACCOUNTS_LEGEND, instant=True)],
+        thresholds=_steps((None, "green"), (OUTAGE_RATIO, "red")), max_val=1))
+    d = d.with_panel(_bargauge(
+        "OTP suspects by institution", "Accounts per institution stuck in a one-time-passcode "
+        "loop (repeated MFA 185 over distinct attempts). Many at one bank: the bank now asks "
+        "for a passcode on every refresh (code 931 once the aggregator recognises it). Tell "
+        "those users their data only updates when they refresh in the app; Connect Fix will "
+        "not stop it.", "short",
+        [_target(f"topk(10, {OTP_BY_INSTITUTION})", ACCOUNTS_LEGEND, instant=True)],
+        thresholds=_steps((None, "green"), (OTP_SUSPECTED_MIN, "orange"))))
+    d = d.with_panel(_table(
+        "Fixable accounts by institution", "Accounts a repair link resolves, by institution and "
+        f"code: send Connect Fix (Finicity {_fixable('finicity')}) or the MX Connect widget "
+        f"(MX {_fixable('mx')}).", "short",
+        [_table_target(with_code_name(f"{INSTITUTION}, code",
+                                      f"openfinance_fixable_accounts{{{FLEET}}}"))],
+        rename={"Value": "Fixable accounts", "institution": "Institution",
+                "institution_id": "Institution ID", "provider": "Provider", "source": "Source",
+                "code": "Code", "name": "Name"},
+        order=["Institution", "Institution ID", "Provider", "Source", "Code", "Name",
+               "Fixable accounts"],
+        sort_by="Fixable accounts"))
+
+    d = d.with_row(dash.Row("Fixable backlog"))
+    d = d.with_panel(_timeseries(
+        "Fixable backlog by code", "Fixable accounts by code over time. A backlog that "
+        "does not shrink means repair links are not sent or not used.\n\n" + guide, "short",
+        [_target(with_code_name("provider, code", f"openfinance_fixable_accounts{{{FLEET}}}"),
+                 "{{provider}} {{code}} {{name}}")], stack=True))
+    d = d.with_panel(_timeseries(
+        "Age of broken accounts (fixable categories)", "Median and 90th percentile of the time "
+        "since accounts in the categories that hold the fixable codes (credentials, "
+        "user_action, mfa, oauth) left `ok`. Filtered by source and provider only (the age "
+        "histogram carries no institution).", "s",
+        [_target("histogram_quantile(0.5, sum by (category, le) "
+                 f"(openfinance_broken_account_age_seconds_bucket{{{SOURCE_PROVIDER}, "
+                 f'category=~"{FIXABLE_CATEGORIES}"}}))', "p50 {{category}}"),
+         _target("histogram_quantile(0.9, sum by (category, le) "
+                 f"(openfinance_broken_account_age_seconds_bucket{{{SOURCE_PROVIDER}, "
+                 f'category=~"{FIXABLE_CATEGORIES}"}}))', "p90 {{category}}")]))
+    d = d.with_panel(_bargauge(
+        "Broken accounts by time since they left ok", "How long non-ok accounts have been "
+        "broken (each bar counts accounts in that age bucket, upper bound in seconds). Old "
+        "fixable accounts need a repair link; old 9xx need a support ticket.", "short",
+        [_target("sum by (le) (openfinance_broken_account_age_seconds_bucket"
+                 f"{{{SOURCE_PROVIDER}}})", "{{le}}", instant=True, fmt=PromQueryFormat.HEATMAP)],
+        thresholds=_steps((None, "orange"))))
+    d = d.with_panel(_bargauge(
+        "Accounts by time since last successful aggregation", "Each bar counts accounts whose "
+        "last successful aggregation is that old (upper bound in seconds; never-succeeded "
+        "accounts count only in +Inf).", "short",
+        [_target("sum by (le) (openfinance_account_last_success_age_seconds_bucket"
+                 f"{{{SOURCE_PROVIDER}}})", "{{le}}", instant=True, fmt=PromQueryFormat.HEATMAP)],
+        thresholds=_steps((None, "blue"))))
+
+    d = d.with_row(dash.Row("Transitions and alerts"))
+    d = d.with_panel(_timeseries(
+        "Status transitions", "Accounts moving between categories, per minute, seen when a "
+        "sweep lands. `ok → institution` spikes at one bank = outage; `mfa → mfa` churn = OTP "
+        "loops.", "cpm",
+        [_target(transitions(by="from_category, to_category"),
+                 "{{from_category}} → {{to_category}}"),
+         _target(or_zero(transitions()), "all transitions")], h=9))
+    d = d.with_panel(_table(
+        "Firing OpenFinance alerts", "Alerts firing now from the OpenFinance rules (empty when "
+        "none fires). Runbooks are linked from each alert's runbook_url.", "short",
+        [_table_target('sum by (alertname, severity) '
+                       '(ALERTS{alertname=~"OpenFinance.+", alertstate="firing"})')],
+        rename={"alertname": "Alert", "severity": "Severity", "Value": "Series firing"},
+        order=["Alert", "Severity", "Series firing"], sort_by="Series firing"))
+
+    d = d.with_row(dash.Row("Status code reference"))
+    d = d.with_panel(_table(
+        "Status code catalog", "Every code the exporter knows, from "
+        "`openfinance_status_code_info`.\n\n" + guide, "none",
+        [_table_target("group by (provider, code, name, category, fixable) "
+                       '(openfinance_status_code_info{provider=~"$provider"})')],
+        rename={"provider": "Provider", "code": "Code", "name": "Name",
+                "category": "Category", "fixable": "Fixable", "Value": "Value"},
+        order=["Provider", "Code", "Name", "Category", "Fixable"], sort_by="Code",
+        overrides={"Value": [model.DynamicConfigValue(id_val="custom.hidden", value=True)]},
+        w=24, h=10))
+    return d
+
+
+# --- One institution ---------------------------------------------------------------------------
+def institution() -> dash.Dashboard:
+    guide = _code_guide()
+    d = _dashboard("openfinance-institution", "OpenFinance / Institution",
+                   "One institution's connection health: its code mix, outage share against "
+                   "the alert threshold, transitions and fixable accounts. Pick the "
+                   "institution (and its id, if two share a name) at the top.")
+    for v in _variables(single_institution=True):
+        d = d.with_variable(v)
+
+    d = d.with_row(dash.Row("Now"))
+    d = d.with_panel(_stat("Accounts", "Accounts at the selected institution(s).", "short",
+                           [_target(f"sum({accounts()})")], w=4))
+    d = d.with_panel(_stat(
+        "Healthy", "Share of accounts whose last aggregation succeeded (category `ok`).",
+        "percentunit", [_target(share("", accounts(', category="ok"'), accounts()))],
+        thresholds=_steps((None, "red"), (0.8, "orange"), (0.95, "green")), w=4))
+    d = d.with_panel(_stat(
+        "Outage share", "Share of accounts in category `institution`; red from the alert "
+        f"threshold ({OUTAGE_RATIO:.0%}).", "percentunit",
+        [_target(share("", accounts(', category="institution"'), accounts()))],
+        thresholds=_steps((None, "green"), (OUTAGE_RATIO, "red")), w=4))
+    d = d.with_panel(_stat(
+        "Accounts in outage codes", "Accounts in category `institution`; the outage alert "
+        f"needs at least {OUTAGE_MIN_ACCOUNTS}.", "short",
+        [_target(f'sum({OUTAGE_SELECTOR}) '
+                 f"or 0 * sum({accounts()})")],
+        thresholds=_steps((None, "green"), (OUTAGE_MIN_ACCOUNTS, "red")), w=4))
+    d = d.with_panel(_stat(
+        "Fixable", "Accounts a repair link (Connect Fix / MX Connect widget) resolves.",
+        "short",
+        [_target(f"sum(openfinance_fixable_accounts{{{FLEET}}}) or 0 * sum({accounts()})")],
+        thresholds=_steps((None, "green"), (1, "orange")), w=4))
+    d = d.with_panel(_stat(
+        "OTP suspects", "Accounts stuck in a one-time-passcode loop (repeated 185). The bank "
+        "wants a passcode on every refresh: tell these users their data only updates when "
+        "they refresh in the app.", "short",
+        [_target(f"sum(openfinance_otp_suspected_accounts{{{FLEET}}}) or 0 * sum({accounts()})")],
+        thresholds=_steps((None, "green"), (OTP_SUSPECTED_MIN, "orange")), w=4))
+
+    d = d.with_row(dash.Row("Code mix"))
+    d = d.with_panel(_timeseries(
+        "Code mix over time", "Accounts by status code and name.\n\n" + guide, "short",
+        [_target(with_code_name("provider, code", accounts()), "{{code}} {{name}}")],
+        stack=True, legend_table=True, w=24, h=9))
+    d = d.with_panel(_table(
+        "Code mix now", "Accounts by code now, with the institution id to quote in a "
+        "support ticket.\n\n" + guide, "short",
+        [_table_target(with_code_name(f"{INSTITUTION}, code, category", accounts(),
+                                      "name, fixable"))],
+        rename={"Value": "Accounts", "institution": "Institution",
+                "institution_id": "Institution ID", "provider": "Provider", "source": "Source",
+                "code": "Code", "name": "Name", "category": "Category", "fixable": "Fixable"},
+        order=["Institution", "Institution ID", "Provider", "Source", "Code", "Name",
+               "Category", "Fixable", "Accounts"],
+        sort_by="Accounts", w=24))
+
+    d = d.with_row(dash.Row("Outage"))
+    d = d.with_panel(_timeseries(
+        "Outage share against the alert threshold", "Share of accounts in category "
+        "`institution` (9xx outage, maintenance, connection being built or repaired); the "
+        f"dashed line is the alert threshold ({OUTAGE_RATIO:.0%}). Nothing the customer can do;"
+        " if it stays high for days, open a support ticket with the aggregator quoting the "
+        "institution id.", "percentunit",
+        [_target(OUTAGE_SHARE, ACCOUNTS_LEGEND)], max_val=1,
+        threshold_line=_steps((None, "green"), (OUTAGE_RATIO, "red"))))
+    d = d.with_panel(_timeseries(
+        "Accounts in outage codes over time", "Accounts in category `institution`; the dashed line is "
+        f"the alert's minimum ({OUTAGE_MIN_ACCOUNTS}).", "short",
+        [_target(OUTAGE_ACCOUNTS, ACCOUNTS_LEGEND)],
+        threshold_line=_steps((None, "green"), (OUTAGE_MIN_ACCOUNTS, "red"))))
+
+    d = d.with_row(dash.Row("Transitions"))
+    d = d.with_panel(_timeseries(
+        "Transitions into and out of ok", "Accounts per minute that recovered (into `ok`) "
+        "and that broke (out of `ok`). Breaks without recoveries at one bank = outage "
+        "building up.", "cpm",
+        [_target(or_zero(transitions(', to_category="ok"')), "into ok (recovered)"),
+         _target(or_zero(transitions(', from_category="ok"')), "out of ok (broke)")]))
+    d = d.with_panel(_timeseries(
+        "Transitions by category", "Accounts per minute moving between categories.", "cpm",
+        [_target(transitions(by="from_category, to_category"),
+                 "{{from_category}} → {{to_category}}"),
+         _target(or_zero(transitions()), "all transitions")]))
+
+    d = d.with_row(dash.Row("Fixable accounts"))
+    d = d.with_panel(_timeseries(
+        "Fixable accounts by code", "Accounts a repair link resolves, by code.\n\n" + guide,
+        "short",
+        [_target(with_code_name("provider, code", f"openfinance_fixable_accounts{{{FLEET}}}"),
+                 "{{code}} {{name}}")], stack=True))
+    d = d.with_panel(_timeseries(
+        "MFA accounts and OTP suspects", "Accounts in category `mfa` by code, and the OTP "
+        "suspects among them. 185 that keeps coming back after a fix, or 931, means the bank "
+        "asks for a passcode on every refresh: tell users to refresh in the app themselves.",
+        "short",
+        [_target(f'sum by (code) ({MFA_SELECTOR})',
+                 "{{code}} (mfa)"),
+         _target(f"sum(openfinance_otp_suspected_accounts{{{FLEET}}}) or 0 * sum({accounts()})",
+                 "OTP suspects")]))
+    return d
+
+
+# --- Agent health ------------------------------------------------------------------------------
+def agent_health() -> dash.Dashboard:
+    d = _dashboard("openfinance-agent-health", "OpenFinance / Agent health",
+                   "The exporter itself: sweeps, upstream API traffic, rate limiting, "
+                   "freshness of the data and the state database.")
+    for v in _variables():
+        d = d.with_variable(v)
+    d = d.with_variable(
+        dash.IntervalVariable("window").label("Sweep window")
+        .description("Window for sweep-based rates; sweeps are rare, so wider than "
+                     "$__rate_interval.")
+        .values("15m,1h,6h,1d")
+        .current(model.VariableOption(text="1h", value="1h", selected=True)))
+
+    up_fallback = f"0 * sum by (source) (openfinance_source_up{{{AGENT}}})"
+    d = d.with_row(dash.Row("Status"))
+    d = d.with_panel(_stat(
+        "Since last successful sweep", "Time since each source's last complete sweep. Red "
+        f"from {_duration_text(STALE_AFTER_SECONDS)}, when the data-stale alert fires: gauges keep "
+        "their last values while sweeps fail, so the fleet dashboards may be out of date.",
+        "s",
+        [_target("time() - max by (source) "
+                 f"(openfinance_sweep_last_success_timestamp_seconds{{{AGENT}}} > 0)", "{{source}}")],
+        thresholds=_steps((None, "green"), (STALE_AFTER_SECONDS, "red")), w=5))
+    d = d.with_panel(_stat(
+        "Source state", "1 while a source may sweep; 0 once it stopped itself (e.g. the "
+        "aggregator refused the credentials — fix them and restart; five failed logins lock "
+        "the partner out).", "none",
+        [_target(f"max by (source) (openfinance_source_up{{{AGENT}}})", "{{source}}")],
+        thresholds=_steps((None, "red"), (1, "green")), graph=False, w=4,
+        mappings=[model.ValueMap(options={
+            "0": model.ValueMappingResult(text="stopped", color="red"),
+            "1": model.ValueMappingResult(text="up", color="green")})]))
+    d = d.with_panel(_stat(
+        "Sweep progress", "Share of customers/users done by the running sweep; 100 % when "
+        "idle.", "percentunit",
+        [_target(f"min by (source) (openfinance_sweep_progress_ratio{{{AGENT}}})", "{{source}}")],
+        w=5))
+    d = d.with_panel(_stat(
+        "Auth failures", "Logins refused by the aggregator in the sweep window. Any is "
+        "serious: the source stops to avoid locking the partner out.", "short",
+        [_target(f"sum by (source) (increase(openfinance_upstream_auth_failures_total{{{AGENT}}}"
+                 f"[$window])) or {up_fallback}", "{{source}}")],
+        thresholds=_steps((None, "green"), (1, "red")), w=5))
+    d = d.with_panel(_stat(
+        "Build", "Exporter version.", "none",
+        [_target("max by (version) (openfinance_build_info)", "{{version}}", instant=True)],
+        graph=False, w=5).text_mode(common_model.BigValueTextMode.NAME))
+
+    d = d.with_row(dash.Row("Sweeps"))
+    d = d.with_panel(_timeseries(
+        "Sweep results", "Sweeps finished per sweep window, by result. `partial` keeps "
+        "last-known values for the customers it could not read; `failed` changes nothing.",
+        "short",
+        [_target(f"sum by (source, result) (increase(openfinance_sweeps_total{{{AGENT}}}"
+                 "[$window]))", "{{source}} {{result}}")]))
+    d = d.with_panel(_timeseries(
+        "Sweep duration", "p50 and p90 of sweep duration over the sweep window, and the mean.",
+        "s",
+        [_target("histogram_quantile(0.5, sum by (source, le) "
+                 f"(rate(openfinance_sweep_duration_seconds_bucket{{{AGENT}}}[$window])))",
+                 "p50 {{source}}"),
+         _target("histogram_quantile(0.9, sum by (source, le) "
+                 f"(rate(openfinance_sweep_duration_seconds_bucket{{{AGENT}}}[$window])))",
+                 "p90 {{source}}"),
+         _target(f"sum by (source) (rate(openfinance_sweep_duration_seconds_sum{{{AGENT}}}"
+                 "[$window])) / sum by (source) "
+                 f"(rate(openfinance_sweep_duration_seconds_count{{{AGENT}}}[$window]))",
+                 "mean {{source}}")]))
+    d = d.with_panel(_timeseries(
+        "Time since last successful sweep", "The dashed line is the data-stale alert "
+        f"threshold ({_duration_text(STALE_AFTER_SECONDS)}).", "s",
+        [_target("time() - max by (source) "
+                 f"(openfinance_sweep_last_success_timestamp_seconds{{{AGENT}}} > 0)", "{{source}}")],
+        threshold_line=_steps((None, "green"), (STALE_AFTER_SECONDS, "red"))))
+    d = d.with_panel(_timeseries(
+        "Sweep progress over time",
+        "Share of customers/users done by the running sweep (1 when idle).",
+        "percentunit",
+        [_target(f"min by (source) (openfinance_sweep_progress_ratio{{{AGENT}}})",
+                 "{{source}}")], max_val=1))
+    d = d.with_panel(_timeseries(
+        "Accounts: state, last sweep, fleet gauges", "Accounts held in the state database, "
+        "seen by the last finished sweep, and summed from the fleet gauges (the last one "
+        "follows the provider and institution filters). A sweep seeing far fewer accounts "
+        "than the state holds was probably cut short.", "short",
+        [_target(f"max by (source) (openfinance_state_accounts{{{AGENT}}})",
+                 "{{source}} state"),
+         _target(f"max by (source) (openfinance_sweep_accounts{{{AGENT}}})",
+                 "{{source}} last sweep"),
+         _target(f"sum by (source) ({accounts()})", "{{source}} fleet gauges")], w=24))
+
+    d = d.with_row(dash.Row("Upstream API"))
+    requests = f"openfinance_upstream_requests_total{{{AGENT}}}"
+    d = d.with_panel(_timeseries(
+        "Upstream requests by endpoint", "Requests to the aggregator per second, by route "
+        "template and status code (or error kind).", "reqps",
+        [_target(f"sum by (source, endpoint, status_code) (rate({requests}[$__rate_interval]))",
+                 "{{endpoint}} {{status_code}}")], legend_table=True))
+    d = d.with_panel(_timeseries(
+        "Upstream error ratio by endpoint", "Share of requests that did not get a 2xx "
+        "(4xx, 5xx, timeouts, connection errors). 401/403 on the token endpoint: check the "
+        "partner credentials before five failures lock the partner out.", "percentunit",
+        [_target(share("source, endpoint",
+                       f"rate(openfinance_upstream_requests_total{{{AGENT}, "
+                       'status_code!~"2.."}[$__rate_interval])',
+                       f"rate({requests}[$__rate_interval])"), "{{endpoint}}")], max_val=1))
+    d = d.with_panel(_timeseries(
+        "Upstream latency by endpoint", "p50 and p99 of request duration by route template.",
+        "s",
+        [_target("histogram_quantile(0.5, sum by (source, endpoint, le) "
+                 f"(rate(openfinance_upstream_request_duration_seconds_bucket{{{AGENT}}}"
+                 "[$__rate_interval])))", "p50 {{endpoint}}"),
+         _target("histogram_quantile(0.99, sum by (source, endpoint, le) "
+                 f"(rate(openfinance_upstream_request_duration_seconds_bucket{{{AGENT}}}"
+                 "[$__rate_interval])))", "p99 {{endpoint}}")], legend_table=True))
+    d = d.with_panel(_timeseries(
+        "Retries by reason", "Retried upstream requests per second: rate_limited (429, "
+        "honours Retry-After), server_error, timeout, connect_error, token_expired.", "reqps",
+        [_target("sum by (source, reason) "
+                 f"(rate(openfinance_upstream_retries_total{{{AGENT}}}[$__rate_interval]))",
+                 "{{source}} {{reason}}"),
+         _target(or_zero("sum (rate(openfinance_upstream_retries_total"
+                         f"{{{AGENT}}}[$__rate_interval]))"), "all retries")]))
+    d = d.with_panel(_timeseries(
+        "Rate limiting", "Requests answered 429 and retries caused by rate limiting, per "
+        "second. Sustained 429s slow sweeps down: spread schedules or ask the aggregator for "
+        "a higher limit.", "reqps",
+        [_target(f"sum by (source) (rate(openfinance_upstream_requests_total{{{AGENT}, "
+                 'status_code="429"}[$__rate_interval])) '
+                 f"or 0 * sum by (source) (rate({requests}[$__rate_interval]))",
+                 "{{source}} 429 responses"),
+         _target("sum by (source) (rate(openfinance_upstream_retries_total"
+                 f'{{{AGENT}, reason="rate_limited"}}[$__rate_interval])) '
+                 f"or 0 * sum by (source) (rate({requests}[$__rate_interval]))",
+                 "{{source}} rate-limited retries")]))
+    d = d.with_panel(_timeseries(
+        "Invalid records and unknown codes", "Upstream payloads that could not be used, and "
+        "records with a status code not in the catalog (counted as `unknown`), per sweep "
+        "window. Unknown codes: add them to the catalog.", "short",
+        [_target("sum by (source) (increase(openfinance_invalid_records_total"
+                 f"{{{AGENT}}}[$window])) or {up_fallback}", "{{source}} invalid records"),
+         _target("sum by (source) (increase(openfinance_unknown_codes_total"
+                 f"{{{AGENT}}}[$window])) or {up_fallback}", "{{source}} unknown codes")]))
+
+    d = d.with_row(dash.Row("Webhooks and repair links"))
+    d = d.with_panel(_timeseries(
+        "Webhook events", "Webhook events received per sweep window, by kind and result.",
+        "short",
+        [_target("sum by (source, kind, result) (increase(openfinance_webhook_events_total"
+                 f"{{{AGENT}}}[$window]))", "{{source}} {{kind}} {{result}}"),
+         _target("sum by (source) (increase(openfinance_webhook_events_total"
+                 f"{{{AGENT}}}[$window])) or {up_fallback}", "{{source}} all events")]))
+    d = d.with_panel(_timeseries(
+        "Repair links", "Repair links (Connect Fix / MX Connect widget) requested per sweep "
+        "window, by result. Zero unless remediation is switched on.", "short",
+        [_target("sum by (source, result) (increase(openfinance_fix_links_total"
+                 f"{{{AGENT}}}[$window]))", "{{source}} {{result}}"),
+         _target("sum by (source) (increase(openfinance_fix_links_total"
+                 f"{{{AGENT}}}[$window])) or {up_fallback}", "{{source}} all")]))
+    return d
+
+
+# --- Output ------------------------------------------------------------------------------------
+BUILDERS = {
+    "openfinance-fleet-overview": fleet_overview,
+    "openfinance-institution": institution,
+    "openfinance-agent-health": agent_health,
+}
+
+
+def _number_panels(dashboard_json: dict) -> None:
+    """Give every panel (rows included) a unique id, in layout order."""
+    n = 0
+    for panel in dashboard_json.get("panels", []):
+        n += 1
+        panel["id"] = n
+        for inner in panel.get("panels", []):
+            n += 1
+            inner["id"] = n
+
+
+def build_all() -> dict[str, dict]:
+    """File name (``<uid>.json``) → dashboard JSON."""
+    out: dict[str, dict] = {}
+    for uid, build in BUILDERS.items():
+        data = json.loads(json.dumps(build().build(), cls=JSONEncoder))
+        _number_panels(data)
+        assert data["uid"] == uid
+        out[f"{uid}.json"] = data
+    return out
+
+
+def render(dashboard_json: dict) -> str:
+    return json.dumps(dashboard_json, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def iter_panels(dashboard_json: dict) -> Iterator[dict]:
+    """Every non-row panel, including panels nested in collapsed rows."""
+    for panel in dashboard_json.get("panels", []):
+        if panel.get("type") == "row":
+            yield from panel.get("panels", [])
+        else:
+            yield panel
+
+
+def iter_queries(dashboard_json: dict) -> list[tuple[str, str]]:
+    """``(panel title, PromQL expression)`` for every query of every panel."""
+    return [(panel.get("title", ""), target["expr"])
+            for panel in iter_panels(dashboard_json)
+            for target in panel.get("targets", [])
+            if target.get("expr")]
+
+
+def queries_by_panel(dashboard_json: dict) -> dict[str, list[str]]:
+    """Panel title → its queries; a panel has data when any of them returns a series."""
+    out: dict[str, list[str]] = {}
+    for title, expr in iter_queries(dashboard_json):
+        out.setdefault(title, []).append(expr)
+    return out
+
+
+def iter_variable_queries(dashboard_json: dict) -> list[tuple[str, str]]:
+    """``(variable name, query)`` for every query variable (``label_values(…)``)."""
+    out = []
+    for var in dashboard_json.get("templating", {}).get("list", []):
+        if var.get("type") == "query":
+            query = var["query"]
+            out.append((var["name"], query if isinstance(query, str) else query["query"]))
+    return out
+
+
+_VARIABLE = re.compile(r"\$\{(\w+)(?::(\w+))?\}|\[\[(\w+)(?::(\w+))?\]\]|\$(\w+)")
+
+
+def substitute_variables(expr: str, values: Mapping[str, str] | None = None) -> str:
+    """Replace Grafana variables (``$source``, ``${institution:regex}``, ``$__rate_interval``)
+    with concrete values, as Grafana would before sending the query.
+
+    ``values`` overrides :data:`DEFAULT_VARIABLE_VALUES`; a variable with no value is an error.
+    """
+    merged = {**DEFAULT_VARIABLE_VALUES, **(values or {})}
+
+    def repl(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(3) or m.group(5)
+        if name not in merged:
+            raise KeyError(f"no value for Grafana variable ${name} in {expr!r}")
+        return merged[name]
+
+    return _VARIABLE.sub(repl, expr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if the committed JSON differs from what would be written")
+    parser.add_argument("--out", type=Path, default=DASHBOARDS_DIR,
+                        help="directory to write to (default: dashboards/)")
+    args = parser.parse_args(argv)
+
+    stale = []
+    for name, data in build_all().items():
+        path = args.out / name
+        text = render(data)
+        if args.check:
+            current = path.read_text(encoding="utf-8") if path.exists() else ""
+            if current != text:
+                stale.append(name)
+                sys.stderr.writelines(difflib.unified_diff(
+                    current.splitlines(keepends=True), text.splitlines(keepends=True),
+                    f"committed/{name}", f"generated/{name}", n=1))
+        else:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path}")
+    if stale:
+        print(f"out of date: {', '.join(stale)}; run python dashboards/generate.py",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
