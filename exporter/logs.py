@@ -56,5 +56,7 @@ def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
     root.handlers[:] = [handler]
     root.setLevel({"warn": logging.WARNING}.get(level, getattr(logging, level.upper())))
     # Access logs and httpx's per-request lines would print full URLs (with ids) at info.
-    for noisy in ("httpx", "httpcore", "uvicorn.access", "apscheduler"):
+    for noisy in ("httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # "skipped: maximum number of running instances" is the intended coalescing, not news.
+    logging.getLogger("apscheduler").setLevel(max(logging.ERROR, root.level))
