@@ -8,8 +8,8 @@ each scrape. Nothing here does I/O.
 
 from __future__ import annotations
 
-import gzip
 import threading
+import zlib
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
@@ -44,7 +44,8 @@ from exporter.metric_catalog import (
 from exporter.tracker import Snapshot
 
 OPENMETRICS = openmetrics.CONTENT_TYPE_LATEST
-TEXT = text_format.CONTENT_TYPE_LATEST
+# 0.0.4: what Prometheus 2.x and every scraper understands.
+TEXT = text_format.CONTENT_TYPE_PLAIN_0_0_4
 _EOF = b"# EOF\n"
 
 
@@ -214,46 +215,62 @@ class Exposition:
         self._live = live
         self._version = version
         self._lock = threading.Lock()
-        self._cache: tuple[int, dict[tuple[bool, bool], bytes]] | None = None
+        self._cache: tuple[int, dict] | None = None
 
-    def _fleet_bytes(self, openmetrics_format: bool, gzipped: bool) -> bytes:
+    def _fleet_bytes(self, openmetrics_format: bool) -> bytes:
         """The fleet part for one format, rendered at most once per snapshot version."""
+        parts = self._parts()
+        with self._lock:
+            if openmetrics_format not in parts:
+                if openmetrics_format:
+                    plain = openmetrics.generate_latest(self._fleet)
+                    plain = plain[: -len(_EOF)] if plain.endswith(_EOF) else plain
+                else:
+                    plain = text_format.generate_latest(self._fleet)
+                parts[openmetrics_format] = plain
+            return parts[openmetrics_format]
+
+    def _fleet_gzip(self, openmetrics_format: bool):
+        """A gzip compressor that has consumed the fleet part, and the bytes it produced.
+
+        Each scrape copies the compressor and feeds it the live part, so the response is one
+        gzip stream (not concatenated members, which some clients read only the first of)
+        while the large fleet part is compressed once per snapshot.
+        """
+        parts = self._parts()
+        key = ("gzip", openmetrics_format)
+        plain = self._fleet_bytes(openmetrics_format)
+        with self._lock:
+            if key not in parts:
+                comp = zlib.compressobj(6, zlib.DEFLATED, 31)
+                head = comp.compress(plain) + comp.flush(zlib.Z_SYNC_FLUSH)
+                parts[key] = (comp, head)
+            return parts[key]
+
+    def _parts(self) -> dict:
         version = self._version()
-        key = (openmetrics_format, gzipped)
         with self._lock:
             if self._cache is None or self._cache[0] != version:
                 self._cache = (version, {})
-            parts = self._cache[1]
-            if key not in parts:
-                plain = parts.get((openmetrics_format, False))
-                if plain is None:
-                    if openmetrics_format:
-                        plain = openmetrics.generate_latest(self._fleet)
-                        plain = plain[: -len(_EOF)] if plain.endswith(_EOF) else plain
-                    else:
-                        plain = text_format.generate_latest(self._fleet)
-                    parts[(openmetrics_format, False)] = plain
-                if gzipped:
-                    parts[key] = gzip.compress(plain, 6)
-            return parts[key]
+            return self._cache[1]
 
     def prerender(self) -> None:
         """Render what Prometheus will ask for (OpenMetrics, gzip) before the next scrape."""
-        self._fleet_bytes(True, True)
-        self._fleet_bytes(False, False)
+        self._fleet_gzip(True)
+        self._fleet_bytes(False)
 
     def render(self, accept: str = "", accept_encoding: str = "") -> tuple[bytes, str, bool]:
         """(body, content type, gzipped) for a scrape with these request headers."""
         use_om = "application/openmetrics-text" in accept
-        use_gzip = "gzip" in accept_encoding
         if use_om:
             live = openmetrics.generate_latest(self._live)
             content_type = OPENMETRICS
         else:
             live = text_format.generate_latest(self._live)
             content_type = TEXT
-        fleet = self._fleet_bytes(use_om, use_gzip)
-        if use_gzip:
-            # Concatenated gzip members are one valid gzip stream (RFC 1952).
-            return fleet + gzip.compress(live, 1), content_type, True
-        return fleet + live, content_type, False
+        if "gzip" in accept_encoding:
+            comp, head = self._fleet_gzip(use_om)
+            with self._lock:
+                comp = comp.copy()
+            return head + comp.compress(live) + comp.flush(), content_type, True
+        return self._fleet_bytes(use_om) + live, content_type, False
