@@ -11,14 +11,13 @@ import logging
 import time
 from collections.abc import Callable
 
-import uvicorn
 from prometheus_client import CollectorRegistry
 
 from exporter import __version__
 from exporter.catalog import Catalog
 from exporter.config import Settings
 from exporter.metrics import AgeCollector, AgentMetrics, Exposition, FleetCollector
-from exporter.server import create_app, split_listen_address
+from exporter.server import Server, create_app, http_server, serve_until_signal
 from exporter.sources import build_source
 from exporter.sources.base import Source
 from exporter.state import StateStore
@@ -84,11 +83,8 @@ class Agent:
         self.store.close()
         log.info("agent stopped, state flushed")
 
-    def http_server(self, listen_address: str) -> uvicorn.Server:
-        host, port = split_listen_address(listen_address)
-        config = uvicorn.Config(self.app, host=host, port=port, log_level="warning",
-                                access_log=False, lifespan="off")
-        return uvicorn.Server(config)
+    def http_server(self, listen_address: str) -> Server:
+        return http_server(self.app, listen_address)
 
     async def run(self, listen_address: str | None = None) -> None:
         """Serve until SIGINT/SIGTERM (uvicorn handles the signals), then stop cleanly."""
@@ -96,6 +92,6 @@ class Agent:
         await self.start()
         log.info("listening address=%s", listen_address or self.settings.web.listen_address)
         try:
-            await server.serve()
+            await serve_until_signal([server])
         finally:
             await self.stop()

@@ -8,17 +8,13 @@ credentials are needed: the sandbox's fixed, public ones are used.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import tempfile
 from pathlib import Path
 
-import uvicorn
-
 from exporter.config import Settings
 from exporter.sandbox import credentials
-from exporter.server import split_listen_address
+from exporter.server import http_server, serve_until_signal, split_listen_address
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +44,6 @@ def sandbox_settings(sandbox_url: str, *, state_path: Path, interval: float,
     )
 
 
-def _server(app, address: str) -> uvicorn.Server:
-    host, port = split_listen_address(address)
-    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                         access_log=False, lifespan="off"))
-
-
 def _sandbox_app(scenario_path: str | None, night_seconds: float | None):
     from exporter.sandbox.app import create_app
     from exporter.sandbox.scenario import load_scenario
@@ -61,24 +51,6 @@ def _sandbox_app(scenario_path: str | None, night_seconds: float | None):
     overrides = {} if night_seconds is None else {"night_seconds": night_seconds}
     scenario = load_scenario(scenario_path, overrides)
     return create_app(scenario), scenario
-
-
-async def _serve_until_signal(servers: list[uvicorn.Server]) -> None:
-    """Run servers together; SIGINT/SIGTERM stops all of them."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    for s in servers:
-        s.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    tasks = [asyncio.create_task(s.serve()) for s in servers]
-    waiter = asyncio.create_task(stop.wait())
-    await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    for s in servers:
-        s.should_exit = True
-    await asyncio.gather(*tasks, return_exceptions=True)
-    waiter.cancel()
 
 
 async def run_sandbox(args) -> int:
@@ -92,7 +64,7 @@ async def run_sandbox(args) -> int:
           f"http://{host}:{port}/mx; {mode}.\n"
           f"Ground truth: http://{host}:{port}/sandbox/truth, state: /sandbox/state",
           flush=True)
-    await _serve_until_signal([_server(app, address)])
+    await serve_until_signal([http_server(app, address)])
     return 0
 
 
@@ -110,7 +82,7 @@ async def run_demo(args) -> int:
         settings = sandbox_settings(f"http://{connect_host}:{s_port}", state_path=state_path,
                                     interval=args.sweep_interval, listen_address=listen,
                                     telemetry_path=args.telemetry_path or "/metrics")
-        sandbox = _server(app, sandbox_address)
+        sandbox = http_server(app, sandbox_address)
         agent = Agent(settings)
         server = agent.http_server(listen)
         a_host, a_port = split_listen_address(listen)
@@ -126,7 +98,7 @@ async def run_demo(args) -> int:
 
         starter = asyncio.create_task(start_agent_once_sandbox_is_up())
         try:
-            await _serve_until_signal([sandbox, server])
+            await serve_until_signal([sandbox, server])
         finally:
             starter.cancel()
             await asyncio.gather(starter, return_exceptions=True)

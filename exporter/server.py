@@ -6,9 +6,13 @@ as a restarting pod. Ready means the state store is loaded and the first snapsho
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import html
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
@@ -57,3 +61,42 @@ def split_listen_address(address: str) -> tuple[str, int]:
         raise ValueError(f"listen address {address!r} must be host:port or :port")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
+
+
+class Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to :func:`serve_until_signal`.
+
+    uvicorn re-raises SIGTERM after its own shutdown, which would kill the process before
+    the agent has stopped its scheduler and flushed its state.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def http_server(app, listen_address: str) -> Server:
+    host, port = split_listen_address(listen_address)
+    return Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                 access_log=False, lifespan="off"))
+
+
+async def serve_until_signal(servers: list[uvicorn.Server]) -> None:
+    """Run servers together until SIGINT/SIGTERM (or one of them stops), then stop them all."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for s in servers:
+            s.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        waiter.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
