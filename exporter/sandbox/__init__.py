@@ -1,0 +1,79 @@
+"""The embedded sandbox: Finicity and MX simulated over real HTTP, with a ground truth.
+
+It speaks the real API shapes (paths, headers, auth, paging, field types from the official
+OpenAPI specs), so ``openfinance-exporter demo``, the integration tests and the benchmarks
+exercise the real client code. Statuses evolve night by night from a seeded scenario:
+background noise, an institution outage per provider, OTP loops, user fixes, closed,
+never-aggregated and manual accounts, unknown codes and hostile institution names.
+
+Python API::
+
+    from exporter.sandbox import (create_app, load_scenario, SandboxClock, SandboxServer,
+                                  serve, runtime_of, FINICITY_APP_KEY, ...)
+
+    scenario = load_scenario(None)                # packaged default-scenario.yml
+    scenario = load_scenario("my.yml", {"night_seconds": 20})  # file + overrides
+    scenario = scenario.with_realism(1.0)         # inject 429/500/503/slow answers
+    app = create_app(scenario, SandboxClock(0, time_source=fake_time))  # ASGI, for tests
+    async with SandboxServer(scenario, "127.0.0.1", 0) as sb:  # uvicorn in this loop
+        sb.finicity_base_url, sb.mx_base_url, sb.runtime.clock.advance(1)
+    await serve(host, port, scenario, ready=event)   # until cancelled
+
+``create_app(scenario, clock=None) -> Starlette``; ``runtime_of(app)`` gives the
+:class:`~exporter.sandbox.app.SandboxRuntime` (clock, fleet, counters) to in-process callers.
+``SandboxClock(night_seconds, time_source=time.time)``: ``night``, ``advance(n)``,
+``night_start(n)``; ``night_seconds=0`` is manual mode.
+
+Credentials (fixed, public): ``FINICITY_APP_KEY``, ``FINICITY_PARTNER_ID``,
+``FINICITY_PARTNER_SECRET``, ``MX_CLIENT_ID``, ``MX_API_KEY``.
+
+HTTP API (client base URLs: ``http://HOST:PORT/finicity`` and ``http://HOST:PORT/mx``):
+
+- Finicity: ``POST /aggregation/v2/partners/authentication`` (Finicity-App-Key +
+  ``{partnerId, partnerSecret}`` → ``{token}``; tokens expire after
+  ``token_lifetime_seconds`` of clock time → 401 10023; the partner locks after
+  ``finicity_lockout_after`` failures); ``GET /aggregation/v1/customers`` (start, limit ≤ 1000,
+  type, username, search; ``finicity_start_semantics``); ``GET
+  /aggregation/v1/customers/{customerId}/accounts`` and ``…/accounts/simple``; ``GET
+  /institution/v2/institutions/{institutionId}``. Refresh POSTs → 403, counted.
+- MX: HTTP Basic; ``Accept: application/vnd.mx.api.v1+json`` or 406; ``GET /users``,
+  ``GET /users/{user_guid}/members``, ``GET /users/{u}/members/{m}`` (and ``/status``),
+  ``GET /institutions/{institution_code}``. ``POST …/members/{m}/aggregate`` (and other jobs)
+  → 403, counted.
+- Control (no auth, never faulted): ``GET /sandbox/state`` (night, mode, outages, OTP
+  institutions, fleet and institutions, refresh_calls, credentials), ``POST
+  /sandbox/advance?nights=N`` (→ state), ``GET /sandbox/truth?observed_from=K`` (per
+  (provider, institution_id, institution, code, category): accounts and fixable; OTP
+  suspects per (provider, institution_id); totals), ``GET /sandbox/stats`` (requests and
+  responses by route template, refresh calls, injected faults, auth failures), ``POST
+  /sandbox/expire-tokens``, ``POST /sandbox/unlock``.
+"""
+
+from exporter.sandbox.app import SandboxRuntime, create_app, runtime_of
+from exporter.sandbox.clock import SandboxClock
+from exporter.sandbox.credentials import (
+    FINICITY_APP_KEY,
+    FINICITY_PARTNER_ID,
+    FINICITY_PARTNER_SECRET,
+    MX_API_KEY,
+    MX_CLIENT_ID,
+)
+from exporter.sandbox.scenario import FaultsConfig, Scenario, load_scenario
+from exporter.sandbox.server import SandboxServer, serve
+
+__all__ = [
+    "FINICITY_APP_KEY",
+    "FINICITY_PARTNER_ID",
+    "FINICITY_PARTNER_SECRET",
+    "MX_API_KEY",
+    "MX_CLIENT_ID",
+    "FaultsConfig",
+    "SandboxClock",
+    "SandboxRuntime",
+    "SandboxServer",
+    "Scenario",
+    "create_app",
+    "load_scenario",
+    "runtime_of",
+    "serve",
+]

@@ -2,8 +2,9 @@
 
 Night ``N`` starts at a wall-clock second ``night_start(N)``; every attempt of that night's
 batch carries that timestamp. Night starts are whole seconds and strictly increasing, and
-never later than ``now()`` when entered, so an agent that checks timestamps against its own
-real clock never sees the future.
+not later than ``now()`` when entered (unless nights are advanced faster than one per
+second, which runs ahead by at most that many seconds), so an agent that checks timestamps
+against its own real clock does not see the future.
 
 Two modes: *auto* (``night_seconds > 0``: a new night every ``night_seconds`` real seconds,
 e.g. 20 s in the demo) and *manual* (``night_seconds == 0``: nights advance only through
@@ -65,16 +66,19 @@ class SandboxClock:
             raise ValueError("nights cannot be negative")
         self._sync()
         now = int(self._time())
-        for _ in range(nights):
+        for i in range(nights, 0, -1):
+            # The last new night starts now, the ones before it a second apart; only when
+            # nights are advanced faster than one per second do starts run ahead of now.
             self._manual += 1
-            self._starts.append(max(now, self._starts[-1] + 1))
+            self._starts.append(max(now - (i - 1), self._starts[-1] + 1))
         return len(self._starts) - 1
 
     def night_start(self, night: int) -> int:
         """Epoch second at which ``night``'s batch ran (``night`` <= the current night)."""
-        self._sync()
         if night < 0:
             return self._starts[0] + night * 86400
+        if night >= len(self._starts):
+            self._sync()
         return self._starts[night]
 
     def next_night_at(self) -> float | None:

@@ -139,7 +139,7 @@ class Institution:
         return self.display_name or self.name or self.id
 
 
-@dataclass(slots=True)
+@dataclass
 class ProviderSim:
     """One provider's fleet: compact per-connection columns plus the code rules."""
 
@@ -237,6 +237,8 @@ class ProviderSim:
         # the outage and OTP ranks.
         reserved = {self.cfg.outage.institution_rank, self.cfg.otp.institution_rank}
         hostile_ranks = [r for r in range(3, n) if r not in reserved][::2][: len(hostile)]
+        plain = [r for r in range(3, n) if r not in reserved and r not in hostile_ranks]
+        no_display = plain[0] if plain else -1
         seen: set[int] = set()
         for rank in range(n):
             base = names[rank] if rank < len(names) else f"Community Bank {rank + 1}"
@@ -250,7 +252,7 @@ class ProviderSim:
                 seen.add(iid)
                 # ``name`` is the connection name, ``displayName`` the friendlier label; one
                 # institution has no displayName so the ``displayName ?? name`` fallback runs.
-                display = None if rank == 9 else name
+                display = None if rank == no_display else name
                 full = name if hostile_flag else f"{name} - Online Banking"
                 self.institutions.append(Institution("finicity", rank, str(iid), full, display,
                                                      hostile_flag))
@@ -408,9 +410,13 @@ class Fleet:
 
     # -- ground truth --------------------------------------------------------------------
 
-    def truth(self, observed_from: int = 0) -> dict[str, Any]:
-        """What a correct monitor reports now (see ``GET /sandbox/truth``)."""
-        night = self.clock.night
+    def truth(self, observed_from: int = 0, night: int | None = None) -> dict[str, Any]:
+        """What a correct monitor reports at ``night`` (default: now); see ``GET /sandbox/truth``.
+
+        Pure computation once ``night`` is given, so it may run in a worker thread.
+        """
+        if night is None:
+            night = self.clock.night
         key = (night, observed_from)
         if self._truth_cache is not None and self._truth_cache[0] == key:
             return self._truth_cache[1]

@@ -151,6 +151,7 @@ class CustomerWalk:
     page_number: int = 2
     next_index: int = 1
     requests: int = 0
+    without_id: int = 0
     switched: bool = False
     confirmed_switch: bool = False
     truncated: bool = False
@@ -165,9 +166,15 @@ class CustomerWalk:
             return MAX_CUSTOMER_PAGES
         return 2 * (math.ceil(self.found / limit) + 2)
 
-    def accept(self, page_ids: list[str], more: bool, found: int | None, limit: int) -> bool:
-        """Record one page; True when the walk should fetch another page."""
+    def accept(self, page_ids: list[str], more: bool, found: int | None, limit: int,
+               without_id: int = 0) -> bool:
+        """Record one page; True when the walk should fetch another page.
+
+        ``without_id`` counts records on the page that had no usable id (they still count
+        towards ``found``).
+        """
         self.requests += 1
+        self.without_id += without_id
         if found is not None:
             self.found = found
         for unit_id in page_ids:
@@ -180,7 +187,7 @@ class CustomerWalk:
         new = [i for i in page_ids if i not in self.walk_seen]
         self.walk_seen.update(page_ids)
         overlap = self.meaning is StartMeaning.PAGE_NUMBER and len(new) < len(page_ids)
-        short = self.found is not None and len(self.ids) < self.found
+        short = self._short()
         anomaly = not page_ids or not new or overlap or (not more and short)
         if self.switched and not self.confirmed_switch and new and not overlap:
             self.confirmed_switch = True
@@ -201,8 +208,11 @@ class CustomerWalk:
         self.page_number = 2
         self.next_index = 1 + len(self.first_page)
 
+    def _short(self) -> bool:
+        return self.found is not None and len(self.ids) + self.without_id < self.found
+
     def _found_all(self) -> bool:
-        return self.found is not None and len(self.ids) >= self.found
+        return self.found is not None and not self._short()
 
     def _under_cap(self, limit: int) -> bool:
         if self.requests < self.cap(limit):
@@ -212,8 +222,7 @@ class CustomerWalk:
 
     @property
     def complete(self) -> bool:
-        short = self.found is not None and len(self.ids) < self.found
-        return not self.truncated and not short
+        return not self.truncated and not self._short()
 
 
 class FinicitySource(Source):
@@ -318,32 +327,35 @@ class FinicitySource(Source):
             params["type"] = self.config.customer_type
         while True:
             body = await self._get(CUSTOMERS_ROUTE, params={**params, "start": walk.start()})
-            page_ids, more, found = self._customers_page(body)
-            if not walk.accept(page_ids, more, found, limit):
+            page_ids, without_id, more, found = self._customers_page(body)
+            if not walk.accept(page_ids, more, found, limit, without_id):
                 break
         if walk.switched and walk.confirmed_switch:
             log.info("%s: the server reads start as a %s", self.name, walk.meaning.value)
             self._start_meaning = walk.meaning
         return list(walk.ids), walk.complete
 
-    def _customers_page(self, body: Any) -> tuple[list[str], bool, int | None]:
+    def _customers_page(self, body: Any) -> tuple[list[str], int, bool, int | None]:
+        """(ids, records without an id, moreAvailable, found) of one customers page."""
         customers = body.get("customers") if isinstance(body, dict) else None
         if not isinstance(customers, list):
             self._parser.invalid("missing_field")
             raise MalformedResponse(f"{CUSTOMERS_ROUTE} answered without a customers list",
                                     route=CUSTOMERS_ROUTE, status="200")
         ids: list[str] = []
+        without_id = 0
         for customer in customers:
             customer_id = parse_id(customer.get("id")) if isinstance(customer, dict) else None
             if customer_id is None:
                 self._parser.invalid("missing_field")
+                without_id += 1
             else:
                 ids.append(customer_id)
         more = body.get("moreAvailable")
         more = more is True or (isinstance(more, str) and more.strip().lower() == "true")
         found_id = parse_id(body.get("found"))
         found = int(found_id) if found_id is not None and found_id.isdigit() else None
-        return ids, more, found
+        return ids, without_id, more, found
 
     async def _customer_accounts(self, customer_id: str) -> list[AccountStatus]:
         """Records for one customer's accounts; a 404 means it has none (any more)."""

@@ -187,8 +187,9 @@ class RecordParser:
 class TokenBucket:
     """``rate`` requests per second with bursts up to ``burst``, on the injected clock and sleep.
 
-    Hand-written (a dozen lines) because library limiters read the event loop's own clock,
-    which tests could not fake.
+    A caller takes a token at once and, when the bucket is in debt, sleeps until its token
+    would have been refilled: no polling loop, so a fake clock cannot make it spin.
+    Hand-written because library limiters read the event loop's own clock.
     """
 
     def __init__(self, rate: float, burst: int, clock: Clock, sleep: Sleep):
@@ -198,18 +199,14 @@ class TokenBucket:
         self._clock = clock
         self._sleep = sleep
         self._updated = clock()
-        self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
-        async with self._lock:  # first come, first served
-            while True:
-                now = self._clock()
-                self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
-                self._updated = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return
-                await self._sleep((1 - self._tokens) / self._rate)
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+        self._tokens -= 1
+        if self._tokens < 0:
+            await self._sleep(-self._tokens / self._rate)
 
 
 def parse_retry_after(value: str | None, *, now: float) -> float | None:
@@ -270,6 +267,7 @@ class UpstreamClient:
         self._semaphore = asyncio.Semaphore(http.max_concurrency)
         self._bucket = TokenBucket(
             http.rate_limit_per_second, http.rate_limit_burst, monotonic, sleep)
+        _quiet_httpx_logger()
         self._client = httpx.AsyncClient(
             base_url=base_url,
             headers=dict(headers or {}),
@@ -389,6 +387,16 @@ def _clean(params: Mapping[str, object] | None) -> dict[str, str] | None:
     if params is None:
         return None
     return {k: str(v) for k, v in params.items() if v is not None}
+
+
+def _quiet_httpx_logger() -> None:
+    """httpx logs every full URL (with customer ids) at INFO; keep that at WARNING.
+
+    Only when nobody configured the ``httpx`` logger: an explicit setting wins.
+    """
+    httpx_log = logging.getLogger("httpx")
+    if httpx_log.level == logging.NOTSET:
+        httpx_log.setLevel(logging.WARNING)
 
 
 def _h2_available() -> bool:

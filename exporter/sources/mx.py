@@ -163,7 +163,10 @@ class MxSource(Source):
                 self._parser.invalid("missing_field")
                 raise MalformedResponse(f"{route} answered without a {key} list",
                                         route=route, status="200")
-            items = [i for i in items if isinstance(i, dict) or self._parser.invalid("missing_field")]
+            objects = [i for i in items if isinstance(i, dict)]
+            for _ in range(len(items) - len(objects)):
+                self._parser.invalid("missing_field")
+            items = objects
             guids = {g for g in (parse_id(i.get("guid")) for i in items) if g is not None}
             fresh = guids - seen
             seen |= guids

@@ -1,0 +1,315 @@
+"""Simulated MX Platform API (v20111101) endpoints, mounted under ``/mx``.
+
+HTTP Basic auth (``client_id:api_key``), ``Accept: application/vnd.mx.api.v1+json`` or 406,
+``page``/``records_per_page`` paging (10–1000; above 1000 falls back to 25) with a
+``pagination`` object. Member ``name`` is sometimes personal text, so a client that uses it
+as the institution label is caught by the truth. Aggregation endpoints answer 403 and are
+counted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from exporter.sandbox.credentials import MX_API_KEY, MX_CLIENT_ID
+from exporter.sandbox.fleet import (
+    _MX_MESSAGES,
+    _PERSONAL_MEMBER_NAMES,
+    _S_GUID,
+    _S_MISC,
+    MANUAL,
+    NEVER,
+    ProviderSim,
+)
+
+if TYPE_CHECKING:
+    from exporter.sandbox.app import SandboxRuntime
+
+MX_MEDIA_TYPE = "application/vnd.mx.api.v1+json"
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message}}, status_code=status,
+                        media_type=MX_MEDIA_TYPE)
+
+
+def ok(payload: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(payload, media_type=MX_MEDIA_TYPE)
+
+
+def check_request(request: Request) -> Response | None:
+    """None when Basic auth and the versioned Accept header are right, else 401 / 406."""
+    header = request.headers.get("authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    user = password = None
+    if scheme.lower() == "basic":
+        try:
+            user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            user = None
+    if user != MX_CLIENT_ID or password != MX_API_KEY:
+        response = error(401, "Invalid MX-API-Key or MX-Client-ID provided")
+        response.headers["WWW-Authenticate"] = 'Basic realm="MX Platform API"'
+        return response
+    if MX_MEDIA_TYPE not in request.headers.get("accept", ""):
+        return error(406, f"No valid API version was requested; send Accept: {MX_MEDIA_TYPE}")
+    return None
+
+
+def _guid(sim: ProviderSim, prefix: str, kind: int, idx: int) -> str:
+    """A stable GUID-looking id whose last group encodes ``idx`` (so lookups need no index)."""
+    h = sim.h(_S_GUID, kind, idx)
+    return (f"{prefix}-{h >> 32 & 0xFFFFFFFF:08x}-{h >> 16 & 0xFFFF:04x}-{h & 0xFFFF:04x}-"
+            f"{h >> 48 & 0xFFFF:04x}-{idx:012x}")
+
+
+def _guid_index(sim: ProviderSim, prefix: str, kind: int, guid: str, limit: int) -> int | None:
+    tail = guid.rsplit("-", 1)[-1]
+    try:
+        idx = int(tail, 16)
+    except ValueError:
+        return None
+    if 0 <= idx < limit and _guid(sim, prefix, kind, idx) == guid:
+        return idx
+    return None
+
+
+def user_guid(sim: ProviderSim, idx: int) -> str:
+    return _guid(sim, "USR", 1, idx)
+
+
+def member_guid(sim: ProviderSim, k: int) -> str:
+    return _guid(sim, "MBR", 2, k)
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _paging(request: Request) -> tuple[int, int]:
+    try:
+        page = max(1, int(request.query_params.get("page") or 1))
+    except ValueError:
+        page = 1
+    try:
+        per_page = int(request.query_params.get("records_per_page") or 25)
+    except ValueError:
+        per_page = 25
+    if per_page > 1000:
+        per_page = 25
+    return page, max(10, per_page)
+
+
+def _page(items: range | list[int], page: int, per_page: int) -> tuple[range | list[int], dict]:
+    total = len(items)
+    chunk = items[(page - 1) * per_page: page * per_page]
+    return chunk, {"current_page": page, "per_page": per_page, "total_entries": total,
+                   "total_pages": math.ceil(total / per_page)}
+
+
+def user_json(sim: ProviderSim, idx: int) -> dict[str, Any]:
+    h = sim.h(_S_MISC, idx, 3)
+    return {
+        "guid": user_guid(sim, idx),
+        "id": f"partner-user-{idx:06d}",
+        "email": f"user{idx}@example.com",
+        "is_disabled": False,
+        "metadata": '{"segment": "retail"}' if h % 4 == 0 else None,
+    }
+
+
+def member_json(sim: ProviderSim, rt: SandboxRuntime, user: int, k: int, night: int) -> dict:
+    h = sim.h(_S_MISC, k, 4)
+    inst = sim.institutions[sim.conn_inst[k]]
+    role = sim.conn_role[k]
+    clock = rt.clock
+    status: str | None
+    aggregated = succeeded = None
+    if role == MANUAL:
+        status = None
+    elif role == NEVER:
+        status = "CREATED"
+    else:
+        attempt_night, status = sim.last_attempt(k, night, role)
+        aggregated = _iso(clock.night_start(attempt_night))
+        succeeded = _iso(clock.night_start(sim.last_success(k, night, role)))
+    name = inst.name
+    if h % 6 == 0:
+        name = _PERSONAL_MEMBER_NAMES[(h >> 8) % len(_PERSONAL_MEMBER_NAMES)]
+    message = None
+    if status is not None:
+        message = _MX_MESSAGES.get(status, "Status: {name}.").format(name=inst.name)
+    return {
+        "aggregated_at": aggregated,
+        "background_aggregation_is_disabled": False,
+        "connection_status": status,
+        "connection_status_message": message,
+        "guid": member_guid(sim, k),
+        "id": f"member-{k:07d}" if h % 2 else None,
+        "institution_code": inst.id,
+        "institution_guid": _guid(sim, "INS", 3, inst.rank),
+        "is_being_aggregated": False,
+        "is_managed_by_user": role == MANUAL,
+        "is_manual": role == MANUAL,
+        "is_oauth": inst.rank % 3 == 0 and role != MANUAL,
+        "metadata": None,
+        "most_recent_job_detail_code": None,
+        "most_recent_job_detail_text": None,
+        # A JOB- string in real payloads, though v20111101 types it boolean by mistake.
+        "most_recent_job_guid": None if aggregated is None else f"JOB-{h:016x}",
+        "name": name,
+        "needs_updated_credentials": status in ("DENIED", "PREVENTED"),
+        "oauth_window_uri": None,
+        "successfully_aggregated_at": succeeded,
+        "use_cases": ["PFM"],
+        "user_guid": user_guid(sim, user),
+        "user_id": f"partner-user-{user:06d}",
+    }
+
+
+async def list_users(rt: SandboxRuntime, request: Request) -> Response:
+    denied = check_request(request)
+    if denied is not None:
+        return denied
+    sim = rt.fleet.mx
+    page, per_page = _paging(request)
+    records: range | list[int] = range(sim.units)
+    q = request.query_params
+    if q.get("id"):
+        tail = q["id"].removeprefix("partner-user-")
+        records = [int(tail)] if tail.isdigit() and int(tail) < sim.units else []
+    if q.get("email"):
+        tail = q["email"].removeprefix("user").removesuffix("@example.com")
+        records = [i for i in ([int(tail)] if tail.isdigit() else []) if i in records]
+    if q.get("is_disabled", "").lower() == "true":
+        records = []
+    chunk, pagination = _page(records, page, per_page)
+    return ok({"users": [user_json(sim, i) for i in chunk], "pagination": pagination})
+
+
+def _user(rt: SandboxRuntime, request: Request) -> int | None:
+    sim = rt.fleet.mx
+    return _guid_index(sim, "USR", 1, request.path_params["user_guid"], sim.units)
+
+
+async def list_members(rt: SandboxRuntime, request: Request) -> Response:
+    denied = check_request(request)
+    if denied is not None:
+        return denied
+    sim = rt.fleet.mx
+    user = _user(rt, request)
+    if user is None:
+        return error(404, "We were unable to find the record you requested.")
+    page, per_page = _paging(request)
+    conns = range(sim.unit_conn_start[user], sim.unit_conn_start[user + 1])
+    chunk, pagination = _page(conns, page, per_page)
+    night = rt.clock.night
+    return ok({"members": [member_json(sim, rt, user, k, night) for k in chunk],
+               "pagination": pagination})
+
+
+def _member(rt: SandboxRuntime, request: Request) -> tuple[int, int] | None:
+    sim = rt.fleet.mx
+    user = _user(rt, request)
+    if user is None:
+        return None
+    k = _guid_index(sim, "MBR", 2, request.path_params["member_guid"], sim.connections)
+    if k is None or not sim.unit_conn_start[user] <= k < sim.unit_conn_start[user + 1]:
+        return None
+    return user, k
+
+
+async def read_member(rt: SandboxRuntime, request: Request) -> Response:
+    denied = check_request(request)
+    if denied is not None:
+        return denied
+    found = _member(rt, request)
+    if found is None:
+        return error(404, "We were unable to find the record you requested.")
+    return ok({"member": member_json(rt.fleet.mx, rt, *found, rt.clock.night)})
+
+
+async def read_member_status(rt: SandboxRuntime, request: Request) -> Response:
+    denied = check_request(request)
+    if denied is not None:
+        return denied
+    found = _member(rt, request)
+    if found is None:
+        return error(404, "We were unable to find the record you requested.")
+    m = member_json(rt.fleet.mx, rt, *found, rt.clock.night)
+    status = m["connection_status"]
+    return ok({"member": {
+        "aggregated_at": m["aggregated_at"],
+        "challenges": [],
+        "connection_status": status,
+        "guid": m["guid"],
+        "has_processed_accounts": m["aggregated_at"] is not None,
+        "has_processed_account_numbers": m["aggregated_at"] is not None,
+        "has_processed_transactions": m["aggregated_at"] is not None,
+        "is_authenticated": status == "CONNECTED",
+        "is_being_aggregated": m["is_being_aggregated"],
+        "successfully_aggregated_at": m["successfully_aggregated_at"],
+    }})
+
+
+def institution_json(sim: ProviderSim, i: int) -> dict[str, Any]:
+    inst = sim.institutions[i]
+    site = f"https://www.{inst.id.replace('_', '')}.example.com"
+    return {
+        "code": inst.id,
+        "forgot_password_url": f"{site}/forgot-password",
+        "forgot_username_url": f"{site}/forgot-username",
+        "instructional_text": None,
+        "instructional_text_steps": [],
+        "is_disabled_by_client": False,
+        "iso_country_code": "US",
+        "medium_logo_url": f"https://content.example.com/logos/100x100/{inst.id}.png",
+        "name": inst.name,
+        "small_logo_url": f"https://content.example.com/logos/50x50/{inst.id}.png",
+        "supports_account_identification": True,
+        "supports_account_statement": inst.rank % 2 == 0,
+        "supports_account_verification": True,
+        "supports_oauth": inst.rank % 3 == 0,
+        "supports_tax_document": False,
+        "supports_transaction_history": True,
+        "trouble_signing_in_url": f"{site}/login-trouble",
+        "url": site,
+    }
+
+
+async def read_institution(rt: SandboxRuntime, request: Request) -> Response:
+    denied = check_request(request)
+    if denied is not None:
+        return denied
+    sim = rt.fleet.mx
+    code = request.path_params["institution_code"]
+    for i, inst in enumerate(sim.institutions):
+        if inst.id == code:
+            return ok({"institution": institution_json(sim, i)})
+    return error(404, "We were unable to find the record you requested.")
+
+
+async def refuse_aggregation(rt: SandboxRuntime, request: Request) -> Response:
+    return error(403, "Aggregation is refused by the openfinance-exporter sandbox: a monitor "
+                 "must never trigger it.")
+
+
+_MEMBER = "/users/{user_guid}/members/{member_guid}"
+# (methods, path, handler, kind) — kind: "auth", "read" or "refresh".
+ROUTES = [
+    (["GET"], "/users", list_users, "read"),
+    (["GET"], "/users/{user_guid}/members", list_members, "read"),
+    (["GET"], _MEMBER, read_member, "read"),
+    (["GET"], f"{_MEMBER}/status", read_member_status, "read"),
+    (["GET"], "/institutions/{institution_code}", read_institution, "read"),
+    *[(["POST"], f"{_MEMBER}/{job}", refuse_aggregation, "refresh")
+      for job in ("aggregate", "check_balance", "identify", "verify", "extend_history",
+                  "fetch_statements", "fetch_tax_documents")],
+]
