@@ -22,6 +22,7 @@ tools:
 	bash scripts/install-tools.sh
 
 test: $(STAMP) tools
+	$(BIN)/ruff check .
 	PATH="$(CURDIR)/.tools/helm:$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -p no:cacheprovider
 
 unit: $(STAMP)

@@ -26,13 +26,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exporter.config import FinicitySourceConfig  # noqa: E402
-from exporter.sandbox import credentials  # noqa: E402
-from exporter.sources import build_source  # noqa: E402
-from exporter.sources.base import NullObserver  # noqa: E402
-from exporter.state import StateStore  # noqa: E402
-from exporter.tracker import Tracker  # noqa: E402
-from tests.integration.procs import Sandbox  # noqa: E402
+from exporter.config import FinicitySourceConfig
+from exporter.sandbox import credentials
+from exporter.sources import build_source
+from exporter.sources.base import NullObserver
+from exporter.state import StateStore
+from exporter.tracker import Tracker
+from tests.integration.procs import Sandbox
 
 
 class CountingObserver(NullObserver):

@@ -26,12 +26,12 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exporter.catalog import Catalog  # noqa: E402
-from exporter.metrics import AgeCollector, AgentMetrics, Exposition, FleetCollector  # noqa: E402
-from exporter.records import AccountStatus  # noqa: E402
-from exporter.sources.base import SweepReport  # noqa: E402
-from exporter.state import StateStore  # noqa: E402
-from exporter.tracker import Tracker  # noqa: E402
+from exporter.catalog import Catalog
+from exporter.metrics import AgeCollector, AgentMetrics, Exposition, FleetCollector
+from exporter.records import AccountStatus
+from exporter.sources.base import SweepReport
+from exporter.state import StateStore
+from exporter.tracker import Tracker
 
 NOW = 1_763_700_000.0
 CODES = [0] * 40 + [103, 108, 185, 187, 910, 905, 913, 945, 102, 1234567]

@@ -82,7 +82,7 @@ def acct(clock) -> Callable[..., AccountStatus]:
     """A Finicity account record at the current night, overridable field by field."""
 
     def make(key: str = "a1", code: object = 0, *, inst: str = "4222", name: str = "FinBank",
-             attempt: float | None | str = "now", success: float | None | str = "auto",
+             attempt: float | str | None = "now", success: float | str | None = "auto",
              source: str = "fin", provider: str = "finicity") -> AccountStatus:
         attempt_ts = clock.now - 3600 if attempt == "now" else attempt
         if success == "auto":

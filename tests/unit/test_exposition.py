@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-import zlib
 import subprocess
+import zlib
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families

@@ -180,7 +180,7 @@ async def test_hostile_institution_names_are_escaped_not_dropped(harness, acct):
     name = 'Bank "of" \\ the\nWorld ☃'
     await harness.sweep([acct("a1", 0, name=name)])
     body, _ctype, _gz = harness.exposition.render()
-    line = next(l for l in body.decode().splitlines() if l.startswith("openfinance_accounts{"))
+    line = next(x for x in body.decode().splitlines() if x.startswith("openfinance_accounts{"))
     assert 'institution="Bank \\"of\\" \\\\ the World ☃"' in line
 
 
