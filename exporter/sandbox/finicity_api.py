@@ -21,14 +21,14 @@ from exporter.sandbox.credentials import (
     FINICITY_PARTNER_SECRET,
 )
 from exporter.sandbox.fleet import (
-    _ACCOUNT_TYPES,
-    _FIRST,
-    _LAST,
-    _S_MISC,
+    ACCOUNT_TYPES,
     FINICITY_ACCOUNT_BASE,
     FINICITY_CUSTOMER_BASE,
     FINICITY_LOGIN_BASE,
+    FIRST_NAMES,
+    LAST_NAMES,
     NEVER,
+    S_MISC,
     ProviderSim,
 )
 
@@ -106,14 +106,14 @@ def _username(idx: int) -> str:
 
 
 def customer_json(sim: ProviderSim, rt: SandboxRuntime, idx: int) -> dict[str, Any]:
-    h = sim.h(_S_MISC, idx, 1)
+    h = sim.h(S_MISC, idx, 1)
     created = rt.clock.night_start(0) - (30 + h % 1500) * _DAY - h % _DAY
     modified = created + (h >> 20) % (20 * _DAY)
     out = {
         "id": str(FINICITY_CUSTOMER_BASE + idx),
         "username": _username(idx),
-        "firstName": _FIRST[h % len(_FIRST)],
-        "lastName": _LAST[(h >> 8) % len(_LAST)],
+        "firstName": FIRST_NAMES[h % len(FIRST_NAMES)],
+        "lastName": LAST_NAMES[(h >> 8) % len(LAST_NAMES)],
         "type": "active" if idx < sim.units else "testing",
         "createdDate": str(created),
         "lastModifiedDate": str(modified),
@@ -179,11 +179,11 @@ def account_json(sim: ProviderSim, rt: SandboxRuntime, cust: int, k: int, j: int
                  night: int, *, simple: bool = False) -> dict[str, Any]:
     """Account ``j`` (0-based within login ``k``) of customer ``cust`` as of ``night``."""
     a = sim.conn_acct_start[k] + j
-    h = sim.h(_S_MISC, a, 2)
+    h = sim.h(S_MISC, a, 2)
     inst = sim.institutions[sim.conn_inst[k]]
-    acct_type, acct_name = _ACCOUNT_TYPES[h % len(_ACCOUNT_TYPES)]
+    acct_type, acct_name = ACCOUNT_TYPES[h % len(ACCOUNT_TYPES)]
     if (h >> 5) % 7 == 0:
-        acct_name = f"{_FIRST[(h >> 9) % len(_FIRST)]}'s {acct_name.lower()}"
+        acct_name = f"{FIRST_NAMES[(h >> 9) % len(FIRST_NAMES)]}'s {acct_name.lower()}"
     clock = rt.clock
     created = clock.night_start(0) - (10 + (h >> 12) % 900) * _DAY - (h >> 24) % _DAY
     digits = f"{(h >> 16) % 10**10:010d}"

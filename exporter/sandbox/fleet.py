@@ -40,7 +40,7 @@ SKIP = ""  # the connection was not attempted that night
 
 # Salts: one per independent decision, so changing one rate does not reshuffle the others.
 (_S_UNITS, _S_INST, _S_ACCTS, _S_ROLE, _S_OTP, _S_ONSET, _S_LEN, _S_BLIP, _S_BLIPN, _S_SKIP,
- _S_NOISE, _S_NOISEC, _S_OUT, _S_OUTC, _S_PERS, _S_MFA, _S_UNK, _S_GUID, _S_MISC) = (
+ _S_NOISE, _S_NOISEC, _S_OUT, _S_OUTC, _S_PERS, _S_MFA, _S_UNK, S_GUID, S_MISC) = (
     0x1000 + i for i in range(19))
 
 FINICITY_CUSTOMER_BASE = 1_005_000_000
@@ -70,16 +70,16 @@ _HOSTILE = {
     "mx": ["Caisse Populaire Ünïcødé — 東京 🏦", 'Bank "of" \\the\\ West\nBranch',
            "O'Brien's \"Best\" Bank", "Back\\slash CU", "Zürich\tKantonal"],
 }
-_PERSONAL_MEMBER_NAMES = ["Jane's checking", "Dad's savings", "Our joint account 💑",
+PERSONAL_MEMBER_NAMES = ["Jane's checking", "Dad's savings", "Our joint account 💑",
                           "María's card", "bills (don't touch)", "Kevin O'Neil"]
-_ACCOUNT_TYPES = [("checking", "Checking"), ("savings", "Savings"), ("creditCard", "Credit Card"),
+ACCOUNT_TYPES = [("checking", "Checking"), ("savings", "Savings"), ("creditCard", "Credit Card"),
                   ("moneyMarket", "Money Market"), ("cd", "Certificate of Deposit"),
                   ("investment", "Brokerage")]
-_FIRST = ["John", "Mary", "Ana", "Wei", "Fatima", "Lucas", "Olga", "Raj", "Chloé", "Kwame",
+FIRST_NAMES = ["John", "Mary", "Ana", "Wei", "Fatima", "Lucas", "Olga", "Raj", "Chloé", "Kwame",
           "Sofia", "Noah", "Aiko", "Mateo", "Zoe", "Omar"]
-_LAST = ["Smith", "Garcia", "Chen", "Okafor", "Müller", "Novak", "Patel", "Kim", "Silva",
+LAST_NAMES = ["Smith", "Garcia", "Chen", "Okafor", "Müller", "Novak", "Patel", "Kim", "Silva",
          "O'Brien", "Rossi", "Nguyen", "Kowalski", "Haddad"]
-_MX_MESSAGES = {
+MX_MESSAGES = {
     "CONNECTED": "Connected to {name}.",
     "CHALLENGED": "To authenticate your connection to {name}, please answer the following "
                   "challenge(s).",
@@ -246,7 +246,7 @@ class ProviderSim:
             if rank in hostile_ranks:
                 name, hostile_flag = hostile[hostile_ranks.index(rank)], True
             if self.provider == "finicity":
-                iid = FINICITY_INSTITUTION_BASE + self.h(_S_MISC, rank) % 899_000
+                iid = FINICITY_INSTITUTION_BASE + self.h(S_MISC, rank) % 899_000
                 while iid in seen:
                     iid += 1
                 seen.add(iid)
@@ -348,7 +348,7 @@ class ProviderSim:
             if self.code_on(k, n, role) == self.ok_code:
                 return n
             n -= 1
-        return -1 - int(self.h(_S_MISC, k, 7) % 20)
+        return -1 - int(self.h(S_MISC, k, 7) % 20)
 
     def account_roles(self, k: int) -> list[int]:
         """The role each account of connection ``k`` is read with (closed: the last one)."""

@@ -20,12 +20,12 @@ from starlette.responses import JSONResponse, Response
 
 from exporter.sandbox.credentials import MX_API_KEY, MX_CLIENT_ID
 from exporter.sandbox.fleet import (
-    _MX_MESSAGES,
-    _PERSONAL_MEMBER_NAMES,
-    _S_GUID,
-    _S_MISC,
     MANUAL,
+    MX_MESSAGES,
     NEVER,
+    PERSONAL_MEMBER_NAMES,
+    S_GUID,
+    S_MISC,
     ProviderSim,
 )
 
@@ -65,7 +65,7 @@ def check_request(request: Request) -> Response | None:
 
 def _guid(sim: ProviderSim, prefix: str, kind: int, idx: int) -> str:
     """A stable GUID-looking id whose last group encodes ``idx`` (so lookups need no index)."""
-    h = sim.h(_S_GUID, kind, idx)
+    h = sim.h(S_GUID, kind, idx)
     return (f"{prefix}-{h >> 32 & 0xFFFFFFFF:08x}-{h >> 16 & 0xFFFF:04x}-{h & 0xFFFF:04x}-"
             f"{h >> 48 & 0xFFFF:04x}-{idx:012x}")
 
@@ -115,7 +115,7 @@ def _page(items: range | list[int], page: int, per_page: int) -> tuple[range | l
 
 
 def user_json(sim: ProviderSim, idx: int) -> dict[str, Any]:
-    h = sim.h(_S_MISC, idx, 3)
+    h = sim.h(S_MISC, idx, 3)
     return {
         "guid": user_guid(sim, idx),
         "id": f"partner-user-{idx:06d}",
@@ -126,7 +126,7 @@ def user_json(sim: ProviderSim, idx: int) -> dict[str, Any]:
 
 
 def member_json(sim: ProviderSim, rt: SandboxRuntime, user: int, k: int, night: int) -> dict:
-    h = sim.h(_S_MISC, k, 4)
+    h = sim.h(S_MISC, k, 4)
     inst = sim.institutions[sim.conn_inst[k]]
     role = sim.conn_role[k]
     clock = rt.clock
@@ -142,10 +142,10 @@ def member_json(sim: ProviderSim, rt: SandboxRuntime, user: int, k: int, night: 
         succeeded = _iso(clock.night_start(sim.last_success(k, night, role)))
     name = inst.name
     if h % 6 == 0:
-        name = _PERSONAL_MEMBER_NAMES[(h >> 8) % len(_PERSONAL_MEMBER_NAMES)]
+        name = PERSONAL_MEMBER_NAMES[(h >> 8) % len(PERSONAL_MEMBER_NAMES)]
     message = None
     if status is not None:
-        message = _MX_MESSAGES.get(status, "Status: {name}.").format(name=inst.name)
+        message = MX_MESSAGES.get(status, "Status: {name}.").format(name=inst.name)
     return {
         "aggregated_at": aggregated,
         "background_aggregation_is_disabled": False,
