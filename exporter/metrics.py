@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import zlib
-from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from prometheus_client import (
@@ -41,7 +40,7 @@ from exporter.metric_catalog import (
     SWEEP_DURATION_BUCKETS,
     MetricSpec,
 )
-from exporter.tracker import Snapshot
+from exporter.tracker import AgeHistogram, Snapshot
 
 OPENMETRICS = openmetrics.CONTENT_TYPE_LATEST
 # 0.0.4: what Prometheus 2.x and every scraper understands.
@@ -117,12 +116,11 @@ class AgeCollector(Collector):
             yield GaugeHistogramMetricFamily(spec.name, spec.help, labels=spec.labels)
 
     @staticmethod
-    def _buckets(sorted_ts, ts_sum: float, now: float, extra_inf: int = 0):
-        """Cumulative counts of ages ≤ each bound from ascending timestamps, and the age sum."""
-        total = len(sorted_ts)
-        out = [(floatToGoString(b), total - bisect_left(sorted_ts, now - b)) for b in AGE_BUCKETS]
-        out.append(("+Inf", total + extra_inf))
-        return out, total * now - ts_sum
+    def _buckets(ages: AgeHistogram, now: float, extra_inf: int = 0):
+        """Cumulative counts of ages ≤ each bound, and the sum of ages."""
+        out = [(floatToGoString(b), ages.since(now - b)) for b in AGE_BUCKETS]
+        out.append(("+Inf", ages.total + extra_inf))
+        return out, ages.total * now - ages.time_sum
 
     def collect(self) -> Iterator[Metric]:
         now = self._clock()
@@ -133,10 +131,10 @@ class AgeCollector(Collector):
         success = GaugeHistogramMetricFamily(success_spec.name, success_spec.help,
                                              labels=success_spec.labels)
         for agg in self._snapshot().sources.values():
-            for category, ts in sorted(agg.broken_since.items()):
-                buckets, s = self._buckets(ts, agg.broken_sums[category], now)
+            for category, ages in sorted(agg.broken_since.items()):
+                buckets, s = self._buckets(ages, now)
                 broken.add_metric([agg.source, agg.provider, category], buckets, s)
-            buckets, s = self._buckets(agg.success_ts, agg.success_sum, now, agg.never_succeeded)
+            buckets, s = self._buckets(agg.success, now, agg.never_succeeded)
             success.add_metric([agg.source, agg.provider], buckets, s)
         yield broken
         yield success

@@ -1,42 +1,43 @@
-"""Per-account state in SQLite (WAL), so streaks, broken-since, last success and transition
-counts survive a restart.
+"""Per-account state in SQLite (WAL), so streaks, broken-since and last success, transition
+counts and the aggregates built from them survive a restart.
 
 The store holds no per-account data in Python memory: a sweep reads the previous rows of
-the chunk it is applying and writes the new ones back in one transaction per chunk.
-Aggregation reads go through a separate read-only connection (WAL lets readers run beside
-the writer), so they can be done off the event loop.
+the chunk it is applying and writes the new ones back in one transaction per chunk. The
+aggregates the tracker keeps in memory are derived data: :func:`read_contributions` rebuilds
+them from the rows (at start-up, and for the rows a complete sweep drops).
+
+Layout: accounts live in a rowid table numbered in the order they were first seen, with a
+unique index on ``(source, account_key)``. Sweeps revisit accounts in about the order they
+page through them every night, so a chunk's updates land on neighbouring pages whatever the
+keys look like (MX member guids are random); only first sightings touch the index.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
+    id INTEGER PRIMARY KEY,
     source TEXT NOT NULL,
     account_key TEXT NOT NULL,
-    provider TEXT NOT NULL,
     institution_id TEXT NOT NULL,
     code TEXT NOT NULL,
-    category TEXT NOT NULL,
-    fixable INTEGER NOT NULL,
     attempt_ts REAL,
     success_ts REAL,
     broken_since REAL,
     mfa_streak INTEGER NOT NULL,
-    after_fix INTEGER NOT NULL,
-    relapsed INTEGER NOT NULL,
-    otp INTEGER NOT NULL,
-    sweep_id INTEGER NOT NULL,
-    PRIMARY KEY (source, account_key)
-) WITHOUT ROWID;
+    flags INTEGER NOT NULL,
+    sweep_id INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS accounts_by_key ON accounts (source, account_key);
 CREATE TABLE IF NOT EXISTS institutions (
     source TEXT NOT NULL,
     institution_id TEXT NOT NULL,
@@ -58,31 +59,63 @@ CREATE TABLE IF NOT EXISTS sweeps (
 ) WITHOUT ROWID;
 """
 
+# Schema 1 kept one WITHOUT ROWID row per (source, account_key) with the category, fixable
+# and provider copied in (all derivable from the code and the source) and the MFA flags as
+# three columns.
+_MIGRATE_FROM_1 = """
+ALTER TABLE accounts RENAME TO accounts_v1;
+{schema}
+INSERT INTO accounts (source, account_key, institution_id, code, attempt_ts, success_ts,
+                      broken_since, mfa_streak, flags, sweep_id)
+    SELECT source, account_key, institution_id, code, attempt_ts, success_ts, broken_since,
+           mfa_streak, otp * {otp} + relapsed * {relapsed} + after_fix * {after_fix}, sweep_id
+    FROM accounts_v1 ORDER BY source, account_key;
+DROP TABLE accounts_v1;
+"""
+
+OTP = 1
+"""``flags`` bit: the account is an OTP-loop suspect."""
+RELAPSED = 2
+"""``flags`` bit: it fell back to MFA right after a fix (and is still there)."""
+AFTER_FIX = 4
+"""``flags`` bit: its last distinct attempt succeeded after an MFA streak."""
+
 
 class AccountRow(NamedTuple):
-    """The stored state of one account (column order of ``accounts`` after the key)."""
+    """The stored state of one account, as :meth:`StateStore.load_accounts` returns it."""
 
-    provider: str
+    id: int
+    account_key: str
     institution_id: str
     code: str
-    category: str
-    fixable: int
     attempt_ts: float | None
     success_ts: float | None
     broken_since: float | None
     mfa_streak: int
-    after_fix: int
-    relapsed: int
-    otp: int
+    flags: int
 
 
-_ROW_COLUMNS = ", ".join(AccountRow._fields)
-_UPSERT = (
-    f"INSERT OR REPLACE INTO accounts (source, account_key, {_ROW_COLUMNS}, sweep_id) "
-    f"VALUES ({', '.join('?' * (len(AccountRow._fields) + 3))})"
+_STATE_COLUMNS = "institution_id, code, attempt_ts, success_ts, broken_since, mfa_streak, flags"
+_LOAD = (
+    "SELECT a.id, a.account_key, "
+    + ", ".join(f"a.{c}" for c in _STATE_COLUMNS.split(", "))
+    # the chunk's keys drive the loop (CROSS JOIN keeps that order): a probe of the key
+    # index each, then the rows, which sit in about the order the sweep asks for them
+    + " FROM json_each(?) AS k CROSS JOIN accounts AS a "
+    "ON a.source = ? AND a.account_key = k.value"
 )
-# SQLite (3.32+) allows 32,766 host parameters; stay well below.
-_IN_CHUNK = 2000
+# Whole-source reads walk the table in row order: through the key index they would visit
+# the rows in key order, which for random keys (MX guids) means random pages.
+_SCAN = "accounts NOT INDEXED"
+_UPDATE = (
+    "UPDATE accounts SET "
+    + ", ".join(f"{c} = ?" for c in _STATE_COLUMNS.split(", "))
+    + ", sweep_id = ? WHERE id = ?"
+)
+_INSERT = (
+    f"INSERT INTO accounts (source, account_key, {_STATE_COLUMNS}, sweep_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class StateStore:
@@ -96,8 +129,27 @@ class StateStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA cache_size=-32768")  # 32 MiB of pages, bounded
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"{self.path}: state schema {version} is newer than this agent's "
+                f"({SCHEMA_VERSION}); run the newer agent or move the state file away")
+        with self.transaction() as db:
+            script = _SCHEMA if version != 1 else _MIGRATE_FROM_1.format(
+                schema=_SCHEMA, otp=OTP, relapsed=RELAPSED, after_fix=AFTER_FIX)
+            # statement by statement: executescript would commit half-way
+            for statement in script.split(";\n"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The writer connection (for reads that must see its own writes)."""
+        return self._db
 
     def close(self) -> None:
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -121,30 +173,30 @@ class StateStore:
                        (source, sweep_id))
         return sweep_id
 
-    def load_accounts(self, source: str, keys: Sequence[str]) -> dict[str, AccountRow]:
-        out: dict[str, AccountRow] = {}
-        for i in range(0, len(keys), _IN_CHUNK):
-            part = keys[i:i + _IN_CHUNK]
-            cur = self._db.execute(
-                f"SELECT account_key, {_ROW_COLUMNS} FROM accounts "
-                f"WHERE source=? AND account_key IN ({','.join('?' * len(part))})",
-                (source, *part),
-            )
-            for key, *rest in cur:
-                out[key] = AccountRow(*rest)
-        return out
+    def load_accounts(self, source: str, keys: list[str]) -> dict[str, tuple]:
+        """The stored rows of ``keys`` (unique), as ``key → AccountRow``-shaped tuples.
+
+        The keys travel as one JSON array joined in SQLite: one bound parameter, no
+        host-parameter limit, no per-key statement.
+        """
+        return {row[1]: row for row in self._db.execute(_LOAD, (json.dumps(keys), source))}
 
     def write_chunk(
         self,
         source: str,
-        sweep_id: int,
-        rows: Iterable[tuple[str, AccountRow]],
+        updates: list[tuple],
+        inserts: list[tuple],
         transitions: dict[tuple[str, str, str, str], int],
         institutions: dict[str, str],
     ) -> None:
-        """Upsert a chunk of accounts, add transition counts and names, in one transaction."""
+        """Write a chunk of accounts, add transition counts and names, in one transaction.
+
+        ``updates`` are ``(*state columns, sweep_id, id)`` for stored accounts, ``inserts``
+        ``(source, account_key, *state columns, sweep_id)`` for first sightings.
+        """
         with self.transaction() as db:
-            db.executemany(_UPSERT, ((source, key, *row, sweep_id) for key, row in rows))
+            db.executemany(_UPDATE, updates)
+            db.executemany(_INSERT, inserts)
             db.executemany(
                 "INSERT INTO transitions (source, provider, institution_id, from_category, "
                 "to_category, count) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
@@ -160,12 +212,26 @@ class StateStore:
                 ((source, i, n) for i, n in institutions.items()),
             )
 
-    def drop_unseen(self, source: str, sweep_id: int) -> int:
-        """Delete accounts a complete sweep did not see: they are gone upstream."""
+    def drop_unseen(self, source: str, sweep_id: int) -> Contributions | None:
+        """Delete accounts a complete sweep did not see (they are gone upstream); return
+        what they contributed to the aggregates (read in the same transaction), or None
+        when there was nothing to drop."""
         with self.transaction() as db:
-            cur = db.execute("DELETE FROM accounts WHERE source=? AND sweep_id<>?",
-                             (source, sweep_id))
-            return cur.rowcount
+            if db.execute(f"SELECT 1 FROM {_SCAN} WHERE source=? AND sweep_id<>? LIMIT 1",
+                          (source, sweep_id)).fetchone() is None:
+                return None
+            gone = read_contributions(db, source, unseen_by=sweep_id)
+            db.execute(f"DELETE FROM {_SCAN} WHERE source=? AND sweep_id<>?", (source, sweep_id))
+        return gone
+
+    def labels(self, source: str) -> tuple[dict[str, str], list[tuple[str, str, str, str, int]]]:
+        """Institution names and transition counts of one source (both small tables)."""
+        names = dict(self._db.execute(
+            "SELECT institution_id, name FROM institutions WHERE source=?", (source,)))
+        transitions = self._db.execute(
+            "SELECT provider, institution_id, from_category, to_category, count "
+            "FROM transitions WHERE source=?", (source,)).fetchall()
+        return names, transitions
 
     def sources(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT DISTINCT source FROM accounts")]
@@ -176,47 +242,43 @@ class StateStore:
         return sqlite3.connect(uri, uri=True, check_same_thread=False)
 
 
-class SourceRows(NamedTuple):
-    """What aggregation reads for one source (all from one consistent read transaction)."""
+MINUTE = 60.0
+"""Ages are kept to the minute: the aggregates count accounts per minute of a timestamp."""
 
-    accounts: list[tuple[str, str, str, str, int, int, int]]
-    institutions: dict[str, str]
-    transitions: list[tuple[str, str, str, str, int]]
-    broken_since: dict[str, array]
-    success_ts: array
+
+class Contributions(NamedTuple):
+    """What a set of stored rows adds to a source's aggregates (categories are the
+    catalog's business: rows are grouped by code)."""
+
+    accounts: list[tuple[str, str, int, int]]
+    """(institution_id, code, accounts, OTP suspects)"""
+    broken: list[tuple[str, int, int]]
+    """(code, minute of broken_since, accounts)"""
+    success: list[tuple[int, int]]
+    """(minute of success_ts, accounts)"""
     never_succeeded: int
 
 
-def read_source(conn: sqlite3.Connection, source: str) -> SourceRows:
-    """Read the aggregates of one source: grouped counts plus sorted per-account timestamps.
+def read_contributions(conn: sqlite3.Connection, source: str, *,
+                       unseen_by: int | None = None) -> Contributions:
+    """Group one source's rows (or only those not seen by sweep ``unseen_by``) in SQLite.
 
-    Timestamps stream straight into ``array('d')`` (8 bytes each), never into a list of
-    Python floats, so a million accounts cost megabytes, not tens of them.
+    Each query is one scan grouped in C; nothing per account reaches Python.
     """
+    where = "source=?" if unseen_by is None else "source=? AND sweep_id<>?"
+    args = (source,) if unseen_by is None else (source, unseen_by)
+    minute = f"CAST(%s / {MINUTE} AS INTEGER)"
     with closing(conn.cursor()) as cur:
-        cur.execute("BEGIN")
         accounts = cur.execute(
-            "SELECT provider, institution_id, code, category, fixable, count(*), sum(otp) "
-            "FROM accounts WHERE source=? "
-            "GROUP BY provider, institution_id, code, category, fixable",
-            (source,),
-        ).fetchall()
-        names = dict(cur.execute(
-            "SELECT institution_id, name FROM institutions WHERE source=?", (source,)))
-        transitions = cur.execute(
-            "SELECT provider, institution_id, from_category, to_category, count "
-            "FROM transitions WHERE source=?", (source,)).fetchall()
-        broken: dict[str, array] = {}
-        for category in [r[0] for r in cur.execute(
-                "SELECT DISTINCT category FROM accounts "
-                "WHERE source=? AND broken_since IS NOT NULL", (source,))]:
-            broken[category] = array("d", (r[0] for r in cur.execute(
-                "SELECT broken_since FROM accounts WHERE source=? AND category=? "
-                "AND broken_since IS NOT NULL ORDER BY broken_since", (source, category))))
-        success = array("d", (r[0] for r in cur.execute(
-            "SELECT success_ts FROM accounts WHERE source=? AND success_ts IS NOT NULL "
-            "ORDER BY success_ts", (source,))))
-        never = cur.execute("SELECT count(*) FROM accounts WHERE source=? AND success_ts IS NULL",
-                            (source,)).fetchone()[0]
-        cur.execute("COMMIT")
-    return SourceRows(accounts, names, transitions, broken, success, never)
+            f"SELECT institution_id, code, count(*), sum(flags & {OTP}) "
+            f"FROM {_SCAN} WHERE {where} GROUP BY 1, 2", args).fetchall()
+        broken = cur.execute(
+            f"SELECT code, {minute % 'broken_since'}, count(*) FROM {_SCAN} "
+            f"WHERE {where} AND broken_since IS NOT NULL GROUP BY 1, 2", args).fetchall()
+        success = cur.execute(
+            f"SELECT {minute % 'success_ts'}, count(*) FROM {_SCAN} "
+            f"WHERE {where} AND success_ts IS NOT NULL GROUP BY 1", args).fetchall()
+        never = cur.execute(
+            f"SELECT count(*) FROM {_SCAN} WHERE {where} AND success_ts IS NULL",
+            args).fetchone()[0]
+    return Contributions(accounts, broken, success, never)

@@ -2,9 +2,12 @@
 
 For each record it resolves the code through the catalog, compares with the stored state
 to count category transitions and MFA streaks per *distinct aggregation attempt*, and
-writes the new state back in batches. When a sweep finishes it rebuilds that source's
-aggregates from the state database and swaps in a new :class:`Snapshot`; the collector
-only ever reads the current snapshot.
+writes the new state back in batches. Each source's aggregates (accounts per label set,
+ages per minute) live in a :class:`FleetState` that every committed chunk updates by the
+difference between the old and new rows, so finishing a sweep costs a step per series,
+not per account; at start-up the aggregates are rebuilt from the state database. When a
+sweep finishes the tracker swaps in a new :class:`Snapshot`; the collector only ever reads
+the current snapshot.
 
 A failed sweep changes nothing; a partial one updates only the accounts it read (the rest
 keep their last state); only a complete sweep drops accounts it did not see.
@@ -16,15 +19,24 @@ import asyncio
 import logging
 import math
 from array import array
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from bisect import bisect_right
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from exporter.catalog import Catalog, normalise_code
 from exporter.records import AccountStatus
 from exporter.sources.base import SweepReport
-from exporter.state import AccountRow, SourceRows, StateStore, read_source
+from exporter.state import (
+    AFTER_FIX,
+    MINUTE,
+    OTP,
+    RELAPSED,
+    Contributions,
+    StateStore,
+    read_contributions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +79,43 @@ def clean_label(value: object, fallback: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class AgeHistogram:
+    """Accounts counted per minute of a timestamp, ascending, for age buckets at scrape time."""
+
+    minutes: array
+    """distinct minute starts (epoch seconds), ascending"""
+    cumulative: array
+    """accounts whose minute is at or before ``minutes[i]``"""
+    total: int
+    time_sum: float
+    """sum over accounts of their (minute) timestamps, for the histogram's _sum"""
+
+    @classmethod
+    def of(cls, per_minute: dict[float, int]) -> AgeHistogram:
+        minutes, cumulative, running, time_sum = array("d"), array("q"), 0, 0
+        for minute in sorted(per_minute):
+            n = per_minute[minute]
+            running += n
+            time_sum += int(minute) * n
+            minutes.append(minute * MINUTE)
+            cumulative.append(running)
+        return cls(minutes, cumulative, running, float(time_sum * int(MINUTE)))
+
+    def since(self, ts: float) -> int:
+        """Accounts whose timestamp is at or after ``ts``, to the minute: an account counts
+        when its minute ends after ``ts`` (so an age bucket errs by under a minute, young)."""
+        i = bisect_right(self.minutes, ts - MINUTE)
+        return self.total - (self.cumulative[i - 1] if i else 0)
+
+    def __iter__(self):
+        """Each account's minute timestamp, ascending (for tests and debugging)."""
+        before = 0
+        for minute, upto in zip(self.minutes, self.cumulative, strict=True):
+            yield from [minute] * (upto - before)
+            before = upto
+
+
+@dataclass(frozen=True, slots=True)
 class SourceAggregate:
     """Everything the collector shows for one source, computed once per sweep."""
 
@@ -80,12 +129,10 @@ class SourceAggregate:
     """(institution_id, institution, count) — institutions with at least one suspect."""
     transitions: tuple[tuple[str, str, str, str, int], ...] = ()
     """(institution_id, institution, from_category, to_category, count)"""
-    broken_since: dict[str, array] = field(default_factory=dict)
-    """category → sorted epoch seconds at which each broken account left ok."""
-    broken_sums: dict[str, float] = field(default_factory=dict)
-    success_ts: array = field(default_factory=lambda: array("d"))
-    """sorted epoch seconds of each account's last success."""
-    success_sum: float = 0.0
+    broken_since: dict[str, AgeHistogram] = field(default_factory=dict)
+    """category → when each broken account left ok."""
+    success: AgeHistogram = field(default_factory=lambda: AgeHistogram.of({}))
+    """when each account last aggregated successfully (accounts that never did excluded)."""
     never_succeeded: int = 0
     state_accounts: int = 0
 
@@ -96,6 +143,135 @@ class Snapshot:
 
     version: int = 0
     sources: dict[str, SourceAggregate] = field(default_factory=dict)
+
+
+def _move(counter: Counter, key, n: int) -> None:
+    """Add ``n`` (maybe negative) to ``counter[key]``; a key that reaches zero goes."""
+    left = counter[key] + n
+    if left:
+        counter[key] = left
+    else:
+        del counter[key]
+
+
+def _shift(counter: Counter, added: Iterable, removed: Iterable) -> None:
+    """Count ``added`` in and ``removed`` out of ``counter`` (both counted in C)."""
+    counter.update(added)
+    for key, n in Counter(removed).items():
+        _move(counter, key, -n)
+
+
+class ChunkDelta:
+    """How one chunk changes a source's aggregates: the keys its old rows counted under
+    (removed) and its new rows count under (added), gathered per record as plain appends
+    and counted in C when the chunk is committed."""
+
+    __slots__ = (
+        "accounts",
+        "broken",
+        "gone_accounts",
+        "gone_broken",
+        "gone_otp",
+        "gone_success",
+        "never",
+        "otp",
+        "success",
+    )
+
+    def __init__(self) -> None:
+        self.accounts: list[tuple[str, str, str, int]] = []
+        self.gone_accounts: list[tuple[str, str, str, int]] = []
+        self.otp: list[str] = []
+        self.gone_otp: list[str] = []
+        self.broken: list[tuple[str, float]] = []
+        self.gone_broken: list[tuple[str, float]] = []
+        self.success: list[float] = []
+        self.gone_success: list[float] = []
+        self.never = 0
+
+
+class FleetState:
+    """One source's aggregates, kept in step with its stored rows.
+
+    Derived data: built from the store by :meth:`merge` at start-up, then moved by each
+    committed chunk (:meth:`apply`) and each drop of accounts gone upstream. Its size is the
+    number of label sets and distinct minutes, never the number of accounts.
+    """
+
+    def __init__(self) -> None:
+        self.accounts: Counter[tuple[str, str, str, int]] = Counter()
+        """(institution_id, code, category, fixable) → accounts"""
+        self.otp: Counter[str] = Counter()
+        """institution_id → OTP suspects"""
+        self.broken: Counter[tuple[str, float]] = Counter()
+        """(category, minute of broken_since) → accounts"""
+        self.success: Counter[float] = Counter()
+        """minute of the last success → accounts"""
+        self.never = 0
+
+    def merge(self, rows: Contributions, classify: Callable[[str], tuple[str, int]],
+              sign: int = 1) -> None:
+        """Add (``sign=1``) or remove (``-1``) what a set of stored rows contributes;
+        ``classify`` gives a stored code's (category, fixable)."""
+        for inst, code, n, n_otp in rows.accounts:
+            _move(self.accounts, (inst, code, *classify(code)), sign * n)
+            if n_otp:
+                _move(self.otp, inst, sign * n_otp)
+        for code, minute, n in rows.broken:
+            _move(self.broken, (classify(code)[0], float(minute)), sign * n)
+        for minute, n in rows.success:
+            _move(self.success, float(minute), sign * n)
+        self.never += sign * rows.never_succeeded
+
+    def apply(self, delta: ChunkDelta) -> None:
+        _shift(self.accounts, delta.accounts, delta.gone_accounts)
+        _shift(self.otp, delta.otp, delta.gone_otp)
+        _shift(self.broken, delta.broken, delta.gone_broken)
+        _shift(self.success, delta.success, delta.gone_success)
+        self.never += delta.never
+
+    def aggregate(self, source: str, provider: str, names: dict[str, str],
+                  transitions: Iterable[tuple[str, str, str, str, int]],
+                  fold_below: int) -> SourceAggregate:
+        """Group into label sets (small institutions fold into ``other``) and age histograms."""
+        per_inst: dict[str, int] = defaultdict(int)
+        for (inst_id, _c, _cat, _f), n in self.accounts.items():
+            per_inst[inst_id] += n
+
+        def label(inst_id: str) -> tuple[str, str]:
+            if fold_below and per_inst.get(inst_id, 0) < fold_below:
+                return OTHER, OTHER
+            return inst_id, names.get(inst_id, inst_id)
+
+        accounts: dict[tuple[str, str, str, str], int] = defaultdict(int)
+        fixable: dict[tuple[str, str, str], int] = defaultdict(int)
+        otp: dict[tuple[str, str], int] = defaultdict(int)
+        for (inst_id, code, category, fix), n in self.accounts.items():
+            inst = label(inst_id)
+            accounts[(*inst, code, category)] += n
+            if fix:
+                fixable[(*inst, code)] += n
+        for inst_id, n in self.otp.items():
+            otp[label(inst_id)] += n
+        moved: dict[tuple[str, str, str, str], int] = defaultdict(int)
+        for _p, inst_id, frm, to, n in transitions:
+            moved[(*label(inst_id), frm, to)] += n
+        broken: dict[str, dict[float, int]] = defaultdict(dict)
+        for (category, minute), n in self.broken.items():
+            broken[category][minute] = n
+        success = AgeHistogram.of(self.success)
+        return SourceAggregate(
+            source=source,
+            provider=provider,
+            accounts=tuple((*k, n) for k, n in sorted(accounts.items())),
+            fixable=tuple((*k, n) for k, n in sorted(fixable.items())),
+            otp_suspected=tuple((*k, n) for k, n in sorted(otp.items())),
+            transitions=tuple((*k, n) for k, n in sorted(moved.items())),
+            broken_since={c: AgeHistogram.of(m) for c, m in sorted(broken.items())},
+            success=success,
+            never_succeeded=self.never,
+            state_accounts=success.total + self.never,
+        )
 
 
 class Tracker:
@@ -120,34 +296,53 @@ class Tracker:
         self.events = events or _NoEvents()
         self.batch_size = batch_size
         self._snapshot = Snapshot()
+        self._fleets: dict[str, FleetState] = {}
         self._unknown_logged: set[tuple[str, str]] = set()
         self._invalid_logged: set[tuple[str, str]] = set()
         self._code_cache: dict[tuple[str, object], tuple[str, str, int, bool] | None] = {}
         self._labels: dict[tuple[object, object], tuple[str, str]] = {}
+        self._class_cache: dict[tuple[str, str], tuple[str, int]] = {}
 
     @property
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
     def begin(self, source: str, provider: str) -> SweepSession:
+        if source not in self._fleets:
+            self._fleets[source] = self._read_fleet(self.store.connection, source, provider)
         return SweepSession(self, source, provider, self.store.next_sweep_id(source))
 
+    def fleet(self, source: str) -> FleetState:
+        """The live aggregates of one source (empty until it is loaded or swept)."""
+        return self._fleets.setdefault(source, FleetState())
+
     async def load(self, sources: dict[str, str]) -> None:
-        """Publish aggregates for configured sources from the state left by a previous run."""
+        """Rebuild the aggregates of configured sources from the state a previous run left
+        (grouped in SQLite on a reader connection, off the event loop) and publish them."""
         for name, provider in sources.items():
+            conn = self.store.reader()
+            try:
+                self._fleets[name] = await asyncio.to_thread(self._read_fleet, conn, name,
+                                                             provider)
+            finally:
+                conn.close()
             await self.publish(name, provider)
 
+    def _read_fleet(self, conn, source: str, provider: str) -> FleetState:
+        fleet = FleetState()
+        fleet.merge(read_contributions(conn, source), lambda code: self.classify(provider, code))
+        return fleet
+
     async def publish(self, source: str, provider: str) -> None:
-        """Rebuild one source's aggregates from the store (off the event loop) and swap in."""
-        agg = await asyncio.to_thread(self._aggregate, source, provider)
-        self._swap(agg)
+        """Build one source's aggregate (a step per series, not per account) and swap it in."""
+        self.publish_sync(source, provider)
 
     def publish_sync(self, source: str, provider: str) -> None:
-        self._swap(self._aggregate(source, provider))
-
-    def _swap(self, agg: SourceAggregate) -> None:
+        names, transitions = self.store.labels(source)
+        agg = self.fleet(source).aggregate(source, provider, names, transitions,
+                                           self.institution_min_accounts)
         old = self._snapshot
-        self._snapshot = Snapshot(old.version + 1, {**old.sources, agg.source: agg})
+        self._snapshot = Snapshot(old.version + 1, {**old.sources, source: agg})
 
     # -- per record -------------------------------------------------------------------
 
@@ -174,6 +369,29 @@ class Tracker:
             self._code_cache[key] = result
         return result
 
+    def classify(self, provider: str, code: str) -> tuple[str, int]:
+        """(category, fixable) of a code as stored (already normalised)."""
+        key = (provider, code)
+        hit = self._class_cache.get(key)
+        if hit is None:
+            info = self.catalog.lookup(provider, code)
+            hit = self._class_cache[key] = (info.category, int(info.fixable))
+        return hit
+
+    def _institution(self, raw_id: object, raw_name: object) -> tuple[str, str]:
+        """(institution_id, institution) as label-safe strings, cached per raw pair."""
+        raw = (raw_id, raw_name)
+        try:
+            cleaned = self._labels.get(raw)
+        except TypeError:  # unhashable junk
+            cleaned, raw = None, None
+        if cleaned is None:
+            inst_id = clean_label(raw_id, "unknown")
+            cleaned = (inst_id, clean_label(raw_name, inst_id))
+            if raw is not None and len(self._labels) < 100_000:
+                self._labels[raw] = cleaned
+        return cleaned
+
     def note_invalid(self, source: str, reason: str) -> None:
         self.events.invalid_record(source, reason)
         if (source, reason) not in self._invalid_logged:
@@ -188,106 +406,15 @@ class Tracker:
             log.warning("unknown status code counted as category unknown source=%s "
                         "provider=%s code=%s", source, provider, code)
 
-    def _timestamp(self, source: str, value: object, now: float) -> float | None:
+    def timestamp(self, source: str, value: object, now: float) -> float | None:
+        """A plausible epoch-seconds float, or None (absurd values are counted)."""
         if value is None:
             return None
-        if type(value) is float and _MIN_TS <= value <= now + _MAX_AHEAD:
-            return value
         if (isinstance(value, int | float) and not isinstance(value, bool)
                 and math.isfinite(value) and _MIN_TS <= value <= now + _MAX_AHEAD):
             return float(value)
         self.note_invalid(source, "absurd_timestamp")
         return None
-
-    def next_state(self, rec: AccountStatus, inst_id: str, prev: AccountRow | None, resolved,
-                   now: float):
-        """The new stored row for one record, plus the transition it makes (if any)."""
-        code, category, fixable, otp_code = resolved
-        attempt = self._timestamp(rec.source, rec.attempt_ts, now)
-        success = self._timestamp(rec.source, rec.success_ts, now)
-        if prev is None:
-            streak, after_fix, relapsed = 0, 0, 0
-            prev_attempt = None
-            broken = None if category in ("ok", "manual") else (attempt or now)
-        else:
-            streak, after_fix, relapsed = prev.mfa_streak, prev.after_fix, prev.relapsed
-            prev_attempt = prev.attempt_ts
-            if success is None:
-                success = prev.success_ts
-            if category in ("ok", "manual"):
-                broken = None
-            elif prev.broken_since is not None:
-                broken = prev.broken_since
-            else:
-                broken = attempt or now
-        if attempt is not None and (prev_attempt is None or attempt > prev_attempt):
-            # A new, distinct aggregation attempt: only these move the MFA streak.
-            if otp_code:
-                relapsed = 1 if (after_fix or relapsed) else 0
-                streak += 1
-                after_fix = 0
-            elif category == "ok":
-                after_fix = 1 if streak > 0 else 0
-                streak, relapsed = 0, 0
-            else:
-                streak, after_fix, relapsed = 0, 0, 0
-        elif attempt is None and prev_attempt is not None:
-            attempt = prev_attempt
-        otp = 1 if otp_code and (streak >= self.otp_streak_threshold or relapsed) else 0
-        row = AccountRow(rec.provider, inst_id, code, category, fixable, attempt, success, broken,
-                         streak, after_fix, relapsed, otp)
-        moved = (prev.category, category) if prev is not None and prev.category != category else None
-        return row, moved
-
-    # -- aggregation --------------------------------------------------------------------
-
-    def _aggregate(self, source: str, provider: str) -> SourceAggregate:
-        conn = self.store.reader()
-        try:
-            rows = read_source(conn, source)
-        finally:
-            conn.close()
-        return build_aggregate(source, provider, rows, self.institution_min_accounts)
-
-
-def build_aggregate(source: str, provider: str, rows: SourceRows, fold_below: int) -> SourceAggregate:
-    """Group the stored rows into label sets; fold small institutions into ``other``."""
-    per_inst: dict[str, int] = defaultdict(int)
-    for _p, inst_id, _c, _cat, _f, n, _o in rows.accounts:
-        per_inst[inst_id] += n
-
-    def label(inst_id: str) -> tuple[str, str]:
-        if fold_below and per_inst.get(inst_id, 0) < fold_below:
-            return OTHER, OTHER
-        return inst_id, rows.institutions.get(inst_id, inst_id)
-
-    accounts: dict[tuple[str, str, str, str], int] = defaultdict(int)
-    fixable: dict[tuple[str, str, str], int] = defaultdict(int)
-    otp: dict[tuple[str, str], int] = defaultdict(int)
-    for _p, inst_id, code, category, fix, n, n_otp in rows.accounts:
-        inst = label(inst_id)
-        accounts[(*inst, code, category)] += n
-        if fix:
-            fixable[(*inst, code)] += n
-        if n_otp:
-            otp[inst] += n_otp
-    transitions: dict[tuple[str, str, str, str], int] = defaultdict(int)
-    for _p, inst_id, frm, to, n in rows.transitions:
-        transitions[(*label(inst_id), frm, to)] += n
-    return SourceAggregate(
-        source=source,
-        provider=provider,
-        accounts=tuple((*k, n) for k, n in sorted(accounts.items())),
-        fixable=tuple((*k, n) for k, n in sorted(fixable.items())),
-        otp_suspected=tuple((*k, n) for k, n in sorted(otp.items())),
-        transitions=tuple((*k, n) for k, n in sorted(transitions.items())),
-        broken_since=rows.broken_since,
-        broken_sums={c: math.fsum(v) for c, v in rows.broken_since.items()},
-        success_ts=rows.success_ts,
-        success_sum=math.fsum(rows.success_ts),
-        never_succeeded=rows.never_succeeded,
-        state_accounts=len(rows.success_ts) + rows.never_succeeded,
-    )
 
 
 class SweepSession:
@@ -318,51 +445,142 @@ class SweepSession:
             chunk, self._pending = self._pending, []
             self._apply(chunk)
 
-    def _apply(self, chunk: Sequence[AccountStatus]) -> None:
-        tracker = self.tracker
-        now = tracker.clock()
+    def _valid(self, chunk: Sequence[AccountStatus]) -> dict[str, tuple[AccountStatus, tuple]]:
+        """The chunk's usable records by key (a key seen twice: the last one wins)."""
+        tracker, source = self.tracker, self.source
+        codes = tracker._code_cache
         valid: dict[str, tuple[AccountStatus, tuple]] = {}
         for rec in chunk:
             key = rec.account_key
-            if not isinstance(key, str) or not key or rec.source != self.source:
-                tracker.note_invalid(self.source, "missing_field")
+            if type(key) is not str or not key or rec.source != source or not (
+                    key.isascii() or key.encode("utf-8", "replace").decode() == key):
+                tracker.note_invalid(source, "missing_field")
                 continue
-            resolved = tracker._resolve(self.source, rec.provider, rec.code)
+            try:
+                resolved = codes[(rec.provider, rec.code)]
+            except (KeyError, TypeError):  # not seen yet, or junk
+                resolved = tracker._resolve(source, rec.provider, rec.code)
             if resolved is None:
-                tracker.note_invalid(self.source, "malformed_code")
+                tracker.note_invalid(source, "malformed_code")
                 continue
             if resolved[1] == "unknown":
-                tracker.note_unknown(self.source, rec.provider, resolved[0])
-            valid[key] = (rec, resolved)  # a key seen twice in a chunk: the last one wins
-        previous = tracker.store.load_accounts(self.source, list(valid))
-        rows: list[tuple[str, AccountRow]] = []
+                tracker.note_unknown(source, rec.provider, resolved[0])
+            valid[key] = (rec, resolved)
+        return valid
+
+    def _apply(self, chunk: Sequence[AccountStatus]) -> None:
+        """Move each account of the chunk to its next state; write and count the chunk.
+
+        The stored row of an account holds its MFA streak over *distinct* aggregation
+        attempts: only an attempt later than the stored one moves it. 185 (MX: category
+        mfa) extends it; a success ends it and remembers there was one (``AFTER_FIX``), so
+        falling back to 185 right after a fix is a relapse; anything else resets it.
+        """
+        tracker, source, provider, sweep_id = self.tracker, self.source, self.provider, self.sweep_id
+        threshold = tracker.otp_streak_threshold
+        classify = tracker.classify
+        institution, labels = tracker._institution, tracker._labels
+        now = tracker.clock()
+        latest = now + _MAX_AHEAD
+        valid = self._valid(chunk)
+        previous = tracker.store.load_accounts(source, sorted(valid))
+        updates: list[tuple] = []
+        inserts: list[tuple] = []
         transitions: dict[tuple[str, str, str, str], int] = defaultdict(int)
         names: dict[str, str] = {}
-        labels = tracker._labels
-        for key, (rec, resolved) in valid.items():
-            raw = (rec.institution_id, rec.institution)
-            cleaned = labels.get(raw)
-            if cleaned is None:
-                inst_id = clean_label(rec.institution_id, "unknown")
-                cleaned = (inst_id, clean_label(rec.institution, inst_id))
-                if len(labels) < 100_000:
-                    labels[raw] = cleaned
-            inst_id, name = cleaned
+        delta = ChunkDelta()
+        for key, (rec, (code, category, fixable, otp_code)) in valid.items():
+            try:
+                inst_id, name = labels[(rec.institution_id, rec.institution)]
+            except (KeyError, TypeError):
+                inst_id, name = institution(rec.institution_id, rec.institution)
             if name != inst_id or inst_id not in names:
                 names[inst_id] = name
-            row, moved = tracker.next_state(rec, inst_id, previous.get(key), resolved, now)
-            rows.append((key, row))
-            if moved is not None:
-                transitions[(rec.provider, inst_id, *moved)] += 1
-        tracker.store.write_chunk(self.source, self.sweep_id, rows, transitions, names)
-        self.records += len(rows)
+            attempt, success = rec.attempt_ts, rec.success_ts
+            if attempt is not None and not (type(attempt) is float and _MIN_TS <= attempt <= latest):
+                attempt = tracker.timestamp(source, attempt, now)
+            if success is not None and not (type(success) is float and _MIN_TS <= success <= latest):
+                success = tracker.timestamp(source, success, now)
+            ok = category == "ok"
+            healthy = ok or category == "manual"
+            prev = previous.get(key)
+            if prev is None:
+                streak = flags = 0
+                prev_attempt = None
+                broken = None if healthy else (attempt or now)
+            else:
+                row_id, _k, p_inst, p_code, prev_attempt, p_success, p_broken, streak, p_flags = prev
+                flags = p_flags
+                if success is None:
+                    success = p_success
+                broken = None if healthy else (p_broken or attempt or now)
+            if attempt is not None and (prev_attempt is None or attempt > prev_attempt):
+                if otp_code:  # a new attempt, MFA again
+                    flags = RELAPSED if flags & (AFTER_FIX | RELAPSED) else 0
+                    streak += 1
+                elif ok:
+                    flags = AFTER_FIX if streak else 0
+                    streak = 0
+                else:
+                    streak = flags = 0
+            elif prev_attempt is not None:
+                attempt = prev_attempt  # the same or an older attempt: keep the newest seen
+            flags &= ~OTP
+            if otp_code and (streak >= threshold or flags & RELAPSED):
+                flags |= OTP
+            otp = flags & OTP
+            if prev is None:
+                inserts.append((source, key, inst_id, code, attempt, success, broken, streak,
+                                flags, sweep_id))
+                delta.accounts.append((inst_id, code, category, fixable))
+                if otp:
+                    delta.otp.append(inst_id)
+                if broken is not None:
+                    delta.broken.append((category, broken // MINUTE))
+                if success is None:
+                    delta.never += 1
+                else:
+                    delta.success.append(success // MINUTE)
+                continue
+            updates.append((inst_id, code, attempt, success, broken, streak, flags, sweep_id,
+                            row_id))
+            # what the aggregates lose from the old row and gain from the new one
+            p_category, p_fixable = (category, fixable) if p_code == code else classify(provider, p_code)
+            if p_code != code or p_inst != inst_id:
+                delta.gone_accounts.append((p_inst, p_code, p_category, p_fixable))
+                delta.accounts.append((inst_id, code, category, fixable))
+                if p_category != category:
+                    transitions[(provider, inst_id, p_category, category)] += 1
+            p_otp = p_flags & OTP
+            if p_otp != otp or (otp and p_inst != inst_id):
+                if p_otp:
+                    delta.gone_otp.append(p_inst)
+                if otp:
+                    delta.otp.append(inst_id)
+            if p_broken != broken or p_category != category:
+                if p_broken is not None:
+                    delta.gone_broken.append((p_category, p_broken // MINUTE))
+                if broken is not None:
+                    delta.broken.append((category, broken // MINUTE))
+            if p_success != success:
+                if p_success is None:
+                    delta.never -= 1
+                else:
+                    delta.gone_success.append(p_success // MINUTE)
+                delta.success.append(success // MINUTE)
+        inserts.sort()  # in key order: neighbouring inserts share index pages
+        tracker.store.write_chunk(source, updates, inserts, transitions, names)
+        tracker.fleet(source).apply(delta)  # only once the chunk is committed
+        self.records += len(updates) + len(inserts)
 
     async def finish(self, report: SweepReport) -> None:
         """Apply what is pending; on a complete sweep drop unseen accounts; publish."""
         self.flush()
         if report.complete:
-            dropped = self.tracker.store.drop_unseen(self.source, self.sweep_id)
-            if dropped:
+            gone = self.tracker.store.drop_unseen(self.source, self.sweep_id)
+            if gone is not None:
+                self.tracker.fleet(self.source).merge(
+                    gone, lambda code: self.tracker.classify(self.provider, code), -1)
                 log.info("dropped accounts no longer present upstream source=%s count=%d",
-                         self.source, dropped)
+                         self.source, sum(n for _i, _c, n, _o in gone.accounts))
         await self.tracker.publish(self.source, self.provider)
