@@ -58,7 +58,7 @@ async def sweep(url: str, tmp: Path, concurrency: int, page_size: int) -> tuple:
               "rate_limit_burst": 1000})
     source = build_source(config, observer, time.time)
     tracker = Tracker(StateStore(tmp / "state.db"), clock=time.time)
-    session = tracker.begin("bench", "finicity")
+    session = await tracker.begin("bench", "finicity")
     started = time.perf_counter()
     report = await source.sweep(session)
     await session.finish(report)

@@ -1,14 +1,17 @@
 """Benchmarks of the agent core (numbers for the issue notes; never asserted in tests).
 
-1. Tracker + aggregation throughput with state on disk: records per second for a first
-   sweep (inserts) and a second sweep (updates with transitions), including the final
-   aggregation that publishes the snapshot.
+1. Tracker + aggregation throughput with state on disk, in records per second of the
+   tracker's own time (building the input records is not counted): a first sweep (every
+   account new), a nightly sweep (every account has a new attempt, a share changes code)
+   and a re-poll (the same attempts seen again), each ending with the aggregation that
+   publishes the snapshot. Two key shapes: increasing numeric ids (Finicity accounts) and
+   random guids (MX members), each swept in the same page order every night.
 2. /metrics with ~50,000 fleet series: our cached exposition (first scrape after a sweep,
    and the following scrapes) against the naive prometheus_client approach
    (``Gauge.labels(...).set(...)`` for the same series, then ``generate_latest``).
 3. Resident memory per tracked account beyond the baseline, at 1,000,000 accounts.
 
-Run: ``python bench/bench_tracker.py [--accounts 1000000] [--series 50000]``.
+Run: ``python bench/bench_tracker.py [--accounts 1000000] [--series 50000] [--keys both]``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import hashlib
 import resource
 import sys
 import tempfile
@@ -34,7 +38,9 @@ from exporter.state import StateStore
 from exporter.tracker import Tracker
 
 NOW = 1_763_700_000.0
+DAY = 86400.0
 CODES = [0] * 40 + [103, 108, 185, 187, 910, 905, 913, 945, 102, 1234567]
+CHUNK = 1000  # what a source hands the tracker at a time (a few pages of accounts)
 
 
 def rss_bytes() -> int:
@@ -42,47 +48,66 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * resource.getpagesize()
 
 
-def records(n: int, night: int, institutions: int = 400):
-    for i in range(n):
-        code = CODES[(i * 7 + night * (i % 3)) % len(CODES)]
-        yield AccountStatus("fin", "finicity", f"{i:010d}", str(i % institutions),
-                            f"Bank {i % institutions}", code, NOW + night * 86400 - 3600,
-                            NOW - 86400 if code else NOW + night * 86400 - 3600)
+def account_key(i: int, shape: str) -> str:
+    if shape == "numeric":
+        return str(6_000_000_000 + i)
+    digest = hashlib.blake2b(i.to_bytes(8, "little"), digest_size=16).hexdigest()
+    return f"MBR-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:]}"
 
 
-async def sweep(tracker: Tracker, n: int, night: int, chunk: int = 5000) -> float:
-    started = time.perf_counter()
-    session = tracker.begin("fin", "finicity")
+def chunks(n: int, night: int, shape: str, institutions: int = 400):
+    """The sweep's records, a chunk at a time; night 0.5 re-polls night 0's attempts."""
+    attempt = NOW + int(night) * DAY - 3600
     batch: list[AccountStatus] = []
-    for rec in records(n, night):
-        batch.append(rec)
-        if len(batch) == chunk:
-            session.add(batch)
+    for i in range(n):
+        code = CODES[(i * 7 + int(night) * (i % 3)) % len(CODES)]
+        batch.append(AccountStatus("fin", "finicity", account_key(i, shape), str(i % institutions),
+                                   f"Bank {i % institutions}", code, attempt,
+                                   NOW - DAY if code else attempt))
+        if len(batch) == CHUNK:
+            yield batch
             batch = []
-    session.add(batch)
+    if batch:
+        yield batch
+
+
+async def sweep(tracker: Tracker, n: int, night: float, shape: str) -> float:
+    """Seconds spent in the tracker (session calls and the final publish) for one sweep."""
+    spent = 0.0
+    t = time.perf_counter()
+    session = await tracker.begin("fin", "finicity")
+    spent += time.perf_counter() - t
+    for batch in chunks(n, night, shape):
+        t = time.perf_counter()
+        await session.add(batch)
+        spent += time.perf_counter() - t
+    t = time.perf_counter()
     await session.finish(SweepReport(complete=True))
-    return time.perf_counter() - started
+    return spent + time.perf_counter() - t
 
 
-async def bench_tracker(n: int) -> None:
+async def bench_tracker(n: int, shape: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         gc.collect()
         base = rss_bytes()
         clock = [NOW]
         store = StateStore(Path(tmp) / "state.db")
         tracker = Tracker(store, clock=lambda: clock[0])
-        t1 = await sweep(tracker, n, 0)
-        clock[0] += 86400
-        t2 = await sweep(tracker, n, 1)
+        first = await sweep(tracker, n, 0, shape)
+        repoll = await sweep(tracker, n, 0.5, shape)
+        clock[0] += DAY
+        nightly = await sweep(tracker, n, 1, shape)
         gc.collect()
         used = rss_bytes() - base
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         snap = tracker.snapshot.sources["fin"]
-        print(f"tracker: {n:,} accounts on disk")
-        print(f"  first sweep (insert):  {t1:6.2f} s  = {n / t1:>9,.0f} records/s")
-        print(f"  second sweep (update): {t2:6.2f} s  = {n / t2:>9,.0f} records/s")
+        size = sum(f.stat().st_size for f in Path(tmp).iterdir())
+        print(f"tracker: {n:,} accounts on disk, {shape} keys, {CHUNK:,} records per add()")
+        for label, t in (("first sweep (all new)", first), ("re-poll (same attempts)", repoll),
+                         ("nightly sweep (new attempts)", nightly)):
+            print(f"  {label:30s} {t:6.2f} s = {n / t:>9,.0f} records/s")
         print(f"  series: {len(snap.accounts):,} account series, "
-              f"{len(snap.transitions):,} transition series")
+              f"{len(snap.transitions):,} transition series; state files {size / 1e6:.0f} MB")
         print(f"  resident beyond baseline: {used / 1e6:.1f} MB = {used / n:.0f} bytes/account "
               f"(process peak RSS {peak / 1e6:.0f} MB)")
         store.close()
@@ -143,9 +168,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--accounts", type=int, default=1_000_000)
     parser.add_argument("--series", type=int, default=50_000)
+    parser.add_argument("--keys", choices=("numeric", "guid", "both"), default="both")
+    parser.add_argument("--skip-exposition", action="store_true")
     args = parser.parse_args()
-    bench_exposition(args.series)
-    asyncio.run(bench_tracker(args.accounts))
+    if not args.skip_exposition:
+        bench_exposition(args.series)
+    for shape in ("numeric", "guid") if args.keys == "both" else (args.keys,):
+        asyncio.run(bench_tracker(args.accounts, shape))
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ class Agent:
         await asyncio.gather(*sweeps, return_exceptions=True)
         for s in self.sources:
             await s.aclose()
-        self.store.close()
+        await self.tracker.close()
         log.info("agent stopped, state flushed")
 
     def http_server(self, listen_address: str) -> Server:

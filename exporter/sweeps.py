@@ -86,7 +86,7 @@ class SweepRunner:
     async def _sweep(self, source: Source) -> str:
         name, m = source.name, self.metrics
         started = self.clock()
-        session = self.tracker.begin(name, source.provider)
+        session = await self.tracker.begin(name, source.provider)
         session.on_progress = ProgressLog(name, m, self.clock, self.progress_every)
         m.sweep_progress.labels(name).set(0)
         log.info("sweep started source=%s", name)

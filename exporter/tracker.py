@@ -9,6 +9,10 @@ not per account; at start-up the aggregates are rebuilt from the state database.
 sweep finishes the tracker swaps in a new :class:`Snapshot`; the collector only ever reads
 the current snapshot.
 
+All work on the state store runs on one writer thread, in order: the event loop keeps
+serving scrapes, probes and upstream responses while a chunk is applied (SQLite releases
+the GIL while it works), and the store's single connection is never used by two threads.
+
 A failed sweep changes nothing; a partial one updates only the accounts it read (the rest
 keep their last state); only a complete sweep drops accounts it did not see.
 """
@@ -22,8 +26,9 @@ from array import array
 from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from exporter.catalog import Catalog, normalise_code
 from exporter.records import AccountStatus
@@ -39,6 +44,7 @@ from exporter.state import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 OTHER = "other"
 # Timestamps before 2000-01-01 or more than two days ahead are treated as absent.
@@ -302,15 +308,24 @@ class Tracker:
         self._code_cache: dict[tuple[str, object], tuple[str, str, int, bool] | None] = {}
         self._labels: dict[tuple[object, object], tuple[str, str]] = {}
         self._class_cache: dict[tuple[str, str], tuple[str, int]] = {}
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-writer")
 
     @property
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
-    def begin(self, source: str, provider: str) -> SweepSession:
+    async def _run(self, fn: Callable[..., T], *args) -> T:
+        """Run ``fn`` on the writer thread (store and fleet state are only touched there)."""
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+
+    async def begin(self, source: str, provider: str) -> SweepSession:
+        return SweepSession(self, source, provider,
+                            await self._run(self._begin, source, provider))
+
+    def _begin(self, source: str, provider: str) -> int:
         if source not in self._fleets:
-            self._fleets[source] = self._read_fleet(self.store.connection, source, provider)
-        return SweepSession(self, source, provider, self.store.next_sweep_id(source))
+            self._fleets[source] = self._read_fleet(source, provider)
+        return self.store.next_sweep_id(source)
 
     def fleet(self, source: str) -> FleetState:
         """The live aggregates of one source (empty until it is loaded or swept)."""
@@ -318,24 +333,23 @@ class Tracker:
 
     async def load(self, sources: dict[str, str]) -> None:
         """Rebuild the aggregates of configured sources from the state a previous run left
-        (grouped in SQLite on a reader connection, off the event loop) and publish them."""
+        (grouped in SQLite, one scan per aggregate) and publish them."""
         for name, provider in sources.items():
-            conn = self.store.reader()
-            try:
-                self._fleets[name] = await asyncio.to_thread(self._read_fleet, conn, name,
-                                                             provider)
-            finally:
-                conn.close()
-            await self.publish(name, provider)
+            await self._run(self._load, name, provider)
 
-    def _read_fleet(self, conn, source: str, provider: str) -> FleetState:
+    def _load(self, source: str, provider: str) -> None:
+        self._fleets[source] = self._read_fleet(source, provider)
+        self.publish_sync(source, provider)
+
+    def _read_fleet(self, source: str, provider: str) -> FleetState:
         fleet = FleetState()
-        fleet.merge(read_contributions(conn, source), lambda code: self.classify(provider, code))
+        fleet.merge(read_contributions(self.store.connection, source),
+                    lambda code: self.classify(provider, code))
         return fleet
 
     async def publish(self, source: str, provider: str) -> None:
         """Build one source's aggregate (a step per series, not per account) and swap it in."""
-        self.publish_sync(source, provider)
+        await self._run(self.publish_sync, source, provider)
 
     def publish_sync(self, source: str, provider: str) -> None:
         names, transitions = self.store.labels(source)
@@ -343,6 +357,11 @@ class Tracker:
                                            self.institution_min_accounts)
         old = self._snapshot
         self._snapshot = Snapshot(old.version + 1, {**old.sources, source: agg})
+
+    async def close(self) -> None:
+        """Wait for the writer's queued work, then flush and close the store."""
+        await self._run(self.store.close)
+        self._writer.shutdown(wait=True)
 
     # -- per record -------------------------------------------------------------------
 
@@ -433,17 +452,14 @@ class SweepSession:
         if self.on_progress is not None:
             self.on_progress(done, total)
 
-    def add(self, records: Sequence[AccountStatus]) -> None:
+    async def add(self, records: Sequence[AccountStatus]) -> None:
+        """Take a chunk of records; every full batch is applied (on the writer thread)
+        before this returns, so a fast upstream never piles records up in memory."""
         self._pending.extend(records)
         while len(self._pending) >= self.tracker.batch_size:
             chunk = self._pending[: self.tracker.batch_size]
             del self._pending[: self.tracker.batch_size]
-            self._apply(chunk)
-
-    def flush(self) -> None:
-        if self._pending:
-            chunk, self._pending = self._pending, []
-            self._apply(chunk)
+            await self.tracker._run(self._apply, chunk)
 
     def _valid(self, chunk: Sequence[AccountStatus]) -> dict[str, tuple[AccountStatus, tuple]]:
         """The chunk's usable records by key (a key seen twice: the last one wins)."""
@@ -575,7 +591,12 @@ class SweepSession:
 
     async def finish(self, report: SweepReport) -> None:
         """Apply what is pending; on a complete sweep drop unseen accounts; publish."""
-        self.flush()
+        await self.tracker._run(self._finish, report)
+
+    def _finish(self, report: SweepReport) -> None:
+        if self._pending:
+            chunk, self._pending = self._pending, []
+            self._apply(chunk)
         if report.complete:
             gone = self.tracker.store.drop_unseen(self.source, self.sweep_id)
             if gone is not None:
@@ -583,4 +604,4 @@ class SweepSession:
                     gone, lambda code: self.tracker.classify(self.provider, code), -1)
                 log.info("dropped accounts no longer present upstream source=%s count=%d",
                          self.source, sum(n for _i, _c, n, _o in gone.accounts))
-        await self.tracker.publish(self.source, self.provider)
+        self.tracker.publish_sync(self.source, self.provider)

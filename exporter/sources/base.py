@@ -50,8 +50,9 @@ class NullObserver:
 class SweepSink(Protocol):
     """Where a sweep delivers its records, chunk by chunk, and reports progress."""
 
-    def add(self, records: Sequence[AccountStatus]) -> None:
-        """Apply a chunk of records (may be called many times per sweep)."""
+    async def add(self, records: Sequence[AccountStatus]) -> None:
+        """Apply a chunk of records (may be called many times per sweep, also by
+        concurrent tasks of one sweep)."""
 
     def progress(self, done: int, total: int | None) -> None:
         """Customers/users done so far, and the total when known."""

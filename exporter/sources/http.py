@@ -477,12 +477,12 @@ async def run_units(
     buffered_units = 0
     iterator = iter(units)
 
-    def flush() -> None:
+    async def flush() -> None:
         nonlocal buffer, buffered_units
-        if buffer:
-            sink.add(buffer)
-            outcome.records += len(buffer)
-        buffer, buffered_units = [], 0
+        chunk, buffer, buffered_units = buffer, [], 0
+        if chunk:
+            outcome.records += len(chunk)
+            await sink.add(chunk)
         sink.progress(done, total)
 
     async def worker() -> None:
@@ -505,7 +505,7 @@ async def run_units(
             done += 1
             buffered_units += 1
             if buffered_units >= chunk_units:
-                flush()
+                await flush()
 
     sink.progress(0, total)
     try:
@@ -514,7 +514,7 @@ async def run_units(
                 group.create_task(worker())
     except* SweepFailed as failures:
         raise failures.exceptions[0] from None
-    flush()
+    await flush()
     return outcome
 
 

@@ -46,8 +46,8 @@ class Harness:
 
     async def sweep(self, records: list[AccountStatus], *, complete: bool = True,
                     source: str = "fin", provider: str = "finicity") -> None:
-        session = self.tracker.begin(source, provider)
-        session.add(records)
+        session = await self.tracker.begin(source, provider)
+        await session.add(records)
         await session.finish(SweepReport(complete=complete))
 
     def value(self, name: str, **labels: str) -> float | None:

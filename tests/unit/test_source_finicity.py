@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,67 +13,19 @@ from exporter.records import AccountStatus
 from exporter.sources import build_source
 from exporter.sources.base import AuthLockoutRisk, SweepFailed
 from exporter.sources.finicity import FinicitySource
+from tests.unit.support import NOW, FakeTime, Recorder, Sink, load_fixture
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "finicity"
-NOW = 1_700_000_000.0
 APP_KEY, PARTNER_SECRET = "app-key-0123456789abcdef", "partner-secret-aqJ5Ic4SEVx2IgDQ"
 
 
-class FakeTime:
-    def __init__(self, now: float = NOW):
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
-class Recorder:
-    def __init__(self):
-        self.requests: list[tuple[str, str]] = []
-        self.retries: list[str] = []
-        self.invalid: list[str] = []
-        self.auth_failures: list[str] = []
-
-    def request(self, source, endpoint, status_code, duration):
-        self.requests.append((endpoint, status_code))
-
-    def retry(self, source, reason):
-        self.retries.append(reason)
-
-    def invalid_record(self, source, reason):
-        self.invalid.append(reason)
-
-    def auth_failure(self, source):
-        self.auth_failures.append(source)
 
 
-class Sink:
-    def __init__(self):
-        self.chunks: list[list[AccountStatus]] = []
-        self.progress_calls: list[tuple[int, int | None]] = []
-
-    def add(self, records):
-        self.chunks.append(list(records))
-
-    def progress(self, done, total):
-        self.progress_calls.append((done, total))
-
-    @property
-    def records(self) -> list[AccountStatus]:
-        return [r for chunk in self.chunks for r in chunk]
-
-    def by_key(self) -> dict[str, AccountStatus]:
-        return {r.account_key: r for r in self.records}
 
 
 def fixture(name: str) -> dict:
-    return json.loads((FIXTURES / name).read_text())
+    return load_fixture("finicity", name)
 
 
 class FakeFinicity:

@@ -20,47 +20,13 @@ from exporter.sources.http import (
     parse_id,
     parse_timestamp,
 )
+from tests.unit.support import NOW, FakeTime, Recorder
 
-NOW = 1_700_000_000.0
 ROUTE = "/aggregation/v1/customers/{customerId}/accounts"
 
 
-class FakeTime:
-    """Wall clock, monotonic clock and sleep in one: sleeping advances time and is recorded."""
-
-    def __init__(self, now: float = NOW):
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
-class Recorder:
-    """An UpstreamObserver that remembers every call."""
-
-    def __init__(self):
-        self.requests: list[tuple[str, str]] = []
-        self.retries: list[str] = []
-        self.invalid: list[str] = []
-        self.auth_failures: list[str] = []
-
-    def request(self, source, endpoint, status_code, duration):
-        self.requests.append((endpoint, status_code))
-
-    def retry(self, source, reason):
-        self.retries.append(reason)
-
-    def invalid_record(self, source, reason):
-        self.invalid.append(reason)
-
-    def auth_failure(self, source):
-        self.auth_failures.append(source)
 
 
 def scripted(*answers):

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import json
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,70 +12,22 @@ from exporter.records import AccountStatus
 from exporter.sources import build_source
 from exporter.sources.base import AuthLockoutRisk, SweepFailed
 from exporter.sources.mx import MxSource
+from tests.unit.support import FakeTime, Recorder, Sink, load_fixture
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "mx"
-NOW = 1_700_000_000.0
 CLIENT_ID, API_KEY = "client-id-1234", "api-key-abcdef0123456789"
 U1 = "USR-fa7537f3-48aa-a683-a02a-b18940482f54"
 U2 = "USR-0c5a2a43-7b2f-4c4e-9a11-5d1e0f2c9b01"
 U3 = "USR-9d1f7e2a-3c4b-4f5e-8a6d-7b8c9d0e1f23"
 
 
-class FakeTime:
-    def __init__(self, now: float = NOW):
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
-class Recorder:
-    def __init__(self):
-        self.requests: list[tuple[str, str]] = []
-        self.retries: list[str] = []
-        self.invalid: list[str] = []
-        self.auth_failures: list[str] = []
-
-    def request(self, source, endpoint, status_code, duration):
-        self.requests.append((endpoint, status_code))
-
-    def retry(self, source, reason):
-        self.retries.append(reason)
-
-    def invalid_record(self, source, reason):
-        self.invalid.append(reason)
-
-    def auth_failure(self, source):
-        self.auth_failures.append(source)
 
 
-class Sink:
-    def __init__(self):
-        self.chunks: list[list[AccountStatus]] = []
-        self.progress_calls: list[tuple[int, int | None]] = []
-
-    def add(self, records):
-        self.chunks.append(list(records))
-
-    def progress(self, done, total):
-        self.progress_calls.append((done, total))
-
-    @property
-    def records(self) -> list[AccountStatus]:
-        return [r for chunk in self.chunks for r in chunk]
-
-    def by_key(self) -> dict[str, AccountStatus]:
-        return {r.account_key: r for r in self.records}
 
 
 def fixture(name: str) -> dict:
-    return json.loads((FIXTURES / name).read_text())
+    return load_fixture("mx", name)
 
 
 def member(guid: str, user: str, institution: str = "mxbank", status: str | None = "CONNECTED",
