@@ -86,13 +86,13 @@ async def sweep(tracker: Tracker, n: int, night: float, shape: str) -> float:
     return spent + time.perf_counter() - t
 
 
-async def bench_tracker(n: int, shape: str) -> None:
+async def bench_tracker(n: int, shape: str, batch_size: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         gc.collect()
         base = rss_bytes()
         clock = [NOW]
         store = StateStore(Path(tmp) / "state.db")
-        tracker = Tracker(store, clock=lambda: clock[0])
+        tracker = Tracker(store, clock=lambda: clock[0], batch_size=batch_size)
         first = await sweep(tracker, n, 0, shape)
         repoll = await sweep(tracker, n, 0.5, shape)
         clock[0] += DAY
@@ -102,7 +102,8 @@ async def bench_tracker(n: int, shape: str) -> None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         snap = tracker.snapshot.sources["fin"]
         size = sum(f.stat().st_size for f in Path(tmp).iterdir())
-        print(f"tracker: {n:,} accounts on disk, {shape} keys, {CHUNK:,} records per add()")
+        print(f"tracker: {n:,} accounts on disk, {shape} keys, {CHUNK:,} records per add(), "
+              f"batches of {batch_size:,}")
         for label, t in (("first sweep (all new)", first), ("re-poll (same attempts)", repoll),
                          ("nightly sweep (new attempts)", nightly)):
             print(f"  {label:30s} {t:6.2f} s = {n / t:>9,.0f} records/s")
@@ -170,11 +171,12 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=50_000)
     parser.add_argument("--keys", choices=("numeric", "guid", "both"), default="both")
     parser.add_argument("--skip-exposition", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=Tracker.batch_size_default)
     args = parser.parse_args()
     if not args.skip_exposition:
         bench_exposition(args.series)
     for shape in ("numeric", "guid") if args.keys == "both" else (args.keys,):
-        asyncio.run(bench_tracker(args.accounts, shape))
+        asyncio.run(bench_tracker(args.accounts, shape, args.batch_size))
 
 
 if __name__ == "__main__":

@@ -283,6 +283,8 @@ class FleetState:
 class Tracker:
     """Applies sweeps to the state store and publishes snapshots."""
 
+    batch_size_default = 5000
+
     def __init__(
         self,
         store: StateStore,
@@ -292,7 +294,7 @@ class Tracker:
         otp_streak_threshold: int = 3,
         institution_min_accounts: int = 0,
         events: TrackerEvents | None = None,
-        batch_size: int = 5000,
+        batch_size: int = batch_size_default,
     ):
         self.store = store
         self.catalog = catalog or Catalog.default()
