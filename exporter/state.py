@@ -34,8 +34,7 @@ CREATE TABLE IF NOT EXISTS accounts (
     success_ts REAL,
     broken_since REAL,
     mfa_streak INTEGER NOT NULL,
-    flags INTEGER NOT NULL,
-    sweep_id INTEGER NOT NULL
+    flags INTEGER NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS accounts_by_key ON accounts (source, account_key);
 CREATE TABLE IF NOT EXISTS institutions (
@@ -53,24 +52,21 @@ CREATE TABLE IF NOT EXISTS transitions (
     count INTEGER NOT NULL,
     PRIMARY KEY (source, provider, institution_id, from_category, to_category)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS sweeps (
-    source TEXT PRIMARY KEY,
-    last_id INTEGER NOT NULL
-) WITHOUT ROWID;
 """
 
 # Schema 1 kept one WITHOUT ROWID row per (source, account_key) with the category, fixable
-# and provider copied in (all derivable from the code and the source) and the MFA flags as
-# three columns.
+# and provider copied in (all derivable from the code and the source), the MFA flags as
+# three columns, and the id of the last sweep that saw the row (rewritten every sweep).
 _MIGRATE_FROM_1 = """
 ALTER TABLE accounts RENAME TO accounts_v1;
 {schema}
 INSERT INTO accounts (source, account_key, institution_id, code, attempt_ts, success_ts,
-                      broken_since, mfa_streak, flags, sweep_id)
+                      broken_since, mfa_streak, flags)
     SELECT source, account_key, institution_id, code, attempt_ts, success_ts, broken_since,
-           mfa_streak, otp * {otp} + relapsed * {relapsed} + after_fix * {after_fix}, sweep_id
+           mfa_streak, otp * {otp} + relapsed * {relapsed} + after_fix * {after_fix}
     FROM accounts_v1 ORDER BY source, account_key;
 DROP TABLE accounts_v1;
+DROP TABLE IF EXISTS sweeps;
 """
 
 OTP = 1
@@ -110,11 +106,11 @@ _SCAN = "accounts NOT INDEXED"
 _UPDATE = (
     "UPDATE accounts SET "
     + ", ".join(f"{c} = ?" for c in _STATE_COLUMNS.split(", "))
-    + ", sweep_id = ? WHERE id = ?"
+    + " WHERE id = ?"
 )
 _INSERT = (
-    f"INSERT INTO accounts (source, account_key, {_STATE_COLUMNS}, sweep_id) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO accounts (source, account_key, {_STATE_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -165,13 +161,9 @@ class StateStore:
             raise
         self._db.execute("COMMIT")
 
-    def next_sweep_id(self, source: str) -> int:
-        with self.transaction() as db:
-            row = db.execute("SELECT last_id FROM sweeps WHERE source=?", (source,)).fetchone()
-            sweep_id = (row[0] if row else 0) + 1
-            db.execute("INSERT OR REPLACE INTO sweeps (source, last_id) VALUES (?, ?)",
-                       (source, sweep_id))
-        return sweep_id
+    def last_id(self) -> int:
+        """The highest account id so far: rows above it were first seen after this call."""
+        return self._db.execute("SELECT coalesce(max(id), 0) FROM accounts").fetchone()[0]
 
     def load_accounts(self, source: str, keys: list[str]) -> dict[str, tuple]:
         """The stored rows of ``keys`` (unique), as ``key → AccountRow``-shaped tuples.
@@ -191,8 +183,8 @@ class StateStore:
     ) -> None:
         """Write a chunk of accounts, add transition counts and names, in one transaction.
 
-        ``updates`` are ``(*state columns, sweep_id, id)`` for stored accounts, ``inserts``
-        ``(source, account_key, *state columns, sweep_id)`` for first sightings.
+        ``updates`` are ``(*state columns, id)`` for stored accounts whose state changed,
+        ``inserts`` ``(source, account_key, *state columns)`` for first sightings.
         """
         with self.transaction() as db:
             db.executemany(_UPDATE, updates)
@@ -212,17 +204,26 @@ class StateStore:
                 ((source, i, n) for i, n in institutions.items()),
             )
 
-    def drop_unseen(self, source: str, sweep_id: int) -> Contributions | None:
-        """Delete accounts a complete sweep did not see (they are gone upstream); return
-        what they contributed to the aggregates (read in the same transaction), or None
-        when there was nothing to drop."""
+    def drop_unseen(self, source: str, seen: bytearray, upto: int) -> Contributions | None:
+        """Delete the accounts of ``source`` with an id up to ``upto`` whose bit is not set
+        in ``seen``: a complete sweep did not see them, they are gone upstream. Returns what
+        they contributed to the aggregates (read in the same transaction), or None.
+
+        A sweep marks the rows it reads in a bitmap (an eighth of a byte per account)
+        instead of writing every row it sees, so a re-poll that changes nothing writes
+        nothing; rows first seen during the sweep have ids above ``upto``.
+        """
         with self.transaction() as db:
-            if db.execute(f"SELECT 1 FROM {_SCAN} WHERE source=? AND sweep_id<>? LIMIT 1",
-                          (source, sweep_id)).fetchone() is None:
+            gone = [i for (i,) in db.execute(
+                "SELECT id FROM accounts NOT INDEXED WHERE source=? AND id<=?", (source, upto))
+                if not seen[i >> 3] & (1 << (i & 7))]
+            if not gone:
                 return None
-            gone = read_contributions(db, source, unseen_by=sweep_id)
-            db.execute(f"DELETE FROM {_SCAN} WHERE source=? AND sweep_id<>?", (source, sweep_id))
-        return gone
+            ids = json.dumps(gone)
+            contributions = read_contributions(db, source, ids=ids)
+            db.execute("DELETE FROM accounts WHERE id IN (SELECT value FROM json_each(?))",
+                       (ids,))
+        return contributions
 
     def labels(self, source: str) -> tuple[dict[str, str], list[tuple[str, str, str, str, int]]]:
         """Institution names and transition counts of one source (both small tables)."""
@@ -260,13 +261,12 @@ class Contributions(NamedTuple):
 
 
 def read_contributions(conn: sqlite3.Connection, source: str, *,
-                       unseen_by: int | None = None) -> Contributions:
-    """Group one source's rows (or only those not seen by sweep ``unseen_by``) in SQLite.
-
-    Each query is one scan grouped in C; nothing per account reaches Python.
+                       ids: str | None = None) -> Contributions:
+    """Group one source's rows (or only those whose ids the JSON array ``ids`` lists) in
+    SQLite. Each query is one scan grouped in C; nothing per account reaches Python.
     """
-    where = "source=?" if unseen_by is None else "source=? AND sweep_id<>?"
-    args = (source,) if unseen_by is None else (source, unseen_by)
+    where = "source=?" if ids is None else "source=? AND id IN (SELECT value FROM json_each(?))"
+    args = (source,) if ids is None else (source, ids)
     minute = f"CAST(%s / {MINUTE} AS INTEGER)"
     with closing(conn.cursor()) as cur:
         accounts = cur.execute(

@@ -229,6 +229,10 @@ class FleetState:
             _move(self.success, float(minute), sign * n)
         self.never += sign * rows.never_succeeded
 
+    def total(self) -> int:
+        """Accounts stored for the source."""
+        return sum(self.accounts.values())
+
     def apply(self, delta: ChunkDelta) -> None:
         _shift(self.accounts, delta.accounts, delta.gone_accounts)
         _shift(self.otp, delta.otp, delta.gone_otp)
@@ -321,13 +325,14 @@ class Tracker:
         return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
 
     async def begin(self, source: str, provider: str) -> SweepSession:
-        return SweepSession(self, source, provider,
-                            await self._run(self._begin, source, provider))
+        last_id, stored = await self._run(self._begin, source, provider)
+        return SweepSession(self, source, provider, last_id, stored)
 
-    def _begin(self, source: str, provider: str) -> int:
+    def _begin(self, source: str, provider: str) -> tuple[int, int]:
+        """(highest account id, accounts stored for ``source``) as a sweep begins."""
         if source not in self._fleets:
             self._fleets[source] = self._read_fleet(source, provider)
-        return self.store.next_sweep_id(source)
+        return self.store.last_id(), self._fleets[source].total()
 
     def fleet(self, source: str) -> FleetState:
         """The live aggregates of one source (empty until it is loaded or swept)."""
@@ -441,11 +446,16 @@ class Tracker:
 class SweepSession:
     """One sweep of one source: the :class:`~exporter.sources.base.SweepSink` it writes to."""
 
-    def __init__(self, tracker: Tracker, source: str, provider: str, sweep_id: int):
+    def __init__(self, tracker: Tracker, source: str, provider: str, last_id: int,
+                 stored: int):
         self.tracker = tracker
         self.source = source
         self.provider = provider
-        self.sweep_id = sweep_id
+        self._upto = last_id
+        self._seen = bytearray((last_id >> 3) + 1)
+        """one bit per account id that existed when the sweep began: set once it is read"""
+        self._stored = stored
+        self._seen_count = 0
         self.records = 0
         self.on_progress: Callable[[int, int | None], None] | None = None
         self._pending: list[AccountStatus] = []
@@ -494,7 +504,7 @@ class SweepSession:
         mfa) extends it; a success ends it and remembers there was one (``AFTER_FIX``), so
         falling back to 185 right after a fix is a relapse; anything else resets it.
         """
-        tracker, source, provider, sweep_id = self.tracker, self.source, self.provider, self.sweep_id
+        tracker, source, provider, seen = self.tracker, self.source, self.provider, self._seen
         threshold = tracker.otp_streak_threshold
         classify = tracker.classify
         institution, labels = tracker._institution, tracker._labels
@@ -549,7 +559,7 @@ class SweepSession:
             otp = flags & OTP
             if prev is None:
                 inserts.append((source, key, inst_id, code, attempt, success, broken, streak,
-                                flags, sweep_id))
+                                flags))
                 delta.accounts.append((inst_id, code, category, fixable))
                 if otp:
                     delta.otp.append(inst_id)
@@ -560,8 +570,15 @@ class SweepSession:
                 else:
                     delta.success.append(success // MINUTE)
                 continue
-            updates.append((inst_id, code, attempt, success, broken, streak, flags, sweep_id,
-                            row_id))
+            bit = 1 << (row_id & 7)
+            if not seen[row_id >> 3] & bit:
+                seen[row_id >> 3] |= bit
+                self._seen_count += 1
+            if (p_code == code and p_inst == inst_id and prev_attempt == attempt
+                    and p_success == success and p_broken == broken and p_flags == flags
+                    and prev[7] == streak):
+                continue  # seen again, nothing changed: nothing to write or count
+            updates.append((inst_id, code, attempt, success, broken, streak, flags, row_id))
             # what the aggregates lose from the old row and gain from the new one
             p_category, p_fixable = (category, fixable) if p_code == code else classify(provider, p_code)
             if p_code != code or p_inst != inst_id:
@@ -589,7 +606,7 @@ class SweepSession:
         inserts.sort()  # in key order: neighbouring inserts share index pages
         tracker.store.write_chunk(source, updates, inserts, transitions, names)
         tracker.fleet(source).apply(delta)  # only once the chunk is committed
-        self.records += len(updates) + len(inserts)
+        self.records += len(valid)
 
     async def finish(self, report: SweepReport) -> None:
         """Apply what is pending; on a complete sweep drop unseen accounts; publish."""
@@ -599,8 +616,8 @@ class SweepSession:
         if self._pending:
             chunk, self._pending = self._pending, []
             self._apply(chunk)
-        if report.complete:
-            gone = self.tracker.store.drop_unseen(self.source, self.sweep_id)
+        if report.complete and self._seen_count < self._stored:
+            gone = self.tracker.store.drop_unseen(self.source, self._seen, self._upto)
             if gone is not None:
                 self.tracker.fleet(self.source).merge(
                     gone, lambda code: self.tracker.classify(self.provider, code), -1)
