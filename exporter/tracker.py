@@ -504,7 +504,8 @@ class SweepSession:
         mfa) extends it; a success ends it and remembers there was one (``AFTER_FIX``), so
         falling back to 185 right after a fix is a relapse; anything else resets it.
         """
-        tracker, source, provider, seen = self.tracker, self.source, self.provider, self._seen
+        tracker, source, provider = self.tracker, self.source, self.provider
+        seen, upto = self._seen, self._upto
         threshold = tracker.otp_streak_threshold
         classify = tracker.classify
         institution, labels = tracker._institution, tracker._labels
@@ -570,10 +571,11 @@ class SweepSession:
                 else:
                     delta.success.append(success // MINUTE)
                 continue
-            bit = 1 << (row_id & 7)
-            if not seen[row_id >> 3] & bit:
-                seen[row_id >> 3] |= bit
-                self._seen_count += 1
+            if row_id <= upto:  # (a row inserted earlier in this sweep is seen anyway)
+                bit = 1 << (row_id & 7)
+                if not seen[row_id >> 3] & bit:
+                    seen[row_id >> 3] |= bit
+                    self._seen_count += 1
             if (p_code == code and p_inst == inst_id and prev_attempt == attempt
                     and p_success == success and p_broken == broken and p_flags == flags
                     and prev[7] == streak):

@@ -1,0 +1,197 @@
+"""The state store and the tracker's incremental aggregates.
+
+The aggregates a sweep moves chunk by chunk must always equal what the stored rows say
+(the rebuild done at start-up); the store migrates schema 1 files and refuses newer ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from exporter.records import AccountStatus
+from exporter.sources.base import SweepReport
+from exporter.state import SCHEMA_VERSION, StateStore
+from exporter.tracker import AgeHistogram, FleetState, Tracker
+from tests.unit.conftest import DAY, T0, Clock
+
+CODES = [0, 0, 185, 103, 910, None, "1234567", [1]]  # includes pending, unknown and junk
+
+
+def rebuilt(tracker: Tracker, source: str = "fin") -> FleetState:
+    return tracker._read_fleet(source, "finicity")
+
+
+def as_dict(fleet: FleetState) -> dict:
+    return {"accounts": dict(fleet.accounts), "otp": dict(fleet.otp),
+            "broken": dict(fleet.broken), "success": dict(fleet.success), "never": fleet.never}
+
+
+record = st.tuples(
+    st.integers(0, 7),                     # account
+    st.sampled_from(CODES),                # code
+    st.sampled_from(["1", "2", "3"]),       # institution
+    st.sampled_from([None, -2, -1, 0, 0]),  # attempt: none, older nights, tonight
+    st.sampled_from([None, "attempt", -3]),  # success: none, at the attempt, days ago
+)
+sweep = st.tuples(st.lists(record, max_size=12), st.booleans(), st.integers(0, 2))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sweeps=st.lists(sweep, min_size=1, max_size=6), batch=st.integers(1, 4))
+def test_incremental_aggregates_always_equal_a_rebuild_from_the_rows(sweeps, batch):
+    async def run() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            clock = Clock()
+            store = StateStore(Path(tmp) / "s.db")
+            tracker = Tracker(store, clock=clock, batch_size=batch, otp_streak_threshold=2)
+            for records, complete, advance in sweeps:
+                session = await tracker.begin("fin", "finicity")
+                for key, code, inst, attempt, success in records:
+                    at = None if attempt is None else clock.now + attempt * DAY - 3600
+                    ok = success == "attempt" and at is not None
+                    succ = at if ok else (None if success in (None, "attempt")
+                                          else clock.now + success * DAY)
+                    await session.add([AccountStatus("fin", "finicity", f"acct-{key}", inst,
+                                                     f"Bank {inst}", code, at, succ)])
+                await session.finish(SweepReport(complete=complete))
+                assert as_dict(tracker.fleet("fin")) == as_dict(rebuilt(tracker))
+                agg = tracker.snapshot.sources["fin"]
+                assert agg.state_accounts == store.connection.execute(
+                    "SELECT count(*) FROM accounts").fetchone()[0]
+                clock.advance(advance * DAY)
+            await tracker.close()
+
+    asyncio.run(run())
+
+
+async def test_a_reopened_store_publishes_the_same_aggregates(tmp_path, acct, clock):
+    store = StateStore(tmp_path / "s.db")
+    tracker = Tracker(store, clock=clock)
+    for codes in ([0, 185, 910, 103], [185, 185, 0, 103], [185, 0, 910, None]):
+        session = await tracker.begin("fin", "finicity")
+        await session.add([acct(f"a{i}", c, inst=str(i % 2)) for i, c in enumerate(codes)])
+        await session.finish(SweepReport(complete=True))
+        clock.advance(DAY)
+    before = tracker.snapshot.sources["fin"]
+    await tracker.close()
+
+    again = Tracker(StateStore(tmp_path / "s.db"), clock=clock)
+    await again.load({"fin": "finicity"})
+    after = again.snapshot.sources["fin"]
+    assert (after.accounts, after.fixable, after.otp_suspected, after.transitions) == (
+        before.accounts, before.fixable, before.otp_suspected, before.transitions)
+    assert list(after.success) == list(before.success)
+    assert {c: list(h) for c, h in after.broken_since.items()} == {
+        c: list(h) for c, h in before.broken_since.items()}
+    await again.close()
+
+
+async def test_a_sweep_that_fails_half_way_keeps_store_and_aggregates_in_step(
+        tmp_path, acct, clock, monkeypatch):
+    store = StateStore(tmp_path / "s.db")
+    tracker = Tracker(store, clock=clock, batch_size=2)
+    session = await tracker.begin("fin", "finicity")
+    await session.add([acct(f"a{i}", 0) for i in range(4)])
+    await session.finish(SweepReport(complete=True))
+    clock.advance(DAY)
+
+    session = await tracker.begin("fin", "finicity")
+    await session.add([acct("a0", 910), acct("a1", 910)])  # one chunk committed
+    calls = []
+
+    def broken_disk(*args):
+        calls.append(args)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "write_chunk", broken_disk)
+    with pytest.raises(sqlite3.OperationalError):
+        await session.add([acct("a2", 910), acct("a3", 910)])
+    assert calls
+    assert as_dict(tracker.fleet("fin")) == as_dict(rebuilt(tracker))
+    assert tracker.fleet("fin").accounts[("4222", "910", "institution", 0)] == 2
+    await tracker.close()
+
+
+V1_SCHEMA = """
+CREATE TABLE accounts (
+    source TEXT NOT NULL, account_key TEXT NOT NULL, provider TEXT NOT NULL,
+    institution_id TEXT NOT NULL, code TEXT NOT NULL, category TEXT NOT NULL,
+    fixable INTEGER NOT NULL, attempt_ts REAL, success_ts REAL, broken_since REAL,
+    mfa_streak INTEGER NOT NULL, after_fix INTEGER NOT NULL, relapsed INTEGER NOT NULL,
+    otp INTEGER NOT NULL, sweep_id INTEGER NOT NULL, PRIMARY KEY (source, account_key)
+) WITHOUT ROWID;
+CREATE TABLE institutions (source TEXT NOT NULL, institution_id TEXT NOT NULL,
+    name TEXT NOT NULL, PRIMARY KEY (source, institution_id)) WITHOUT ROWID;
+CREATE TABLE transitions (source TEXT NOT NULL, provider TEXT NOT NULL,
+    institution_id TEXT NOT NULL, from_category TEXT NOT NULL, to_category TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (source, provider, institution_id, from_category, to_category)) WITHOUT ROWID;
+CREATE TABLE sweeps (source TEXT PRIMARY KEY, last_id INTEGER NOT NULL) WITHOUT ROWID;
+PRAGMA user_version=1;
+"""
+
+
+async def test_schema_1_state_is_migrated_and_streaks_carry_on(tmp_path, acct, clock):
+    path = tmp_path / "s.db"
+    db = sqlite3.connect(path)
+    db.executescript(V1_SCHEMA)
+    attempt = clock.now - DAY - 3600
+    db.executemany(
+        "INSERT INTO accounts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        [("fin", "a1", "finicity", "4222", "185", "mfa", 1, attempt, T0 - 9 * DAY,
+          attempt, 2, 0, 0, 0, 7),
+         ("fin", "a2", "finicity", "4222", "0", "ok", 0, attempt, attempt, None, 0, 1, 0, 0, 7),
+         ("fin", "a3", "finicity", "4222", "185", "mfa", 1, attempt, None, attempt, 1, 0, 1,
+          1, 7)])
+    db.execute("INSERT INTO institutions VALUES ('fin', '4222', 'FinBank')")
+    db.execute("INSERT INTO transitions VALUES ('fin', 'finicity', '4222', 'ok', 'mfa', 5)")
+    db.commit()
+    db.close()
+
+    store = StateStore(path)
+    assert store.connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    rows = dict(store.connection.execute("SELECT account_key, flags FROM accounts"))
+    assert rows == {"a1": 0, "a2": 4, "a3": 3}  # after_fix → 4; relapsed 2 + otp 1 → 3
+    tables = {r[0] for r in store.connection.execute("SELECT name FROM sqlite_master")}
+    assert "accounts_v1" not in tables and "sweeps" not in tables
+
+    tracker = Tracker(store, clock=clock)
+    await tracker.load({"fin": "finicity"})
+    agg = tracker.snapshot.sources["fin"]
+    assert agg.otp_suspected == (("4222", "FinBank", 1),)
+    assert ("4222", "FinBank", "ok", "mfa", 5) in agg.transitions
+    session = await tracker.begin("fin", "finicity")
+    await session.add([acct("a1", 185), acct("a2", 0), acct("a3", 185)])
+    await session.finish(SweepReport(complete=True))
+    # a1's third distinct 185 attempt makes it a suspect; a3 stays one (relapsed)
+    assert tracker.snapshot.sources["fin"].otp_suspected == (("4222", "FinBank", 2),)
+    await tracker.close()
+
+
+def test_a_state_file_from_a_newer_agent_is_refused_with_a_clear_error(tmp_path):
+    path = tmp_path / "s.db"
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(sqlite3.DatabaseError, match="newer than this agent"):
+        StateStore(path)
+
+
+def test_age_histogram_counts_by_the_minute_and_errs_young():
+    minute = 28_000_000.0
+    hist = AgeHistogram.of({minute: 2, minute + 10: 3})
+    start = minute * 60
+    assert (hist.total, list(hist.cumulative)) == (5, [2, 5])
+    assert hist.since(start) == 5
+    assert hist.since(start + 59) == 5        # the first minute ends after start + 59 s
+    assert hist.since(start + 60) == 3        # ... but not after start + 60 s
+    assert hist.since(start + 11 * 60) == 0
+    assert hist.time_sum == 2 * start + 3 * (start + 600)
+    assert list(hist) == [start] * 2 + [start + 600] * 3
