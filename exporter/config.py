@@ -188,7 +188,7 @@ class StateConfig(_Strict):
     """Where the tracker keeps per-account state (SQLite, WAL)."""
 
     path: Path = Path("openfinance-state.db")
-    batch_size: int = Field(5000, ge=1, le=100_000)
+    batch_size: int = Field(20_000, ge=1, le=100_000)
 
 
 class TrackerConfig(_Strict):

@@ -100,6 +100,10 @@ _LOAD = (
     + " FROM json_each(?) AS k CROSS JOIN accounts AS a "
     "ON a.source = ? AND a.account_key = k.value"
 )
+_AHEAD = (
+    "SELECT id, account_key, " + _STATE_COLUMNS
+    + " FROM accounts NOT INDEXED WHERE id > ? AND id <= ? AND source = ? ORDER BY id LIMIT ?"
+)
 # Whole-source reads walk the table in row order: through the key index they would visit
 # the rows in key order, which for random keys (MX guids) means random pages.
 _SCAN = "accounts NOT INDEXED"
@@ -173,10 +177,16 @@ class StateStore:
         """
         return {row[1]: row for row in self._db.execute(_LOAD, (json.dumps(keys), source))}
 
+    def rows_after(self, source: str, after_id: int, upto: int, limit: int) -> list[tuple]:
+        """Up to ``limit`` rows of ``source`` with ids in (``after_id``, ``upto``], in id
+        order (a range of the table itself: no index, neighbouring pages)."""
+        return self._db.execute(_AHEAD, (after_id, upto, source, limit)).fetchall()
+
     def write_chunk(
         self,
         source: str,
         updates: list[tuple],
+        stamps: list[tuple],
         inserts: list[tuple],
         transitions: dict[tuple[str, str, str, str], int],
         institutions: dict[str, str],
@@ -184,10 +194,14 @@ class StateStore:
         """Write a chunk of accounts, add transition counts and names, in one transaction.
 
         ``updates`` are ``(*state columns, id)`` for stored accounts whose state changed,
-        ``inserts`` ``(source, account_key, *state columns)`` for first sightings.
+        ``stamps`` ``(attempt_ts, success_ts, id)`` for those where only these two moved
+        (the usual night: a narrower statement), ``inserts`` ``(source, account_key,
+        *state columns)`` for first sightings.
         """
         with self.transaction() as db:
             db.executemany(_UPDATE, updates)
+            db.executemany("UPDATE accounts SET attempt_ts = ?, success_ts = ? WHERE id = ?",
+                           stamps)
             db.executemany(_INSERT, inserts)
             db.executemany(
                 "INSERT INTO transitions (source, provider, institution_id, from_category, "

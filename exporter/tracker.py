@@ -25,7 +25,7 @@ import math
 from array import array
 from bisect import bisect_right
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -287,7 +287,7 @@ class FleetState:
 class Tracker:
     """Applies sweeps to the state store and publishes snapshots."""
 
-    batch_size_default = 5000
+    batch_size_default = 20_000
 
     def __init__(
         self,
@@ -456,6 +456,9 @@ class SweepSession:
         """one bit per account id that existed when the sweep began: set once it is read"""
         self._stored = stored
         self._seen_count = 0
+        self._ahead: dict[str, tuple] = {}
+        """stored rows read ahead in id order (the order the accounts were first seen)"""
+        self._ahead_from = 0
         self.records = 0
         self.on_progress: Callable[[int, int | None], None] | None = None
         self._pending: list[AccountStatus] = []
@@ -496,6 +499,45 @@ class SweepSession:
             valid[key] = (rec, resolved)
         return valid
 
+    def _previous(self, keys: Collection[str]) -> dict[str, tuple]:
+        """The stored rows of a chunk's keys.
+
+        A sweep pages through the accounts in about the order it did the night they were
+        first seen, which is the table's id order. So the rows are read ahead in id order
+        (a sequential range) and matched by key; only keys not found that way (new
+        accounts, or ones the sweep reached out of order) are looked up in the key index.
+        Rows read ahead but not yet asked for wait for the next chunks, within a bound.
+        """
+        store, ahead = self.tracker.store, self._ahead
+        found: dict[str, tuple] = {}
+        missing: list[str] = []
+        for key in keys:
+            row = ahead.pop(key, None)
+            if row is None:
+                missing.append(key)
+            else:
+                found[key] = row
+        if missing and self._ahead_from < self._upto:
+            rows = store.rows_after(self.source, self._ahead_from, self._upto, len(missing))
+            if rows:
+                self._ahead_from = rows[-1][0]
+                for row in rows:
+                    ahead[row[1]] = row
+                still: list[str] = []
+                for key in missing:
+                    row = ahead.pop(key, None)
+                    if row is None:
+                        still.append(key)
+                    else:
+                        found[key] = row
+                missing = still
+            bound = 2 * self.tracker.batch_size
+            while len(ahead) > bound:  # skipped over: found through the index if they come
+                del ahead[next(iter(ahead))]
+        if missing:
+            found.update(store.load_accounts(self.source, sorted(missing)))
+        return found
+
     def _apply(self, chunk: Sequence[AccountStatus]) -> None:
         """Move each account of the chunk to its next state; write and count the chunk.
 
@@ -512,8 +554,9 @@ class SweepSession:
         now = tracker.clock()
         latest = now + _MAX_AHEAD
         valid = self._valid(chunk)
-        previous = tracker.store.load_accounts(source, sorted(valid))
+        previous = self._previous(valid.keys())
         updates: list[tuple] = []
+        stamps: list[tuple] = []
         inserts: list[tuple] = []
         transitions: dict[tuple[str, str, str, str], int] = defaultdict(int)
         names: dict[str, str] = {}
@@ -576,10 +619,18 @@ class SweepSession:
                 if not seen[row_id >> 3] & bit:
                     seen[row_id >> 3] |= bit
                     self._seen_count += 1
-            if (p_code == code and p_inst == inst_id and prev_attempt == attempt
-                    and p_success == success and p_broken == broken and p_flags == flags
-                    and prev[7] == streak):
-                continue  # seen again, nothing changed: nothing to write or count
+            if (p_code == code and p_inst == inst_id and p_broken == broken
+                    and p_flags == flags and prev[7] == streak):
+                # the usual night: at most the attempt and the success moved
+                if prev_attempt != attempt or p_success != success:
+                    stamps.append((attempt, success, row_id))
+                    if p_success != success:
+                        if p_success is None:
+                            delta.never -= 1
+                        else:
+                            delta.gone_success.append(p_success // MINUTE)
+                        delta.success.append(success // MINUTE)
+                continue
             updates.append((inst_id, code, attempt, success, broken, streak, flags, row_id))
             # what the aggregates lose from the old row and gain from the new one
             p_category, p_fixable = (category, fixable) if p_code == code else classify(provider, p_code)
@@ -606,7 +657,7 @@ class SweepSession:
                     delta.gone_success.append(p_success // MINUTE)
                 delta.success.append(success // MINUTE)
         inserts.sort()  # in key order: neighbouring inserts share index pages
-        tracker.store.write_chunk(source, updates, inserts, transitions, names)
+        tracker.store.write_chunk(source, updates, stamps, inserts, transitions, names)
         tracker.fleet(source).apply(delta)  # only once the chunk is committed
         self.records += len(valid)
 
