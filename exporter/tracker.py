@@ -510,33 +510,31 @@ class SweepSession:
         """
         store, ahead = self.tracker.store, self._ahead
         found: dict[str, tuple] = {}
-        missing: list[str] = []
-        for key in keys:
-            row = ahead.pop(key, None)
-            if row is None:
-                missing.append(key)
-            else:
-                found[key] = row
+        missing = self._take(keys, found)
         if missing and self._ahead_from < self._upto:
             rows = store.rows_after(self.source, self._ahead_from, self._upto, len(missing))
             if rows:
                 self._ahead_from = rows[-1][0]
                 for row in rows:
                     ahead[row[1]] = row
-                still: list[str] = []
-                for key in missing:
-                    row = ahead.pop(key, None)
-                    if row is None:
-                        still.append(key)
-                    else:
-                        found[key] = row
-                missing = still
+                missing = self._take(missing, found)
             bound = 2 * self.tracker.batch_size
             while len(ahead) > bound:  # skipped over: found through the index if they come
                 del ahead[next(iter(ahead))]
         if missing:
             found.update(store.load_accounts(self.source, sorted(missing)))
         return found
+
+    def _take(self, keys: Iterable[str], found: dict[str, tuple]) -> list[str]:
+        """Move the rows read ahead for ``keys`` into ``found``; return the other keys."""
+        ahead, missing = self._ahead, []
+        for key in keys:
+            row = ahead.pop(key, None)
+            if row is None:
+                missing.append(key)
+            else:
+                found[key] = row
+        return missing
 
     def _apply(self, chunk: Sequence[AccountStatus]) -> None:
         """Move each account of the chunk to its next state; write and count the chunk.

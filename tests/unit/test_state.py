@@ -195,3 +195,34 @@ def test_age_histogram_counts_by_the_minute_and_errs_young():
     assert hist.since(start + 11 * 60) == 0
     assert hist.time_sum == 2 * start + 3 * (start + 600)
     assert list(hist) == [start] * 2 + [start + 600] * 3
+
+
+async def test_rows_are_read_ahead_in_first_seen_order_and_found_in_any_order(
+        tmp_path, acct, clock, monkeypatch):
+    store = StateStore(tmp_path / "s.db")
+    tracker = Tracker(store, clock=clock, batch_size=3)
+    keys = [f"MBR-{i:02d}" for i in range(12)]
+
+    async def sweep(order, code):
+        session = await tracker.begin("fin", "finicity")
+        for key in order:
+            await session.add([acct(key, code)])
+        await session.finish(SweepReport(complete=True))
+
+    await sweep(keys, 0)
+    looked_up: list[str] = []
+    index_lookup = store.load_accounts
+    monkeypatch.setattr(store, "load_accounts",
+                        lambda source, ks: looked_up.extend(ks) or index_lookup(source, ks))
+    clock.advance(DAY)
+    await sweep(keys, 185)  # the same order as the night they were first seen
+    assert looked_up == []
+    clock.advance(DAY)
+    await sweep(list(reversed(keys)), 185)  # out of order: the key index finds them
+    assert looked_up
+    agg = tracker.snapshot.sources["fin"]
+    assert agg.accounts == (("4222", "FinBank", "185", "mfa", 12),)
+    assert as_dict(tracker.fleet("fin")) == as_dict(rebuilt(tracker))
+    streaks = {k: s for k, s in store.connection.execute("SELECT account_key, mfa_streak FROM accounts")}
+    assert streaks == dict.fromkeys(keys, 2)
+    await tracker.close()
