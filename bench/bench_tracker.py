@@ -21,6 +21,7 @@ import asyncio
 import gc
 import hashlib
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -187,11 +188,16 @@ def main() -> None:
     parser.add_argument("--skip-exposition", action="store_true")
     parser.add_argument("--batch-size", type=int, default=Tracker.batch_size_default)
     args = parser.parse_args()
-    print(f"reference: sum(i*i for i in range(10**7)) takes {reference_loop():.2f} s here")
     if not args.skip_exposition:
+        print(f"reference: sum(i*i for i in range(10**7)) takes {reference_loop():.2f} s here")
         bench_exposition(args.series)
-    for shape in ("numeric", "guid") if args.keys == "both" else (args.keys,):
-        asyncio.run(bench_tracker(args.accounts, shape, args.batch_size))
+    if args.keys != "both":
+        asyncio.run(bench_tracker(args.accounts, args.keys, args.batch_size))
+        return
+    for shape in ("numeric", "guid"):  # each in a fresh process: honest memory baselines
+        subprocess.run([sys.executable, __file__, "--skip-exposition", "--keys", shape,
+                        "--accounts", str(args.accounts), "--batch-size", str(args.batch_size)],
+                       check=True)
 
 
 if __name__ == "__main__":
