@@ -21,14 +21,18 @@ log = logging.getLogger(__name__)
 DEMO_NIGHT_SECONDS = 30.0
 
 
-def sandbox_settings(sandbox_url: str, *, state_path: Path, interval: float,
-                     listen_address: str, telemetry_path: str = "/metrics") -> Settings:
-    """An agent configuration with one Finicity and one MX source pointed at the sandbox."""
-    schedule = {"interval": interval, "jitter": min(1.0, interval / 5), "run_at_start": True}
+def sandbox_config(sandbox_url: str, *, state_path: Path, interval: float,
+                   jitter: float | None = None, run_at_start: bool = True,
+                   http: dict | None = None) -> dict:
+    """A configuration (as in a config file) with one Finicity and one MX source pointed at
+    the sandbox, which accepts the sandbox's well-known credentials."""
+    schedule = {"interval": interval,
+                "jitter": min(1.0, interval / 5) if jitter is None else jitter,
+                "run_at_start": run_at_start}
     http = {"max_concurrency": 16, "rate_limit_per_second": 2000, "rate_limit_burst": 200,
-            "backoff_base": 0.2, "backoff_max": 2.0}
-    return Settings(
-        sources=[
+            "backoff_base": 0.2, "backoff_max": 2.0, **(http or {})}
+    return {
+        "sources": [
             {"name": "finicity-sandbox", "provider": "finicity",
              "base_url": f"{sandbox_url}/finicity", "customer_type": "all",
              "app_key": credentials.FINICITY_APP_KEY,
@@ -39,9 +43,16 @@ def sandbox_settings(sandbox_url: str, *, state_path: Path, interval: float,
              "client_id": credentials.MX_CLIENT_ID, "api_key": credentials.MX_API_KEY,
              "schedule": schedule, "http": http},
         ],
-        web={"listen_address": listen_address, "telemetry_path": telemetry_path},
-        state={"path": state_path},
-    )
+        "state": {"path": str(state_path)},
+    }
+
+
+def sandbox_settings(sandbox_url: str, *, state_path: Path, interval: float,
+                     listen_address: str, telemetry_path: str = "/metrics") -> Settings:
+    """The demo's agent settings: :func:`sandbox_config` served on ``listen_address``."""
+    config = sandbox_config(sandbox_url, state_path=state_path, interval=interval)
+    return Settings(**config,
+                    web={"listen_address": listen_address, "telemetry_path": telemetry_path})
 
 
 def _sandbox_app(scenario_path: str | None, night_seconds: float | None):

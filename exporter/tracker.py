@@ -622,32 +622,27 @@ class SweepSession:
                 # the usual night: at most the attempt and the success moved
                 if prev_attempt != attempt or p_success != success:
                     stamps.append((attempt, success, row_id))
-                    if p_success != success:
-                        if p_success is None:
-                            delta.never -= 1
-                        else:
-                            delta.gone_success.append(p_success // MINUTE)
-                        delta.success.append(success // MINUTE)
-                continue
-            updates.append((inst_id, code, attempt, success, broken, streak, flags, row_id))
-            # what the aggregates lose from the old row and gain from the new one
-            p_category, p_fixable = (category, fixable) if p_code == code else classify(provider, p_code)
-            if p_code != code or p_inst != inst_id:
-                delta.gone_accounts.append((p_inst, p_code, p_category, p_fixable))
-                delta.accounts.append((inst_id, code, category, fixable))
-                if p_category != category:
-                    transitions[(provider, inst_id, p_category, category)] += 1
-            p_otp = p_flags & OTP
-            if p_otp != otp or (otp and p_inst != inst_id):
-                if p_otp:
-                    delta.gone_otp.append(p_inst)
-                if otp:
-                    delta.otp.append(inst_id)
-            if p_broken != broken or p_category != category:
-                if p_broken is not None:
-                    delta.gone_broken.append((p_category, p_broken // MINUTE))
-                if broken is not None:
-                    delta.broken.append((category, broken // MINUTE))
+            else:
+                updates.append((inst_id, code, attempt, success, broken, streak, flags, row_id))
+                # what the aggregates lose from the old row and gain from the new one
+                p_category, p_fixable = ((category, fixable) if p_code == code
+                                         else classify(provider, p_code))
+                if p_code != code or p_inst != inst_id:
+                    delta.gone_accounts.append((p_inst, p_code, p_category, p_fixable))
+                    delta.accounts.append((inst_id, code, category, fixable))
+                    if p_category != category:
+                        transitions[(provider, inst_id, p_category, category)] += 1
+                p_otp = p_flags & OTP
+                if p_otp != otp or (otp and p_inst != inst_id):
+                    if p_otp:
+                        delta.gone_otp.append(p_inst)
+                    if otp:
+                        delta.otp.append(inst_id)
+                if p_broken != broken or p_category != category:
+                    if p_broken is not None:
+                        delta.gone_broken.append((p_category, p_broken // MINUTE))
+                    if broken is not None:
+                        delta.broken.append((category, broken // MINUTE))
             if p_success != success:
                 if p_success is None:
                     delta.never -= 1

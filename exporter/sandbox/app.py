@@ -22,22 +22,10 @@ from starlette.routing import Mount, Route
 from exporter.catalog import Catalog
 from exporter.sandbox import control_api, finicity_api, mx_api
 from exporter.sandbox.clock import SandboxClock
-from exporter.sandbox.credentials import (
-    FINICITY_APP_KEY,
-    FINICITY_PARTNER_ID,
-    FINICITY_PARTNER_SECRET,
-    MX_API_KEY,
-    MX_CLIENT_ID,
-)
 from exporter.sandbox.fleet import Fleet
 from exporter.sandbox.scenario import Scenario
 
 __all__ = [
-    "FINICITY_APP_KEY",
-    "FINICITY_PARTNER_ID",
-    "FINICITY_PARTNER_SECRET",
-    "MX_API_KEY",
-    "MX_CLIENT_ID",
     "SandboxRuntime",
     "create_app",
     "runtime_of",

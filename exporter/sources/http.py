@@ -1,4 +1,4 @@
-"""Shared upstream behaviour for every source: polite HTTP, parsing of loose field types, caches.
+"""Shared upstream behaviour for every source: polite HTTP and parsing of loose field types.
 
 One :class:`UpstreamClient` per source bounds concurrency, rate-limits with a token bucket and
 retries transient failures with exponential backoff and full jitter, honouring
@@ -15,27 +15,23 @@ import logging
 import math
 import random as _random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from exporter.catalog import normalise_code
 from exporter.config import HttpConfig, ShardConfig
-from exporter.records import AccountStatus
-from exporter.sources.base import SweepFailed, SweepSink, UpstreamObserver
+from exporter.sources.base import UpstreamObserver
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
-T = TypeVar("T")
-K = TypeVar("K")
-V = TypeVar("V")
 
 # Epoch seconds outside this window are treated as garbage (0, milliseconds, year 3000 …).
 EARLIEST_PLAUSIBLE_TS = 946_684_800.0  # 2000-01-01T00:00:00Z
@@ -406,116 +402,6 @@ def _h2_available() -> bool:
         log.warning("http2 requested but the h2 package is missing; using HTTP/1.1")
         return False
     return True
-
-
-# --------------------------------------------------------------------------- caches
-
-
-class TtlCache(Generic[K, V]):
-    """Async get-or-load with a TTL on the injected clock, one load in flight per key.
-
-    ``load`` returns ``(value, ttl)`` so that a fallback can be kept for less time than a hit.
-    """
-
-    def __init__(self, load: Callable[[K], Awaitable[tuple[V, float]]], clock: Clock):
-        self._load = load
-        self._clock = clock
-        self._values: dict[K, tuple[V, float]] = {}
-        self._inflight: dict[K, asyncio.Future[V]] = {}
-
-    async def get(self, key: K) -> V:
-        hit = self._values.get(key)
-        if hit is not None and hit[1] > self._clock():
-            return hit[0]
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            value, ttl = await self._load(key)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters, if any, re-raise it themselves
-            raise
-        finally:
-            self._inflight.pop(key, None)
-        self._values[key] = (value, self._clock() + ttl)
-        future.set_result(value)
-        return value
-
-
-# --------------------------------------------------------------------------- sweep helper
-
-
-@dataclass(slots=True)
-class UnitsOutcome:
-    failed: int = 0
-    records: int = 0
-
-
-async def run_units(
-    units: Sequence[T],
-    work: Callable[[T], Awaitable[list[AccountStatus]]],
-    *,
-    sink: SweepSink,
-    concurrency: int,
-    source: str,
-    chunk_units: int = 50,
-) -> UnitsOutcome:
-    """Run ``work`` for each unit (customer/user) with bounded concurrency.
-
-    Records reach the sink in chunks as units finish, with progress. A unit that fails is
-    counted and skipped; :class:`SweepFailed` (auth refused) aborts the whole sweep.
-    """
-    outcome = UnitsOutcome()
-    total, done = len(units), 0
-    buffer: list[AccountStatus] = []
-    buffered_units = 0
-    iterator = iter(units)
-
-    async def flush() -> None:
-        nonlocal buffer, buffered_units
-        chunk, buffer, buffered_units = buffer, [], 0
-        if chunk:
-            outcome.records += len(chunk)
-            await sink.add(chunk)
-        sink.progress(done, total)
-
-    async def worker() -> None:
-        nonlocal done, buffered_units
-        for unit in iterator:  # shared iterator: each unit is taken by exactly one worker
-            try:
-                records = await work(unit)
-            except SweepFailed:
-                raise
-            except UpstreamError as exc:
-                outcome.failed += 1
-                log.warning("%s: a unit failed and keeps its last state: %s", source, exc)
-                log.debug("%s: failed unit %s", source, unit)
-                records = []
-            except Exception:
-                outcome.failed += 1
-                log.exception("%s: unexpected error while reading a unit", source)
-                records = []
-            buffer.extend(records)
-            done += 1
-            buffered_units += 1
-            if buffered_units >= chunk_units:
-                await flush()
-
-    sink.progress(0, total)
-    try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(min(concurrency, total)):
-                group.create_task(worker())
-    except* SweepFailed as failures:
-        raise failures.exceptions[0] from None
-    await flush()
-    return outcome
 
 
 def first_present(*values: object) -> object:

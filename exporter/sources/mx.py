@@ -33,14 +33,13 @@ from exporter.sources.http import (
     MalformedResponse,
     RecordParser,
     Sleep,
-    TtlCache,
     UpstreamClient,
     UpstreamError,
     UpstreamStatusError,
     in_shard,
     parse_id,
-    run_units,
 )
+from exporter.sources.sweep import TtlCache, run_units
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.sandbox import credentials
+from exporter.demo import sandbox_config
 
 REPO = Path(__file__).resolve().parents[2]
 EXPORTER = [sys.executable, "-m", "exporter.cli"]
@@ -96,24 +96,12 @@ class Sandbox(Proc):
 
 def agent_config(path: Path, sandbox_url: str, state_path: Path, *, interval: float = 3600,
                  run_at_start: bool = True) -> Path:
-    """A config with one source per provider pointed at the sandbox."""
-    schedule = {"interval": interval, "jitter": 0, "run_at_start": run_at_start}
-    http = {"max_concurrency": 16, "rate_limit_per_second": 5000, "rate_limit_burst": 500,
-            "backoff_base": 0.05, "backoff_max": 0.5}
-    config = {
-        "sources": [
-            {"name": "finicity-sandbox", "provider": "finicity",
-             "base_url": f"{sandbox_url}/finicity", "customer_type": "all",
-             "app_key": credentials.FINICITY_APP_KEY,
-             "partner_id": credentials.FINICITY_PARTNER_ID,
-             "partner_secret": credentials.FINICITY_PARTNER_SECRET,
-             "schedule": schedule, "http": http},
-            {"name": "mx-sandbox", "provider": "mx", "base_url": f"{sandbox_url}/mx",
-             "client_id": credentials.MX_CLIENT_ID, "api_key": credentials.MX_API_KEY,
-             "schedule": schedule, "http": http},
-        ],
-        "state": {"path": str(state_path)},
-    }
+    """The demo's configuration (one source per provider on the sandbox) as a file, with
+    fast retries and no jitter."""
+    config = sandbox_config(sandbox_url, state_path=state_path, interval=interval, jitter=0,
+                            run_at_start=run_at_start,
+                            http={"rate_limit_per_second": 5000, "rate_limit_burst": 500,
+                                  "backoff_base": 0.05, "backoff_max": 0.5})
     path.write_text(yaml.safe_dump(config))
     return path
 

@@ -12,7 +12,6 @@ import pytest
 from exporter.config import HttpConfig, ShardConfig
 from exporter.sources.http import (
     MalformedResponse,
-    TtlCache,
     UpstreamClient,
     UpstreamStatusError,
     UpstreamUnavailable,
@@ -20,6 +19,7 @@ from exporter.sources.http import (
     parse_id,
     parse_timestamp,
 )
+from exporter.sources.sweep import TtlCache
 from tests.unit.support import NOW, FakeTime, Recorder
 
 ROUTE = "/aggregation/v1/customers/{customerId}/accounts"
