@@ -51,6 +51,8 @@ OTHER = "other"
 _MIN_TS = 946_684_800.0
 _MAX_AHEAD = 2 * 86400.0
 _MAX_LABEL = 200
+# Reading ahead scans at most this many ids per row wanted (the table holds every source).
+_AHEAD_SPAN = 4
 
 
 class TrackerEvents(Protocol):
@@ -511,10 +513,12 @@ class SweepSession:
         store, ahead = self.tracker.store, self._ahead
         found: dict[str, tuple] = {}
         missing = self._take(keys, found)
-        if missing and self._ahead_from < self._upto:
-            rows = store.rows_after(self.source, self._ahead_from, self._upto, len(missing))
+        if missing and self._stored and self._ahead_from < self._upto:
+            # a bounded id range: other sources' rows may sit in between
+            end = min(self._upto, self._ahead_from + _AHEAD_SPAN * len(missing))
+            rows = store.rows_after(self.source, self._ahead_from, end, len(missing))
+            self._ahead_from = rows[-1][0] if len(rows) == len(missing) else end
             if rows:
-                self._ahead_from = rows[-1][0]
                 for row in rows:
                     ahead[row[1]] = row
                 missing = self._take(missing, found)

@@ -226,3 +226,31 @@ async def test_rows_are_read_ahead_in_first_seen_order_and_found_in_any_order(
     streaks = {k: s for k, s in store.connection.execute("SELECT account_key, mfa_streak FROM accounts")}
     assert streaks == dict.fromkeys(keys, 2)
     await tracker.close()
+
+
+async def test_a_new_source_beside_a_big_one_reads_ahead_within_bounds(
+        tmp_path, acct, clock, monkeypatch):
+    store = StateStore(tmp_path / "s.db")
+    tracker = Tracker(store, clock=clock, batch_size=4)
+
+    async def sweep(source, keys):
+        session = await tracker.begin(source, "finicity")
+        await session.add([acct(k, 0, source=source) for k in keys])
+        await session.finish(SweepReport(complete=True))
+
+    await sweep("big", [f"b{i}" for i in range(200)])
+    spans: list[tuple[int, int, int]] = []
+    ahead = store.rows_after
+    monkeypatch.setattr(store, "rows_after", lambda source, after, upto, limit: (
+        spans.append((after, upto, limit)) or ahead(source, after, upto, limit)))
+    await sweep("new", [f"n{i}" for i in range(8)])
+    assert spans == []  # nothing stored for it yet: nothing to read ahead
+    for i in range(3):  # interleave the two sources' first-seen ids
+        await sweep("new", [f"n{j}" for j in range(8 + 4 * i)])
+        await sweep("big", [f"b{j}" for j in range(200)] + [f"b-late{i}"])
+    assert spans and all(upto - after <= 4 * limit for after, upto, limit in spans)
+    assert tracker.snapshot.sources["new"].state_accounts == 16
+    assert tracker.snapshot.sources["big"].state_accounts == 201
+    for source in ("new", "big"):
+        assert as_dict(tracker.fleet(source)) == as_dict(rebuilt(tracker, source))
+    await tracker.close()
