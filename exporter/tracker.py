@@ -313,7 +313,8 @@ class Tracker:
         self._fleets: dict[str, FleetState] = {}
         self._unknown_logged: set[tuple[str, str]] = set()
         self._invalid_logged: set[tuple[str, str]] = set()
-        self._code_cache: dict[tuple[str, object], tuple[str, str, int, bool] | None] = {}
+        self._code_cache: dict[tuple[str, object], tuple | None] = {}
+        """(provider, raw code) → (code, category, fixable, OTP code, ok, healthy)"""
         self._labels: dict[tuple[object, object], tuple[str, str]] = {}
         self._class_cache: dict[tuple[str, str], tuple[str, int]] = {}
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-writer")
@@ -375,7 +376,8 @@ class Tracker:
     # -- per record -------------------------------------------------------------------
 
     def _resolve(self, source: str, provider: str, raw_code: object):
-        """(code label, category, fixable, counts toward the OTP streak) for a raw code."""
+        """(code label, category, fixable, counts toward the OTP streak, ok, healthy: ok or
+        manual) for a raw code, or None when it is junk."""
         key = (provider, raw_code)
         try:
             hit = self._code_cache.get(key, False)
@@ -392,7 +394,9 @@ class Tracker:
         else:
             info = self.catalog.lookup(provider, code)
             otp = code == "185" if provider == "finicity" else info.category == "mfa"
-            result = (code, info.category, int(info.fixable), otp)
+            ok = info.category == "ok"
+            result = (code, info.category, int(info.fixable), otp, ok,
+                      ok or info.category == "manual")
         if key is not None:
             self._code_cache[key] = result
         return result
@@ -563,7 +567,7 @@ class SweepSession:
         transitions: dict[tuple[str, str, str, str], int] = defaultdict(int)
         names: dict[str, str] = {}
         delta = ChunkDelta()
-        for key, (rec, (code, category, fixable, otp_code)) in valid.items():
+        for key, (rec, (code, category, fixable, otp_code, ok, healthy)) in valid.items():
             try:
                 inst_id, name = labels[(rec.institution_id, rec.institution)]
             except (KeyError, TypeError):
@@ -575,8 +579,6 @@ class SweepSession:
                 attempt = tracker.timestamp(source, attempt, now)
             if success is not None and not (type(success) is float and _MIN_TS <= success <= latest):
                 success = tracker.timestamp(source, success, now)
-            ok = category == "ok"
-            healthy = ok or category == "manual"
             prev = previous.get(key)
             if prev is None:
                 streak = flags = 0
