@@ -56,10 +56,10 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("status_transitions", "counter", (*FLEET_LABELS, "from_category", "to_category"),
        "Accounts that moved between categories, counted when a sweep sees the change.", "fleet"),
     _m("broken_account_age_seconds", "gaugehistogram", ("source", "provider", "category"),
-       "Time since each non-ok account left the ok category.", "fleet"),
+       "Time since each non-ok account left the ok category (to the minute).", "fleet"),
     _m("account_last_success_age_seconds", "gaugehistogram", ("source", "provider"),
-       "Time since each account's last successful aggregation (never-succeeded accounts "
-       "count only in +Inf).", "fleet"),
+       "Time since each account's last successful aggregation, to the minute "
+       "(never-succeeded accounts count only in +Inf).", "fleet"),
     _m("status_code_info", "gauge", ("provider", "code", "name", "category", "fixable"),
        "The status-code catalog, one series per code; value 1.", "fleet"),
     _m("sweeps", "counter", ("source", "result"),
