@@ -40,10 +40,9 @@ from exporter.sources.http import (
     UpstreamError,
     UpstreamStatusError,
     first_present,
-    in_shard,
     parse_id,
 )
-from exporter.sources.sweep import TtlCache, run_units
+from exporter.sources.sweep import FALLBACK_TTL, TtlCache, institution_body, sweep_units
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,6 @@ INSTITUTION_ROUTE = "/institution/v2/institutions/{institutionId}"
 
 RENEWABLE_TOKEN_CODES = frozenset({10022, 10023})  # invalid / expired Finicity-App-Token
 MAX_CUSTOMER_PAGES = 10_000  # safety net when the server reports no ``found``
-FALLBACK_TTL = 300.0  # keep an institution-name fallback this long after an error
 
 
 class StartMeaning(enum.Enum):
@@ -280,25 +278,10 @@ class FinicitySource(Source):
     async def sweep(self, sink: SweepSink) -> SweepReport:
         """Walk the customers, then read each one's accounts; a failed customer makes it partial."""
         self._token.check_stopped()
-        try:
-            customer_ids, listing_complete = await self._customer_ids()
-        except UpstreamError as exc:
-            raise SweepFailed(f"{self.name}: customer list failed: {exc}") from None
-        mine = [c for c in customer_ids if in_shard(c, self.config.shard)]
-        outcome = await run_units(
-            mine, self._customer_accounts, sink=sink,
-            concurrency=self.config.http.max_concurrency, source=self.name,
-        )
-        complete = listing_complete and outcome.failed == 0
-        log.info("%s: sweep read %d customers (%d failed), %d accounts%s", self.name, len(mine),
-                 outcome.failed, outcome.records, "" if listing_complete else ", list truncated")
-        return SweepReport(
-            complete=complete,
-            units_total=len(mine),
-            units_failed=outcome.failed,
-            records=outcome.records,
-            error=None if listing_complete else "customer list ended short of its reported total",
-        )
+        return await sweep_units(
+            self.name, sink, self._customer_ids, self._customer_accounts,
+            shard=self.config.shard, concurrency=self.config.http.max_concurrency,
+            units="customers")
 
     # ------------------------------------------------------------------ requests
 
@@ -406,16 +389,14 @@ class FinicitySource(Source):
 
     async def _load_institution(self, institution_id: str) -> tuple[str, float]:
         """``displayName ?? name ?? id``; the id on 404 or error (errors kept only briefly)."""
-        ttl = self.config.institution_cache_ttl
-        try:
-            body = await self._get(INSTITUTION_ROUTE, {"institutionId": institution_id})
-        except UpstreamStatusError as exc:
-            return institution_id, ttl if exc.http_status == 404 else min(ttl, FALLBACK_TTL)
-        except UpstreamError:
-            return institution_id, min(ttl, FALLBACK_TTL)
+        body, name, ttl = await institution_body(
+            lambda: self._get(INSTITUTION_ROUTE, {"institutionId": institution_id}),
+            institution_id, self.config.institution_cache_ttl)
+        if body is None:
+            return name, ttl
         institution = body.get("institution") if isinstance(body, dict) else None
         if not isinstance(institution, dict):
             self._parser.invalid("missing_field")
-            return institution_id, min(ttl, FALLBACK_TTL)
-        name = first_present(institution.get("displayName"), institution.get("name"))
-        return (str(name).strip() if name is not None else institution_id), ttl
+            return name, min(ttl, FALLBACK_TTL)
+        found = first_present(institution.get("displayName"), institution.get("name"))
+        return (str(found).strip() if found is not None else name), ttl

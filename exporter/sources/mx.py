@@ -23,7 +23,6 @@ from exporter.sources.base import (
     AuthLockoutRisk,
     NullObserver,
     Source,
-    SweepFailed,
     SweepReport,
     SweepSink,
     UpstreamObserver,
@@ -34,12 +33,10 @@ from exporter.sources.http import (
     RecordParser,
     Sleep,
     UpstreamClient,
-    UpstreamError,
     UpstreamStatusError,
-    in_shard,
     parse_id,
 )
-from exporter.sources.sweep import TtlCache, run_units
+from exporter.sources.sweep import TtlCache, institution_body, sweep_units
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +45,6 @@ MEMBERS_ROUTE = "/users/{user_guid}/members"
 INSTITUTION_ROUTE = "/institutions/{institution_code}"
 ACCEPT_V1 = "application/vnd.mx.api.v1+json"
 MAX_PAGES = 10_000  # safety net per list, whatever total_pages says
-FALLBACK_TTL = 300.0
 
 
 def _as_int(raw: object) -> int | None:
@@ -109,23 +105,13 @@ class MxSource(Source):
     async def sweep(self, sink: SweepSink) -> SweepReport:
         """Walk the users, then each one's members; a failed user makes the sweep partial."""
         self._check_stopped()
-        try:
-            users = await self._user_guids()
-        except UpstreamError as exc:
-            raise SweepFailed(f"{self.name}: user list failed: {exc}") from None
-        mine = [u for u in users if in_shard(u, self.config.shard)]
-        outcome = await run_units(
-            mine, self._user_members, sink=sink,
-            concurrency=self.config.http.max_concurrency, source=self.name,
-        )
-        log.info("%s: sweep read %d users (%d failed), %d members", self.name, len(mine),
-                 outcome.failed, outcome.records)
-        return SweepReport(
-            complete=outcome.failed == 0,
-            units_total=len(mine),
-            units_failed=outcome.failed,
-            records=outcome.records,
-        )
+        return await sweep_units(
+            self.name, sink, self._user_listing, self._user_members,
+            shard=self.config.shard, concurrency=self.config.http.max_concurrency,
+            units="users")
+
+    async def _user_listing(self) -> tuple[list[str], bool]:
+        return await self._user_guids(), True
 
     # ------------------------------------------------------------------ requests
 
@@ -232,15 +218,11 @@ class MxSource(Source):
 
     async def _load_institution(self, code: str) -> tuple[str, float]:
         """``institution.name``, else the code (errors kept only briefly)."""
-        ttl = self.config.institution_cache_ttl
-        try:
-            body = await self._get(INSTITUTION_ROUTE, {"institution_code": code})
-        except UpstreamStatusError as exc:
-            return code, ttl if exc.http_status == 404 else min(ttl, FALLBACK_TTL)
-        except UpstreamError:
-            return code, min(ttl, FALLBACK_TTL)
+        body, fallback, ttl = await institution_body(
+            lambda: self._get(INSTITUTION_ROUTE, {"institution_code": code}),
+            code, self.config.institution_cache_ttl)
         institution = body.get("institution") if isinstance(body, dict) else None
         name = institution.get("name") if isinstance(institution, dict) else None
         if isinstance(name, str) and name.strip():
             return name.strip(), ttl
-        return code, ttl
+        return fallback, ttl

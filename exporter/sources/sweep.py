@@ -8,11 +8,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from exporter.config import ShardConfig
 from exporter.records import AccountStatus
-from exporter.sources.base import SweepFailed, SweepSink
-from exporter.sources.http import Clock, UpstreamError
+from exporter.sources.base import SweepFailed, SweepReport, SweepSink
+from exporter.sources.http import Clock, UpstreamError, UpstreamStatusError, in_shard
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +124,52 @@ async def run_units(
         raise failures.exceptions[0] from None
     await flush()
     return outcome
+
+
+FALLBACK_TTL = 300.0
+"""How long an institution-name fallback (the id) is kept after an error."""
+
+
+async def sweep_units(
+    name: str,
+    sink: SweepSink,
+    list_units: Callable[[], Awaitable[tuple[list[str], bool]]],
+    read_unit: Callable[[str], Awaitable[list[AccountStatus]]],
+    *,
+    shard: ShardConfig,
+    concurrency: int,
+    units: str,
+) -> SweepReport:
+    """A whole sweep: list the units (customers, users), keep this shard's, read each one.
+
+    ``list_units`` returns the ids and whether the listing reached its end; a listing that
+    fails fails the sweep, a unit that fails (or a listing that ended short) makes it partial.
+    """
+    try:
+        unit_ids, listing_complete = await list_units()
+    except UpstreamError as exc:
+        raise SweepFailed(f"{name}: {units} list failed: {exc}") from None
+    mine = [u for u in unit_ids if in_shard(u, shard)]
+    outcome = await run_units(mine, read_unit, sink=sink, concurrency=concurrency, source=name)
+    log.info("%s: sweep read %d %s (%d failed), %d records%s", name, len(mine), units,
+             outcome.failed, outcome.records, "" if listing_complete else ", list truncated")
+    return SweepReport(
+        complete=listing_complete and outcome.failed == 0,
+        units_total=len(mine),
+        units_failed=outcome.failed,
+        records=outcome.records,
+        error=None if listing_complete else f"{units} list ended short of its reported total",
+    )
+
+
+async def institution_body(get: Callable[[], Awaitable[Any]], fallback: str,
+                           ttl: float) -> tuple[Any, str, float]:
+    """Fetch an institution for the name cache: ``(body, fallback, ttl)`` on success;
+    ``(None, fallback, ttl)`` when it is unknown (404, kept the full TTL) or the lookup
+    failed (kept only briefly, so a passing error does not stick)."""
+    try:
+        return await get(), fallback, ttl
+    except UpstreamStatusError as exc:
+        return None, fallback, ttl if exc.http_status == 404 else min(ttl, FALLBACK_TTL)
+    except UpstreamError:
+        return None, fallback, min(ttl, FALLBACK_TTL)
