@@ -390,39 +390,17 @@ def test_the_agent_accepts_the_rendered_config_and_reads_the_mounted_secrets(tmp
     config = tmp_path / "config.yml"
     config.write_text(config_text.replace(mount["mountPath"], str(secrets)))
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OPENFINANCE_")}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from exporter.cli import main; sys.exit(main())",
-            "check-config",
-            "--config.file",
-            str(config),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        check=False,
-    )
+    def check_config() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", "import sys; from exporter.cli import main; sys.exit(main())",
+             "check-config", "--config.file", str(config)],
+            capture_output=True, text=True, cwd=REPO, env=env, check=False)
+
+    proc = check_config()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "finicity-prod" in proc.stdout and "mx-prod" in proc.stdout
     (secrets / "mx-prod.api_key").unlink()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from exporter.cli import main; sys.exit(main())",
-            "check-config",
-            "--config.file",
-            str(config),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        check=False,
-    )
+    proc = check_config()
     assert proc.returncode == 2
     assert "api_key_file" in proc.stderr
 
