@@ -91,7 +91,7 @@ class AccountRow(NamedTuple):
     flags: int
 
 
-_STATE_COLUMNS = "institution_id, code, attempt_ts, success_ts, broken_since, mfa_streak, flags"
+_STATE_COLUMNS = ", ".join(AccountRow._fields[2:])  # after id and account_key
 _LOAD = (
     "SELECT a.id, a.account_key, "
     + ", ".join(f"a.{c}" for c in _STATE_COLUMNS.split(", "))
@@ -247,14 +247,6 @@ class StateStore:
             "SELECT provider, institution_id, from_category, to_category, count "
             "FROM transitions WHERE source=?", (source,)).fetchall()
         return names, transitions
-
-    def sources(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT DISTINCT source FROM accounts")]
-
-    def reader(self) -> sqlite3.Connection:
-        """A new read-only connection, for aggregation off the writer's thread."""
-        uri = f"file:{self.path.resolve()}?mode=ro"
-        return sqlite3.connect(uri, uri=True, check_same_thread=False)
 
 
 MINUTE = 60.0

@@ -357,11 +357,9 @@ class Tracker:
                     lambda code: self.classify(provider, code))
         return fleet
 
-    async def publish(self, source: str, provider: str) -> None:
-        """Build one source's aggregate (a step per series, not per account) and swap it in."""
-        await self._run(self.publish_sync, source, provider)
-
     def publish_sync(self, source: str, provider: str) -> None:
+        """Build one source's aggregate (a step per series, not per account) and swap it in;
+        on the writer thread."""
         names, transitions = self.store.labels(source)
         agg = self.fleet(source).aggregate(source, provider, names, transitions,
                                            self.institution_min_accounts)
