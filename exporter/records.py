@@ -18,6 +18,11 @@ class AccountStatus:
     upstream code as a string (``"185"``, ``"CHALLENGED"``), ``"NONE"`` for an MX null status,
     or ``None`` when the account has never been aggregated. Times are epoch seconds; an
     ``attempt_ts`` of ``None`` means "no settled aggregation attempt to count".
+
+    ``owner_id`` (Finicity customerId, MX user_guid) and ``login_id`` (Finicity
+    institutionLoginId, MX member_guid) identify who can repair the account and through
+    which login: the repair loop and push re-reads need them. Like ``account_key`` they are
+    never labels, never logged at info level, and never stored by the tracker.
     """
 
     source: str
@@ -28,3 +33,5 @@ class AccountStatus:
     code: str | None
     attempt_ts: float | None = None
     success_ts: float | None = None
+    owner_id: str | None = None
+    login_id: str | None = None

@@ -385,6 +385,8 @@ class FinicitySource(Source):
             code=code,
             attempt_ts=self._parser.timestamp(account.get("aggregationAttemptDate")),
             success_ts=self._parser.timestamp(account.get("aggregationSuccessDate")),
+            owner_id=parse_id(account.get("customerId")),
+            login_id=parse_id(account.get("institutionLoginId")),
         )
 
     async def _load_institution(self, institution_id: str) -> tuple[str, float]:

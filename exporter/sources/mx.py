@@ -214,6 +214,8 @@ class MxSource(Source):
             code=code,
             attempt_ts=aggregated_at if settled else None,
             success_ts=self._parser.timestamp(member.get("successfully_aggregated_at")),
+            owner_id=parse_id(member.get("user_guid")),
+            login_id=guid,
         )
 
     async def _load_institution(self, code: str) -> tuple[str, float]:
