@@ -28,6 +28,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from exporter.remediation.config import RemediationConfig
+
 ENV_PREFIX = "OPENFINANCE_"
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))+\s*$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -215,6 +217,7 @@ class Settings(BaseSettings):
     web: WebConfig = WebConfig()
     state: StateConfig = StateConfig()
     tracker: TrackerConfig = TrackerConfig()
+    remediation: RemediationConfig = RemediationConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

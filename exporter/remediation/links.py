@@ -1,0 +1,109 @@
+"""``GET /fix/<token>``: the redirect behind ``remediation.link: redirect``.
+
+The token (signed, expiring, one per episode) is what the partner puts in front of the user.
+Each click asks the aggregator for a fresh link (an MX widget URL lives ten minutes and
+serves once; a Finicity Fix URL about two hours) and answers 302. A bad, expired or
+no-longer-needed token gets a small HTML page with the right status, never a stack trace;
+clicks are rate-limited per token and overall.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Callable
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from exporter.remediation.signing import BadToken, read_token
+
+log = logging.getLogger(__name__)
+
+_NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+             "X-Content-Type-Options": "nosniff"}
+_MAX_TRACKED_TOKENS = 10_000
+
+
+def page(status: int, title: str, text: str, headers: dict[str, str] | None = None) -> HTMLResponse:
+    body = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width\">"
+            f"<title>{html.escape(title)}</title></head>"
+            f"<body style=\"font-family:sans-serif;max-width:32em;margin:3em auto\">"
+            f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></body></html>")
+    return HTMLResponse(body, status_code=status, headers={**_NO_STORE, **(headers or {})})
+
+
+class ClickLimiter:
+    """A token bucket for all clicks, and a fixed one-minute window per token."""
+
+    def __init__(self, per_token_per_minute: int, global_per_second: float,
+                 clock: Callable[[], float]):
+        self.per_token = per_token_per_minute
+        self.rate = global_per_second
+        self.capacity = max(global_per_second, 1.0)
+        self.clock = clock
+        self.tokens = self.capacity
+        self.updated = clock()
+        self.windows: dict[str, tuple[float, int]] = {}
+
+    def allow_global(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+    def allow_token(self, token: str) -> bool:
+        now = self.clock()
+        minute = now // 60
+        start, n = self.windows.get(token, (minute, 0))
+        if start != minute:
+            start, n = minute, 0
+        if n >= self.per_token:
+            return False
+        if len(self.windows) >= _MAX_TRACKED_TOKENS:
+            self.windows = {k: v for k, v in self.windows.items() if v[0] == minute}
+        self.windows[token] = (start, n + 1)
+        return True
+
+
+def fix_route(loop, clock: Callable[[], float]) -> Route:
+    """The Starlette route for ``loop`` (a :class:`~exporter.remediation.loop.RepairLoop`)."""
+    limiter = ClickLimiter(loop.cfg.click_rate_per_token, loop.cfg.click_rate_global, clock)
+    busy = page(429, "Too many requests", "Please wait a minute and try again.",
+                {"Retry-After": "60"})
+
+    async def fix(request: Request) -> Response:
+        if not limiter.allow_global():
+            return busy
+        token = request.path_params["token"]
+        try:
+            episode_id, expires = read_token(loop.secret, token)
+        except BadToken:
+            return page(400, "This link is not valid",
+                        "Please use the link exactly as you received it.")
+        if clock() > expires:
+            return page(410, "This link has expired",
+                        "Open the app to reconnect your bank account.")
+        if not limiter.allow_token(token):
+            return busy
+        ep = await loop.episode(episode_id)
+        if ep is None or ep.closed_at is not None:
+            return page(410, "Nothing to fix",
+                        "This connection is working again, or no longer exists. "
+                        "Nothing more to do.")
+        try:
+            url = await loop.fresh_link(ep.source, ep.owner_id, ep.login_id)
+        except Exception as exc:
+            log.warning("fix link not available for a click source=%s error=%s",
+                        ep.source, type(exc).__name__)
+            return page(502, "Please try again shortly",
+                        "We could not reach your bank connection service just now.",
+                        {"Retry-After": "60"})
+        return RedirectResponse(url, status_code=302, headers=_NO_STORE)
+
+    return Route("/fix/{token}", fix, methods=["GET"])

@@ -1,0 +1,266 @@
+"""The repair loop, assembled: account events in, episodes and fix requests out.
+
+``RepairLoop.on_events`` is the tracker subscriber (``steady=True``: still-broken accounts
+are re-announced every sweep, so an episode missed by a crash is opened on the next one).
+``evaluate`` creates the requests that are due (minimum age, no outage, backfill pacing,
+storm guard), counts abandoned episodes and refreshes the gauges; it runs every
+``evaluate_interval`` and soon after each batch of events. The delivery worker sends the
+outbox. All SQLite work runs on one thread of its own, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from exporter.remediation.config import RemediationConfig
+from exporter.remediation.delivery import DeliveryWorker, wait_for_event
+from exporter.remediation.episodes import (
+    BACKFILL_WINDOW,
+    REBROKE_WINDOW,
+    STORM_WINDOW,
+    AccountEventLike,
+    Episode,
+    FleetFacts,
+    apply_event,
+    fleet_facts,
+    login_of,
+    rebroke,
+    request_body,
+    request_decision,
+    request_kind,
+    storm_limit,
+)
+from exporter.remediation.observer import NullRemediationObserver, RemediationObserver
+from exporter.remediation.signing import make_token
+from exporter.remediation.store import OutboxRow, RemediationStore
+
+log = logging.getLogger(__name__)
+
+_EVALUATE_BATCH = 5000
+_PRUNE_AFTER = REBROKE_WINDOW + 86400.0
+Effect = tuple[Any, ...]
+
+
+class FixLinkSource(Protocol):
+    """The part of ``exporter.sources.base.Source`` the loop uses."""
+
+    async def fix_link(self, owner_id: str, login_id: str) -> str: ...
+
+
+class RepairLoop:
+    def __init__(self, cfg: RemediationConfig, db_path: str | Path, *,
+                 sources: Mapping[str, FixLinkSource], snapshot: Callable[[], Any],
+                 clock: Callable[[], float] = time.time,
+                 observer: RemediationObserver | None = None,
+                 client: httpx.AsyncClient | None = None,
+                 rand: Callable[[], float] = random.random,
+                 new_id: Callable[[], str] = lambda: uuid.uuid4().hex):
+        self.cfg = cfg
+        self.secret = cfg.secret_bytes()
+        self.sources = sources
+        self.snapshot = snapshot
+        self.clock = clock
+        self.observer = observer or NullRemediationObserver()
+        self.new_id = new_id
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="remediation")
+        self.store = RemediationStore(db_path)
+        self._baselines: dict[str, float] = self.store.baselines()
+        self._own_client = client is None
+        self.client = client or httpx.AsyncClient(follow_redirects=False)
+        self.worker = DeliveryWorker(cfg, self.secret, self.call, self.client, clock,
+                                     self.observer, self.link_for, rand)
+        self._tasks: list[asyncio.Task] = []
+        self._evaluate_soon = asyncio.Event()
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    async def call(self, method: str, *args: Any) -> Any:
+        """Run a store method on the store thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, getattr(self.store, method), *args)
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self.worker.run(), name="remediation-delivery"),
+                       asyncio.create_task(self._ticker(), name="remediation-evaluate")]
+        log.info("remediation started link=%s backfill=%s", self.cfg.link, self.cfg.backfill)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._own_client:
+            await self.client.aclose()
+        await self._run(self.store.close)
+        self._executor.shutdown(wait=True)
+
+    async def _ticker(self) -> None:
+        while True:
+            await wait_for_event(self._evaluate_soon, self.cfg.evaluate_interval)
+            try:
+                await self.evaluate()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("remediation evaluation failed; next try in %.0fs",
+                              self.cfg.evaluate_interval)
+            await asyncio.sleep(1.0)  # coalesce bursts of event batches
+
+    def _report(self, effects: Sequence[Effect]) -> None:
+        o = self.observer
+        for effect in effects:
+            match effect:
+                case ("request", source, provider, kind, result):
+                    o.request(source, provider, kind, result)
+                case ("outcome", source, provider, outcome):
+                    o.outcome(source, provider, outcome)
+                case ("resolution", source, provider, category, seconds):
+                    o.resolution(source, provider, category, seconds)
+                case ("ignored", source, reason):
+                    o.ignored(source, reason)
+                case ("pending", counts):
+                    o.pending(counts)
+                case ("held", counts):
+                    o.held(counts)
+
+    # --- events -----------------------------------------------------------------------------
+
+    async def on_events(self, events: Sequence[AccountEventLike]) -> None:
+        """The tracker subscriber: fold a committed chunk's events into episodes."""
+        if not events:
+            return
+        effects = await self._run(self._apply_events, list(events))
+        self._report(effects)
+        self._evaluate_soon.set()
+
+    async def sweep_finished(self, source: str, complete: bool) -> None:
+        """After the first complete sweep of ``source``, new episodes are no longer backlog."""
+        if complete and source not in self._baselines:
+            now = self.clock()
+            await self.call("mark_baseline", source, now)
+            self._baselines[source] = now
+            log.info("remediation baseline done source=%s", source)
+
+    def _apply_events(self, events: list[AccountEventLike]) -> list[Effect]:
+        effects: list[Effect] = []
+        store = self.store
+        with store._tx():
+            for ev in events:
+                key = login_of(ev)
+                if key is None:
+                    if ev.fixable and str(ev.kind) != "left":
+                        reason = "no_owner_id" if not ev.owner_id else "no_login_id"
+                        effects.append(("ignored", ev.source, reason))
+                    continue
+                ep = store.open_episode(*key)
+                ep, what = apply_event(ep, ev, backlog=ev.source not in self._baselines)
+                if what == "none" or ep is None:
+                    continue
+                if what == "opened":
+                    previous = store.last_fixed_unmarked(*key)
+                    if previous is not None and rebroke(previous[1], ev.at):
+                        store.mark_rebroke(previous[0])
+                        effects.append(("outcome", ep.source, ep.provider, "rebroke"))
+                elif what == "closed":
+                    effects += self._closed(ep, ev.at)
+                store.save_episode(ep)
+        return effects
+
+    def _closed(self, ep: Episode, now: float) -> list[Effect]:
+        if ep.request_id is not None and self.store.cancel_request(ep.request_id, now):
+            log.debug("fix request cancelled, episode closed source=%s", ep.source)
+        if ep.close_reason != "fixed" or ep.delivered_at is None or ep.outcome is not None:
+            return []
+        ep.outcome = "fixed"
+        return [("outcome", ep.source, ep.provider, "fixed"),
+                ("resolution", ep.source, ep.provider, ep.request_category or ep.category,
+                 max(now - ep.delivered_at, 0.0))]
+
+    # --- evaluation -------------------------------------------------------------------------
+
+    async def evaluate(self) -> None:
+        facts = fleet_facts(self.snapshot())
+        effects = await self._run(self._evaluate, self.clock(), facts)
+        self._report(effects)
+        self.worker.wake()
+
+    def _evaluate(self, now: float, facts: FleetFacts) -> list[Effect]:
+        cfg, store = self.cfg, self.store
+        effects: list[Effect] = []
+        backfill_left: dict[str, int] = {}
+        for ep in store.waiting_episodes(_EVALUATE_BATCH, cfg.backfill):
+            if ep.backlog and ep.source not in backfill_left:
+                backfill_left[ep.source] = cfg.backfill_per_hour - store.backfill_count(
+                    ep.source, now - BACKFILL_WINDOW)
+            decision = request_decision(
+                ep, now, min_broken_for=cfg.min_broken_for, backfill=cfg.backfill,
+                in_outage=(ep.source, ep.institution_id) in facts.outages,
+                backfill_left=backfill_left.get(ep.source, 0))
+            if decision != "create":
+                continue
+            held = False
+            if ep.backlog:
+                backfill_left[ep.source] -= 1
+            else:
+                limit = storm_limit(facts.accounts.get((ep.source, ep.institution_id), 0),
+                                    cfg.storm_min, cfg.storm_share)
+                held = store.storm_count(ep.source, ep.institution_id, now, STORM_WINDOW) >= limit
+            kind = request_kind(ep)
+            request_id = self.new_id()
+            body = json.dumps(request_body(ep, request_id, kind), separators=(",", ":"),
+                              ensure_ascii=False)
+            store.add_request(ep, request_id, kind, body, held=held, now=now)
+            if held:
+                effects.append(("request", ep.source, ep.provider, kind, "held"))
+                log.warning("fix request held by the storm guard source=%s institution_id=%s",
+                            ep.source, ep.institution_id)
+        for ep in store.abandon_candidates(now - cfg.retry_for - cfg.abandon_after):
+            store.set_outcome(ep.id, "abandoned")
+            effects.append(("outcome", ep.source, ep.provider, "abandoned"))
+        store.prune(now - _PRUNE_AFTER)
+        effects.append(("pending", store.pending_counts()))
+        effects.append(("held", store.held_counts()))
+        return effects
+
+    # --- links ------------------------------------------------------------------------------
+
+    def redirect_url(self, episode_id: int, created_at: float) -> str:
+        token = make_token(self.secret, episode_id, created_at + self.cfg.link_ttl)
+        return f"{self.cfg.public_url}/fix/{token}"
+
+    async def link_for(self, row: OutboxRow) -> str | None:
+        if self.cfg.link == "redirect":
+            return self.redirect_url(row.episode_id, row.created_at)
+        if self.cfg.link == "generate":
+            return await self.fresh_link(row.source, row.owner_id, row.login_id)
+        return None
+
+    async def fresh_link(self, source: str, owner_id: str, login_id: str) -> str:
+        src = self.sources.get(source)
+        if src is None:
+            raise LookupError(f"source {source!r} is not configured")
+        return await src.fix_link(owner_id, login_id)
+
+    async def episode(self, episode_id: int) -> Episode | None:
+        return await self.call("episode", episode_id)
+
+    async def release(self, source: str, institution_id: str | None) -> int:
+        n = await self.call("release", source, institution_id, self.clock())
+        self.worker.wake()
+        self._evaluate_soon.set()
+        return n

@@ -1,0 +1,61 @@
+"""What the repair loop reports, so the Prometheus side can count it without this package
+knowing Prometheus (wired in ``exporter.metrics``).
+
+Metrics (DESIGN.md): ``openfinance_fix_requests_total{source,provider,kind,result}``,
+``openfinance_fix_requests_pending{source}``, ``openfinance_fix_requests_held{source,
+institution_id,institution}``, ``openfinance_fix_outcomes_total{source,provider,outcome}``,
+``openfinance_fix_resolution_seconds{source,provider,category}``,
+``openfinance_fix_events_ignored_total{source,reason}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+REQUEST_RESULTS = ("delivered", "retried", "failed", "held", "dead")
+OUTCOMES = ("fixed", "rebroke", "abandoned")
+IGNORE_REASONS = ("no_login_id", "no_owner_id")
+
+
+class RemediationObserver(Protocol):
+    def request(self, source: str, provider: str, kind: str, result: str) -> None:
+        """One fix request changed: ``result`` in :data:`REQUEST_RESULTS`."""
+
+    def outcome(self, source: str, provider: str, outcome: str) -> None:
+        """An episode whose request was delivered ended (``fixed``, ``abandoned``) or a fixed
+        login broke again within 7 days (``rebroke``)."""
+
+    def resolution(self, source: str, provider: str, category: str, seconds: float) -> None:
+        """Request delivered → login back at ok, by the category the request was made for."""
+
+    def pending(self, counts: Mapping[str, int]) -> None:
+        """Requests waiting for delivery (incl. retries), per source: the whole current set."""
+
+    def held(self, counts: Mapping[tuple[str, str, str], int]) -> None:
+        """Requests held by the storm guard per (source, institution_id, institution)."""
+
+    def ignored(self, source: str, reason: str) -> None:
+        """An account event that could not open an episode (``no_login_id`` …)."""
+
+
+class NullRemediationObserver:
+    """Drops everything (tests, tools)."""
+
+    def request(self, source: str, provider: str, kind: str, result: str) -> None:
+        pass
+
+    def outcome(self, source: str, provider: str, outcome: str) -> None:
+        pass
+
+    def resolution(self, source: str, provider: str, category: str, seconds: float) -> None:
+        pass
+
+    def pending(self, counts: Mapping[str, int]) -> None:
+        pass
+
+    def held(self, counts: Mapping[tuple[str, str, str], int]) -> None:
+        pass
+
+    def ignored(self, source: str, reason: str) -> None:
+        pass

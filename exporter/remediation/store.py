@@ -1,0 +1,368 @@
+"""The repair loop's tables in the state database: episodes, the outbox, baselines, releases.
+
+Own connection (WAL, ``busy_timeout`` 10 s), tables created ``IF NOT EXISTS``; every method is
+blocking and is called on the loop's single worker thread (or by the ``remediation release``
+command in its own process: SQLite serialises the writers). Each public method is one
+transaction, so a crash leaves either all of a step or none of it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from exporter.remediation.episodes import Episode, Mark
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS fix_episodes (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    owner_id TEXT NOT NULL,
+    login_id TEXT NOT NULL,
+    institution_id TEXT NOT NULL,
+    institution TEXT NOT NULL,
+    code TEXT NOT NULL,
+    category TEXT NOT NULL,
+    opened_at REAL NOT NULL,
+    broken_since REAL NOT NULL,
+    backlog INTEGER NOT NULL,
+    accounts TEXT NOT NULL,
+    fixable INTEGER NOT NULL,
+    any_fixed INTEGER NOT NULL DEFAULT 0,
+    request_id TEXT,
+    kind TEXT,
+    request_category TEXT,
+    requested_at REAL,
+    delivered_at REAL,
+    outcome TEXT,
+    closed_at REAL,
+    close_reason TEXT,
+    rebroke INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS fix_episodes_open
+    ON fix_episodes (source, owner_id, login_id) WHERE closed_at IS NULL;
+CREATE INDEX IF NOT EXISTS fix_episodes_fixed
+    ON fix_episodes (source, owner_id, login_id, closed_at) WHERE close_reason = 'fixed';
+CREATE INDEX IF NOT EXISTS fix_episodes_waiting
+    ON fix_episodes (opened_at) WHERE closed_at IS NULL AND request_id IS NULL AND fixable = 1;
+CREATE INDEX IF NOT EXISTS fix_episodes_delivered
+    ON fix_episodes (requested_at) WHERE closed_at IS NULL AND outcome IS NULL
+                                     AND delivered_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS fix_outbox (
+    id TEXT PRIMARY KEY,
+    episode_id INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    institution_id TEXT NOT NULL,
+    institution TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    backlog INTEGER NOT NULL,
+    was_held INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    finished_at REAL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS fix_outbox_due ON fix_outbox (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS fix_outbox_held ON fix_outbox (source, institution_id) WHERE state = 'held';
+CREATE INDEX IF NOT EXISTS fix_outbox_recent ON fix_outbox (source, institution_id, created_at);
+CREATE TABLE IF NOT EXISTS fix_baselines (
+    source TEXT PRIMARY KEY,
+    done_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fix_releases (
+    source TEXT NOT NULL,
+    institution_id TEXT NOT NULL,
+    released_at REAL NOT NULL,
+    PRIMARY KEY (source, institution_id)
+) WITHOUT ROWID;
+"""
+
+_EPISODE_COLUMNS = (
+    "id, source, provider, owner_id, login_id, institution_id, institution, code, category, "
+    "opened_at, broken_since, backlog, accounts, any_fixed, request_id, kind, request_category, "
+    "requested_at, "
+    "delivered_at, outcome, closed_at, close_reason")
+
+PENDING, HELD, DELIVERED, FAILED, DEAD, CANCELLED = (
+    "pending", "held", "delivered", "failed", "dead", "cancelled")
+
+
+class StoreError(Exception):
+    """The database cannot be opened or written (corrupt, read-only, disk full)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: str
+    episode_id: int
+    source: str
+    provider: str
+    institution_id: str
+    kind: str
+    body: str
+    created_at: float
+    attempts: int
+    owner_id: str
+    login_id: str
+
+
+def _episode(row: tuple) -> Episode:
+    (id_, source, provider, owner_id, login_id, institution_id, institution, code, category,
+     opened_at, broken_since, backlog, accounts, any_fixed, request_id, kind, request_category,
+     requested_at, delivered_at, outcome, closed_at, close_reason) = row
+    marks = {k: Mark(*v) for k, v in json.loads(accounts).items()}
+    return Episode(source, provider, owner_id, login_id, institution_id, institution, code,
+                   category, opened_at, broken_since, bool(backlog), marks, id_, bool(any_fixed),
+                   request_id, kind, request_category, requested_at, delivered_at, outcome,
+                   closed_at, close_reason)
+
+
+def _accounts_json(ep: Episode) -> str:
+    return json.dumps({k: [m.code, m.category, m.fixable, m.otp] for k, m in ep.accounts.items()},
+                      separators=(",", ":"))
+
+
+class RemediationStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
+                                      check_same_thread=False)
+            self.db.execute("PRAGMA busy_timeout = 10000")
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open the remediation tables ({exc})") from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _tx(self):
+        return _Transaction(self.db)
+
+    # --- episodes -------------------------------------------------------------------------
+
+    def open_episode(self, source: str, owner_id: str, login_id: str) -> Episode | None:
+        row = self.db.execute(
+            f"SELECT {_EPISODE_COLUMNS} FROM fix_episodes WHERE source = ? AND owner_id = ? "
+            "AND login_id = ? AND closed_at IS NULL", (source, owner_id, login_id)).fetchone()
+        return _episode(row) if row else None
+
+    def episode(self, episode_id: int) -> Episode | None:
+        row = self.db.execute(f"SELECT {_EPISODE_COLUMNS} FROM fix_episodes WHERE id = ?",
+                              (episode_id,)).fetchone()
+        return _episode(row) if row else None
+
+    def last_fixed_unmarked(self, source: str, owner_id: str, login_id: str) -> tuple[int, float] | None:
+        """The login's latest episode closed ``fixed`` with a delivered request and no
+        ``rebroke`` counted yet: (id, closed_at)."""
+        return self.db.execute(
+            "SELECT id, closed_at FROM fix_episodes WHERE source = ? AND owner_id = ? "
+            "AND login_id = ? AND close_reason = 'fixed' AND delivered_at IS NOT NULL "
+            "AND rebroke = 0 ORDER BY closed_at DESC LIMIT 1",
+            (source, owner_id, login_id)).fetchone()
+
+    def mark_rebroke(self, episode_id: int) -> None:
+        self.db.execute("UPDATE fix_episodes SET rebroke = 1 WHERE id = ?", (episode_id,))
+
+    def save_episode(self, ep: Episode) -> None:
+        values = (ep.institution, ep.code, ep.category, ep.broken_since, _accounts_json(ep),
+                  int(ep.fixable_now), int(ep.any_fixed), ep.outcome, ep.closed_at,
+                  ep.close_reason)
+        if ep.id is None:
+            cur = self.db.execute(
+                "INSERT INTO fix_episodes (institution, code, category, broken_since, accounts, "
+                "fixable, any_fixed, outcome, closed_at, close_reason, source, provider, "
+                "owner_id, login_id, institution_id, opened_at, backlog) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*values, ep.source, ep.provider, ep.owner_id, ep.login_id, ep.institution_id,
+                 ep.opened_at, int(ep.backlog)))
+            ep.id = cur.lastrowid
+        else:
+            self.db.execute(
+                "UPDATE fix_episodes SET institution = ?, code = ?, category = ?, "
+                "broken_since = ?, accounts = ?, fixable = ?, any_fixed = ?, outcome = ?, "
+                "closed_at = ?, close_reason = ? WHERE id = ?", (*values, ep.id))
+
+    def waiting_episodes(self, limit: int, backfill: bool) -> list[Episode]:
+        """Open, fixable episodes without a request, oldest first."""
+        backlog = "" if backfill else "AND backlog = 0"
+        rows = self.db.execute(
+            f"SELECT {_EPISODE_COLUMNS} FROM fix_episodes WHERE closed_at IS NULL "
+            f"AND request_id IS NULL AND fixable = 1 {backlog} ORDER BY opened_at LIMIT ?",
+            (limit,)).fetchall()
+        return [_episode(r) for r in rows]
+
+    def abandon_candidates(self, requested_before: float) -> list[Episode]:
+        rows = self.db.execute(
+            f"SELECT {_EPISODE_COLUMNS} FROM fix_episodes WHERE closed_at IS NULL "
+            "AND outcome IS NULL AND delivered_at IS NOT NULL AND requested_at <= ?",
+            (requested_before,)).fetchall()
+        return [_episode(r) for r in rows]
+
+    def set_outcome(self, episode_id: int, outcome: str) -> None:
+        self.db.execute("UPDATE fix_episodes SET outcome = ? WHERE id = ?", (outcome, episode_id))
+
+    # --- baselines and releases -----------------------------------------------------------
+
+    def baselines(self) -> dict[str, float]:
+        return dict(self.db.execute("SELECT source, done_at FROM fix_baselines").fetchall())
+
+    def mark_baseline(self, source: str, at: float) -> None:
+        self.db.execute("INSERT OR IGNORE INTO fix_baselines VALUES (?, ?)", (source, at))
+
+    def release(self, source: str, institution_id: str | None, now: float) -> int:
+        """Send the held requests of one institution (or of every institution of ``source``);
+        the storm guard counts that institution afresh from now."""
+        with self._tx():
+            where, args = "state = 'held' AND source = ?", [source]
+            if institution_id is not None:
+                where += " AND institution_id = ?"
+                args.append(institution_id)
+            institutions = [r[0] for r in self.db.execute(
+                f"SELECT DISTINCT institution_id FROM fix_outbox WHERE {where}", args)]
+            if institution_id is not None and institution_id not in institutions:
+                institutions.append(institution_id)
+            self.db.executemany("INSERT OR REPLACE INTO fix_releases VALUES (?, ?, ?)",
+                                [(source, i, now) for i in institutions])
+            cur = self.db.execute(
+                f"UPDATE fix_outbox SET state = 'pending', next_attempt_at = ? WHERE {where}",
+                [now, *args])
+            return cur.rowcount
+
+    # --- outbox ---------------------------------------------------------------------------
+
+    def storm_count(self, source: str, institution_id: str, now: float, window: float) -> int:
+        """Requests (not held, not backlog) created at the institution in the window, which
+        starts no earlier than the institution's last release."""
+        row = self.db.execute(
+            "SELECT released_at FROM fix_releases WHERE source = ? AND institution_id = ?",
+            (source, institution_id)).fetchone()
+        since = max(now - window, row[0] if row else 0.0)
+        return self.db.execute(
+            "SELECT count(*) FROM fix_outbox WHERE source = ? AND institution_id = ? "
+            "AND created_at >= ? AND backlog = 0 AND was_held = 0",
+            (source, institution_id, since)).fetchone()[0]
+
+    def backfill_count(self, source: str, since: float) -> int:
+        return self.db.execute(
+            "SELECT count(*) FROM fix_outbox WHERE source = ? AND backlog = 1 AND created_at >= ?",
+            (source, since)).fetchone()[0]
+
+    def add_request(self, ep: Episode, request_id: str, kind: str, body: str, *, held: bool,
+                    now: float) -> None:
+        ep.request_id, ep.kind, ep.requested_at = request_id, kind, now
+        ep.request_category = ep.category
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO fix_outbox (id, episode_id, source, provider, institution_id, "
+                "institution, kind, backlog, was_held, body, state, created_at, next_attempt_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (request_id, ep.id, ep.source, ep.provider, ep.institution_id, ep.institution,
+                 kind, int(ep.backlog), int(held), body, HELD if held else PENDING, now, now))
+            self.db.execute(
+                "UPDATE fix_episodes SET request_id = ?, kind = ?, request_category = ?, "
+                "requested_at = ? WHERE id = ?", (request_id, kind, ep.category, now, ep.id))
+
+    def cancel_request(self, request_id: str, now: float) -> bool:
+        """A request not delivered yet whose episode closed: never send it."""
+        cur = self.db.execute(
+            "UPDATE fix_outbox SET state = 'cancelled', finished_at = ? "
+            "WHERE id = ? AND state IN ('pending', 'held')", (now, request_id))
+        return cur.rowcount > 0
+
+    def due(self, now: float, limit: int, skip: Iterable[str] = ()) -> list[OutboxRow]:
+        skip = set(skip)
+        rows = self.db.execute(
+            "SELECT o.id, o.episode_id, o.source, o.provider, o.institution_id, o.kind, o.body, "
+            "o.created_at, o.attempts, e.owner_id, e.login_id FROM fix_outbox o "
+            "JOIN fix_episodes e ON e.id = o.episode_id WHERE o.state = 'pending' "
+            "AND o.next_attempt_at <= ? ORDER BY o.next_attempt_at LIMIT ?",
+            (now, limit + len(skip))).fetchall()
+        return [OutboxRow(*r) for r in rows if r[0] not in skip][:limit]
+
+    def next_due(self) -> float | None:
+        row = self.db.execute(
+            "SELECT min(next_attempt_at) FROM fix_outbox WHERE state = 'pending'").fetchone()
+        return row[0]
+
+    def delivered(self, request_id: str, episode_id: int, now: float) -> bool:
+        """Record a delivery; False when the row was not pending any more."""
+        with self._tx():
+            cur = self.db.execute(
+                "UPDATE fix_outbox SET state = 'delivered', attempts = attempts + 1, "
+                "finished_at = ?, last_error = NULL WHERE id = ? AND state = 'pending'",
+                (now, request_id))
+            if cur.rowcount == 0:
+                return False
+            self.db.execute("UPDATE fix_episodes SET delivered_at = ? WHERE id = ? "
+                            "AND delivered_at IS NULL", (now, episode_id))
+            return True
+
+    def retry_at(self, request_id: str, when: float, error: str) -> None:
+        self.db.execute(
+            "UPDATE fix_outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
+            "WHERE id = ? AND state = 'pending'", (when, error, request_id))
+
+    def finish(self, request_id: str, state: str, now: float, error: str) -> None:
+        self.db.execute(
+            "UPDATE fix_outbox SET state = ?, attempts = attempts + 1, finished_at = ?, "
+            "last_error = ? WHERE id = ? AND state = 'pending'", (state, now, error, request_id))
+
+    def pending_counts(self) -> dict[str, int]:
+        return dict(self.db.execute(
+            "SELECT source, count(*) FROM fix_outbox WHERE state = 'pending' GROUP BY source"))
+
+    def held_counts(self) -> dict[tuple[str, str, str], int]:
+        rows = self.db.execute(
+            "SELECT source, institution_id, max(institution), count(*) FROM fix_outbox "
+            "WHERE state = 'held' GROUP BY source, institution_id")
+        return {(s, i, n): c for s, i, n, c in rows}
+
+    def held_list(self) -> list[tuple[str, str, str, int]]:
+        return [(*k, n) for k, n in sorted(self.held_counts().items())]
+
+    def outbox_states(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT state, count(*) FROM fix_outbox GROUP BY state"))
+
+    def prune(self, closed_before: float) -> int:
+        """Forget closed episodes (and their outbox rows) past the rebroke window."""
+        with self._tx():
+            self.db.execute(
+                "DELETE FROM fix_outbox WHERE episode_id IN (SELECT id FROM fix_episodes "
+                "WHERE closed_at IS NOT NULL AND closed_at < ?)", (closed_before,))
+            return self.db.execute(
+                "DELETE FROM fix_episodes WHERE closed_at IS NOT NULL AND closed_at < ?",
+                (closed_before,)).rowcount
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on an exception; nests as a no-op."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+        self.outer = False
+
+    def __enter__(self):
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.outer = True
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if not self.outer:
+            return False
+        if exc_type is None:
+            self.db.execute("COMMIT")
+        else:
+            self.db.execute("ROLLBACK")
+        return False
