@@ -42,7 +42,10 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    if _b64(data) != text:  # unused low bits set: not a token we wrote
+        raise ValueError("non-canonical base64")
+    return data
 
 
 def _token_key(secret: bytes) -> bytes:

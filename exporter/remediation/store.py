@@ -247,15 +247,14 @@ class RemediationStore:
         row = self.db.execute(
             "SELECT released_at FROM fix_releases WHERE source = ? AND institution_id = ?",
             (source, institution_id)).fetchone()
-        since = max(now - window, row[0] if row else 0.0)
         return self.db.execute(
             "SELECT count(*) FROM fix_outbox WHERE source = ? AND institution_id = ? "
-            "AND created_at >= ? AND backlog = 0 AND was_held = 0",
-            (source, institution_id, since)).fetchone()[0]
+            "AND created_at > ? AND created_at >= ? AND backlog = 0 AND was_held = 0",
+            (source, institution_id, now - window, row[0] if row else 0.0)).fetchone()[0]
 
     def backfill_count(self, source: str, since: float) -> int:
         return self.db.execute(
-            "SELECT count(*) FROM fix_outbox WHERE source = ? AND backlog = 1 AND created_at >= ?",
+            "SELECT count(*) FROM fix_outbox WHERE source = ? AND backlog = 1 AND created_at > ?",
             (source, since)).fetchone()[0]
 
     def add_request(self, ep: Episode, request_id: str, kind: str, body: str, *, held: bool,

@@ -31,18 +31,17 @@ CASES = {
     "enter fixable opens": (broke("103"), "open", ["opened"]),
     "enter non-fixable opens nothing": ([ev("entered", "901")], None, []),
     "flap between two fixable codes stays one episode": (
-        broke("103") + [ev("left", "185", previous="103"), ev("entered", "185", previous="103")]
-        + [ev("entered", "103", previous="185")], "open", ["opened", "updated", "updated"]),
+        [*broke("103"), ev("left", "185", previous="103"), ev("entered", "185", previous="103"), ev("entered", "103", previous="185")], "open", ["opened", "updated", "updated"]),
     "go to outage keeps the episode open but not fixable": (
-        broke("103") + [ev("entered", "901", previous="103")], "open-unfixable",
+        [*broke("103"), ev("entered", "901", previous="103")], "open-unfixable",
         ["opened", "updated"]),
     "back at ok closes fixed": (broke("103") + healed(), "fixed", ["opened", "closed"]),
     "account closed at the bank closes gone": (
-        broke("103") + [ev("entered", "913", previous="103")], "gone", ["opened", "closed"]),
+        [*broke("103"), ev("entered", "913", previous="103")], "gone", ["opened", "closed"]),
     "removed upstream closes gone": (
-        broke("103") + [ev("removed", "103")], "gone", ["opened", "closed"]),
+        [*broke("103"), ev("removed", "103")], "gone", ["opened", "closed"]),
     "still broken on an open episode changes nothing": (
-        broke("103") + [ev("still_broken", "103")], "open", ["opened"]),
+        [*broke("103"), ev("still_broken", "103")], "open", ["opened"]),
     "still broken without an episode opens one (missed events)": (
         [ev("still_broken", "103")], "open", ["opened"]),
     "a second account of the login joins, the login heals when both do": (
@@ -81,7 +80,7 @@ def test_broken_since_is_the_earliest_of_the_logins_accounts():
 
 
 def test_an_otp_suspect_gets_otp_each_refresh_with_guidance():
-    ep, _ = fold(broke("185") + [ev("otp_suspect", "185", otp=True)])
+    ep, _ = fold([*broke("185"), ev("otp_suspect", "185", otp=True)])
     assert request_kind(ep) == KIND_OTP
     body = request_body(ep, "r1", KIND_OTP)
     assert "185" in body["guidance"] and "931" in body["guidance"]
@@ -126,7 +125,7 @@ def test_an_episode_with_a_request_or_closed_is_never_due_again():
 
 
 def test_an_episode_gone_unfixable_waits():
-    ep = fold(broke("103") + [ev("entered", "901", previous="103")])[0]
+    ep = fold([*broke("103"), ev("entered", "901", previous="103")])[0]
     assert _decide(ep) == "wait"
 
 

@@ -5,10 +5,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-
-import uuid
 
 import httpx
 
