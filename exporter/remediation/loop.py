@@ -16,6 +16,7 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,7 +48,6 @@ from exporter.remediation.store import OutboxRow, RemediationStore
 
 log = logging.getLogger(__name__)
 
-_EVALUATE_BATCH = 5000
 _PRUNE_AFTER = REBROKE_WINDOW + 86400.0
 Effect = tuple[Any, ...]
 
@@ -123,6 +123,7 @@ class RepairLoop:
 
     def _report(self, effects: Sequence[Effect]) -> None:
         o = self.observer
+        ignored: Counter[tuple[str, str]] = Counter()
         for effect in effects:
             match effect:
                 case ("request", source, provider, kind, result):
@@ -133,10 +134,14 @@ class RepairLoop:
                     o.resolution(source, provider, category, seconds)
                 case ("ignored", source, reason):
                     o.ignored(source, reason)
+                    ignored[(source, reason)] += 1
                 case ("pending", counts):
                     o.pending(counts)
                 case ("held", counts):
                     o.held(counts)
+        for (source, reason), n in ignored.items():
+            log.warning("account events that cannot open an episode source=%s reason=%s count=%d",
+                        source, reason, n)
 
     # --- events -----------------------------------------------------------------------------
 
@@ -203,7 +208,8 @@ class RepairLoop:
         cfg, store = self.cfg, self.store
         effects: list[Effect] = []
         backfill_left: dict[str, int] = {}
-        for ep in store.waiting_episodes(_EVALUATE_BATCH, cfg.backfill):
+        storm_left: dict[tuple[str, str], int] = {}
+        for ep in list(store.waiting_episodes(cfg.backfill)):
             if ep.backlog and ep.source not in backfill_left:
                 backfill_left[ep.source] = cfg.backfill_per_hour - store.backfill_count(
                     ep.source, now - BACKFILL_WINDOW)
@@ -217,9 +223,13 @@ class RepairLoop:
             if ep.backlog:
                 backfill_left[ep.source] -= 1
             else:
-                limit = storm_limit(facts.accounts.get((ep.source, ep.institution_id), 0),
-                                    cfg.storm_min, cfg.storm_share)
-                held = store.storm_count(ep.source, ep.institution_id, now, STORM_WINDOW) >= limit
+                at = (ep.source, ep.institution_id)
+                if at not in storm_left:
+                    storm_left[at] = storm_limit(facts.accounts.get(at, 0), cfg.storm_min,
+                                                 cfg.storm_share) - store.storm_count(
+                                                     *at, now, STORM_WINDOW)
+                held = storm_left[at] <= 0
+                storm_left[at] -= 0 if held else 1
             kind = request_kind(ep)
             request_id = self.new_id()
             body = json.dumps(request_body(ep, request_id, kind), separators=(",", ":"),

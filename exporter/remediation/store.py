@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +48,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS fix_episodes_open
 CREATE INDEX IF NOT EXISTS fix_episodes_fixed
     ON fix_episodes (source, owner_id, login_id, closed_at) WHERE close_reason = 'fixed';
 CREATE INDEX IF NOT EXISTS fix_episodes_waiting
-    ON fix_episodes (opened_at) WHERE closed_at IS NULL AND request_id IS NULL AND fixable = 1;
+    ON fix_episodes (id) WHERE closed_at IS NULL AND request_id IS NULL AND fixable = 1;
 CREATE INDEX IF NOT EXISTS fix_episodes_delivered
     ON fix_episodes (requested_at) WHERE closed_at IS NULL AND outcome IS NULL
                                      AND delivered_at IS NOT NULL;
@@ -193,14 +193,19 @@ class RemediationStore:
                 "broken_since = ?, accounts = ?, fixable = ?, any_fixed = ?, outcome = ?, "
                 "closed_at = ?, close_reason = ? WHERE id = ?", (*values, ep.id))
 
-    def waiting_episodes(self, limit: int, backfill: bool) -> list[Episode]:
-        """Open, fixable episodes without a request, oldest first."""
+    def waiting_episodes(self, backfill: bool, batch: int = 5000) -> Iterator[Episode]:
+        """Open, fixable episodes without a request, oldest first, read in batches."""
         backlog = "" if backfill else "AND backlog = 0"
-        rows = self.db.execute(
-            f"SELECT {_EPISODE_COLUMNS} FROM fix_episodes WHERE closed_at IS NULL "
-            f"AND request_id IS NULL AND fixable = 1 {backlog} ORDER BY opened_at LIMIT ?",
-            (limit,)).fetchall()
-        return [_episode(r) for r in rows]
+        after = 0
+        while True:
+            rows = self.db.execute(
+                f"SELECT {_EPISODE_COLUMNS} FROM fix_episodes WHERE closed_at IS NULL "
+                f"AND request_id IS NULL AND fixable = 1 {backlog} AND id > ? ORDER BY id "
+                "LIMIT ?", (after, batch)).fetchall()
+            yield from (_episode(r) for r in rows)
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
 
     def abandon_candidates(self, requested_before: float) -> list[Episode]:
         rows = self.db.execute(
