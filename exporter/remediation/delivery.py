@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -26,7 +27,7 @@ from exporter.remediation.config import RemediationConfig
 from exporter.remediation.episodes import KIND_OTP
 from exporter.remediation.observer import RemediationObserver
 from exporter.remediation.signing import SIGNATURE_HEADER, sign
-from exporter.remediation.store import DEAD, FAILED, OutboxRow
+from exporter.remediation.store import OutboxRow
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,17 @@ def retry_after(value: str | None, now: float) -> float | None:
         return max(parsedate_to_datetime(value).timestamp() - now, 0.0)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """The outcome of one attempt, written back with the rest of its batch: ``result`` is
+    the metric's label; ``at`` is when it happened, or for ``retried`` the next attempt."""
+
+    row: OutboxRow
+    result: str
+    at: float
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +106,7 @@ class DeliveryWorker:
         self.rand = rand
         self.poll = poll
         self.in_flight: set[str] = set()
+        self._agent = f"openfinance-exporter/{__version__}"
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(cfg.max_concurrency)
 
@@ -101,7 +114,10 @@ class DeliveryWorker:
         self._wake.set()
 
     async def run_once(self) -> int:
-        """Send every request due now (bounded concurrency); returns how many were tried."""
+        """Send every request due now (bounded concurrency); returns how many were tried.
+
+        Outcomes are written back per batch, in one transaction: a crash before that
+        re-sends the batch with the same idempotency keys, which receivers deduplicate."""
         total = 0
         while True:
             batch = await self.call("due", self.clock(), self.cfg.max_concurrency * 4,
@@ -109,7 +125,14 @@ class DeliveryWorker:
             if not batch:
                 return total
             total += len(batch)
-            await asyncio.gather(*(self._guarded(row) for row in batch))
+            self.in_flight.update(row.id for row in batch)
+            try:
+                settled = await asyncio.gather(*(self._guarded(row) for row in batch))
+                done = [s for s in settled if s is not None]
+                delivered = await self.call("settle", done)
+            finally:
+                self.in_flight.difference_update(row.id for row in batch)
+            self._report(done, delivered)
 
     async def run(self) -> None:
         """Forever: send what is due, then sleep until the next due time, a wake-up, or
@@ -126,18 +149,16 @@ class DeliveryWorker:
             wait = self.poll if next_due is None else min(max(next_due - self.clock(), 0.0), self.poll)
             await wait_for_event(self._wake, max(wait, 0.05))
 
-    async def _guarded(self, row: OutboxRow) -> None:
-        self.in_flight.add(row.id)
+    async def _guarded(self, row: OutboxRow) -> Settlement | None:
         try:
             async with self._slots:
-                await self.deliver(row)
+                return await self.attempt(row)
         except Exception:
             log.exception("remediation delivery failed unexpectedly source=%s", row.source)
-        finally:
-            self.in_flight.discard(row.id)
+            return None
 
-    async def deliver(self, row: OutboxRow) -> str:
-        """One attempt; returns the result label it counted."""
+    async def attempt(self, row: OutboxRow) -> Settlement:
+        """One POST of ``row``; returns what to write back (nothing is written here)."""
         body = json.loads(row.body)
         if row.kind != KIND_OTP and self.cfg.link != "none":
             try:
@@ -145,48 +166,47 @@ class DeliveryWorker:
             except Exception as exc:
                 log.warning("fix link not available, delivery postponed source=%s error=%s",
                             row.source, type(exc).__name__)
-                return await self._failed(row, Verdict("retry", None, f"link: {type(exc).__name__}"))
+                return self._settle(row, Verdict("retry", None, f"link: {type(exc).__name__}"))
             if link:
                 body["link"] = link
         raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        t = int(self.clock())
         headers = {"Content-Type": "application/json", "Idempotency-Key": row.id,
-                   SIGNATURE_HEADER: sign(self.secret, raw, t),
-                   "User-Agent": f"openfinance-exporter/{__version__}"}
+                   SIGNATURE_HEADER: sign(self.secret, raw, int(self.clock())),
+                   "User-Agent": self._agent}
         try:
             resp = await self.client.post(self.cfg.endpoint, content=raw, headers=headers,
                                           timeout=self.cfg.timeout)
             verdict = judge(resp.status_code, resp.headers, self.clock())
         except httpx.HTTPError as exc:
             verdict = judge(None, None, self.clock(), type(exc).__name__)
-        if verdict.outcome == "delivered":
-            if await self.call("delivered", row.id, row.episode_id, self.clock()):
-                self.observer.request(row.source, row.provider, row.kind, "delivered")
-                log.info("fix request delivered source=%s kind=%s attempts=%d",
-                         row.source, row.kind, row.attempts + 1)
-            return "delivered"
-        return await self._failed(row, verdict)
+        return self._settle(row, verdict)
 
-    async def _failed(self, row: OutboxRow, verdict: Verdict) -> str:
+    def _settle(self, row: OutboxRow, verdict: Verdict) -> Settlement:
         now = self.clock()
+        if verdict.outcome == "delivered":
+            return Settlement(row, "delivered", now)
         if verdict.outcome == "gone":
-            await self.call("finish", row.id, FAILED, now, verdict.error)
-            log.warning("fix request refused for good (410) source=%s", row.source)
-            result = "failed"
-        else:
-            failures = row.attempts + 1
-            wait = verdict.wait
-            if wait is None:
-                wait = backoff_delay(failures, self.cfg.backoff_base, self.cfg.backoff_max, self.rand)
-            if now + wait > row.created_at + self.cfg.retry_for:
-                await self.call("finish", row.id, DEAD, now, verdict.error)
+            return Settlement(row, "failed", now, verdict.error)
+        wait = verdict.wait
+        if wait is None:
+            wait = backoff_delay(row.attempts + 1, self.cfg.backoff_base, self.cfg.backoff_max,
+                                 self.rand)
+        if now + wait > row.created_at + self.cfg.retry_for:
+            return Settlement(row, "dead", now, verdict.error)
+        return Settlement(row, "retried", now + wait, verdict.error)
+
+    def _report(self, settled: list[Settlement], delivered: set[str]) -> None:
+        counts: Counter[str] = Counter()
+        for s in settled:
+            row = s.row
+            if s.result == "delivered" and row.id not in delivered:
+                continue  # cancelled while in flight: counted nowhere
+            self.observer.request(row.source, row.provider, row.kind, s.result)
+            counts[s.result] += 1
+            if s.result == "dead":
                 log.error("fix request dead-lettered after %d attempts source=%s last_error=%s",
-                          failures, row.source, verdict.error)
-                result = "dead"
-            else:
-                await self.call("retry_at", row.id, now + wait, verdict.error)
-                log.info("fix request retry source=%s in=%.0fs error=%s",
-                         row.source, wait, verdict.error)
-                result = "retried"
-        self.observer.request(row.source, row.provider, row.kind, result)
-        return result
+                          row.attempts + 1, row.source, s.error)
+            elif s.result == "failed":
+                log.warning("fix request refused for good (410) source=%s", row.source)
+        if counts:
+            log.info("fix requests sent %s", " ".join(f"{k}={v}" for k, v in sorted(counts.items())))

@@ -88,11 +88,9 @@ CREATE TABLE IF NOT EXISTS fix_releases (
 _EPISODE_COLUMNS = (
     "id, source, provider, owner_id, login_id, institution_id, institution, code, category, "
     "opened_at, broken_since, backlog, accounts, any_fixed, request_id, kind, request_category, "
-    "requested_at, "
-    "delivered_at, outcome, closed_at, close_reason")
+    "requested_at, delivered_at, outcome, closed_at, close_reason")
 
-PENDING, HELD, DELIVERED, FAILED, DEAD, CANCELLED = (
-    "pending", "held", "delivered", "failed", "dead", "cancelled")
+PENDING, HELD, DELIVERED = "pending", "held", "delivered"
 
 
 class StoreError(Exception):
@@ -299,28 +297,27 @@ class RemediationStore:
             "SELECT min(next_attempt_at) FROM fix_outbox WHERE state = 'pending'").fetchone()
         return row[0]
 
-    def delivered(self, request_id: str, episode_id: int, now: float) -> bool:
-        """Record a delivery; False when the row was not pending any more."""
+    def settle(self, settled: list) -> set[str]:
+        """Write back a batch of attempts (``delivery.Settlement``) in one transaction;
+        returns the ids newly marked delivered (a row cancelled meanwhile is not)."""
+        delivered: set[str] = set()
         with self._tx():
-            cur = self.db.execute(
-                "UPDATE fix_outbox SET state = 'delivered', attempts = attempts + 1, "
-                "finished_at = ?, last_error = NULL WHERE id = ? AND state = 'pending'",
-                (now, request_id))
-            if cur.rowcount == 0:
-                return False
-            self.db.execute("UPDATE fix_episodes SET delivered_at = ? WHERE id = ? "
-                            "AND delivered_at IS NULL", (now, episode_id))
-            return True
-
-    def retry_at(self, request_id: str, when: float, error: str) -> None:
-        self.db.execute(
-            "UPDATE fix_outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
-            "WHERE id = ? AND state = 'pending'", (when, error, request_id))
-
-    def finish(self, request_id: str, state: str, now: float, error: str) -> None:
-        self.db.execute(
-            "UPDATE fix_outbox SET state = ?, attempts = attempts + 1, finished_at = ?, "
-            "last_error = ? WHERE id = ? AND state = 'pending'", (state, now, error, request_id))
+            for s in settled:
+                row = s.row
+                if s.result == "retried":
+                    self.db.execute(
+                        "UPDATE fix_outbox SET attempts = attempts + 1, next_attempt_at = ?, "
+                        "last_error = ? WHERE id = ? AND state = 'pending'", (s.at, s.error, row.id))
+                    continue
+                cur = self.db.execute(
+                    "UPDATE fix_outbox SET state = ?, attempts = attempts + 1, finished_at = ?, "
+                    "last_error = ? WHERE id = ? AND state = 'pending'",
+                    (s.result, s.at, s.error or None, row.id))
+                if s.result == DELIVERED and cur.rowcount:
+                    delivered.add(row.id)
+                    self.db.execute("UPDATE fix_episodes SET delivered_at = ? WHERE id = ? "
+                                    "AND delivered_at IS NULL", (s.at, row.episode_id))
+        return delivered
 
     def pending_counts(self) -> dict[str, int]:
         return dict(self.db.execute(
