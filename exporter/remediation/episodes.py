@@ -98,6 +98,7 @@ class Episode:
     outcome: str | None = None
     closed_at: float | None = None
     close_reason: str | None = None
+    rebroke: bool = False
 
     @property
     def login(self) -> tuple[str, str, str]:

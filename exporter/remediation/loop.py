@@ -49,6 +49,8 @@ from exporter.remediation.store import OutboxRow, RemediationStore
 log = logging.getLogger(__name__)
 
 _PRUNE_AFTER = REBROKE_WINDOW + 86400.0
+_WRITE_BATCH = 1000
+_PRUNE_EVERY = 3600.0
 Effect = tuple[Any, ...]
 
 
@@ -82,6 +84,7 @@ class RepairLoop:
                                      self.observer, self.link_for, rand)
         self._tasks: list[asyncio.Task] = []
         self._evaluate_soon = asyncio.Event()
+        self._pruned_at = 0.0
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -162,33 +165,58 @@ class RepairLoop:
             log.info("remediation baseline done source=%s", source)
 
     def _apply_events(self, events: list[AccountEventLike]) -> list[Effect]:
+        """Fold a batch: read and decide first, then write everything in one short
+        transaction (the tracker writes to the same file and must not wait long)."""
         effects: list[Effect] = []
         store = self.store
-        with store._tx():
-            for ev in events:
-                key = login_of(ev)
-                if key is None:
-                    if ev.fixable and str(ev.kind) != "left":
-                        reason = "no_owner_id" if not ev.owner_id else "no_login_id"
-                        effects.append(("ignored", ev.source, reason))
-                    continue
-                ep = store.open_episode(*key)
-                ep, what = apply_event(ep, ev, backlog=ev.source not in self._baselines)
-                if what == "none" or ep is None:
-                    continue
-                if what == "opened":
-                    previous = store.last_fixed_unmarked(*key)
-                    if previous is not None and rebroke(previous[1], ev.at):
-                        store.mark_rebroke(previous[0])
-                        effects.append(("outcome", ep.source, ep.provider, "rebroke"))
-                elif what == "closed":
-                    effects += self._closed(ep, ev.at)
-                store.save_episode(ep)
+        current: dict[tuple[str, str, str], Episode | None] = {}
+        fixed_here: dict[tuple[str, str, str], Episode] = {}
+        touched: dict[int, Episode] = {}
+        rebroke_ids: list[int] = []
+        cancel_ids: list[str] = []
+        for ev in events:
+            key = login_of(ev)
+            if key is None:
+                if ev.fixable and str(ev.kind) != "left":
+                    reason = "no_owner_id" if not ev.owner_id else "no_login_id"
+                    effects.append(("ignored", ev.source, reason))
+                continue
+            if key not in current:
+                current[key] = store.open_episode(*key)
+            ep, what = apply_event(current[key], ev, backlog=ev.source not in self._baselines)
+            if what == "none" or ep is None:
+                continue
+            touched[id(ep)] = ep
+            current[key] = ep
+            if what == "opened":
+                effects += self._rebroke(key, ev.at, fixed_here.get(key), rebroke_ids)
+            elif what == "closed":
+                current[key] = None
+                if ep.close_reason == "fixed":
+                    fixed_here[key] = ep
+                if ep.request_id is not None:
+                    cancel_ids.append(ep.request_id)
+                effects += self._closed(ep, ev.at)
+        if touched or rebroke_ids:
+            store.save_episodes(list(touched.values()), rebroke_ids, cancel_ids, self.clock())
         return effects
 
-    def _closed(self, ep: Episode, now: float) -> list[Effect]:
-        if ep.request_id is not None and self.store.cancel_request(ep.request_id, now):
-            log.debug("fix request cancelled, episode closed source=%s", ep.source)
+    def _rebroke(self, key: tuple[str, str, str], now: float, fixed_here: Episode | None,
+                 rebroke_ids: list[int]) -> list[Effect]:
+        """A login that broke again within 7 days of a delivered request's fix."""
+        if fixed_here is not None and fixed_here.delivered_at is not None:
+            if fixed_here.rebroke or not rebroke(fixed_here.closed_at, now):
+                return []
+            fixed_here.rebroke = True
+            return [("outcome", fixed_here.source, fixed_here.provider, "rebroke")]
+        previous = self.store.last_fixed_unmarked(*key)
+        if previous is None or not rebroke(previous[1], now) or previous[0] in rebroke_ids:
+            return []
+        rebroke_ids.append(previous[0])
+        return [("outcome", key[0], previous[2], "rebroke")]
+
+    @staticmethod
+    def _closed(ep: Episode, now: float) -> list[Effect]:
         if ep.close_reason != "fixed" or ep.delivered_at is None or ep.outcome is not None:
             return []
         ep.outcome = "fixed"
@@ -209,7 +237,9 @@ class RepairLoop:
         effects: list[Effect] = []
         backfill_left: dict[str, int] = {}
         storm_left: dict[tuple[str, str], int] = {}
-        for ep in list(store.waiting_episodes(cfg.backfill)):
+        held_now: Counter[tuple[str, str]] = Counter()
+        batch: list[tuple[Episode, str, str, str, bool]] = []
+        for ep in store.waiting_episodes(cfg.backfill):
             if ep.backlog and ep.source not in backfill_left:
                 backfill_left[ep.source] = cfg.backfill_per_hour - store.backfill_count(
                     ep.source, now - BACKFILL_WINDOW)
@@ -225,24 +255,35 @@ class RepairLoop:
             else:
                 at = (ep.source, ep.institution_id)
                 if at not in storm_left:
-                    storm_left[at] = storm_limit(facts.accounts.get(at, 0), cfg.storm_min,
-                                                 cfg.storm_share) - store.storm_count(
-                                                     *at, now, STORM_WINDOW)
+                    limit = storm_limit(facts.accounts.get(at, 0), cfg.storm_min, cfg.storm_share)
+                    storm_left[at] = limit - store.storm_count(*at, now, STORM_WINDOW)
                 held = storm_left[at] <= 0
-                storm_left[at] -= 0 if held else 1
+                if held:
+                    held_now[at] += 1
+                else:
+                    storm_left[at] -= 1
             kind = request_kind(ep)
             request_id = self.new_id()
             body = json.dumps(request_body(ep, request_id, kind), separators=(",", ":"),
                               ensure_ascii=False)
-            store.add_request(ep, request_id, kind, body, held=held, now=now)
+            batch.append((ep, request_id, kind, body, held))
             if held:
                 effects.append(("request", ep.source, ep.provider, kind, "held"))
-                log.warning("fix request held by the storm guard source=%s institution_id=%s",
-                            ep.source, ep.institution_id)
-        for ep in store.abandon_candidates(now - cfg.retry_for - cfg.abandon_after):
-            store.set_outcome(ep.id, "abandoned")
-            effects.append(("outcome", ep.source, ep.provider, "abandoned"))
-        store.prune(now - _PRUNE_AFTER)
+            if len(batch) >= _WRITE_BATCH:
+                store.add_requests(batch, now)
+                batch = []
+        if batch:
+            store.add_requests(batch, now)
+        for (source, institution_id), n in held_now.items():
+            log.warning("fix requests held by the storm guard source=%s institution_id=%s count=%d",
+                        source, institution_id, n)
+        gone = store.abandon_candidates(now - cfg.retry_for - cfg.abandon_after)
+        if gone:
+            store.set_outcomes([ep.id for ep in gone], "abandoned")
+            effects += [("outcome", ep.source, ep.provider, "abandoned") for ep in gone]
+        if now - self._pruned_at >= _PRUNE_EVERY:
+            store.prune(now - _PRUNE_AFTER)
+            self._pruned_at = now
         effects.append(("pending", store.pending_counts()))
         effects.append(("held", store.held_counts()))
         return effects

@@ -49,6 +49,8 @@ CREATE INDEX IF NOT EXISTS fix_episodes_fixed
     ON fix_episodes (source, owner_id, login_id, closed_at) WHERE close_reason = 'fixed';
 CREATE INDEX IF NOT EXISTS fix_episodes_waiting
     ON fix_episodes (id) WHERE closed_at IS NULL AND request_id IS NULL AND fixable = 1;
+CREATE INDEX IF NOT EXISTS fix_episodes_closed
+    ON fix_episodes (closed_at) WHERE closed_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS fix_episodes_delivered
     ON fix_episodes (requested_at) WHERE closed_at IS NULL AND outcome IS NULL
                                      AND delivered_at IS NOT NULL;
@@ -160,28 +162,39 @@ class RemediationStore:
                               (episode_id,)).fetchone()
         return _episode(row) if row else None
 
-    def last_fixed_unmarked(self, source: str, owner_id: str, login_id: str) -> tuple[int, float] | None:
+    def last_fixed_unmarked(self, source: str, owner_id: str, login_id: str
+                            ) -> tuple[int, float, str] | None:
         """The login's latest episode closed ``fixed`` with a delivered request and no
-        ``rebroke`` counted yet: (id, closed_at)."""
+        ``rebroke`` counted yet: (id, closed_at, provider)."""
         return self.db.execute(
-            "SELECT id, closed_at FROM fix_episodes WHERE source = ? AND owner_id = ? "
+            "SELECT id, closed_at, provider FROM fix_episodes WHERE source = ? AND owner_id = ? "
             "AND login_id = ? AND close_reason = 'fixed' AND delivered_at IS NOT NULL "
             "AND rebroke = 0 ORDER BY closed_at DESC LIMIT 1",
             (source, owner_id, login_id)).fetchone()
 
-    def mark_rebroke(self, episode_id: int) -> None:
-        self.db.execute("UPDATE fix_episodes SET rebroke = 1 WHERE id = ?", (episode_id,))
+    def save_episodes(self, episodes: list[Episode], rebroke_ids: list[int],
+                      cancel_ids: list[str], now: float) -> None:
+        """Write a batch of folded events in one short transaction: new episodes get their id;
+        requests of closed episodes that were not delivered yet are cancelled."""
+        with self._tx():
+            for ep in episodes:
+                self._save(ep)
+            self.db.executemany("UPDATE fix_episodes SET rebroke = 1 WHERE id = ?",
+                                [(i,) for i in rebroke_ids])
+            self.db.executemany(
+                "UPDATE fix_outbox SET state = 'cancelled', finished_at = ? "
+                "WHERE id = ? AND state IN ('pending', 'held')", [(now, r) for r in cancel_ids])
 
-    def save_episode(self, ep: Episode) -> None:
+    def _save(self, ep: Episode) -> None:
         values = (ep.institution, ep.code, ep.category, ep.broken_since, _accounts_json(ep),
                   int(ep.fixable_now), int(ep.any_fixed), ep.outcome, ep.closed_at,
-                  ep.close_reason)
+                  ep.close_reason, int(ep.rebroke))
         if ep.id is None:
             cur = self.db.execute(
                 "INSERT INTO fix_episodes (institution, code, category, broken_since, accounts, "
-                "fixable, any_fixed, outcome, closed_at, close_reason, source, provider, "
+                "fixable, any_fixed, outcome, closed_at, close_reason, rebroke, source, provider, "
                 "owner_id, login_id, institution_id, opened_at, backlog) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (*values, ep.source, ep.provider, ep.owner_id, ep.login_id, ep.institution_id,
                  ep.opened_at, int(ep.backlog)))
             ep.id = cur.lastrowid
@@ -189,7 +202,7 @@ class RemediationStore:
             self.db.execute(
                 "UPDATE fix_episodes SET institution = ?, code = ?, category = ?, "
                 "broken_since = ?, accounts = ?, fixable = ?, any_fixed = ?, outcome = ?, "
-                "closed_at = ?, close_reason = ? WHERE id = ?", (*values, ep.id))
+                "closed_at = ?, close_reason = ?, rebroke = ? WHERE id = ?", (*values, ep.id))
 
     def waiting_episodes(self, backfill: bool, batch: int = 5000) -> Iterator[Episode]:
         """Open, fixable episodes without a request, oldest first, read in batches."""
@@ -212,8 +225,10 @@ class RemediationStore:
             (requested_before,)).fetchall()
         return [_episode(r) for r in rows]
 
-    def set_outcome(self, episode_id: int, outcome: str) -> None:
-        self.db.execute("UPDATE fix_episodes SET outcome = ? WHERE id = ?", (outcome, episode_id))
+    def set_outcomes(self, episode_ids: list[int], outcome: str) -> None:
+        with self._tx():
+            self.db.executemany("UPDATE fix_episodes SET outcome = ? WHERE id = ?",
+                                [(outcome, i) for i in episode_ids])
 
     # --- baselines and releases -----------------------------------------------------------
 
@@ -260,27 +275,23 @@ class RemediationStore:
             "SELECT count(*) FROM fix_outbox WHERE source = ? AND backlog = 1 AND created_at > ?",
             (source, since)).fetchone()[0]
 
-    def add_request(self, ep: Episode, request_id: str, kind: str, body: str, *, held: bool,
-                    now: float) -> None:
-        ep.request_id, ep.kind, ep.requested_at = request_id, kind, now
-        ep.request_category = ep.category
+    def add_requests(self, requests: list[tuple[Episode, str, str, str, bool]], now: float) -> None:
+        """(episode, request id, kind, body, held) each: outbox rows and episode marks, one
+        transaction."""
         with self._tx():
-            self.db.execute(
+            self.db.executemany(
                 "INSERT INTO fix_outbox (id, episode_id, source, provider, institution_id, "
                 "institution, kind, backlog, was_held, body, state, created_at, next_attempt_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (request_id, ep.id, ep.source, ep.provider, ep.institution_id, ep.institution,
-                 kind, int(ep.backlog), int(held), body, HELD if held else PENDING, now, now))
-            self.db.execute(
+                [(rid, ep.id, ep.source, ep.provider, ep.institution_id, ep.institution, kind,
+                  int(ep.backlog), int(held), body, HELD if held else PENDING, now, now)
+                 for ep, rid, kind, body, held in requests])
+            self.db.executemany(
                 "UPDATE fix_episodes SET request_id = ?, kind = ?, request_category = ?, "
-                "requested_at = ? WHERE id = ?", (request_id, kind, ep.category, now, ep.id))
-
-    def cancel_request(self, request_id: str, now: float) -> bool:
-        """A request not delivered yet whose episode closed: never send it."""
-        cur = self.db.execute(
-            "UPDATE fix_outbox SET state = 'cancelled', finished_at = ? "
-            "WHERE id = ? AND state IN ('pending', 'held')", (now, request_id))
-        return cur.rowcount > 0
+                "requested_at = ? WHERE id = ?",
+                [(rid, kind, ep.category, now, ep.id) for ep, rid, kind, _, _ in requests])
+        for ep, rid, kind, _, _ in requests:
+            ep.request_id, ep.kind, ep.requested_at, ep.request_category = rid, kind, now, ep.category
 
     def due(self, now: float, limit: int, skip: Iterable[str] = ()) -> list[OutboxRow]:
         skip = set(skip)

@@ -264,3 +264,20 @@ async def test_pending_counts_requests_waiting_for_delivery(rig, obs):
     await cycle(rig)
     await rig.evaluate()
     assert obs.pending_now == {"fin": 1}
+
+
+async def test_fixed_and_broken_again_in_one_batch_counts_both(rig, obs):
+    await rig.on_events(broke("103"))
+    await cycle(rig)
+    await rig.on_events([*healed(), *broke("103")])
+    assert [o[2] for o in obs.outcomes] == ["fixed", "rebroke"]
+
+
+async def test_closed_episodes_are_forgotten_after_the_rebroke_window(rig, clock):
+    await rig.on_events(broke("103"))
+    await cycle(rig)
+    await rig.on_events(healed())
+    clock.advance(9 * DAY)
+    await rig.evaluate()
+    assert rig.store.db.execute("SELECT count(*) FROM fix_episodes").fetchone() == (0,)
+    assert outbox(rig) == {}
