@@ -326,6 +326,8 @@ class RemediationStore:
                     (s.result, s.at, s.error or None, row.id))
                 if s.result == DELIVERED and cur.rowcount:
                     delivered.add(row.id)
+                    # The body served its purpose; the episode keeps what outcomes need.
+                    self.db.execute("UPDATE fix_outbox SET body = '' WHERE id = ?", (row.id,))
                     self.db.execute("UPDATE fix_episodes SET delivered_at = ? WHERE id = ? "
                                     "AND delivered_at IS NULL", (s.at, row.episode_id))
         return delivered
