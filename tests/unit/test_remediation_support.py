@@ -13,10 +13,11 @@ import httpx
 
 from exporter.remediation.config import RemediationConfig
 from exporter.remediation.loop import RepairLoop
+from tests.unit.conftest import DAY, T0, Clock
 
-T0 = 1_763_700_000.0
+__all__ = ["DAY", "T0", "Clock"]
+
 HOUR = 3600.0
-DAY = 86400.0
 SECRET = "s3cret-for-tests"
 
 CATEGORY = {"0": "ok", "103": "credentials", "108": "user_action", "185": "mfa", "187": "mfa",
@@ -63,17 +64,6 @@ def broke(code: str = "103", **kw) -> list[Ev]:
 
 def healed(**kw) -> list[Ev]:
     return [ev("left", "0", **kw), ev("back_to_ok", "0", **kw)]
-
-
-class Clock:
-    def __init__(self, now: float = T0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
