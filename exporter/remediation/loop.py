@@ -29,6 +29,7 @@ from exporter.remediation.delivery import DeliveryWorker, wait_for_event
 from exporter.remediation.episodes import (
     BACKFILL_WINDOW,
     REBROKE_WINDOW,
+    REMOVED,
     STORM_WINDOW,
     AccountEventLike,
     Episode,
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 _PRUNE_AFTER = REBROKE_WINDOW + 86400.0
 _WRITE_BATCH = 1000
 _PRUNE_EVERY = 3600.0
+_QUEUE_BATCHES = 64
 Effect = tuple[Any, ...]
 
 
@@ -83,6 +85,8 @@ class RepairLoop:
         self.worker = DeliveryWorker(cfg, self.secret, self.call, self.client, clock,
                                      self.observer, self.link_for, rand)
         self._tasks: list[asyncio.Task] = []
+        self._queue: asyncio.Queue = asyncio.Queue(maxsize=_QUEUE_BATCHES)
+        self._consuming: asyncio.Task | None = None
         self._evaluate_soon = asyncio.Event()
         self._pruned_at = 0.0
 
@@ -98,19 +102,54 @@ class RepairLoop:
         return await loop.run_in_executor(self._executor, fn, *args)
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self.worker.run(), name="remediation-delivery"),
-                       asyncio.create_task(self._ticker(), name="remediation-evaluate")]
+        self._consumer()
+        self._tasks += [asyncio.create_task(self.worker.run(), name="remediation-delivery"),
+                        asyncio.create_task(self._ticker(), name="remediation-evaluate")]
         log.info("remediation started link=%s backfill=%s", self.cfg.link, self.cfg.backfill)
 
-    async def stop(self) -> None:
+    async def stop(self, drain_for: float = 10.0) -> None:
+        """Fold what is queued (up to ``drain_for`` seconds), stop the tasks, close."""
+        if self._consuming is not None and not self._consuming.done():
+            try:
+                await asyncio.wait_for(self._queue.join(), timeout=drain_for)
+            except TimeoutError:
+                log.warning("remediation stopped with %d event batches unread; the next "
+                            "sweep re-announces what is still broken", self._queue.qsize())
+            self._tasks.append(self._consuming)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        self._consuming = None
         if self._own_client:
             await self.client.aclose()
         await self._run(self.store.close)
         self._executor.shutdown(wait=True)
+
+    def _consumer(self) -> None:
+        if self._consuming is None or self._consuming.done():
+            self._consuming = asyncio.create_task(self._consume(), name="remediation-events")
+
+    async def _consume(self) -> None:
+        """Fold queued event batches and baselines, in the order the tracker sent them."""
+        while True:
+            item = await self._queue.get()
+            try:
+                if item[0] == "baseline":
+                    await self._mark_baseline(item[1])
+                else:
+                    self._report(await self._run(self._apply_events, item[1]))
+                    self._evaluate_soon.set()
+            except Exception:
+                log.exception("remediation could not fold account events; the next sweep "
+                              "re-announces what is still broken")
+            finally:
+                self._queue.task_done()
+
+    async def drained(self) -> None:
+        """Until every queued batch has been folded (tests, shutdown)."""
+        self._consumer()
+        await self._queue.join()
 
     async def _ticker(self) -> None:
         while True:
@@ -149,16 +188,21 @@ class RepairLoop:
     # --- events -----------------------------------------------------------------------------
 
     async def on_events(self, events: Sequence[AccountEventLike]) -> None:
-        """The tracker subscriber: fold a committed chunk's events into episodes."""
-        if not events:
-            return
-        effects = await self._run(self._apply_events, list(events))
-        self._report(effects)
-        self._evaluate_soon.set()
+        """The tracker subscriber: queue a committed chunk's events and return at once, so
+        the sweep does not wait for the folding (it waits only when the queue is full)."""
+        if events:
+            self._consumer()
+            await self._queue.put(("events", list(events)))
 
     async def sweep_finished(self, source: str, complete: bool) -> None:
-        """After the first complete sweep of ``source``, new episodes are no longer backlog."""
+        """After the first complete sweep of ``source``, new episodes are no longer backlog
+        (queued behind that sweep's events)."""
         if complete and source not in self._baselines:
+            self._consumer()
+            await self._queue.put(("baseline", source))
+
+    async def _mark_baseline(self, source: str) -> None:
+        if source not in self._baselines:
             now = self.clock()
             await self.call("mark_baseline", source, now)
             self._baselines[source] = now
@@ -174,8 +218,18 @@ class RepairLoop:
         touched: dict[int, Episode] = {}
         rebroke_ids: list[int] = []
         cancel_ids: list[str] = []
+        by_account: dict[tuple[str, str], tuple[str, str, str]] = {}
         for ev in events:
             key = login_of(ev)
+            if key is None and str(ev.kind) == REMOVED:
+                # The tracker does not store ids: find the login through the account.
+                key = by_account.get((ev.source, ev.account_key))
+                if key is None:
+                    found = store.episode_of_account(ev.source, ev.account_key)
+                    if found is None:
+                        continue
+                    key = found.login
+                    current.setdefault(key, found)
             if key is None:
                 if ev.fixable and str(ev.kind) != "left":
                     reason = "no_owner_id" if not ev.owner_id else "no_login_id"
@@ -188,6 +242,7 @@ class RepairLoop:
                 continue
             touched[id(ep)] = ep
             current[key] = ep
+            by_account[(ev.source, ev.account_key)] = key
             if what == "opened":
                 effects += self._rebroke(key, ev.at, fixed_here.get(key), rebroke_ids)
             elif what == "closed":

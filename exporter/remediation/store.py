@@ -54,6 +54,13 @@ CREATE INDEX IF NOT EXISTS fix_episodes_closed
 CREATE INDEX IF NOT EXISTS fix_episodes_delivered
     ON fix_episodes (requested_at) WHERE closed_at IS NULL AND outcome IS NULL
                                      AND delivered_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS fix_episode_accounts (
+    source TEXT NOT NULL,
+    account_key TEXT NOT NULL,
+    episode_id INTEGER NOT NULL,
+    PRIMARY KEY (source, account_key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS fix_episode_accounts_by_episode ON fix_episode_accounts (episode_id);
 CREATE TABLE IF NOT EXISTS fix_outbox (
     id TEXT PRIMARY KEY,
     episode_id INTEGER NOT NULL,
@@ -157,6 +164,13 @@ class RemediationStore:
             "AND login_id = ? AND closed_at IS NULL", (source, owner_id, login_id)).fetchone()
         return _episode(row) if row else None
 
+    def episode_of_account(self, source: str, account_key: str) -> Episode | None:
+        """The open episode that holds this account (REMOVED events carry no login id)."""
+        row = self.db.execute(
+            "SELECT episode_id FROM fix_episode_accounts WHERE source = ? AND account_key = ?",
+            (source, account_key)).fetchone()
+        return self.episode(row[0]) if row else None
+
     def episode(self, episode_id: int) -> Episode | None:
         row = self.db.execute(f"SELECT {_EPISODE_COLUMNS} FROM fix_episodes WHERE id = ?",
                               (episode_id,)).fetchone()
@@ -179,6 +193,12 @@ class RemediationStore:
         with self._tx():
             for ep in episodes:
                 self._save(ep)
+            self.db.executemany("DELETE FROM fix_episode_accounts WHERE episode_id = ?",
+                                [(ep.id,) for ep in episodes])
+            self.db.executemany(
+                "INSERT OR REPLACE INTO fix_episode_accounts VALUES (?, ?, ?)",
+                [(ep.source, key, ep.id) for ep in episodes if ep.closed_at is None
+                 for key in ep.accounts])
             self.db.executemany("UPDATE fix_episodes SET rebroke = 1 WHERE id = ?",
                                 [(i,) for i in rebroke_ids])
             self.db.executemany(

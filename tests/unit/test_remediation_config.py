@@ -8,7 +8,7 @@ import pytest
 
 from exporter.config import ConfigError, load_config
 from exporter.remediation import commands
-from tests.unit.test_remediation_support import Clock, broke, build_loop
+from tests.unit.test_remediation_support import Clock, broke, build_loop, feed, finished
 
 
 def _config(tmp_path, text: str):
@@ -68,9 +68,9 @@ def test_environment_overrides_remediation(tmp_path, monkeypatch):
 
 async def test_release_lists_and_releases_held_requests(tmp_path):
     loop = build_loop(tmp_path, Clock(), storm_min=1)
-    await loop.sweep_finished("fin", True)
+    await finished(loop, "fin", True)
     for i in range(3):
-        await loop.on_events(broke("103", login=f"l{i}", key=f"a{i}"))
+        await feed(loop, broke("103", login=f"l{i}", key=f"a{i}"))
     await loop.evaluate()
     await loop.stop()
     lines: list[str] = []

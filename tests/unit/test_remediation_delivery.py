@@ -28,6 +28,8 @@ from tests.unit.test_remediation_support import (
     Recorder,
     broke,
     build_loop,
+    feed,
+    finished,
 )
 
 
@@ -47,8 +49,8 @@ def clock():
 async def one_request(tmp_path, clock, receiver, **kw):
     obs = kw.pop("observer", Recorder())
     loop = build_loop(tmp_path, clock, receiver, observer=obs, **kw)
-    await loop.sweep_finished("fin", True)
-    await loop.on_events(broke("103"))
+    await finished(loop, "fin", True)
+    await feed(loop, broke("103"))
     await loop.evaluate()
     return loop, obs
 
@@ -184,9 +186,9 @@ async def test_concurrency_is_bounded(tmp_path, clock):
         return httpx.Response(200)
 
     loop = build_loop(tmp_path, clock, slow, max_concurrency=3)
-    await loop.sweep_finished("fin", True)
+    await finished(loop, "fin", True)
     for i in range(20):
-        await loop.on_events(broke("103", login=f"l{i}", key=f"a{i}"))
+        await feed(loop, broke("103", login=f"l{i}", key=f"a{i}"))
     await loop.evaluate()
     assert await loop.worker.run_once() == 20
     assert peak == 3
@@ -251,8 +253,8 @@ async def test_a_real_http_receiver_gets_one_verifiable_request(tmp_path, clock)
     clock.now = __import__("time").time()
     loop = RepairLoop(config(endpoint=f"http://127.0.0.1:{port}/hook"), tmp_path / "s.db",
                       sources={}, snapshot=lambda: None, clock=clock)
-    await loop.sweep_finished("fin", True)
-    await loop.on_events(broke("103", at=clock.now))
+    await finished(loop, "fin", True)
+    await feed(loop, broke("103", at=clock.now))
     await loop.evaluate()
     await loop.worker.run_once()
     await loop.worker.run_once()

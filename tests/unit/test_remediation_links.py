@@ -15,6 +15,8 @@ from tests.unit.test_remediation_support import (
     FakeSource,
     broke,
     build_loop,
+    feed,
+    finished,
     healed,
 )
 
@@ -75,8 +77,8 @@ async def site(tmp_path, clock):
     source = FakeSource()
     loop = build_loop(tmp_path, clock, link="redirect", public_url="https://fix.test",
                       source=source, click_rate_per_token=3)
-    await loop.sweep_finished("fin", True)
-    await loop.on_events(broke("103"))
+    await finished(loop, "fin", True)
+    await feed(loop, broke("103"))
     await loop.evaluate()
     (ep_row,) = loop.store.db.execute("SELECT id FROM fix_episodes").fetchall()
     app = Starlette(routes=[fix_route(loop, clock)])
@@ -113,7 +115,7 @@ async def test_an_expired_token_gets_a_410_page(site, clock):
 
 async def test_a_closed_episode_gets_a_nothing_to_fix_page(site):
     loop, client, token, source = site
-    await loop.on_events(healed())
+    await feed(loop, healed())
     resp = await client.get(f"/fix/{token}")
     assert resp.status_code == 410 and "Nothing to fix" in resp.text and source.calls == []
 

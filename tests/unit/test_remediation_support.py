@@ -165,3 +165,15 @@ def build_loop(tmp_path, clock: Clock, receiver: Receiver | None = None, *,
                       new_id=lambda: f"req-{uuid.uuid4().hex[:12]}")
     loop.test_snapshot = holder
     return loop
+
+
+async def feed(loop: RepairLoop, events) -> None:
+    """Hand events to the loop as the tracker does, and wait until they are folded."""
+    await loop.on_events(events)
+    await loop.drained()
+
+
+async def finished(loop: RepairLoop, source: str = "fin", complete: bool = True) -> None:
+    """A sweep of ``source`` ended (as the sweep runner reports it); waits until noted."""
+    await loop.sweep_finished(source, complete)
+    await loop.drained()
