@@ -82,13 +82,14 @@ async def main(n: int, concurrency: int) -> None:
             async with httpx.AsyncClient(limits=limits) as client:
                 loop = RepairLoop(cfg, db, sources={}, snapshot=lambda: None,
                                   clock=lambda: NOW, client=client)
-                await loop.sweep_finished("fin", True)
+                loop.sweep_finished("fin", True)
                 started = time.perf_counter()
                 for lo in range(0, n, CHUNK):
                     chunk = []
                     for i in range(lo, min(lo + CHUNK, n)):
                         chunk += [Event("entered", i), Event("became_fixable", i)]
                     await loop.on_events(chunk)
+                await loop.drained()
                 folded = time.perf_counter() - started
                 started = time.perf_counter()
                 await loop.evaluate()

@@ -85,7 +85,8 @@ class RepairLoop:
         self.worker = DeliveryWorker(cfg, self.secret, self.call, self.client, clock,
                                      self.observer, self.link_for, rand)
         self._tasks: list[asyncio.Task] = []
-        self._queue: asyncio.Queue = asyncio.Queue(maxsize=_QUEUE_BATCHES)
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._room = asyncio.Semaphore(_QUEUE_BATCHES)
         self._consuming: asyncio.Task | None = None
         self._evaluate_soon = asyncio.Event()
         self._pruned_at = 0.0
@@ -138,6 +139,7 @@ class RepairLoop:
                 if item[0] == "baseline":
                     await self._mark_baseline(item[1])
                 else:
+                    self._room.release()
                     self._report(await self._run(self._apply_events, item[1]))
                     self._evaluate_soon.set()
             except Exception:
@@ -189,17 +191,19 @@ class RepairLoop:
 
     async def on_events(self, events: Sequence[AccountEventLike]) -> None:
         """The tracker subscriber: queue a committed chunk's events and return at once, so
-        the sweep does not wait for the folding (it waits only when the queue is full)."""
+        the sweep does not wait for the folding (it waits only when
+        ``_QUEUE_BATCHES`` batches are already queued)."""
         if events:
             self._consumer()
-            await self._queue.put(("events", list(events)))
+            await self._room.acquire()
+            self._queue.put_nowait(("events", list(events)))
 
-    async def sweep_finished(self, source: str, complete: bool) -> None:
-        """After the first complete sweep of ``source``, new episodes are no longer backlog
-        (queued behind that sweep's events)."""
+    def sweep_finished(self, source: str, complete: bool) -> None:
+        """After the first complete sweep of ``source``, new episodes are no longer backlog.
+        Queued behind that sweep's events (called by the sweep runner's observer)."""
         if complete and source not in self._baselines:
             self._consumer()
-            await self._queue.put(("baseline", source))
+            self._queue.put_nowait(("baseline", source))
 
     async def _mark_baseline(self, source: str) -> None:
         if source not in self._baselines:

@@ -175,5 +175,5 @@ async def feed(loop: RepairLoop, events) -> None:
 
 async def finished(loop: RepairLoop, source: str = "fin", complete: bool = True) -> None:
     """A sweep of ``source`` ended (as the sweep runner reports it); waits until noted."""
-    await loop.sweep_finished(source, complete)
+    loop.sweep_finished(source, complete)
     await loop.drained()
