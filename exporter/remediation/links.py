@@ -13,6 +13,7 @@ import html
 import logging
 from collections.abc import Callable
 
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -107,3 +108,13 @@ def fix_route(loop, clock: Callable[[], float]) -> Route:
         return RedirectResponse(url, status_code=302, headers=_NO_STORE)
 
     return Route("/fix/{token}", fix, methods=["GET"])
+
+
+def fix_app(loop, clock: Callable[[], float]) -> Starlette:
+    """A listener of its own for ``/fix/<token>`` (``remediation.listen_address``), for
+    deployments without the webhook listener; anything else is a small 404 page."""
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return page(404, "Not found", "There is nothing here.")
+
+    return Starlette(routes=[fix_route(loop, clock)], exception_handlers={404: not_found})

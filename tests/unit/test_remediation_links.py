@@ -6,7 +6,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from exporter.remediation.links import ClickLimiter, fix_route
+from exporter.remediation.links import ClickLimiter, fix_app, fix_route
 from exporter.remediation.signing import BadToken, make_token, read_token, sign, verify
 from tests.unit.test_remediation_support import (
     DAY,
@@ -132,3 +132,12 @@ async def test_clicks_are_rate_limited_per_token(site):
     _, client, token, _ = site
     codes = [(await client.get(f"/fix/{token}")).status_code for _ in range(4)]
     assert codes == [302, 302, 302, 429]
+
+
+async def test_the_own_listener_serves_fix_links_and_a_small_404(site, clock):
+    loop, _, token, _ = site
+    app = fix_app(loop, clock)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://x") as c:
+        assert (await c.get(f"/fix/{token}")).status_code == 302
+        other = await c.get("/metrics")
+        assert other.status_code == 404 and "<h1>Not found</h1>" in other.text
