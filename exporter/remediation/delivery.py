@@ -201,7 +201,7 @@ class DeliveryWorker:
             row = s.row
             if s.result == "delivered" and row.id not in delivered:
                 continue  # cancelled while in flight: counted nowhere
-            self.observer.request(row.source, row.provider, row.kind, s.result)
+            self.observer.fix_request(row.source, row.provider, row.kind, s.result)
             counts[s.result] += 1
             if s.result == "dead":
                 log.error("fix request dead-lettered after %d attempts source=%s last_error=%s",

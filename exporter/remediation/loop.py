@@ -171,18 +171,18 @@ class RepairLoop:
         for effect in effects:
             match effect:
                 case ("request", source, provider, kind, result):
-                    o.request(source, provider, kind, result)
+                    o.fix_request(source, provider, kind, result)
                 case ("outcome", source, provider, outcome):
-                    o.outcome(source, provider, outcome)
+                    o.fix_outcome(source, provider, outcome)
                 case ("resolution", source, provider, category, seconds):
-                    o.resolution(source, provider, category, seconds)
+                    o.fix_resolution(source, provider, category, seconds)
                 case ("ignored", source, reason):
-                    o.ignored(source, reason)
+                    o.fix_event_ignored(source, reason)
                     ignored[(source, reason)] += 1
                 case ("pending", counts):
-                    o.pending(counts)
+                    o.fix_pending(counts)
                 case ("held", counts):
-                    o.held(counts)
+                    o.fix_held(counts)
         for (source, reason), n in ignored.items():
             log.warning("account events that cannot open an episode source=%s reason=%s count=%d",
                         source, reason, n)

@@ -19,43 +19,43 @@ IGNORE_REASONS = ("no_login_id", "no_owner_id")
 
 
 class RemediationObserver(Protocol):
-    def request(self, source: str, provider: str, kind: str, result: str) -> None:
+    def fix_request(self, source: str, provider: str, kind: str, result: str) -> None:
         """One fix request changed: ``result`` in :data:`REQUEST_RESULTS`."""
 
-    def outcome(self, source: str, provider: str, outcome: str) -> None:
+    def fix_outcome(self, source: str, provider: str, outcome: str) -> None:
         """An episode whose request was delivered ended (``fixed``, ``abandoned``) or a fixed
         login broke again within 7 days (``rebroke``)."""
 
-    def resolution(self, source: str, provider: str, category: str, seconds: float) -> None:
+    def fix_resolution(self, source: str, provider: str, category: str, seconds: float) -> None:
         """Request delivered → login back at ok, by the category the request was made for."""
 
-    def pending(self, counts: Mapping[str, int]) -> None:
+    def fix_pending(self, counts: Mapping[str, int]) -> None:
         """Requests waiting for delivery (incl. retries), per source: the whole current set."""
 
-    def held(self, counts: Mapping[tuple[str, str, str], int]) -> None:
+    def fix_held(self, counts: Mapping[tuple[str, str, str], int]) -> None:
         """Requests held by the storm guard per (source, institution_id, institution)."""
 
-    def ignored(self, source: str, reason: str) -> None:
+    def fix_event_ignored(self, source: str, reason: str) -> None:
         """An account event that could not open an episode (``no_login_id`` …)."""
 
 
 class NullRemediationObserver:
     """Drops everything (tests, tools)."""
 
-    def request(self, source: str, provider: str, kind: str, result: str) -> None:
+    def fix_request(self, source: str, provider: str, kind: str, result: str) -> None:
         pass
 
-    def outcome(self, source: str, provider: str, outcome: str) -> None:
+    def fix_outcome(self, source: str, provider: str, outcome: str) -> None:
         pass
 
-    def resolution(self, source: str, provider: str, category: str, seconds: float) -> None:
+    def fix_resolution(self, source: str, provider: str, category: str, seconds: float) -> None:
         pass
 
-    def pending(self, counts: Mapping[str, int]) -> None:
+    def fix_pending(self, counts: Mapping[str, int]) -> None:
         pass
 
-    def held(self, counts: Mapping[tuple[str, str, str], int]) -> None:
+    def fix_held(self, counts: Mapping[tuple[str, str, str], int]) -> None:
         pass
 
-    def ignored(self, source: str, reason: str) -> None:
+    def fix_event_ignored(self, source: str, reason: str) -> None:
         pass

@@ -108,22 +108,22 @@ class Recorder:
         self.held_now: dict = {}
         self.ignored_events: list[tuple[str, str]] = []
 
-    def request(self, source, provider, kind, result):
+    def fix_request(self, source, provider, kind, result):
         self.requests.append((source, provider, kind, result))
 
-    def outcome(self, source, provider, outcome):
+    def fix_outcome(self, source, provider, outcome):
         self.outcomes.append((source, provider, outcome))
 
-    def resolution(self, source, provider, category, seconds):
+    def fix_resolution(self, source, provider, category, seconds):
         self.resolutions.append((source, provider, category, seconds))
 
-    def pending(self, counts):
+    def fix_pending(self, counts):
         self.pending_now = dict(counts)
 
-    def held(self, counts):
+    def fix_held(self, counts):
         self.held_now = dict(counts)
 
-    def ignored(self, source, reason):
+    def fix_event_ignored(self, source, reason):
         self.ignored_events.append((source, reason))
 
     def results(self, result: str) -> int:
