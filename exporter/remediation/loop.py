@@ -223,6 +223,10 @@ class RepairLoop:
         rebroke_ids: list[int] = []
         cancel_ids: list[str] = []
         by_account: dict[tuple[str, str], tuple[str, str, str]] = {}
+        keys = {key for key in map(login_of, events) if key is not None}
+        current.update(dict.fromkeys(keys))
+        current.update(store.open_episodes(keys))
+        fixed_before = store.last_fixed(k for k, ep in current.items() if ep is None)
         for ev in events:
             key = login_of(ev)
             if key is None and str(ev.kind) == REMOVED:
@@ -248,7 +252,8 @@ class RepairLoop:
             current[key] = ep
             by_account[(ev.source, ev.account_key)] = key
             if what == "opened":
-                effects += self._rebroke(key, ev.at, fixed_here.get(key), rebroke_ids)
+                effects += self._rebroke(key, ev.at, fixed_here.get(key),
+                                         fixed_before.get(key), rebroke_ids)
             elif what == "closed":
                 current[key] = None
                 if ep.close_reason == "fixed":
@@ -260,19 +265,22 @@ class RepairLoop:
             store.save_episodes(list(touched.values()), rebroke_ids, cancel_ids, self.clock())
         return effects
 
-    def _rebroke(self, key: tuple[str, str, str], now: float, fixed_here: Episode | None,
-                 rebroke_ids: list[int]) -> list[Effect]:
-        """A login that broke again within 7 days of a delivered request's fix."""
+    @staticmethod
+    def _rebroke(key: tuple[str, str, str], now: float, fixed_here: Episode | None,
+                 fixed_before: tuple[int, float, str] | None, rebroke_ids: list[int]
+                 ) -> list[Effect]:
+        """A login that broke again within 7 days of a delivered request's fix (in this
+        batch, or earlier)."""
         if fixed_here is not None and fixed_here.delivered_at is not None:
             if fixed_here.rebroke or not rebroke(fixed_here.closed_at, now):
                 return []
             fixed_here.rebroke = True
             return [("outcome", fixed_here.source, fixed_here.provider, "rebroke")]
-        previous = self.store.last_fixed_unmarked(*key)
-        if previous is None or not rebroke(previous[1], now) or previous[0] in rebroke_ids:
+        if fixed_before is None or not rebroke(fixed_before[1], now) or (
+                fixed_before[0] in rebroke_ids):
             return []
-        rebroke_ids.append(previous[0])
-        return [("outcome", key[0], previous[2], "rebroke")]
+        rebroke_ids.append(fixed_before[0])
+        return [("outcome", key[0], fixed_before[2], "rebroke")]
 
     @staticmethod
     def _closed(ep: Episode, now: float) -> list[Effect]:

@@ -99,6 +99,8 @@ _EPISODE_COLUMNS = (
     "opened_at, broken_since, backlog, accounts, any_fixed, request_id, kind, request_category, "
     "requested_at, delivered_at, outcome, closed_at, close_reason")
 
+_EPISODE_COLUMNS_OF_E = ", ".join(f"e.{c.strip()}" for c in _EPISODE_COLUMNS.split(","))
+
 PENDING, HELD, DELIVERED = "pending", "held", "delivered"
 
 
@@ -132,6 +134,25 @@ def _episode(row: tuple) -> Episode:
                    closed_at, close_reason)
 
 
+def _mutable(ep: Episode) -> tuple:
+    """The columns a folded event may change, in save order."""
+    return (ep.institution, ep.code, ep.category, ep.broken_since, _accounts_json(ep),
+            int(ep.fixable_now), int(ep.any_fixed), ep.outcome, ep.closed_at, ep.close_reason,
+            int(ep.rebroke))
+
+
+_KEYS_PER_QUERY = 300
+
+
+def _chunks(keys: list) -> Iterator[list]:
+    for i in range(0, len(keys), _KEYS_PER_QUERY):
+        yield keys[i:i + _KEYS_PER_QUERY]
+
+
+def _triples(n: int) -> str:
+    return ", ".join(["(?, ?, ?)"] * n)
+
+
 def _accounts_json(ep: Episode) -> str:
     return json.dumps({k: [m.code, m.category, m.fixable, m.otp] for k, m in ep.accounts.items()},
                       separators=(",", ":"))
@@ -159,10 +180,37 @@ class RemediationStore:
     # --- episodes -------------------------------------------------------------------------
 
     def open_episode(self, source: str, owner_id: str, login_id: str) -> Episode | None:
-        row = self.db.execute(
-            f"SELECT {_EPISODE_COLUMNS} FROM fix_episodes WHERE source = ? AND owner_id = ? "
-            "AND login_id = ? AND closed_at IS NULL", (source, owner_id, login_id)).fetchone()
-        return _episode(row) if row else None
+        return self.open_episodes([(source, owner_id, login_id)]).get((source, owner_id, login_id))
+
+    def open_episodes(self, keys: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], Episode]:
+        """The open episodes of these logins (source, owner_id, login_id), read in batches."""
+        out: dict[tuple[str, str, str], Episode] = {}
+        for chunk in _chunks(list(keys)):
+            rows = self.db.execute(
+                f"WITH k(s, o, l) AS (VALUES {_triples(len(chunk))}) "
+                f"SELECT {_EPISODE_COLUMNS_OF_E} FROM k JOIN fix_episodes e ON e.source = k.s "
+                "AND e.owner_id = k.o AND e.login_id = k.l AND e.closed_at IS NULL",
+                [v for key in chunk for v in key]).fetchall()
+            for row in rows:
+                ep = _episode(row)
+                out[ep.login] = ep
+        return out
+
+    def last_fixed(self, keys: Iterable[tuple[str, str, str]]
+                   ) -> dict[tuple[str, str, str], tuple[int, float, str]]:
+        """Per login, its latest episode closed ``fixed`` with a delivered request and no
+        ``rebroke`` counted yet: (id, closed_at, provider)."""
+        out: dict[tuple[str, str, str], tuple[int, float, str]] = {}
+        for chunk in _chunks(list(keys)):
+            rows = self.db.execute(
+                f"WITH k(s, o, l) AS (VALUES {_triples(len(chunk))}) "
+                "SELECT e.source, e.owner_id, e.login_id, e.id, e.closed_at, e.provider FROM k "
+                "JOIN fix_episodes e ON e.source = k.s AND e.owner_id = k.o AND e.login_id = k.l "
+                "AND e.close_reason = 'fixed' AND e.delivered_at IS NOT NULL AND e.rebroke = 0 "
+                "ORDER BY e.closed_at", [v for key in chunk for v in key]).fetchall()
+            for source, owner, login, id_, closed_at, provider in rows:
+                out[(source, owner, login)] = (id_, closed_at, provider)  # the latest wins
+        return out
 
     def episode_of_account(self, source: str, account_key: str) -> Episode | None:
         """The open episode that holds this account (REMOVED events carry no login id)."""
@@ -176,25 +224,32 @@ class RemediationStore:
                               (episode_id,)).fetchone()
         return _episode(row) if row else None
 
-    def last_fixed_unmarked(self, source: str, owner_id: str, login_id: str
-                            ) -> tuple[int, float, str] | None:
-        """The login's latest episode closed ``fixed`` with a delivered request and no
-        ``rebroke`` counted yet: (id, closed_at, provider)."""
-        return self.db.execute(
-            "SELECT id, closed_at, provider FROM fix_episodes WHERE source = ? AND owner_id = ? "
-            "AND login_id = ? AND close_reason = 'fixed' AND delivered_at IS NOT NULL "
-            "AND rebroke = 0 ORDER BY closed_at DESC LIMIT 1",
-            (source, owner_id, login_id)).fetchone()
-
     def save_episodes(self, episodes: list[Episode], rebroke_ids: list[int],
                       cancel_ids: list[str], now: float) -> None:
         """Write a batch of folded events in one short transaction: new episodes get their id;
         requests of closed episodes that were not delivered yet are cancelled."""
+        fresh = [ep for ep in episodes if ep.id is None]
+        known = [ep for ep in episodes if ep.id is not None]
         with self._tx():
-            for ep in episodes:
-                self._save(ep)
+            next_id = self.db.execute("SELECT coalesce(max(id), 0) + 1 FROM fix_episodes"
+                                      ).fetchone()[0]
+            for i, ep in enumerate(fresh):
+                ep.id = next_id + i
+            # Updates first: an episode closed in this batch frees its login for a new one.
+            self.db.executemany(
+                "UPDATE fix_episodes SET institution = ?, code = ?, category = ?, "
+                "broken_since = ?, accounts = ?, fixable = ?, any_fixed = ?, outcome = ?, "
+                "closed_at = ?, close_reason = ?, rebroke = ? WHERE id = ?",
+                [(*_mutable(ep), ep.id) for ep in known])
+            self.db.executemany(
+                "INSERT INTO fix_episodes (institution, code, category, broken_since, accounts, "
+                "fixable, any_fixed, outcome, closed_at, close_reason, rebroke, id, source, "
+                "provider, owner_id, login_id, institution_id, opened_at, backlog) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*_mutable(ep), ep.id, ep.source, ep.provider, ep.owner_id, ep.login_id,
+                  ep.institution_id, ep.opened_at, int(ep.backlog)) for ep in fresh])
             self.db.executemany("DELETE FROM fix_episode_accounts WHERE episode_id = ?",
-                                [(ep.id,) for ep in episodes])
+                                [(ep.id,) for ep in known])
             self.db.executemany(
                 "INSERT OR REPLACE INTO fix_episode_accounts VALUES (?, ?, ?)",
                 [(ep.source, key, ep.id) for ep in episodes if ep.closed_at is None
@@ -204,25 +259,6 @@ class RemediationStore:
             self.db.executemany(
                 "UPDATE fix_outbox SET state = 'cancelled', finished_at = ? "
                 "WHERE id = ? AND state IN ('pending', 'held')", [(now, r) for r in cancel_ids])
-
-    def _save(self, ep: Episode) -> None:
-        values = (ep.institution, ep.code, ep.category, ep.broken_since, _accounts_json(ep),
-                  int(ep.fixable_now), int(ep.any_fixed), ep.outcome, ep.closed_at,
-                  ep.close_reason, int(ep.rebroke))
-        if ep.id is None:
-            cur = self.db.execute(
-                "INSERT INTO fix_episodes (institution, code, category, broken_since, accounts, "
-                "fixable, any_fixed, outcome, closed_at, close_reason, rebroke, source, provider, "
-                "owner_id, login_id, institution_id, opened_at, backlog) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*values, ep.source, ep.provider, ep.owner_id, ep.login_id, ep.institution_id,
-                 ep.opened_at, int(ep.backlog)))
-            ep.id = cur.lastrowid
-        else:
-            self.db.execute(
-                "UPDATE fix_episodes SET institution = ?, code = ?, category = ?, "
-                "broken_since = ?, accounts = ?, fixable = ?, any_fixed = ?, outcome = ?, "
-                "closed_at = ?, close_reason = ?, rebroke = ? WHERE id = ?", (*values, ep.id))
 
     def waiting_episodes(self, backfill: bool, batch: int = 5000) -> Iterator[Episode]:
         """Open, fixable episodes without a request, oldest first, read in batches."""
