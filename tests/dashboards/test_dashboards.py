@@ -6,18 +6,20 @@ and hold every metric and label a query uses to ``exporter/metric_catalog.py``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import jsonschema
 import promql_parser
 import pytest
 import yaml
+
+from alerts import generate as alerts_generate
+from dashboards import generate
+from exporter import metric_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = (Path(__file__).resolve().parents[2].parent
@@ -46,18 +48,6 @@ PLAUSIBLE_VALUES = {
 }
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-generate = _load("openfinance_dashboards_generate", ROOT / "dashboards" / "generate.py")
-metric_catalog = _load("openfinance_metric_catalog", ROOT / "exporter" / "metric_catalog.py")
-alerts_generate = _load("openfinance_alerts_generate_for_tests", ROOT / "alerts" / "generate.py")
 ALERT_DEFAULTS = alerts_generate.DEFAULTS
 
 SERIES_LABELS: dict[str, frozenset[str]] = {**metric_catalog.series_labels(),
@@ -218,7 +208,7 @@ def test_generator_builds_exactly_the_committed_files():
 def test_committed_json_equals_generator_output(name):
     committed_text = (ROOT / "dashboards" / name).read_text(encoding="utf-8")
     assert committed_text == generate.render(GENERATED[name]), (
-        f"dashboards/{name} is out of date: run python dashboards/generate.py")
+        f"dashboards/{name} is out of date: run python -m dashboards.generate")
 
 
 def test_check_mode_fails_on_a_stale_file(tmp_path):
@@ -232,8 +222,8 @@ def test_check_mode_fails_on_a_stale_file(tmp_path):
 
 
 def test_check_mode_passes_on_the_committed_files():
-    result = subprocess.run([sys.executable, str(ROOT / "dashboards" / "generate.py"), "--check"],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run([sys.executable, "-m", "dashboards.generate", "--check"],
+                            cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
 
 
