@@ -12,8 +12,9 @@ from typing import Any, Generic, TypeVar
 
 from exporter.config import ShardConfig
 from exporter.records import AccountStatus
-from exporter.sources.base import SweepFailed, SweepReport, SweepSink
-from exporter.sources.http import Clock, UpstreamError, UpstreamStatusError, in_shard
+from exporter.sources.base import Clock, SweepFailed, SweepReport, SweepSink
+from exporter.sources.errors import UpstreamError, UpstreamStatusError
+from exporter.sources.sharding import in_shard
 
 log = logging.getLogger(__name__)
 

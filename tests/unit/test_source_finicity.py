@@ -18,12 +18,6 @@ from tests.unit.support import NOW, FakeTime, Recorder, Sink, load_fixture
 APP_KEY, PARTNER_SECRET = "app-key-0123456789abcdef", "partner-secret-aqJ5Ic4SEVx2IgDQ"
 
 
-
-
-
-
-
-
 def fixture(name: str) -> dict:
     return load_fixture("finicity", name)
 
@@ -146,12 +140,13 @@ async def test_a_sweep_turns_recorded_payloads_into_account_statuses():
     assert report.records == len(records) == 6
     assert records["5011648377"] == AccountStatus(
         source="finicity-test", provider="finicity", account_key="5011648377", institution_id="4222",
-        institution="Chase", code="185", attempt_ts=1607450357.0, success_ts=1607363957.0)
+        institution="Chase", code="185", attempt_ts=1607450357.0, success_ts=1607363957.0,
+        owner_id="1005061234", login_id="1007302745")
     assert records["5011648401"].institution == "FinBank Profiles - A"
     assert records["5011648423"].institution == "FinBank"  # no displayName: falls back to name
     assert records["5011648423"].code == "901"
     never = records["5011648444"]
-    assert never.code is None and never.attempt_ts is None and never.success_ts is None
+    assert never.code == "NONE" and never.attempt_ts is None and never.success_ts is None
 
 
 async def test_codes_ids_and_dates_sent_as_strings_or_numbers_are_parsed():
@@ -180,7 +175,7 @@ async def test_absurd_dates_become_none_and_are_counted():
     observer, sink = Recorder(), Sink()
     await make_source(server, observer=observer).sweep(sink)
     assert (sink.records[0].attempt_ts, sink.records[0].success_ts) == (None, None)
-    assert observer.invalid == ["invalid_date", "invalid_date"]
+    assert observer.invalid == ["invalid_timestamp", "invalid_timestamp"]
 
 
 async def test_records_missing_required_fields_are_skipped_and_counted_without_failing_the_sweep():

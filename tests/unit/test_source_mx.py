@@ -20,12 +20,6 @@ U2 = "USR-0c5a2a43-7b2f-4c4e-9a11-5d1e0f2c9b01"
 U3 = "USR-9d1f7e2a-3c4b-4f5e-8a6d-7b8c9d0e1f23"
 
 
-
-
-
-
-
-
 def fixture(name: str) -> dict:
     return load_fixture("mx", name)
 
@@ -120,7 +114,8 @@ async def test_a_sweep_turns_recorded_members_into_account_statuses():
     assert records["MBR-7c6f361b-e582-15b6-60c0-358f12466b4b"] == AccountStatus(
         source="mx-test", provider="mx", account_key="MBR-7c6f361b-e582-15b6-60c0-358f12466b4b",
         institution_id="mxbank", institution="MX Bank", code="CHALLENGED",
-        attempt_ts=1476382077.0, success_ts=1476295058.0)
+        attempt_ts=1476382077.0, success_ts=1476295058.0,
+        owner_id=U1, login_id="MBR-7c6f361b-e582-15b6-60c0-358f12466b4b")
     manual = records["MBR-3c4d5e6f-7081-92a3-b4c5-d6e7f8091a2b"]
     assert (manual.code, manual.attempt_ts, manual.success_ts) == ("NONE", None, None)
 
@@ -240,7 +235,7 @@ async def test_member_dates_as_iso_strings_or_epoch_numbers_are_parsed_and_absur
     a, b = sink.by_key()["MBR-a"], sink.by_key()["MBR-b"]
     assert (a.attempt_ts, a.success_ts) == (1476382077.0, 1476295058.0)
     assert (b.attempt_ts, b.success_ts) == (1476382077.0, None)
-    assert observer.invalid == ["invalid_date"]
+    assert observer.invalid == ["invalid_timestamp"]
 
 
 async def test_members_missing_fields_or_with_an_unusable_status_are_skipped_and_counted():
