@@ -21,7 +21,7 @@ import httpx
 
 from exporter.catalog import Catalog
 from exporter.config import FinicitySourceConfig
-from exporter.records import AccountStatus, clean_label
+from exporter.records import AccountStatus
 from exporter.sources.base import (
     AuthLockoutRisk,
     Clock,
@@ -46,7 +46,7 @@ from exporter.sources.payloads import (
     PayloadReader,
 )
 from exporter.sources.sharding import in_shard
-from exporter.sources.sweep import FALLBACK_TTL, TtlCache, institution_body, sweep_units
+from exporter.sources.sweep import TtlCache, institution_name, sweep_units
 
 log = logging.getLogger(__name__)
 
@@ -379,15 +379,11 @@ class FinicitySource(Source):
         )
 
     async def _load_institution(self, institution_id: str) -> tuple[str, float]:
-        """``displayName ?? name ?? id``, label-safe; the id on 404 or error (errors kept
-        only briefly)."""
-        body, name, ttl = await institution_body(
+        """``displayName ?? name ?? id``."""
+        def name(body: Any) -> str | None:
+            found = self.payloads.body(FinicityInstitutionBody, body, INSTITUTION_ROUTE).institution
+            return found.displayName or found.name
+
+        return await institution_name(
             lambda: self._call("GET", INSTITUTION_ROUTE, {"institutionId": institution_id}),
-            institution_id, self.config.institution_cache_ttl)
-        if body is None:
-            return name, ttl
-        try:
-            institution = self.payloads.body(FinicityInstitutionBody, body, INSTITUTION_ROUTE).institution
-        except UpstreamError:
-            return name, min(ttl, FALLBACK_TTL)
-        return clean_label(institution.displayName or institution.name, name), ttl
+            name, institution_id, self.config.institution_cache_ttl)

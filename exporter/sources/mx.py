@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import httpx
 
 from exporter.config import MxSourceConfig
-from exporter.records import AccountStatus, clean_label
+from exporter.records import AccountStatus
 from exporter.sources.base import (
     AuthLockoutRisk,
     Clock,
@@ -29,11 +29,12 @@ from exporter.sources.base import (
     UpstreamObserver,
 )
 from exporter.sources.client import UpstreamClient
-from exporter.sources.errors import UpstreamError, UpstreamStatusError
+from exporter.sources.errors import UpstreamStatusError
 from exporter.sources.payloads import (
     MxInstitutionBody,
     MxMember,
     MxMembersPage,
+    MxPage,
     MxUser,
     MxUsersPage,
     MxWidgetUrlBody,
@@ -41,7 +42,7 @@ from exporter.sources.payloads import (
     PayloadReader,
 )
 from exporter.sources.sharding import in_shard
-from exporter.sources.sweep import FALLBACK_TTL, TtlCache, institution_body, sweep_units
+from exporter.sources.sweep import TtlCache, institution_name, sweep_units
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class MxSource(Source):
             log.error("%s: MX refused the client id / API key (HTTP 401); source stopped", self.name)
         raise AuthLockoutRisk(f"{self.name}: credentials were refused")
 
-    async def _pages(self, route: str, page_model: type[MxUsersPage | MxMembersPage],
+    async def _pages(self, route: str, page_model: type[MxPage],
                      item_model: type[P], path: Mapping[str, object] | None = None,
                      ) -> AsyncIterator[list[P]]:
         """Yield each page's usable items until ``current_page >= total_pages``, an empty
@@ -208,14 +209,8 @@ class MxSource(Source):
         )
 
     async def _load_institution(self, code: str) -> tuple[str, float]:
-        """``institution.name`` (label-safe), else the code (errors kept only briefly)."""
-        body, fallback, ttl = await institution_body(
+        """``institution.name``, else the code."""
+        return await institution_name(
             lambda: self._call("GET", INSTITUTION_ROUTE, {"institution_code": code}),
+            lambda body: self.payloads.body(MxInstitutionBody, body, INSTITUTION_ROUTE).institution.name,
             code, self.config.institution_cache_ttl)
-        if body is None:
-            return fallback, ttl
-        try:
-            institution = self.payloads.body(MxInstitutionBody, body, INSTITUTION_ROUTE).institution
-        except UpstreamError:
-            return fallback, min(ttl, FALLBACK_TTL)
-        return clean_label(institution.name, fallback), ttl

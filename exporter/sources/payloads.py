@@ -27,6 +27,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     ValidationError,
     ValidationInfo,
 )
@@ -208,12 +209,16 @@ class ErrorDetail(Payload):
     message: Text = None
 
 
+def _error_detail(raw: object) -> object:
+    return {"message": raw} if isinstance(raw, str) else _object(raw)
+
+
 class ErrorPayload(Payload):
     """Finicity ``{code, message}``, MX ``{"error": {"message"}}`` or ``{"error": "…"}``."""
 
     code: Integer = None
     message: Text = None
-    error: ErrorDetail | Text = None
+    error: Annotated[ErrorDetail, BeforeValidator(_error_detail)] = ErrorDetail()
 
     @classmethod
     def read(cls, body: object) -> ErrorPayload:
@@ -224,9 +229,7 @@ class ErrorPayload(Payload):
             return cls()
 
     def text(self) -> str | None:
-        message = self.message
-        if message is None:
-            message = self.error.message if isinstance(self.error, ErrorDetail) else self.error
+        message = self.message or self.error.message
         return message[:200] if message is not None else None
 
 
@@ -290,13 +293,19 @@ class MxUser(Payload):
     is_disabled: Flag = None
 
 
-class MxUsersPage(Payload):
-    users: Items
+class MxPage(Payload):
+    """A page of any MX list; ``items`` is the list under the subclass's key."""
+
+    items: Items
     pagination: Pagination = MxPagination()
 
-    @property
-    def items(self) -> Items:
-        return self.users
+
+class MxUsersPage(MxPage):
+    items: Items = Field(alias="users")
+
+
+class MxMembersPage(MxPage):
+    items: Items = Field(alias="members")
 
 
 class MxMember(Payload):
@@ -307,15 +316,6 @@ class MxMember(Payload):
     aggregated_at: Timestamp = None
     successfully_aggregated_at: Timestamp = None
     is_being_aggregated: Flag = None
-
-
-class MxMembersPage(Payload):
-    members: Items
-    pagination: Pagination = MxPagination()
-
-    @property
-    def items(self) -> Items:
-        return self.members
 
 
 class MxInstitution(Payload):
