@@ -383,7 +383,7 @@ class Tracker:
             hit, key = None, None
         if hit is not False:
             return hit
-        if raw_code is None and provider == "finicity":
+        if raw_code in (None, "NONE") and provider == "finicity":  # sources send "NONE"
             code: str | None = "NONE"
         else:
             code = normalise_code(provider, raw_code)
