@@ -8,6 +8,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+_MAX_LABEL = 200
+
+
+def clean_label(value: object, fallback: str) -> str:
+    """A label-safe display string: control characters become spaces, length is bounded.
+
+    Quotes, backslashes and any unicode are kept (the exposition escapes them); lone
+    surrogates, which cannot be encoded, are replaced.
+    """
+    if not isinstance(value, str) or not value.strip():
+        return fallback
+    if value.isprintable() and len(value) <= _MAX_LABEL and value == value.strip():
+        return value
+    text = "".join(" " if (ord(c) < 32 or 127 <= ord(c) < 160) else c for c in value).strip()
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return text[:_MAX_LABEL] or fallback
+
 
 @dataclass(slots=True, frozen=True)
 class AccountStatus:
