@@ -125,6 +125,7 @@ class SweepSession:
         tracker, source = self.tracker, self.source
         seen, upto = self._seen, self._upto
         threshold, steady = tracker.otp_streak_threshold, tracker.steady
+        emit = tracker.subscribed
         facts_of, resolve = tracker.code_facts(source), tracker.resolve
         classes = tracker.classes(self.provider)
         now = tracker.clock()
@@ -150,7 +151,8 @@ class SweepSession:
                 names[inst_id] = name
             row = previous.get(key)
             if row is None:
-                state, changes = transition(None, rec, facts, now, threshold, steady=steady)
+                state, changes = transition(None, rec, facts, now, threshold, emit=emit,
+                                            steady=steady)
                 if changes:
                     events += changes
                 (_i, code, category, fixable, broken, streak, otp, relapsed, after_fix,
@@ -169,7 +171,8 @@ class SweepSession:
                 continue
             row_id, p_code = row[0], row[3]
             prev = _new_state(AccountState, row[2:4] + classes[p_code] + row[4:])
-            state, changes = transition(prev, rec, facts, now, threshold, steady=steady)
+            state, changes = transition(prev, rec, facts, now, threshold, emit=emit,
+                                        steady=steady)
             if changes:
                 events += changes
             if row_id <= upto:  # (a row inserted earlier in this sweep is seen anyway)
@@ -177,6 +180,8 @@ class SweepSession:
                 if not seen[row_id >> 3] & bit:
                     seen[row_id >> 3] |= bit
                     self._seen_count += 1
+            if state == prev:  # a re-poll: the same attempt seen again
+                continue
             success = state.success_ts
             p_success = prev.success_ts
             if state[:STABLE_FIELDS] == prev[:STABLE_FIELDS]:

@@ -103,6 +103,8 @@ class Tracker:
         self._classes: dict[str, _Classes] = {}
         self._sessions: dict[str, list[SweepSession]] = defaultdict(list)
         self._subscribers: list[tuple[Subscriber, bool]] = []
+        self.subscribed = False
+        """whether anyone receives events (if not, sessions do not build them)"""
         self.steady = False
         """whether a subscriber wants STILL_BROKEN events"""
         self.subscriber_errors = 0
@@ -118,6 +120,7 @@ class Tracker:
         """Receive each committed chunk's events (at wiring time, before sweeps run).
         ``steady`` also delivers STILL_BROKEN for fixable accounts seen again unchanged."""
         self._subscribers.append((fn, steady))
+        self.subscribed = True
         self.steady = self.steady or steady
 
     async def deliver(self, events: Sequence[AccountEvent]) -> None:

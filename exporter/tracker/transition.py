@@ -59,39 +59,44 @@ class AccountState(NamedTuple):
     """the last successful aggregation"""
 
 
+_new = tuple.__new__  # (AccountState, fields): a NamedTuple built in C
 STABLE_FIELDS = AccountState._fields.index("attempt_ts")
 """``state[:STABLE_FIELDS]`` equal ⇒ at most the attempt and success times moved."""
 
 
 def transition(prev: AccountState | None, record: AccountStatus, facts: CodeFacts,
-               now: float, otp_threshold: int, *,
+               now: float, otp_threshold: int, *, emit: bool = True,
                steady: bool = False) -> tuple[AccountState, list[AccountEvent]]:
-    """The account's next state and the events of the change (``steady``: also emit
-    STILL_BROKEN, which only steady subscribers receive)."""
+    """The account's next state and the events of the change. ``steady`` also emits
+    STILL_BROKEN (only steady subscribers receive it); ``emit=False`` skips building events
+    nobody receives (the state is the same either way)."""
+    code, category, fixable, otp_code, ok, healthy = facts
     attempt, success = record.attempt_ts, record.success_ts
     if prev is None:
         streak, relapsed, after_fix, prev_attempt = 0, False, False, None
-        broken = None if facts.healthy else (attempt or now)
+        broken = None if healthy else (attempt or now)
     else:
-        streak, relapsed, after_fix = prev.mfa_streak, prev.relapsed, prev.after_fix
-        prev_attempt = prev.attempt_ts
+        (_i, p_code, p_category, p_fixable, p_broken, streak, p_otp, p_relapsed, after_fix,
+         prev_attempt, p_success) = prev
+        relapsed = p_relapsed
         if success is None:
-            success = prev.success_ts
-        broken = None if facts.healthy else (prev.broken_since or attempt or now)
+            success = p_success
+        broken = None if healthy else (p_broken or attempt or now)
     if attempt is not None and (prev_attempt is None or attempt > prev_attempt):
-        if facts.otp:  # a new attempt, MFA again
+        if otp_code:  # a new attempt, MFA again
             relapsed, after_fix = bool(relapsed or after_fix), False
             streak += 1
-        elif facts.ok:
+        elif ok:
             relapsed, after_fix, streak = False, streak > 0, 0
         else:
             relapsed, after_fix, streak = False, False, 0
     elif prev_attempt is not None:
         attempt = prev_attempt  # the same or an older attempt: keep the newest seen
-    otp = facts.otp and (streak >= otp_threshold or relapsed)
-    category, fixable = facts.category, facts.fixable
-    state = AccountState(record.institution_id, facts.code, category, fixable, broken, streak,
-                         otp, relapsed, after_fix, attempt, success)
+    otp = otp_code and (streak >= otp_threshold or relapsed)
+    state = _new(AccountState, (record.institution_id, code, category, fixable, broken, streak,
+                                otp, relapsed, after_fix, attempt, success))
+    if not emit:
+        return state, []
     if prev is None:
         if category == OK:
             return state, []
@@ -101,9 +106,7 @@ def transition(prev: AccountState | None, record: AccountStatus, facts: CodeFact
         if otp:
             kinds.append(EventKind.OTP_SUSPECT)
         return state, _events(kinds, record, state, None, broken, now)
-    p_category = prev.category
-    if (p_category == category and prev.code == facts.code and otp == prev.otp_suspect
-            and relapsed == prev.relapsed):
+    if p_code == code and otp == p_otp and relapsed == p_relapsed:
         if steady and fixable and category != OK:
             return state, _events([EventKind.STILL_BROKEN], record, state, prev, broken, now)
         return state, []
@@ -112,15 +115,15 @@ def transition(prev: AccountState | None, record: AccountStatus, facts: CodeFact
         if p_category != OK:
             kinds.append(EventKind.LEFT)
         kinds.append(EventKind.ENTERED if category != OK else EventKind.BACK_TO_OK)
-    if fixable and not prev.fixable:
+    if fixable and not p_fixable:
         kinds.append(EventKind.BECAME_FIXABLE)
-    if relapsed and not prev.relapsed:
+    if relapsed and not p_relapsed:
         kinds.append(EventKind.RELAPSED)
-    if otp and not prev.otp_suspect:
+    if otp and not p_otp:
         kinds.append(EventKind.OTP_SUSPECT)
     if not kinds:
         return state, []
-    return state, _events(kinds, record, state, prev, broken or prev.broken_since, now)
+    return state, _events(kinds, record, state, prev, broken or p_broken, now)
 
 
 def _events(kinds: list[EventKind], record: AccountStatus, state: AccountState,
