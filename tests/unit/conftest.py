@@ -79,9 +79,10 @@ def harness(tmp_path, clock) -> Harness:
 
 @pytest.fixture
 def acct(clock) -> Callable[..., AccountStatus]:
-    """A Finicity account record at the current night, overridable field by field."""
+    """A Finicity account record at the current night, overridable field by field, valid as
+    a source emits it (``code`` given as a number is its string; None is ``"NONE"``)."""
 
-    def make(key: str = "a1", code: object = 0, *, inst: str = "4222", name: str = "FinBank",
+    def make(key: str = "a1", code: str | int | None = 0, *, inst: str = "4222", name: str = "FinBank",
              attempt: float | str | None = "now", success: float | str | None = "auto",
              source: str = "fin", provider: str = "finicity") -> AccountStatus:
         attempt_ts = clock.now - 3600 if attempt == "now" else attempt
@@ -89,6 +90,7 @@ def acct(clock) -> Callable[..., AccountStatus]:
             success_ts = attempt_ts if code in (0, "0", "CONNECTED") else None
         else:
             success_ts = success
+        code = "NONE" if code is None else str(code)
         return AccountStatus(source, provider, key, inst, name, code, attempt_ts, success_ts)
 
     return make
