@@ -26,7 +26,7 @@ from alerts_support import (
 )
 
 from exporter.catalog import CATEGORIES
-from exporter.metric_catalog import series_labels
+from exporter.metrics.catalog import series_labels
 
 DEFAULTS = generate.DEFAULTS
 SEVERITIES = {"critical", "warning", "info"}

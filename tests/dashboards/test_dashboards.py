@@ -56,7 +56,7 @@ def _load(name: str, path: Path) -> ModuleType:
 
 
 generate = _load("openfinance_dashboards_generate", ROOT / "dashboards" / "generate.py")
-metric_catalog = _load("openfinance_metric_catalog", ROOT / "exporter" / "metric_catalog.py")
+metric_catalog = _load("openfinance_metric_catalog", ROOT / "exporter" / "metrics" / "catalog.py")
 alerts_generate = _load("openfinance_alerts_generate_for_tests", ROOT / "alerts" / "generate.py")
 ALERT_DEFAULTS = alerts_generate.DEFAULTS
 

@@ -6,14 +6,14 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.metric_catalog import METRICS, render_markdown
+from exporter.metrics.catalog import METRICS, render_markdown
 from tests.unit.conftest import Harness
 
 DOCS = Path(__file__).resolve().parents[2] / "docs/metrics.md"
 
 
 async def _fleet(h: Harness, acct) -> None:
-    h.metrics.init_source("fin", "finicity")
+    h.metrics.source_added("fin", "finicity")
     h.metrics.request("fin", "/aggregation/v1/customers", "200", 0.1)
     await h.sweep([acct("a1", 0), acct("a2", 185), acct("a3", 910, name='Q"uote\\d\nBank')])
 
@@ -55,7 +55,7 @@ async def test_openmetrics_and_gzip_are_served_as_one_document(harness, acct):
 async def test_fleet_bytes_are_rendered_once_per_snapshot(harness, acct, monkeypatch):
     await _fleet(harness, acct)
     calls = []
-    from exporter import metrics as m
+    from exporter.metrics import exposition as m
 
     real = m.text_format.generate_latest
     monkeypatch.setattr(m.text_format, "generate_latest",
