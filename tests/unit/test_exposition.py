@@ -31,6 +31,14 @@ def test_every_catalogued_metric_is_described_by_the_exporter(harness):
     assert described == {m.name for m in METRICS}
 
 
+def test_snapshot_metrics_come_from_collectors_and_the_rest_from_instruments(harness):
+    from exporter.metrics.collectors import AgeCollector, FleetCollector
+
+    from_collectors = {f.name for c in (FleetCollector(None, []), AgeCollector(None, None))
+                       for f in c.describe()}
+    assert from_collectors == {m.name for m in METRICS if m.from_snapshot}
+
+
 async def test_text_exposition_parses_and_passes_promtool(harness, acct, tmp_path):
     await _fleet(harness, acct)
     body, ctype, gzipped = harness.exposition.render("text/plain", "")
