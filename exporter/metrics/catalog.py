@@ -171,5 +171,15 @@ def render_markdown() -> str:
         "institution, unsupported, account_closed, pending, disabled, manual, unknown "
         "(see `openfinance-exporter codes`).",
         "",
+        "## Adding a metric",
+        "",
+        "Declare it once, as a `MetricSpec` in `METRICS` (`exporter/metrics/catalog.py`). A "
+        "metric computed from the tracker's snapshot is marked `from_snapshot=True` and "
+        "yielded by a collector in `exporter/metrics/collectors.py`; any other becomes a "
+        "`prometheus_client` instrument of `AgentMetrics` (`exporter/metrics/observers.py`) "
+        "by itself, set by a method of the observer Protocol through which the feature "
+        "reports (as `UpstreamObserver`, `SweepObserver`). Then regenerate this file; the "
+        "dashboards' and rules' contract tests accept the metric from then on.",
+        "",
     ]
     return "\n".join(lines)
