@@ -31,8 +31,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exporter.catalog import Catalog
-from exporter.metrics import AgeCollector, AgentMetrics, Exposition, FleetCollector
+from exporter.metrics import build_metrics
 from exporter.records import AccountStatus
 from exporter.sources.base import SweepReport
 from exporter.state import StateStore
@@ -132,11 +131,7 @@ def bench_exposition(series: int) -> None:
     from exporter.tracker import Snapshot, SourceAggregate
 
     snap = Snapshot(1, {"fin": SourceAggregate("fin", "finicity", accounts=tuple(snapshot_source))})
-    fleet, live = CollectorRegistry(), CollectorRegistry()
-    AgentMetrics(live)
-    fleet.register(FleetCollector(lambda: snap, Catalog.default()))
-    live.register(AgeCollector(lambda: snap, time.time))
-    expo = Exposition(fleet, live, lambda: snap.version)
+    expo = build_metrics(lambda: snap, clock=time.time).exposition
 
     t = time.perf_counter()
     first = expo.render()[0]

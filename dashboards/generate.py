@@ -5,7 +5,7 @@ links and provisioning survive re-imports. ``python -m dashboards.generate`` (fr
 repository root) rewrites them, ``--check`` exits 1 when the committed files differ from what
 this script builds. The alert thresholds drawn on panels come from :mod:`alerts.generate`.
 
-Queries only use metrics from ``exporter/metric_catalog.py`` (and Prometheus' own ``ALERTS``),
+Queries only use metrics from ``exporter/metrics/catalog.py`` (and Prometheus' own ``ALERTS``),
 which ``tests/dashboards`` enforces. :func:`iter_queries` and :func:`substitute_variables` are
 the entry points for tests that run every panel's query against a real Prometheus.
 """

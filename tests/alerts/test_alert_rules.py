@@ -14,7 +14,7 @@ import yaml
 
 from alerts import generate
 from exporter.catalog import CATEGORIES
-from exporter.metric_catalog import series_labels
+from exporter.metrics.catalog import series_labels
 from tests.alerts.alerts_support import (
     ALERT_NAMES,
     GENERATOR,
@@ -243,7 +243,7 @@ class _Labels:
         elif name in PROMETHEUS_SERIES:
             labels = PROMETHEUS_SERIES[name]
         else:
-            self.problems.append(f"{name} is not in exporter/metric_catalog.py")
+            self.problems.append(f"{name} is not in exporter/metrics/catalog.py")
             return frozenset()
         for m in matchers:
             if m.name not in labels:

@@ -1,7 +1,7 @@
 """Contract tests for the generated Grafana dashboards (dashboards/*.json).
 
 They check the committed JSON against the generator and Grafana's schema, parse every query,
-and hold every metric and label a query uses to ``exporter/metric_catalog.py``.
+and hold every metric and label a query uses to ``exporter/metrics/catalog.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import yaml
 
 from alerts import generate as alerts_generate
 from dashboards import generate
-from exporter import metric_catalog
+from exporter.metrics import catalog as metric_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = (Path(__file__).resolve().parents[2].parent
@@ -83,7 +83,7 @@ def _selector_labels(vs: promql_parser.VectorSelector, problems: list[str]) -> f
         name = names[0] if names else None
     known = SERIES_LABELS.get(name or "")
     if known is None:
-        problems.append(f"metric {name!r} is not in exporter/metric_catalog.py")
+        problems.append(f"metric {name!r} is not in exporter/metrics/catalog.py")
         return frozenset()
     for m in matchers:
         if m.name != "__name__" and m.name not in known:
@@ -171,9 +171,9 @@ def contract_problems(expr: str) -> list[str]:
 
 # --- The contract checker itself must catch what it is there for ------------------------------
 @pytest.mark.parametrize("expr, fragment", [
-    ("openfinance_acounts", "not in exporter/metric_catalog.py"),
-    ("openfinance_status_transitions", "not in exporter/metric_catalog.py"),  # missing _total
-    ("openfinance_broken_account_age_seconds_sum", "not in exporter/metric_catalog.py"),
+    ("openfinance_acounts", "not in exporter/metrics/catalog.py"),
+    ("openfinance_status_transitions", "not in exporter/metrics/catalog.py"),  # missing _total
+    ("openfinance_broken_account_age_seconds_sum", "not in exporter/metrics/catalog.py"),
     ('openfinance_accounts{customer_id="1"}', "no label 'customer_id'"),
     ("sum by (institution) (openfinance_sweeps_total)", "groups by 'institution'"),
     ("histogram_quantile(0.9, sum by (source) "
@@ -182,7 +182,7 @@ def contract_problems(expr: str) -> list[str]:
      "group_left (label) openfinance_status_code_info", "group_left (label)"),
     ("sum by (code) (openfinance_accounts) * on (provider, code) "
      "group_left (name) openfinance_status_code_info", "on (provider) but the left side"),
-    ('up{job="x"}', "not in exporter/metric_catalog.py"),
+    ('up{job="x"}', "not in exporter/metrics/catalog.py"),
 ])
 def test_contract_checker_rejects_unknown_metrics_and_labels(expr, fragment):
     problems = contract_problems(expr)
