@@ -82,6 +82,12 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "unknown_codes_window": ("1h", "Window in which any record with an unknown code counts."),
     "unknown_min_accounts": (1, "Accounts now at a code missing from the catalog."),
     "unknown_for": ("15m", "for: of OpenFinanceUnknownStatusCode."),
+    # The repair loop (remediation).
+    "fix_held_for": ("5m", "for: of OpenFinanceFixRequestsHeld (storm guard holding requests)."),
+    "fix_dead_window": ("1h", "Window in which any dead-lettered fix request counts."),
+    "fix_dead_for": ("0s", "for: of OpenFinanceFixRequestsDeadLettered."),
+    "fix_delivery_window": ("30m", "Window with retried fix requests and none delivered."),
+    "fix_delivery_failing_for": ("15m", "for: of OpenFinanceFixDeliveryFailing."),
 }
 
 DEFAULTS: dict[str, Any] = {name: default for name, (default, _) in PARAMETERS.items()}
@@ -108,6 +114,11 @@ SHORT_DURATIONS: dict[str, Any] = {
     "rate_limited_for": "0s",
     "unknown_codes_window": "1m",
     "unknown_for": "0s",
+    "fix_held_for": "0s",
+    "fix_dead_window": "1m",
+    "fix_dead_for": "0s",
+    "fix_delivery_window": "1m",
+    "fix_delivery_failing_for": "0s",
 }
 
 PLACEHOLDER_RE = re.compile(r"\[\[ ([a-z0-9_]+) \]\]")
@@ -523,11 +534,67 @@ sum by (source, provider) (increase(openfinance_unknown_codes_total[{v.unknown_c
     ]
 
 
+def _repair_alerts(v: _Values) -> list[dict[str, Any]]:
+    """Group openfinance.repair.alerts: the repair loop (remediation) and its deliveries."""
+    agent_dash = _source_dashboard(v, DASHBOARD_AGENT)
+    return [
+        _alert(
+            v,
+            "OpenFinanceFixRequestsHeld",
+            "sum by (source, institution_id, institution) (openfinance_fix_requests_held) > 0",
+            v.fix_held_for,
+            "warning",
+            "The storm guard holds fix requests for one institution.",
+            "{{ $value | printf \"%.0f\" }} fix requests for users of " + _where() + " are held: "
+            "this institution produced more new requests within an hour than "
+            "max(remediation.storm_min, remediation.storm_share of its accounts), which usually "
+            "means the bank forced everyone to log in again. Nothing is sent until an operator "
+            "runs `openfinance-exporter remediation release --source {{ $labels.source }} "
+            "--institution {{ $labels.institution_id }}`.",
+            agent_dash,
+        ),
+        _alert(
+            v,
+            "OpenFinanceFixRequestsDeadLettered",
+            f"""
+sum by (source) (increase(openfinance_fix_requests_total{{result="dead"}}[{v.fix_dead_window}])) > 0
+""",
+            v.fix_dead_for,
+            "warning",
+            "Fix requests were given up after retrying for remediation.retry_for.",
+            "About {{ $value | printf \"%.0f\" }} fix requests of source {{ $labels.source }} "
+            f"were dead-lettered in the last {v.fix_dead_window}: the partner's endpoint did not "
+            "accept them within remediation.retry_for. Those users were not told; their "
+            "episodes stay open without a request.",
+            agent_dash,
+        ),
+        _alert(
+            v,
+            "OpenFinanceFixDeliveryFailing",
+            f"""
+sum by (source) (increase(openfinance_fix_requests_total{{result="retried"}}[{v.fix_delivery_window}])) > 0
+unless on (source)
+sum by (source) (increase(openfinance_fix_requests_total{{result="delivered"}}[{v.fix_delivery_window}])) > 0
+""",
+            v.fix_delivery_failing_for,
+            "warning",
+            "The partner's endpoint does not accept fix requests.",
+            "Fix requests of source {{ $labels.source }} failed about {{ $value | printf \"%.0f\" }} "
+            f"times in the last {v.fix_delivery_window} and none was delivered; they are retried "
+            "until remediation.retry_for, then dead-lettered. Pending now: "
+            "{{ with printf `sum(openfinance_fix_requests_pending{source=%q})` $labels.source | query }}"
+            "{{ . | first | value | printf \"%.0f\" }}{{ else }}unknown{{ end }}.",
+            agent_dash,
+        ),
+    ]
+
+
 # (group name, builder), in file order.
 GROUPS: tuple[tuple[str, Callable[[_Values], list[dict[str, Any]]]], ...] = (
     ("openfinance.institution.rules", _recording_rules),
     ("openfinance.institution.alerts", _institution_alerts),
     ("openfinance.agent.alerts", _agent_alerts),
+    ("openfinance.repair.alerts", _repair_alerts),
 )
 
 

@@ -6,6 +6,10 @@
    to a real local HTTP receiver (a separate uvicorn process answering 204).
 2. Database growth per 1,000,000 episodes with their delivered requests (measured on N and
    scaled, or at N = 1,000,000 with ``--episodes 1000000``).
+3. What the loop costs a sweep: the real tracker sweeps N accounts that are all newly at
+   103 (the burst), with and without the repair loop subscribed (``steady=True``), on the
+   same SQLite file as the loop; the sweep's own wall time, and how long the loop then needs
+   to fold the queued events.
 
 Run: ``python bench/bench_remediation.py [--episodes 100000] [--concurrency 64]``.
 """
@@ -26,8 +30,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from exporter.records import AccountStatus
 from exporter.remediation.config import RemediationConfig
 from exporter.remediation.loop import RepairLoop
+from exporter.sources.base import SweepReport
+from exporter.state import StateStore
+from exporter.tracker import Tracker
+from exporter.tracker.events import AccountEvent, EventKind
 
 NOW = 1_763_700_000.0
 CHUNK = 1000
@@ -44,17 +53,11 @@ uvicorn.run(app, host="127.0.0.1", port=%d, log_level="warning", access_log=Fals
 """
 
 
-class Event:
-    __slots__ = ("account_key", "at", "broken_since", "category", "code", "fixable", "institution",
-                 "institution_id", "kind", "login_id", "otp_suspect", "owner_id", "provider",
-                 "source")
-
-    def __init__(self, kind: str, i: int):
-        self.kind, self.source, self.provider = kind, "fin", "finicity"
-        self.account_key, self.owner_id, self.login_id = f"{7000000000 + i}", f"{6000000 + i // 3}", f"{500000 + i}"
-        self.institution_id, self.institution = str(100000 + i % 2000), f"Bank {i % 2000}"
-        self.code, self.category, self.fixable, self.otp_suspect = "103", "credentials", True, False
-        self.broken_since, self.at = NOW, NOW
+def event(kind: EventKind, i: int) -> AccountEvent:
+    """Account ``i`` of a login of its own, newly at 103 (as the tracker emits it)."""
+    return AccountEvent(kind, "fin", "finicity", f"{7000000000 + i}", f"{6000000 + i // 3}",
+                        f"{500000 + i}", str(100000 + i % 2000), f"Bank {i % 2000}", "103",
+                        "credentials", True, False, "0", "ok", NOW, NOW)
 
 
 def free_port() -> int:
@@ -87,7 +90,7 @@ async def main(n: int, concurrency: int) -> None:
                 for lo in range(0, n, CHUNK):
                     chunk = []
                     for i in range(lo, min(lo + CHUNK, n)):
-                        chunk += [Event("entered", i), Event("became_fixable", i)]
+                        chunk += [event(EventKind.ENTERED, i), event(EventKind.BECAME_FIXABLE, i)]
                     await loop.on_events(chunk)
                 await loop.drained()
                 folded = time.perf_counter() - started
@@ -111,9 +114,84 @@ async def main(n: int, concurrency: int) -> None:
         receiver.wait()
 
 
+def records(n: int, code: str, night: int, share: float = 1.0) -> list[list[AccountStatus]]:
+    """``n`` accounts; every ``1/share``-th at ``code``, the others at 0."""
+    attempt = NOW + night * 86400.0
+    every = max(1, round(1 / share))
+    out, chunk = [], []
+    for i in range(n):
+        code_i = code if i % every == 0 else "0"
+        chunk.append(AccountStatus("fin", "finicity", f"{7000000000 + i}", str(100000 + i % 2000),
+                                   f"Bank {i % 2000}", code_i, attempt,
+                                   attempt if code_i == "0" else NOW, f"{6000000 + i // 3}",
+                                   f"{500000 + i}"))
+        if len(chunk) == CHUNK:
+            out.append(chunk)
+            chunk = []
+    return out + ([chunk] if chunk else [])
+
+
+async def timed_sweep(tracker: Tracker, chunks: list[list[AccountStatus]]) -> float:
+    started = time.perf_counter()
+    session = await tracker.begin("fin", "finicity")
+    for chunk in chunks:
+        await session.add(chunk)
+    await session.finish(SweepReport(complete=True))
+    return time.perf_counter() - started
+
+
+async def one_sweep(mode: str, ok: list, broken: list) -> tuple[float, float]:
+    """The burst sweep's seconds with ``mode`` none / noop (a subscriber that does nothing:
+    the tracker's own cost of events) / loop; and the loop's folding left after it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "state.db"
+        clock = [NOW]
+        tracker = Tracker(StateStore(db), clock=lambda: clock[0])
+        await tracker.load({"fin": "finicity"})
+        loop = None
+        if mode == "noop":
+            async def nothing(events) -> None:
+                pass
+            tracker.subscribe(nothing, steady=True)
+        elif mode == "loop":
+            cfg = RemediationConfig(enabled=True, endpoint="http://127.0.0.1:9/", secret="bench")
+            loop = RepairLoop(cfg, db, sources={}, snapshot=lambda: tracker.snapshot,
+                              clock=lambda: clock[0])
+            tracker.subscribe(loop.on_events, steady=True)
+        await timed_sweep(tracker, ok)
+        if loop is not None:
+            loop.sweep_finished("fin", True)
+            await loop.drained()
+        clock[0] += 86400.0
+        swept = await timed_sweep(tracker, broken)
+        drained = 0.0
+        if loop is not None:
+            started = time.perf_counter()
+            await loop.drained()
+            drained = time.perf_counter() - started
+            await loop.stop()
+        await tracker.close()
+        return swept, drained
+
+
+async def sweep_cost(n: int, share: float = 1.0) -> None:
+    """``share`` of ``n`` accounts newly at 103 (1.0: the burst)."""
+    ok, broken = records(n, "0", 0), records(n, "103", 1, share)
+    alone, _ = await one_sweep("none", ok, broken)
+    noop, _ = await one_sweep("noop", ok, broken)
+    with_loop, drain = await one_sweep("loop", ok, broken)
+    print(f"sweep of {n} accounts, {share:.0%} newly at 103: {alone:.2f} s alone; {noop:.2f} s with a "
+          f"subscriber that does nothing (the tracker building events, "
+          f"{(noop / alone - 1) * 100:+.0f} %); {with_loop:.2f} s with the repair loop "
+          f"({(with_loop / noop - 1) * 100:+.0f} % on top), which then needed {drain:.2f} s more "
+          f"to fold the queued events")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--episodes", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
+    asyncio.run(sweep_cost(args.episodes))
+    asyncio.run(sweep_cost(args.episodes * 10, 0.01))
     asyncio.run(main(args.episodes, args.concurrency))

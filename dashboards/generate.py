@@ -799,7 +799,7 @@ def agent_health() -> dash.Dashboard:
          _target("sum by (source) (increase(openfinance_unknown_codes_total"
                  f"{{{AGENT}}}[$window])) or {up_fallback}", "{{source}} unknown codes")]))
 
-    d = d.with_row(dash.Row("Webhooks and repair links"))
+    d = d.with_row(dash.Row("Webhooks and fix requests"))
     d = d.with_panel(_timeseries(
         "Webhook events", "Webhook events received per sweep window, by kind and result.",
         "short",
@@ -808,11 +808,11 @@ def agent_health() -> dash.Dashboard:
          _target("sum by (source) (increase(openfinance_webhook_events_total"
                  f"{{{AGENT}}}[$window])) or {up_fallback}", "{{source}} all events")]))
     d = d.with_panel(_timeseries(
-        "Repair links", "Repair links (Connect Fix / MX Connect widget) requested per sweep "
-        "window, by result. Zero unless remediation is switched on.", "short",
-        [_target("sum by (source, result) (increase(openfinance_fix_links_total"
+        "Fix requests", "Repair-loop fix requests per sweep window, by result (delivered, "
+        "retried, failed, held, dead). Zero unless remediation is switched on.", "short",
+        [_target("sum by (source, result) (increase(openfinance_fix_requests_total"
                  f"{{{AGENT}}}[$window]))", "{{source}} {{result}}"),
-         _target("sum by (source) (increase(openfinance_fix_links_total"
+         _target("sum by (source) (increase(openfinance_fix_requests_total"
                  f"{{{AGENT}}}[$window])) or {up_fallback}", "{{source}} all")]))
     return d
 

@@ -1,7 +1,8 @@
 """``openfinance-exporter``: the agent's command line, with Prometheus-style flags.
 
 Sub-commands: ``run`` (the agent), ``demo`` (built-in sandbox plus agent, no credentials),
-``sandbox`` (only the simulated upstream APIs), ``check-config`` and ``codes``.
+``sandbox`` (only the simulated upstream APIs), ``check-config``, ``codes`` and
+``remediation held|release`` (the repair loop's storm guard).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from exporter import __version__
 from exporter.catalog import Catalog
 from exporter.config import ConfigError, Settings, load_config
 from exporter.logs import LEVELS, setup_logging
+from exporter.remediation import commands as remediation_commands
 
 log = logging.getLogger("exporter")
 
@@ -71,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     _common(check)
+
+    remediation_commands.add_parser(sub, _common)
 
     codes = sub.add_parser("codes", help="print the status-code catalog")
     codes.add_argument("--format", choices=("table", "json"), default="table")
@@ -134,6 +138,13 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_remediation(args) -> int:
+    settings = _load(args.config_file)
+    if settings is None:
+        return EXIT_CONFIG
+    return remediation_commands.run(args, args.state_path or settings.state.path)
+
+
 def cmd_sandbox(args) -> int:
     from exporter.demo import run_sandbox
 
@@ -147,6 +158,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "demo": cmd_demo, "sandbox": cmd_sandbox,
+            "remediation": cmd_remediation,
             "check-config": cmd_check_config, "codes": cmd_codes}
 
 

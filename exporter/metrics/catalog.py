@@ -30,6 +30,9 @@ AGE_BUCKETS = (3600.0, 6 * 3600.0, 86400.0, 2 * 86400.0, 3 * 86400.0, 7 * 86400.
                14 * 86400.0, 30 * 86400.0, 90 * 86400.0)
 SWEEP_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 REQUEST_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Delivered fix request → login back at ok: 1 h … 30 d.
+FIX_RESOLUTION_BUCKETS = (3600.0, 6 * 3600.0, 12 * 3600.0, 86400.0, 2 * 86400.0, 3 * 86400.0,
+                          7 * 86400.0, 14 * 86400.0, 30 * 86400.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +121,26 @@ METRICS: tuple[MetricSpec, ...] = (
        "agent"),
     _m("webhook_events", "counter", ("source", "kind", "result"),
        "Webhook events received.", "agent"),
-    _m("fix_links", "counter", ("source", "result"),
-       "Repair links requested from the aggregator.", "agent"),
+    _m("fix_requests", "counter", ("source", "provider", "kind", "result"),
+       "Repair-loop fix requests (kind fix or otp_each_refresh) by result: delivered; retried "
+       "(an attempt failed, another is scheduled); failed (the receiver answered 410); held "
+       "(by the storm guard, until released); dead (undelivered after remediation.retry_for).",
+       "agent"),
+    _m("fix_requests_pending", "gauge", ("source",),
+       "Fix requests waiting for delivery, retries included.", "agent"),
+    _m("fix_requests_held", "gauge", ("source", "institution_id", "institution"),
+       "Fix requests held by the storm guard until an operator releases them "
+       "(openfinance-exporter remediation release).", "agent"),
+    _m("fix_outcomes", "counter", ("source", "provider", "outcome"),
+       "Ends of episodes whose fix request was delivered: fixed (back at ok), abandoned (still "
+       "broken after retry_for + abandon_after); rebroke: a fixed login broken again within "
+       "7 days.", "agent"),
+    _m("fix_resolution_seconds", "histogram", ("source", "provider", "category"),
+       "Time from a fix request's delivery to its login being back at ok, by the category "
+       "the request was made for.", "agent", buckets=FIX_RESOLUTION_BUCKETS),
+    _m("fix_events_ignored", "counter", ("source", "reason"),
+       "Account events of fixable accounts that could not open a repair episode (reason: "
+       "no_owner_id, no_login_id: the payload lacked the customer/user or login id).", "agent"),
     _m("state_accounts", "gauge", ("source",),
        "Accounts held in the state database.", "agent", from_snapshot=True),
     _m("build_info", "gauge", ("version",), "Build information; value 1.", "agent"),

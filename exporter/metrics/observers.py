@@ -12,6 +12,8 @@ catalogue adds the observer method that sets it (see :mod:`exporter.metrics.cata
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -22,6 +24,9 @@ _INSTRUMENTS = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
 
 RETRY_REASONS = ("rate_limited", "server_error", "timeout", "connect_error", "token_expired")
 SWEEP_RESULTS = ("success", "partial", "failed")
+FIX_KINDS = ("fix", "otp_each_refresh")
+FIX_RESULTS = ("delivered", "retried", "failed", "held", "dead")
+FIX_OUTCOMES = ("fixed", "rebroke", "abandoned")
 
 
 def _instrument(s: MetricSpec, registry: CollectorRegistry) -> MetricWrapperBase:
@@ -35,6 +40,8 @@ class AgentMetrics:
     def __init__(self, registry: CollectorRegistry):
         self._instruments = {s.short: _instrument(s, registry)
                              for s in METRICS if not s.from_snapshot}
+        self._held: set[tuple[str, str, str]] = set()
+        self._pending_sources: set[str] = set()
         self.instrument("build_info").labels(__version__).set(1)
 
     def instrument(self, short: str) -> MetricWrapperBase:
@@ -58,7 +65,6 @@ class AgentMetrics:
         self._instruments["unknown_codes"].labels(source, provider)
         for reason in RETRY_REASONS:
             self._instruments["upstream_retries"].labels(source, reason)
-        self._instruments["fix_links"].labels(source, "disabled")
 
     def sweep_started(self, source: str) -> None:
         self._set("sweep_progress_ratio", 0, source)
@@ -103,3 +109,41 @@ class AgentMetrics:
 
     def unknown_code(self, source: str, provider: str) -> None:
         self._inc("unknown_codes", source, provider)
+
+    # RemediationObserver (exporter.remediation.observer)
+    def remediation_source(self, source: str, provider: str) -> None:
+        """Create a source's repair-loop series at zero (remediation enabled)."""
+        for kind in FIX_KINDS:
+            for result in FIX_RESULTS:
+                self._instruments["fix_requests"].labels(source, provider, kind, result)
+        for outcome in FIX_OUTCOMES:
+            self._instruments["fix_outcomes"].labels(source, provider, outcome)
+        self._set("fix_requests_pending", 0, source)
+        self._pending_sources.add(source)
+
+    def fix_request(self, source: str, provider: str, kind: str, result: str) -> None:
+        self._inc("fix_requests", source, provider, kind, result)
+
+    def fix_outcome(self, source: str, provider: str, outcome: str) -> None:
+        self._inc("fix_outcomes", source, provider, outcome)
+
+    def fix_resolution(self, source: str, provider: str, category: str, seconds: float) -> None:
+        self._instruments["fix_resolution_seconds"].labels(source, provider, category).observe(
+            seconds)
+
+    def fix_pending(self, counts: Mapping[str, int]) -> None:
+        gauge = self._instruments["fix_requests_pending"]
+        self._pending_sources |= set(counts)
+        for source in self._pending_sources:
+            gauge.labels(source).set(counts.get(source, 0))
+
+    def fix_held(self, counts: Mapping[tuple[str, str, str], int]) -> None:
+        gauge = self._instruments["fix_requests_held"]
+        for key in self._held - set(counts):
+            gauge.remove(*key)
+        for key, n in counts.items():
+            gauge.labels(*key).set(n)
+        self._held = set(counts)
+
+    def fix_event_ignored(self, source: str, reason: str) -> None:
+        self._inc("fix_events_ignored", source, reason)

@@ -80,6 +80,8 @@ class RemediationConfig(BaseModel):
             missing.append("secret_file (or secret)")
         if self.link == "redirect" and not self.public_url:
             missing.append("public_url (link: redirect)")
+        if self.link == "redirect" and not self.listen_address:
+            missing.append("listen_address (link: redirect serves /fix/<token> there)")
         if missing:
             raise ValueError("enabled needs " + ", ".join(missing))
         try:

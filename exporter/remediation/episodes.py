@@ -14,7 +14,9 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
+
+from exporter.tracker.events import AccountEvent, EventKind
 
 OK = "ok"
 ACCOUNT_CLOSED = "account_closed"
@@ -32,36 +34,6 @@ OTP_GUIDANCE = (
     "The bank asks this login for a one-time passcode on every refresh (Finicity 185 again "
     "after a fix, or 931). A repair link cannot stop that: tell the user, and let them "
     "refresh while they are present to enter the passcode each time.")
-
-# Event kinds (exporter.tracker.events.EventKind is a StrEnum: its members equal these).
-ENTERED = "entered"
-LEFT = "left"
-BECAME_FIXABLE = "became_fixable"
-OTP_SUSPECT = "otp_suspect"
-RELAPSED = "relapsed"
-BACK_TO_OK = "back_to_ok"
-REMOVED = "removed"
-STILL_BROKEN = "still_broken"
-
-
-class AccountEventLike(Protocol):
-    """The fields of ``exporter.tracker.events.AccountEvent`` that the loop reads."""
-
-    kind: str
-    source: str
-    provider: str
-    account_key: str
-    owner_id: str | None
-    login_id: str | None
-    institution_id: str
-    institution: str
-    code: str
-    category: str
-    fixable: bool
-    otp_suspect: bool
-    broken_since: float | None
-    at: float
-
 
 @dataclass(frozen=True, slots=True)
 class Mark:
@@ -113,14 +85,14 @@ class Episode:
         return any(m.otp for m in self.accounts.values())
 
 
-def login_of(ev: AccountEventLike) -> tuple[str, str, str] | None:
+def login_of(ev: AccountEvent) -> tuple[str, str, str] | None:
     """The episode key of an event, or None when the payload lacked an id."""
     if not ev.owner_id or not ev.login_id:
         return None
     return (ev.source, ev.owner_id, ev.login_id)
 
 
-def apply_event(ep: Episode | None, ev: AccountEventLike, *, backlog: bool
+def apply_event(ep: Episode | None, ev: AccountEvent, *, backlog: bool
                 ) -> tuple[Episode | None, str]:
     """Fold one account event into its login's open episode (``None`` if there is none).
 
@@ -128,11 +100,10 @@ def apply_event(ep: Episode | None, ev: AccountEventLike, *, backlog: bool
     (then ``close_reason`` is ``fixed`` or ``gone``). ``backlog`` marks an episode opened now
     as part of the backlog (before the first complete sweep after enabling).
     """
-    kind = str(ev.kind)
-    if kind == LEFT:
+    if ev.kind is EventKind.LEFT:
         return ep, "none"  # always paired with ENTERED or BACK_TO_OK for the same account
-    healed = kind == BACK_TO_OK or ev.category == OK
-    gone = kind == REMOVED or ev.category == ACCOUNT_CLOSED
+    healed = ev.kind is EventKind.BACK_TO_OK or ev.category == OK
+    gone = ev.kind is EventKind.REMOVED or ev.category == ACCOUNT_CLOSED
     if not healed and not gone:
         mark = Mark(ev.code, ev.category, bool(ev.fixable), bool(ev.otp_suspect))
         since = ev.broken_since if ev.broken_since is not None else ev.at

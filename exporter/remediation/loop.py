@@ -29,9 +29,7 @@ from exporter.remediation.delivery import DeliveryWorker, wait_for_event
 from exporter.remediation.episodes import (
     BACKFILL_WINDOW,
     REBROKE_WINDOW,
-    REMOVED,
     STORM_WINDOW,
-    AccountEventLike,
     Episode,
     FleetFacts,
     apply_event,
@@ -46,6 +44,7 @@ from exporter.remediation.episodes import (
 from exporter.remediation.observer import NullRemediationObserver, RemediationObserver
 from exporter.remediation.signing import make_token
 from exporter.remediation.store import OutboxRow, RemediationStore
+from exporter.tracker.events import AccountEvent, EventKind
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +188,7 @@ class RepairLoop:
 
     # --- events -----------------------------------------------------------------------------
 
-    async def on_events(self, events: Sequence[AccountEventLike]) -> None:
+    async def on_events(self, events: Sequence[AccountEvent]) -> None:
         """The tracker subscriber: queue a committed chunk's events and return at once, so
         the sweep does not wait for the folding (it waits only when
         ``_QUEUE_BATCHES`` batches are already queued)."""
@@ -212,7 +211,7 @@ class RepairLoop:
             self._baselines[source] = now
             log.info("remediation baseline done source=%s", source)
 
-    def _apply_events(self, events: list[AccountEventLike]) -> list[Effect]:
+    def _apply_events(self, events: list[AccountEvent]) -> list[Effect]:
         """Fold a batch: read and decide first, then write everything in one short
         transaction (the tracker writes to the same file and must not wait long)."""
         effects: list[Effect] = []
@@ -229,7 +228,7 @@ class RepairLoop:
         fixed_before = store.last_fixed(k for k, ep in current.items() if ep is None)
         for ev in events:
             key = login_of(ev)
-            if key is None and str(ev.kind) == REMOVED:
+            if key is None and ev.kind is EventKind.REMOVED:
                 # The tracker does not store ids: find the login through the account.
                 key = by_account.get((ev.source, ev.account_key))
                 if key is None:
@@ -239,7 +238,7 @@ class RepairLoop:
                     key = found.login
                     current.setdefault(key, found)
             if key is None:
-                if ev.fixable and str(ev.kind) != "left":
+                if ev.fixable and ev.kind is not EventKind.LEFT:
                     reason = "no_owner_id" if not ev.owner_id else "no_login_id"
                     effects.append(("ignored", ev.source, reason))
                 continue

@@ -191,7 +191,19 @@ Timestamp = Annotated[float | None, BeforeValidator(_timestamp)]
 Flag = Annotated[bool | None, BeforeValidator(_flag)]
 Count = Annotated[int | None, BeforeValidator(_count)]
 Integer = Annotated[int | None, BeforeValidator(_integer)]
+def _url(raw: object) -> str:
+    """A link for the user's browser: an absolute http(s) URL. Real Connect Fix links carry
+    a signature and run past any id length, so only a generous bound applies."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        raise PydanticCustomError("missing_field", "absent or empty")
+    text = raw.strip() if isinstance(raw, str) else ""
+    if text.startswith(("https://", "http://")) and len(text) <= 8192 and text.isprintable():
+        return text
+    raise PydanticCustomError("invalid_id", "not an http(s) URL")
+
+
 Text = Annotated[str | None, BeforeValidator(_text)]
+Url = Annotated[str, BeforeValidator(_url)]
 FinicityCode = Annotated[str, BeforeValidator(_finicity_code)]
 MxCode = Annotated[str, BeforeValidator(_mx_code)]
 Items = list[Any]
@@ -274,7 +286,7 @@ class FinicityInstitutionBody(Payload):
 
 
 class FinicityFixLink(Payload):
-    link: RequiredId
+    link: Url
 
 
 # --------------------------------------------------------------------------- MX
@@ -327,7 +339,7 @@ class MxInstitutionBody(Payload):
 
 
 class MxWidgetUrl(Payload):
-    url: RequiredId
+    url: Url
 
 
 class MxWidgetUrlBody(Payload):

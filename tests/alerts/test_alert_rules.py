@@ -348,6 +348,9 @@ PARAMETERS_OF = {
     "OpenFinanceUpstreamRateLimited": (
         "rate_limited_for", ["rate_limited_min_requests"], ["rate_limited_window"]),
     "OpenFinanceUnknownStatusCode": ("unknown_for", ["unknown_min_accounts"], ["unknown_codes_window"]),
+    "OpenFinanceFixRequestsHeld": ("fix_held_for", [], []),
+    "OpenFinanceFixRequestsDeadLettered": ("fix_dead_for", [], ["fix_dead_window"]),
+    "OpenFinanceFixDeliveryFailing": ("fix_delivery_failing_for", [], ["fix_delivery_window"]),
 }
 
 

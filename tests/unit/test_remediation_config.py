@@ -33,6 +33,7 @@ remediation:
   min_broken_for: 30m
   link: redirect
   public_url: https://fix.partner.example/
+  listen_address: ":9879"
 """)).remediation
     assert (cfg.retry_for, cfg.min_broken_for) == (43200.0, 1800.0)
     assert cfg.secret_bytes() == b"the-secret"
@@ -45,6 +46,7 @@ def test_an_enabled_loop_needs_an_endpoint_a_secret_and_for_redirects_a_public_u
     (problem,) = err.value.problems
     assert problem.startswith("remediation:")
     assert "endpoint" in problem and "secret_file" in problem and "public_url" in problem
+    assert "listen_address" in problem
 
 
 def test_an_unreadable_secret_file_is_a_config_error_without_the_secret(tmp_path):

@@ -1,7 +1,5 @@
-"""Shared fakes for the repair-loop unit tests (no tests here).
-
-``Ev`` mirrors ``exporter.tracker.events.AccountEvent`` field by field (INTERFACES.md §2).
-"""
+"""Shared fakes for the repair-loop unit tests (no tests here): account events as the
+tracker emits them, a hand-driven clock, a scripted receiver and a recording observer."""
 
 from __future__ import annotations
 
@@ -13,6 +11,7 @@ import httpx
 
 from exporter.remediation.config import RemediationConfig
 from exporter.remediation.loop import RepairLoop
+from exporter.tracker.events import AccountEvent, EventKind
 from tests.unit.conftest import DAY, T0, Clock
 
 __all__ = ["DAY", "T0", "Clock"]
@@ -26,43 +25,23 @@ CATEGORY = {"0": "ok", "103": "credentials", "108": "user_action", "185": "mfa",
 FIXABLE = {"103", "108", "109", "185", "187", "945", "946", "947", "948", "CHALLENGED", "DENIED"}
 
 
-@dataclass(frozen=True, slots=True)
-class Ev:
-    kind: str
-    source: str
-    provider: str
-    account_key: str
-    owner_id: str | None
-    login_id: str | None
-    institution_id: str
-    institution: str
-    code: str
-    category: str
-    fixable: bool
-    otp_suspect: bool
-    previous_code: str | None
-    previous_category: str | None
-    broken_since: float | None
-    at: float
-
-
 def ev(kind: str, code: str = "103", *, key: str = "a1", owner: str | None = "c1",
        login: str | None = "l1", inst: str = "4222", source: str = "fin",
        provider: str = "finicity", at: float = T0, since: float | None = None,
-       otp: bool = False, previous: str | None = None) -> Ev:
+       otp: bool = False, previous: str | None = None) -> AccountEvent:
     category = CATEGORY.get(code, "unknown")
     broken = category != "ok"
-    return Ev(kind, source, provider, key, owner, login, inst, "FinBank", code, category,
+    return AccountEvent(EventKind(kind), source, provider, key, owner, login, inst, "FinBank", code, category,
               code in FIXABLE, otp, previous, CATEGORY.get(previous) if previous else None,
               (since if since is not None else at) if broken else None, at)
 
 
-def broke(code: str = "103", **kw) -> list[Ev]:
+def broke(code: str = "103", **kw) -> list[AccountEvent]:
     """What the tracker emits when an account enters a fixable code."""
     return [ev("entered", code, **kw), ev("became_fixable", code, **kw)]
 
 
-def healed(**kw) -> list[Ev]:
+def healed(**kw) -> list[AccountEvent]:
     return [ev("left", "0", **kw), ev("back_to_ok", "0", **kw)]
 
 
@@ -148,7 +127,8 @@ class Receiver:
 
 
 def config(**overrides) -> RemediationConfig:
-    base = dict(enabled=True, endpoint="http://partner.test/fix", secret=SECRET)
+    base = dict(enabled=True, endpoint="http://partner.test/fix", secret=SECRET,
+                listen_address="127.0.0.1:9879")
     base.update(overrides)
     return RemediationConfig(**base)
 

@@ -1,0 +1,169 @@
+"""The repair loop end to end: the real agent against the sandbox, a real local receiver.
+
+A login that breaks with a fixable code yields exactly one signed fix request, also across
+a SIGKILL of the agent; the redirect link mints a fresh sandbox Connect Fix link per click
+and refuses a tampered token; the sandbox user completes the fix and the agent counts the
+episode ``fixed``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import signal
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+import yaml
+
+from exporter.catalog import Catalog
+from tests.integration.procs import AgentProc, Sandbox, agent_config, free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+SOURCES = ("finicity-sandbox", "mx-sandbox")
+SMALL = {"finicity": {"units": 150}, "mx": {"units": 100}}
+SECRET = "integration-test-secret"
+
+
+class Receiver:
+    """The partner's endpoint: stores every POST as received, answers 200."""
+
+    def __init__(self):
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        received = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append(({k.lower(): v for k, v in self.headers.items()}, raw))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/fix-requests"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def bodies(self) -> dict[str, dict]:
+        """Request id → body (a re-send after a crash carries the same id)."""
+        return {h["idempotency-key"]: json.loads(raw) for h, raw in self.requests}
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def signature_ok(headers: dict[str, str], raw: bytes) -> bool:
+    """The receiver's check, from the contract alone."""
+    fields = dict(part.split("=", 1) for part in headers["x-openfinance-signature"].split(","))
+    mac = hmac.new(SECRET.encode(), fields["t"].encode() + b"." + raw, hashlib.sha256)
+    return (abs(time.time() - int(fields["t"])) <= 300
+            and hmac.compare_digest(mac.hexdigest(), fields["v1"]))
+
+
+def value(agent: AgentProc, name: str, **labels: str) -> float:
+    return sum(v for got, v in agent.scrape().get(name, [])
+               if all(got.get(k) == want for k, want in labels.items()))
+
+
+def next_sweeps(agent: AgentProc) -> None:
+    now = {name: agent.sweeps(name) for name in SOURCES}
+    agent.wait_sweeps({name: n + 2 for name, n in now.items()})
+
+
+@pytest.fixture
+def rig(tmp_path):
+    scenario = tmp_path / "scenario.yml"
+    scenario.write_text(yaml.safe_dump(SMALL))
+    sandbox = Sandbox(tmp_path, scenario)
+    receiver = Receiver()
+    fix_port = free_port()
+    (tmp_path / "secret").write_text(SECRET)
+    path = agent_config(tmp_path / "agent.yml", sandbox.url, tmp_path / "state.db", interval=1)
+    config = yaml.safe_load(path.read_text())
+    config["remediation"] = {
+        "enabled": True, "endpoint": receiver.url, "secret_file": str(tmp_path / "secret"),
+        "link": "redirect", "public_url": f"http://127.0.0.1:{fix_port}",
+        "listen_address": f"127.0.0.1:{fix_port}", "evaluate_interval": "1s",
+        "backoff_base": "1s", "backoff_max": "2s"}
+    path.write_text(yaml.safe_dump(config))
+    agents: list[AgentProc] = []
+
+    def start(name: str) -> AgentProc:
+        agents.append(AgentProc(tmp_path, path, name=name))
+        return agents[-1]
+
+    yield sandbox, receiver, start
+    for a in agents:
+        a.stop()
+    receiver.stop()
+    sandbox.stop()
+
+
+def test_one_signed_request_per_broken_login_survives_sigkill_and_ends_fixed(rig):
+    sandbox, receiver, start = rig
+    catalog = Catalog.default()
+    agent = start("agent-1")
+    agent.wait_sweeps({name: 1 for name in SOURCES})
+    next_sweeps(agent)
+    assert receiver.requests == [], "logins broken before the first sweep are backlog"
+
+    sandbox.advance(1)
+    next_sweeps(agent)
+    wait_for(lambda: receiver.requests and value(agent, "openfinance_fix_requests_pending") == 0,
+             60, "fix requests delivered")
+    before_kill = receiver.bodies()
+    delivered = value(agent, "openfinance_fix_requests_total", result="delivered")
+    assert delivered == len(before_kill) > 0
+    for headers, raw in receiver.requests:
+        assert signature_ok(headers, raw)
+        body = json.loads(raw)
+        assert headers["idempotency-key"] == body["id"]
+        info = catalog.lookup(body["provider"], body["code"])
+        assert info.fixable and body["category"] == info.category
+        assert body["kind"] in ("fix", "otp_each_refresh")
+    logins = Counter((b["provider"], b.get("customer_id") or b.get("user_guid"), b["login_id"])
+                     for b in before_kill.values())
+    assert max(logins.values()) == 1, "one request per login and episode"
+
+    assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
+    agent = start("agent-2")
+    next_sweeps(agent)
+    next_sweeps(agent)
+    assert receiver.bodies().keys() == before_kill.keys(), "no new request after a restart"
+
+    # The user clicks: the agent's redirect mints a fresh sandbox link on each click
+    # (Finicity Connect Fix URL, MX widget URL), and the user completes the repair there.
+    clicked = []
+    for provider in ("finicity", "mx"):
+        request = next((b for b in before_kill.values()
+                        if b["kind"] == "fix" and b["provider"] == provider), None)
+        if request is None:
+            continue
+        clicked.append(request)
+        first = httpx.get(request["link"], follow_redirects=False)
+        second = httpx.get(request["link"], follow_redirects=False)
+        assert first.status_code == second.status_code == 302, (provider, first.text)
+        assert first.headers["location"] != second.headers["location"]
+        separator = "&" if "?" in second.headers["location"] else "?"
+        page = httpx.get(second.headers["location"] + separator + "complete=1")
+        assert page.status_code in (200, 303), page.text
+    assert clicked
+    tampered = httpx.get(clicked[0]["link"][:-3] + "AAA", follow_redirects=False)
+    assert tampered.status_code == 400 and "not valid" in tampered.text
+
+    wait_for(lambda: value(agent, "openfinance_fix_outcomes_total", outcome="fixed")
+             >= len(clicked), 60, "the fixed episodes to be counted")
+    assert value(agent, "openfinance_fix_resolution_seconds_count") >= len(clicked)
+    after_fix = httpx.get(clicked[0]["link"], follow_redirects=False)
+    assert after_fix.status_code == 410 and "Nothing to fix" in after_fix.text
