@@ -92,3 +92,15 @@ def test_release_on_an_unusable_database_says_so(tmp_path):
     lines: list[str] = []
     assert commands.run(argparse.Namespace(action="held"), bad, lines.append) == 1
     assert "cannot open the remediation tables" in lines[0]
+
+
+def test_the_cli_lists_and_releases_through_the_state_path(tmp_path, capsys):
+    from exporter.cli import main
+
+    db = str(tmp_path / "state.db")
+    assert main(["remediation", "held", "--state.path", db]) == 0
+    assert main(["remediation", "release", "--source", "fin", "--institution", "9",
+                 "--state.path", db]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["no requests held",
+                   "released 0 held request(s) of source fin, institution 9"]
