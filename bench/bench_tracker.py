@@ -39,7 +39,7 @@ from exporter.tracker import Tracker
 
 NOW = 1_763_700_000.0
 DAY = 86400.0
-CODES = [0] * 40 + [103, 108, 185, 187, 910, 905, 913, 945, 102, 1234567]
+CODES = ["0"] * 40 + ["103", "108", "185", "187", "910", "905", "913", "945", "102", "1234567"]
 CHUNK = 1000  # what a source hands the tracker at a time (a few pages of accounts)
 
 
@@ -67,7 +67,7 @@ def chunks(n: int, night: float, shape: str, change_every: int = 20,
         code = CODES[(i * 7 + moved) % len(CODES)]
         batch.append(AccountStatus("fin", "finicity", account_key(i, shape), str(i % institutions),
                                    f"Bank {i % institutions}", code, attempt,
-                                   NOW - DAY if code else attempt))
+                                   NOW - DAY if code != "0" else attempt))
         if len(batch) == CHUNK:
             yield batch
             batch = []

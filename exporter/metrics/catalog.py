@@ -110,7 +110,9 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("source_up", "gauge", ("source",),
        "1 while a source may sweep; 0 once stopped (e.g. after refused credentials).", "agent"),
     _m("invalid_records", "counter", ("source", "reason"),
-       "Upstream payloads or records that could not be used.", "agent"),
+       "Upstream payloads or records that could not be used, counted once by the source; reason: "
+       "malformed_json, missing_field, invalid_code, invalid_id (skipped), invalid_timestamp "
+       "(kept without that date).", "agent"),
     _m("unknown_codes", "counter", ("source", "provider"),
        "Records carrying a status code not in the catalog (counted as category unknown).",
        "agent"),

@@ -33,9 +33,9 @@ class Harness:
     def __init__(self, path, clock: Clock, **tracker_kwargs):
         self.path = path
         self.clock = clock
-        wiring = build_metrics(lambda: self.tracker.snapshot, clock=clock)
-        self.fleet, self.live = wiring.fleet, wiring.live
-        self.metrics, self.exposition = wiring.agent, wiring.exposition
+        self.wiring = build_metrics(lambda: self.tracker.snapshot, clock=clock)
+        self.fleet, self.live = self.wiring.fleet, self.wiring.live
+        self.metrics, self.exposition = self.wiring.agent, self.wiring.exposition
         self.store = StateStore(path)
         self.tracker = Tracker(self.store, clock=clock, events=self.metrics, **tracker_kwargs)
 
@@ -46,11 +46,7 @@ class Harness:
         await session.finish(SweepReport(complete=complete))
 
     def value(self, name: str, **labels: str) -> float | None:
-        for registry in (self.fleet, self.live):
-            v = registry.get_sample_value(name, labels)
-            if v is not None:
-                return v
-        return None
+        return self.wiring.value(name, labels)
 
     def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
         out = []
@@ -74,9 +70,10 @@ def harness(tmp_path, clock) -> Harness:
 
 @pytest.fixture
 def acct(clock) -> Callable[..., AccountStatus]:
-    """A Finicity account record at the current night, overridable field by field."""
+    """A Finicity account record at the current night, overridable field by field, valid as
+    a source emits it (``code`` given as a number is its string; None is ``"NONE"``)."""
 
-    def make(key: str = "a1", code: object = 0, *, inst: str = "4222", name: str = "FinBank",
+    def make(key: str = "a1", code: str | int | None = 0, *, inst: str = "4222", name: str = "FinBank",
              attempt: float | str | None = "now", success: float | str | None = "auto",
              source: str = "fin", provider: str = "finicity") -> AccountStatus:
         attempt_ts = clock.now - 3600 if attempt == "now" else attempt
@@ -84,6 +81,7 @@ def acct(clock) -> Callable[..., AccountStatus]:
             success_ts = attempt_ts if code in (0, "0", "CONNECTED") else None
         else:
             success_ts = success
+        code = "NONE" if code is None else str(code)
         return AccountStatus(source, provider, key, inst, name, code, attempt_ts, success_ts)
 
     return make
