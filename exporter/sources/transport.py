@@ -25,14 +25,16 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def __init__(self, *, max_connections: int, verify: bool = True, keepalive: float = 15.0,
                  proxy: str | None = None):
         self._max_connections = max_connections
-        self._ssl: ssl.SSLContext | bool = httpx.create_ssl_context(verify=True) if verify else False
+        self._verify = verify
         self._keepalive = keepalive
         self._proxy = proxy
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[tuple, aiohttp.ClientTimeout] = {}
 
     def _open(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl,
+        """On the first request, in the running loop (aiohttp binds its session to it)."""
+        tls: ssl.SSLContext | bool = httpx.create_ssl_context(verify=True) if self._verify else False
+        connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=tls,
                                          keepalive_timeout=self._keepalive)
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
