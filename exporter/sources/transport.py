@@ -51,10 +51,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._session or self._open()
+        encoding = request.headers.encoding
+        headers = [(k.decode(encoding), v.decode(encoding)) for k, v in request.headers.raw]
         try:
             async with session.request(
                 request.method, URL(str(request.url), encoded=True),
-                headers=request.headers.multi_items(), data=request.content or None,
+                headers=headers, data=request.content or None,
                 allow_redirects=False, proxy=self._proxy,
                 timeout=self._timeout(request.extensions.get("timeout", {})),
             ) as answer:
