@@ -233,3 +233,16 @@ def test_urls_built_without_parsing_equal_the_ones_httpx_parses():
     assert fast == parsed and str(fast) == str(httpx.URL(str(parsed)))
     assert str(fast) == ("http://127.0.0.1:8080/finicity/aggregation/v1/customers/"
                          "10%2F05%20%C3%A9/accounts?start=1&q=a+b%26c")
+
+
+def test_the_proxy_comes_from_the_environment_unless_no_proxy_names_the_host(monkeypatch):
+    from exporter.sources.client import env_proxy
+
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "int-api.mx.com")
+    assert env_proxy("https://api.finicity.com") == "http://proxy.internal:3128"
+    assert env_proxy("https://int-api.mx.com") is None
+    assert env_proxy("http://127.0.0.1:8080/finicity") is None  # no HTTP_PROXY set
