@@ -35,9 +35,12 @@ def state(rt: SandboxRuntime) -> dict[str, Any]:
     night = clock.night
     outages, otp, providers = [], [], {}
     for sim in (fleet.finicity, fleet.mx):
-        window = sim.outage_window()
-        if window is not None:
-            outages.append(_institution_event(sim, sim.outage_inst, *window, night))
+        for o in sim.outages:
+            event = _institution_event(sim, o.inst, o.start_night, o.end_night, night)
+            event["kind"] = o.kind
+            if sim.provider == "finicity":
+                event["declared_status"] = o.declared_status
+            outages.append(event)
         if sim.otp_inst >= 0:
             event = _institution_event(sim, sim.otp_inst, sim.cfg.otp.start_night, None, night)
             roles = [r for k, r in enumerate(sim.conn_role) if sim.conn_inst[k] == sim.otp_inst]
@@ -55,8 +58,10 @@ def state(rt: SandboxRuntime) -> dict[str, Any]:
             "institutions": [
                 {"institution_id": i.id, "institution": i.label, "name": i.name,
                  "hostile_name": i.hostile, "connections": i.connections,
-                 "accounts": i.accounts}
-                for i in sim.institutions
+                 "accounts": i.accounts,
+                 **({"declared_status": sim.declared_status(n, night)}
+                    if sim.provider == "finicity" else {})}
+                for n, i in enumerate(sim.institutions)
             ],
         }
     providers["finicity"]["testing_customers"] = sc.finicity_testing_customers

@@ -242,9 +242,7 @@ async def customer_accounts_simple(rt: SandboxRuntime, request: Request) -> Resp
 
 def institution_json(sim: ProviderSim, rt: SandboxRuntime, i: int) -> dict[str, Any]:
     inst = sim.institutions[i]
-    window = sim.outage_window()
-    down = i == sim.outage_inst and window is not None and (
-        window[0] <= rt.clock.night < window[1])
+    status = sim.declared_status(i, rt.clock.night)
     slug = "".join(c for c in inst.name.lower() if c.isalnum())[:24] or "bank"
     out: dict[str, Any] = {
         "id": int(inst.id),
@@ -257,7 +255,8 @@ def institution_json(sim: ProviderSim, rt: SandboxRuntime, i: int) -> dict[str, 
         "phone": f"1-800-555-{1000 + inst.rank:04d}",
         "currency": "USD",
         "email": f"support@{slug}.example.com",
-        "status": "offline" if down else "online",
+        "status": status,
+        "productionStatus": production_status(status),
         "timeZone": "America/Denver",
         "address": {"city": "Salt Lake City", "state": "UT", "country": "USA",
                     "postalCode": "84101", "addressLine1": f"{100 + inst.rank} Main Street"},
@@ -265,6 +264,15 @@ def institution_json(sim: ProviderSim, rt: SandboxRuntime, i: int) -> dict[str, 
     if inst.display_name is not None:
         out["displayName"] = inst.display_name
     return out
+
+
+def production_status(status: str) -> dict[str, str]:
+    """``productionStatus`` (beta) to go with a declared ``status``: overall the same where
+    the enum allows it, each product online, or offline while the institution is not."""
+    overall = status if status in ("online", "offline", "maintenance", "testing") else "online"
+    product = "online" if overall in ("online", "testing") else "offline"
+    return {"overallStatus": overall, **dict.fromkeys(
+        ("transAgg", "stateAgg", "voa", "voi", "ach", "aha"), product)}
 
 
 async def get_institution(rt: SandboxRuntime, request: Request) -> Response:

@@ -40,8 +40,15 @@ SKIP = ""  # the connection was not attempted that night
 
 # Salts: one per independent decision, so changing one rate does not reshuffle the others.
 (_S_UNITS, _S_INST, _S_ACCTS, _S_ROLE, _S_OTP, _S_ONSET, _S_LEN, _S_BLIP, _S_BLIPN, _S_SKIP,
- _S_NOISE, _S_NOISEC, _S_OUT, _S_OUTC, _S_PERS, _S_MFA, _S_UNK, S_GUID, S_MISC) = (
-    0x1000 + i for i in range(19))
+ _S_NOISE, _S_NOISEC, _S_OUT, _S_OUTC, _S_PERS, _S_MFA, _S_UNK, S_GUID, S_MISC, _S_MAINT,
+ _S_MAINTC) = (0x1000 + i for i in range(21))
+
+# Roles whose trouble a completed Connect Fix cures for good (a credentials problem, a one-off
+# MFA question); an OTP loop asks again on the next refresh, so its fix lasts one attempt.
+_CURED_BY_FIX = frozenset({PERSISTENT, FIXED})
+# Roles whose accounts a Connect Fix reaches (not closed, unknown, never-aggregated, manual).
+_FIXABLE_ROLES = frozenset({NORMAL, OTP_LOOP, OTP_RELAPSE, PERSISTENT, FIXED})
+_CURED = 255  # the role a cured connection is read with after its fix night (no blip)
 
 FINICITY_CUSTOMER_BASE = 1_005_000_000
 FINICITY_ACCOUNT_BASE = 5_011_000_000
@@ -139,6 +146,32 @@ class Institution:
         return self.display_name or self.name or self.id
 
 
+@dataclass(frozen=True, slots=True)
+class InstitutionOutage:
+    """A window of nights in which a share of one institution's connections fail."""
+
+    kind: str  # "outage" or "maintenance"
+    inst: int
+    start_night: int
+    end_night: int  # exclusive
+    share: float
+    codes: _Weighted
+    salt_share: int
+    salt_code: int
+    declared_status: str  # what Finicity's institution record says during the window
+
+    def active(self, night: int) -> bool:
+        return self.start_night <= night < self.end_night
+
+
+@dataclass(frozen=True, slots=True)
+class Fix:
+    """A completed Connect Fix: the login aggregated fine at ``at`` on night ``night``."""
+
+    night: int
+    at: float
+
+
 @dataclass
 class ProviderSim:
     """One provider's fleet: compact per-connection columns plus the code rules."""
@@ -156,9 +189,13 @@ class ProviderSim:
     conn_onset: array = field(default_factory=lambda: array("h"))
     conn_len: array = field(default_factory=lambda: array("B"))
     conn_acct_start: array = field(default_factory=lambda: array("l", [0]))
-    outage_inst: int = -1
     otp_inst: int = -1
     ok_code: str = "0"
+    outages: list[InstitutionOutage] = field(default_factory=list)
+    # Connection -> its latest completed Connect Fix (the sandbox's only mutable fleet state).
+    fixes: dict[int, Fix] = field(default_factory=dict)
+    # Institution index -> a status declared through the control API (overrides the scenario).
+    declared_overrides: dict[int, str] = field(default_factory=dict)
 
     # -- hashing -----------------------------------------------------------------------
 
@@ -181,9 +218,16 @@ class ProviderSim:
         self._persistent = _Weighted(cfg.persistent_codes)
         self._mfa = _Weighted(cfg.mfa_codes)
         self._unknown = _Weighted({c: 1.0 for c in cfg.unknown_codes})
-        self._outage_codes = _Weighted(cfg.outage.codes or {next(iter(cfg.noise_codes)): 1.0})
-        self.outage_inst = self._resolve_inst(cfg.outage.enabled, cfg.outage.institution,
-                                              cfg.outage.institution_rank)
+        outage_codes = cfg.outage.codes or {next(iter(cfg.noise_codes)): 1.0}
+        for kind, o, salts, codes in (
+                ("outage", cfg.outage, (_S_OUT, _S_OUTC), outage_codes),
+                ("maintenance", cfg.maintenance, (_S_MAINT, _S_MAINTC),
+                 cfg.maintenance.codes or outage_codes)):
+            inst = self._resolve_inst(o.enabled, o.institution, o.institution_rank)
+            if inst >= 0:
+                self.outages.append(InstitutionOutage(
+                    kind, inst, o.start_night, o.start_night + o.nights, o.share,
+                    _Weighted(codes), *salts, o.declared_status))
         self.otp_inst = self._resolve_inst(cfg.otp.enabled, cfg.otp.institution,
                                            cfg.otp.institution_rank)
         general = [(PERSISTENT, rates.persistent), (FIXED, rates.fixed_by_user),
@@ -285,11 +329,15 @@ class ProviderSim:
     def accounts(self) -> int:
         return self.conn_acct_start[-1]
 
-    def outage_window(self) -> tuple[int, int] | None:
-        if self.outage_inst < 0:
-            return None
-        o = self.cfg.outage
-        return o.start_night, o.start_night + o.nights
+    def declared_status(self, i: int, night: int) -> str:
+        """Institution ``i``'s ``status`` as the aggregator declares it on ``night``."""
+        override = self.declared_overrides.get(i)
+        if override is not None:
+            return override
+        for o in self.outages:
+            if o.inst == i and o.active(night):
+                return o.declared_status
+        return "online"
 
     # -- status on a night -------------------------------------------------------------
 
@@ -299,6 +347,10 @@ class ProviderSim:
         ``role`` is passed in so a Finicity login with a closed account can be read as
         ``CLOSED`` for that account and ``NORMAL`` for its siblings.
         """
+        if self.fixes and role in _CURED_BY_FIX:
+            fix = self.fixes.get(k)
+            if fix is not None and n > fix.night:
+                role = _CURED
         onset = self.conn_onset[k]
         if role == OTP_LOOP and n >= onset:
             return self._mfa.pick(self.h(_S_MFA, k, n))
@@ -307,10 +359,11 @@ class ProviderSim:
         rates = self.scenario.rates
         if n > 0 and role not in (OTP_LOOP, OTP_RELAPSE) and self.u(_S_SKIP, k, n) < rates.skip:
             return SKIP
-        if (self.conn_inst[k] == self.outage_inst and role not in (OTP_LOOP, OTP_RELAPSE)):
-            o = self.cfg.outage
-            if o.start_night <= n < o.start_night + o.nights and self.u(_S_OUT, k) < o.share:
-                return self._outage_codes.pick(self.h(_S_OUTC, k))
+        if role not in (OTP_LOOP, OTP_RELAPSE):
+            inst = self.conn_inst[k]
+            for o in self.outages:
+                if inst == o.inst and o.active(n) and self.u(o.salt_share, k) < o.share:
+                    return o.codes.pick(self.h(o.salt_code, k))
         if role == PERSISTENT:
             return self._persistent.pick(self.h(_S_PERS, k))
         if role == FIXED and onset <= n < onset + self.conn_len[k]:
@@ -325,8 +378,26 @@ class ProviderSim:
             return self._noise.pick(self.h(_S_NOISEC, k, n))
         return self.ok_code
 
+    def _fix_on(self, k: int, night: int, role: int) -> Fix | None:
+        """The fix that counts for this account read on ``night`` (None: none, or not yet)."""
+        if not self.fixes or role not in _FIXABLE_ROLES:
+            return None
+        fix = self.fixes.get(k)
+        return fix if fix is not None and fix.night <= night else None
+
     def last_attempt(self, k: int, night: int, role: int) -> tuple[int, str]:
-        """(night, code) of the latest attempt on or before ``night`` (night 0 always runs)."""
+        """(night, code) of the latest attempt on or before ``night`` (night 0 always runs).
+
+        A completed Connect Fix is an ok attempt on its night (at :meth:`attempt_time`)
+        that replaces that night's scheduled one.
+        """
+        fix = self._fix_on(k, night, role)
+        if fix is not None:
+            for n in range(night, fix.night, -1):
+                code = self.code_on(k, n, role)
+                if code is not SKIP:
+                    return n, code
+            return fix.night, self.ok_code
         n = night
         while True:
             code = self.code_on(k, n, role)
@@ -336,6 +407,12 @@ class ProviderSim:
 
     def last_success(self, k: int, night: int, role: int) -> int:
         """Night of the latest ok attempt on or before ``night``; negative = before night 0."""
+        fix = self._fix_on(k, night, role)
+        if fix is not None:
+            for n in range(night, fix.night, -1):
+                if self.code_on(k, n, role) == self.ok_code:
+                    return n
+            return fix.night
         onset = self.conn_onset[k]
         n = night
         if role == PERSISTENT:
@@ -349,6 +426,14 @@ class ProviderSim:
                 return n
             n -= 1
         return -1 - int(self.h(S_MISC, k, 7) % 20)
+
+    def attempt_time(self, k: int, n: int, role: int, clock: SandboxClock) -> float:
+        """When the attempt of night ``n`` (from :meth:`last_attempt` / :meth:`last_success`)
+        ran: the night's start, or the moment of a Connect Fix completed that night."""
+        fix = self._fix_on(k, n, role)
+        if fix is not None and fix.night == n:
+            return fix.at
+        return clock.night_start(n)
 
     def account_roles(self, k: int) -> list[int]:
         """The role each account of connection ``k`` is read with (closed: the last one)."""
