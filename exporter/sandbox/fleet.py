@@ -103,6 +103,17 @@ MX_MESSAGES = {
     "CREATED": "Connecting to {name} ...",
 }
 
+# MX connection_status_id as MX's webhooks number the statuses (CHALLENGED = 3, CONNECTED = 6).
+MX_STATUS_IDS = {name: i for i, name in enumerate((
+    "CREATED", "PREVENTED", "DENIED", "CHALLENGED", "REJECTED", "LOCKED", "CONNECTED",
+    "IMPEDED", "RECONNECTED", "DEGRADED", "DISCONNECTED", "DISCONTINUED", "CLOSED", "DELAYED",
+    "FAILED", "UPDATED", "DISABLED", "IMPORTED", "RESUMED", "EXPIRED", "IMPAIRED", "PENDING"))}
+
+
+def mx_status_message(status: str, institution_name: str) -> str:
+    """The ``connection_status_message`` MX shows with a status."""
+    return MX_MESSAGES.get(status, "Status: {name}.").format(name=institution_name)
+
 
 def _mix(x: int) -> int:
     """splitmix64 finaliser: a fast, well-spread 64-bit hash of an int."""
@@ -488,10 +499,46 @@ class Fleet:
         self.mx = ProviderSim("mx", scenario.mx, scenario.seed ^ 0x3C, scenario)
         self.finicity.build()
         self.mx.build()
-        self._truth_cache: tuple[tuple[int, int], dict[str, Any]] | None = None
+        self._truth_cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None
+        # Bumped by every change that is not a function of the night (fixes, declarations).
+        self.revision = 0
 
     def sim(self, provider: str) -> ProviderSim:
         return self.finicity if provider == "finicity" else self.mx
+
+    # -- what users and operators change -------------------------------------------------
+
+    def current_code(self, provider: str, k: int) -> str:
+        """The code connection ``k`` shows now (Finicity: its login-level role's account)."""
+        sim = self.sim(provider)
+        return self.current_code_on(sim, k, self.clock.night, sim.conn_role[k])
+
+    def fix(self, provider: str, k: int) -> bool:
+        """A user completed a Connect Fix of connection ``k`` now. True when it repaired
+        something: the connection showed a code the catalog calls fixable (credentials, MFA,
+        a user action at the bank); then it reads as a good aggregation at this moment, and
+        a credentials problem stays cured (an OTP loop asks again at the next refresh).
+        False (nothing changes) for ok, outage, closed or unknown codes."""
+        sim = self.sim(provider)
+        code = self.current_code(provider, k)
+        if sim.conn_role[k] not in _FIXABLE_ROLES or not self.catalog.lookup(provider,
+                                                                             code).fixable:
+            return False
+        night = self.clock.night
+        at = max(int(self.clock.now()), self.clock.night_start(night) + 1)
+        self.clock.reserve(at)
+        sim.fixes[k] = Fix(night, at)
+        self.revision += 1
+        return True
+
+    def declare(self, provider: str, i: int, status: str | None) -> None:
+        """Override institution ``i``'s declared status (None: back to the scenario's)."""
+        overrides = self.sim(provider).declared_overrides
+        if status is None:
+            overrides.pop(i, None)
+        else:
+            overrides[i] = status
+        self.revision += 1
 
     # -- ground truth --------------------------------------------------------------------
 
@@ -502,7 +549,7 @@ class Fleet:
         """
         if night is None:
             night = self.clock.night
-        key = (night, observed_from)
+        key = (night, observed_from, self.revision)
         if self._truth_cache is not None and self._truth_cache[0] == key:
             return self._truth_cache[1]
         streak_needed = self.scenario.otp_streak
@@ -515,7 +562,7 @@ class Fleet:
             for k in range(sim.connections):
                 inst = sim.conn_inst[k]
                 for role in sim.account_roles(k):
-                    code = self._current_code(sim, k, night, role)
+                    code = self.current_code_on(sim, k, night, role)
                     counts[(inst, code)] += 1
                     if (role not in (NEVER, MANUAL) and sim.is_otp_code(code, self.catalog)
                             and sim.otp_suspect(k, night, role, observed_from, streak_needed,
@@ -550,7 +597,7 @@ class Fleet:
         self._truth_cache = (key, result)
         return result
 
-    def _current_code(self, sim: ProviderSim, k: int, night: int, role: int) -> str:
+    def current_code_on(self, sim: ProviderSim, k: int, night: int, role: int) -> str:
         if role == NEVER:
             return "NONE" if sim.provider == "finicity" else "CREATED"
         if role == MANUAL:

@@ -78,6 +78,7 @@ class SandboxServer:
             await self._task
         finally:
             self._task = None
+            await self.runtime.webhooks.close()
 
     async def serve_forever(self) -> None:
         """Serve until cancelled (then shut down cleanly)."""
