@@ -10,6 +10,7 @@ See the package docstring for the payloads.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any, get_args
 
 from pydantic import ValidationError
@@ -176,10 +177,11 @@ async def get_webhooks(rt: SandboxRuntime, request: Request) -> Response:
 
 
 async def put_webhooks(rt: SandboxRuntime, request: Request) -> Response:
-    """``PUT /sandbox/webhooks`` with the scenario's ``webhooks`` mapping (or null): send
-    events there from now on."""
+    """``PUT /sandbox/webhooks`` with the scenario's ``webhooks`` mapping (null or no body:
+    none): send events there from now on."""
+    raw = await request.body()
     try:
-        body = await request.json()
+        body = json.loads(raw) if raw.strip() else None
     except ValueError:
         return JSONResponse({"error": "expected a JSON object or null"}, status_code=400)
     try:
