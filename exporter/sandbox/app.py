@@ -78,6 +78,7 @@ def create_app(scenario: Scenario, clock: SandboxClock | None = None, *,
     if clock is None:
         clock = SandboxClock(scenario.night_seconds)
     rt = SandboxRuntime(scenario, clock, webhook_transport=webhook_transport)
+    rt.webhooks.on_night = lambda: connect.new_night(rt)
     mounts = []
     for provider, module in (("finicity", finicity_api), ("mx", mx_api)):
         routes = []

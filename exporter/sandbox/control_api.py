@@ -110,7 +110,7 @@ async def advance(rt: SandboxRuntime, request: Request) -> Response:
         return JSONResponse({"error": "nights must be an integer from 0 to 10000"},
                             status_code=400)
     rt.clock.advance(nights)
-    await rt.webhooks.sync()
+    await connect.new_night(rt)
     return JSONResponse(state(rt))
 
 

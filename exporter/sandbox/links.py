@@ -93,3 +93,43 @@ class ConnectLinks:
 def link_url(request: Request, link: ConnectLink) -> str:
     """The link's address on this sandbox (``/connect/fix/<token>``), as the caller reached it."""
     return f"{request.url.scheme}://{request.url.netloc}/connect/fix/{link.token}"
+
+
+@dataclass(slots=True)
+class FixRequest:
+    """A repair request the partner (the agent's remediation loop) sent to its users."""
+
+    id: str
+    provider: str
+    connection: int
+    link: str | None
+    received_night: int
+    due_night: int | None  # None: this user never acts on it
+    result: dict[str, Any] | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "provider": self.provider, "link": self.link is not None,
+                "received_night": self.received_night, "due_night": self.due_night,
+                "result": self.result}
+
+
+class FixRequests:
+    """Requests received at ``POST /sandbox/partner/fix-requests``, by id (deduplicated)."""
+
+    def __init__(self) -> None:
+        self._by_id: OrderedDict[str, FixRequest] = OrderedDict()
+
+    def get(self, request_id: str) -> FixRequest | None:
+        return self._by_id.get(request_id)
+
+    def add(self, request: FixRequest) -> None:
+        self._by_id[request.id] = request
+        while len(self._by_id) > MAX_LINKS:
+            self._by_id.popitem(last=False)
+
+    def due(self, night: int) -> list[FixRequest]:
+        return [r for r in self._by_id.values()
+                if r.result is None and r.due_night is not None and r.due_night <= night]
+
+    def all(self) -> list[FixRequest]:
+        return list(self._by_id.values())

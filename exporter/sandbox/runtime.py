@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Coroutine
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from exporter.catalog import Catalog
 from exporter.sandbox.clock import SandboxClock
 from exporter.sandbox.fleet import Fleet
-from exporter.sandbox.links import ConnectLinks
+from exporter.sandbox.links import ConnectLinks, FixRequests
 from exporter.sandbox.scenario import Scenario
 from exporter.sandbox.webhooks import WebhookEmitter
 
@@ -33,6 +34,9 @@ class SandboxRuntime:
         self.clock = clock
         self.fleet = Fleet(scenario, clock, catalog)
         self.links = ConnectLinks(clock, scenario.connect)
+        self.fix_requests = FixRequests()
+        self.fix_request_counts: Counter[str] = Counter()
+        self._background: set[asyncio.Task] = set()
         self.webhooks = WebhookEmitter(self.fleet, scenario.webhooks, webhook_transport)
         self.tokens: dict[str, float] = {}
         self.tokens_issued = 0
@@ -43,6 +47,19 @@ class SandboxRuntime:
         self.refresh_calls: Counter[str] = Counter()
         self.faults_injected: Counter[str] = Counter()
         self._dice = random.Random(scenario.seed ^ 0xFA17)
+
+    def background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` after the current request, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        """Stop background work (webhook deliveries, pending user repairs)."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.webhooks.close()
 
     @property
     def refresh_total(self) -> int:

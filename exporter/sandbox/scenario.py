@@ -265,6 +265,18 @@ class ConnectConfig(_Strict):
     mx_url_ttl_seconds: float = Field(600.0, gt=0, description="clock seconds")
 
 
+class UsersConfig(_Strict):
+    """The partner's end users, for fix requests sent to ``POST /sandbox/partner/fix-requests``
+    (the sandbox playing the partner's receiver): ``fix_share`` of them complete the repair
+    ``fix_after_nights`` nights after their request arrived (0: at once), by following its
+    ``link`` when it has one, else in the partner's app. With ``request_secret`` set,
+    requests must carry a valid ``X-OpenFinance-Signature``."""
+
+    fix_share: float = Field(0.6, ge=0, le=1)
+    fix_after_nights: int = Field(1, ge=0)
+    request_secret: str | None = None
+
+
 class Scenario(_Strict):
     """Everything the sandbox simulates. Defaults = ``default-scenario.yml``."""
 
@@ -281,6 +293,7 @@ class Scenario(_Strict):
     rates: RatesConfig = RatesConfig()
     faults: FaultsConfig = FaultsConfig()
     connect: ConnectConfig = ConnectConfig()
+    users: UsersConfig = UsersConfig()
     webhooks: WebhooksConfig | None = None
 
     def with_realism(self, level: float) -> Scenario:

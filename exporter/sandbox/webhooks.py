@@ -44,6 +44,7 @@ import json
 import logging
 import secrets
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +109,8 @@ class WebhookEmitter:
         self._revision = 0  # MX member webhook revision
         self.config: WebhooksConfig | None = None
         self.settings = WebhooksConfig()
+        # What the night timer runs at each boundary (the app adds the users' repairs).
+        self.on_night: Callable[[], Awaitable[Any]] = self.sync
         self.configure(config)
 
     # -- configuration -------------------------------------------------------------------
@@ -300,7 +303,8 @@ class WebhookEmitter:
             self._deliver_forever(), name="sandbox-webhooks"))
 
     def start_watching(self) -> None:
-        """In auto mode, sync at every night boundary (needs a running loop; idempotent)."""
+        """In auto mode, run :attr:`on_night` at every night boundary (needs a running loop;
+        idempotent)."""
         if self.clock.night_seconds <= 0 or any(t.get_name() == "sandbox-webhooks-nights"
                                                 for t in self._tasks):
             return
@@ -314,9 +318,9 @@ class WebhookEmitter:
                 return
             await asyncio.sleep(max(0.05, next_at - self.clock.now() + 0.05))
             try:
-                await self.sync()
+                await self.on_night()
             except Exception:  # a bug here must not stop the nights
-                log.exception("sandbox webhooks: sync failed")
+                log.exception("sandbox: the night's webhooks or repairs failed")
 
     async def _deliver_forever(self) -> None:
         assert self._queue is not None

@@ -68,7 +68,7 @@ class Sandbox:
                                       base_url="http://sandbox")
 
     async def close(self) -> None:
-        await self.runtime.webhooks.close()
+        await self.runtime.close()
         await self.http.aclose()
 
     async def token(self) -> str:
