@@ -63,7 +63,7 @@ def state(rt: SandboxRuntime) -> dict[str, Any]:
             "institutions": [
                 {"institution_id": i.id, "institution": i.label, "name": i.name,
                  "hostile_name": i.hostile, "connections": i.connections,
-                 "accounts": i.accounts,
+                 "accounts": i.accounts, "domain": i.domain,
                  **({"declared_status": sim.declared_status(n, night)}
                     if sim.provider == "finicity" else {})}
                 for n, i in enumerate(sim.institutions)

@@ -247,14 +247,14 @@ async def customer_accounts_simple(rt: SandboxRuntime, request: Request) -> Resp
 def institution_json(sim: ProviderSim, rt: SandboxRuntime, i: int) -> dict[str, Any]:
     inst = sim.institutions[i]
     status = sim.declared_status(i, rt.clock.night)
-    slug = "".join(c for c in inst.name.lower() if c.isalnum())[:24] or "bank"
+    slug = inst.domain.removeprefix("www.").removesuffix(".example.com")
     out: dict[str, Any] = {
         "id": int(inst.id),
         "name": inst.name,
         "transAgg": True, "ach": True, "stateAgg": False, "voi": True, "voa": True,
         "aha": False, "availBalance": False, "accountOwner": True,
         "oauthEnabled": inst.rank % 3 == 0,
-        "urlHomeApp": f"https://www.{slug}.example.com",
+        "urlHomeApp": f"https://{inst.domain}",
         "urlLogonApp": f"https://online.{slug}.example.com/login",
         "phone": f"1-800-555-{1000 + inst.rank:04d}",
         "currency": "USD",

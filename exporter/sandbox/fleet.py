@@ -150,6 +150,7 @@ class Institution:
     hostile: bool = False
     connections: int = 0
     accounts: int = 0
+    domain: str = ""  # home-page host, ``www.<name's letters and digits>.example.com``
 
     @property
     def label(self) -> str:
@@ -286,7 +287,12 @@ class ProviderSim:
 
     def _build_institutions(self) -> None:
         n = self.cfg.institutions
-        names = _FINICITY_NAMES if self.provider == "finicity" else _MX_NAMES
+        names = list(_FINICITY_NAMES if self.provider == "finicity" else _MX_NAMES)
+        if self.provider == "mx":  # the banks MX shares with Finicity
+            smallest = min(n, self.scenario.finicity.institutions, len(_FINICITY_NAMES))
+            for rank in self.scenario.shared_institution_ranks:
+                if rank < smallest and rank < len(names):
+                    names[rank] = _FINICITY_NAMES[rank]
         hostile = _HOSTILE[self.provider][: self.cfg.hostile_names]
         # Hostile names go to mid-sized institutions (so they carry accounts), away from
         # the outage and OTP ranks.
@@ -300,6 +306,7 @@ class ProviderSim:
             name, hostile_flag = base, False
             if rank in hostile_ranks:
                 name, hostile_flag = hostile[hostile_ranks.index(rank)], True
+            letters = "".join(c for c in name.lower() if c.isascii() and c.isalnum())[:24] or "bank"
             if self.provider == "finicity":
                 iid = FINICITY_INSTITUTION_BASE + self.h(S_MISC, rank) % 899_000
                 while iid in seen:
@@ -310,12 +317,14 @@ class ProviderSim:
                 display = None if rank == no_display else name
                 full = name if hostile_flag else f"{name} - Online Banking"
                 self.institutions.append(Institution("finicity", rank, str(iid), full, display,
-                                                     hostile_flag))
+                                                     hostile_flag,
+                                                     domain=f"www.{letters}.example.com"))
             else:
                 code = "".join(c if c.isalnum() else "_" for c in base.lower()).strip("_")
                 if hostile_flag:
                     code = f"hostile_{rank}"
-                self.institutions.append(Institution("mx", rank, code, name, None, hostile_flag))
+                self.institutions.append(Institution("mx", rank, code, name, None, hostile_flag,
+                                                     domain=f"www.{letters}.example.com"))
 
     def _resolve_inst(self, enabled: bool, ref: str | None, rank: int) -> int:
         if not enabled:

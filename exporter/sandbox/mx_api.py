@@ -229,7 +229,7 @@ async def read_member_status(rt: SandboxRuntime, request: Request) -> Response:
 
 def institution_json(sim: ProviderSim, i: int) -> dict[str, Any]:
     inst = sim.institutions[i]
-    site = f"https://www.{inst.id.replace('_', '')}.example.com"
+    site = f"https://{inst.domain}"
     return {
         "code": inst.id,
         "forgot_password_url": f"{site}/forgot-password",

@@ -292,6 +292,10 @@ class Scenario(_Strict):
     mx: ProviderFleet = Field(default_factory=_mx_default)
     rates: RatesConfig = RatesConfig()
     faults: FaultsConfig = FaultsConfig()
+    # Institution ranks at which MX has the same bank as Finicity (same name and home-page
+    # domain), so cross-aggregator joins have something to join; ranks either provider lacks,
+    # and hostile-name ranks, are skipped.
+    shared_institution_ranks: list[Annotated[int, Field(ge=0)]] = [0, 1, 4]
     connect: ConnectConfig = ConnectConfig()
     users: UsersConfig = UsersConfig()
     webhooks: WebhooksConfig | None = None

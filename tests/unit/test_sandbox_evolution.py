@@ -307,3 +307,22 @@ async def test_advance_rejects_bad_night_counts(sb):
     assert (await sb.http.post("/sandbox/advance", params={"nights": "-1"})).status_code == 400
     assert (await sb.http.post("/sandbox/advance", params={"nights": "x"})).status_code == 400
     assert (await sb.state())["night"] == 0
+
+
+async def test_the_shared_ranks_are_the_same_bank_at_both_providers(sb):
+    token = await sb.token()
+    fleet = (await sb.state())["fleet"]
+    by_domain = {p: {i["domain"]: i for i in fleet[p]["institutions"]} for p in ("finicity", "mx")}
+    shared = set(by_domain["finicity"]) & set(by_domain["mx"])
+    assert len(shared) == 3  # ranks 0, 1 and 4 (SMALL: 8 and 6 institutions)
+    for domain in shared:
+        fin, mx = by_domain["finicity"][domain], by_domain["mx"][domain]
+        assert fin["name"].startswith(mx["name"])  # "<bank> - Online Banking"
+        body = (await sb.finicity(f"/institution/v2/institutions/{fin['institution_id']}",
+                                  token)).json()["institution"]
+        mx_body = (await sb.mx(f"/institutions/{mx['institution_id']}")).json()["institution"]
+        assert body["urlHomeApp"] == mx_body["url"] == f"https://{domain}"
+    outage = {o["provider"]: o["institution_id"] for o in (await sb.state())["outages"]
+              if o["kind"] == "outage"}
+    assert by_domain["finicity"].keys() & {
+        d for d, i in by_domain["mx"].items() if i["institution_id"] == outage["mx"]}
