@@ -18,8 +18,12 @@ Python API::
     async with SandboxServer(scenario, "127.0.0.1", 0) as sb:  # uvicorn in this loop
         sb.finicity_base_url, sb.mx_base_url, sb.runtime.clock.advance(1)
 
-``create_app(scenario, clock=None) -> Starlette``; ``runtime_of(app)`` gives the
-:class:`~exporter.sandbox.runtime.SandboxRuntime` (clock, fleet, counters) to in-process callers.
+``create_app(scenario, clock=None, *, webhook_transport=None) -> Starlette``;
+``runtime_of(app)`` gives the :class:`~exporter.sandbox.runtime.SandboxRuntime` (clock, fleet,
+counters, ``links``, ``webhooks``, ``fix_requests``) to in-process callers; after moving its
+clock by hand, ``await exporter.sandbox.connect.new_night(runtime)`` sends that night's
+webhooks and runs the users' due repairs (``POST /sandbox/advance`` does both);
+``await runtime.close()`` stops its background work (``SandboxServer`` does it on stop).
 ``SandboxClock(night_seconds, time_source=time.time)``: ``night``, ``advance(n)``,
 ``night_start(n)``; ``night_seconds=0`` is manual mode.
 
