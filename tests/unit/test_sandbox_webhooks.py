@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from exporter.sandbox import FINICITY_PARTNER_ID, FINICITY_PARTNER_SECRET
-from exporter.sandbox.fleet import PERSISTENT
+from exporter.sandbox.fleet import OTP_LOOP, PERSISTENT
 from exporter.sandbox.ids import connection_id, owner_id
 from exporter.sandbox.webhooks import MX_ACTIONABLE
 from tests.unit.test_sandbox_connect import find
@@ -293,5 +293,29 @@ async def test_a_bad_url_is_a_counted_failure_not_a_crash(url):
         await sb.runtime.webhooks.drain()
         counters = sb.runtime.webhooks.counters
         assert counters["failed"] == counters["queued"] > 0
+    finally:
+        await sb.close()
+
+
+async def test_after_a_fix_of_an_otp_loop_the_relapse_is_announced_the_next_night():
+    receiver = Receiver()
+    sb = sandbox(receiver, mx_url=None)
+    try:
+        await sb.advance(1)
+        sim = sb.runtime.fleet.finicity
+        k = find(sb, "finicity", OTP_LOOP)
+        customer, login = owner_id(sim, k), connection_id(sim, k)
+        fixed = await sb.http.post("/sandbox/fix", params={
+            "provider": "finicity", "owner_id": customer, "login_id": login})
+        assert fixed.json()["fixed"] is True
+        await sb.advance(1)
+        await sb.runtime.webhooks.drain()
+        events = [json.loads(r.content) for r in receiver.requests]
+        mine = [(e["eventType"], e["payload"].get("code")) for e in events
+                if e["customerId"] == customer]
+        # night 1: the loop starts (185); the fix (done); night 2: 185 again, announced
+        done = mine.index(("done", None))
+        assert ("unableToConnect", 185) in mine[:done]
+        assert ("unableToConnect", 185) in mine[done + 1:]
     finally:
         await sb.close()
