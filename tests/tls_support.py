@@ -87,13 +87,16 @@ def bcrypt_hash(password: str, *, prefix: str = "$2y$", rounds: int = 4) -> str:
     return prefix + hashed[4:]
 
 
-def served_serial(host: str, port: int, ca: Path) -> int:
-    """The serial number of the certificate a server presents to a new connection (no SNI)."""
+def served_serial(host: str, port: int, ca: Path, client: Issued | None = None) -> int:
+    """The serial number of the certificate a server presents to a new connection (no SNI,
+    as Prometheus for an IP target), with ``client``'s certificate under mutual TLS."""
     import socket
     import ssl
 
     ctx = ssl.create_default_context(cafile=str(ca))
     ctx.check_hostname = False
+    if client is not None:
+        ctx.load_cert_chain(client.cert, client.key)
     with socket.create_connection((host, port), timeout=10) as sock, \
             ctx.wrap_socket(sock) as tls:
         der = tls.getpeercert(binary_form=True)

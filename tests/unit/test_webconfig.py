@@ -354,3 +354,21 @@ async def test_changing_the_client_auth_policy_applies_to_new_connections(tmp_pa
                 with pytest.raises((httpx.ConnectError, httpx.ReadError,
                                     httpx.RemoteProtocolError)):
                     await client.get(url)
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def test_check_config_and_run_refuse_a_bad_web_config_naming_file_and_key(tmp_path, capsys):
+    from exporter.cli import main
+
+    bad = write(tmp_path / "web.yml", {"tls_server_config": {"cert_fil": "x"}})
+    assert main(["check-config", "--web.config.file", str(bad)]) == 2
+    assert f"{bad}: tls_server_config.cert_fil: unknown key" in capsys.readouterr().err
+    assert main(["run", "--web.config.file", str(bad)]) == 2
+    assert "cert_fil: unknown key" in capsys.readouterr().err
+    config = write(tmp_path / "agent.yml", {"web": {"config_file": str(bad)}})
+    assert main(["check-config", "--config.file", str(config)]) == 2
+    assert "cert_fil: unknown key" in capsys.readouterr().err
+    write(bad, {"basic_auth_users": {"prometheus": bcrypt_hash("pw")}})
+    assert main(["check-config", "--config.file", str(config)]) == 0
