@@ -21,6 +21,7 @@ from exporter.server import Server, create_app, http_server, serve_until_signal
 from exporter.sources import build_source
 from exporter.sources.base import Source
 from exporter.state import StateStore
+from exporter.statefile import open_state_file
 from exporter.sweeps import SweepRunner, build_scheduler
 from exporter.tracker import Tracker
 from exporter.webconfig import WebConfigFile
@@ -39,6 +40,7 @@ class Agent:
         self.fleet_registry = CollectorRegistry(auto_describe=True)
         self.live_registry = CollectorRegistry(auto_describe=True)
         self.metrics = AgentMetrics(self.live_registry)
+        self.state_file = open_state_file(settings.state.path)  # one agent per file
         self.store = StateStore(settings.state.path)
         self.tracker = Tracker(
             self.store, catalog=self.catalog, clock=clock,
@@ -84,6 +86,7 @@ class Agent:
         for s in self.sources:
             await s.aclose()
         await self.tracker.close()
+        self.state_file.release()
         log.info("agent stopped, state flushed")
 
     def http_server(self, listen_address: str) -> Server:

@@ -18,6 +18,7 @@ from exporter import __version__
 from exporter.catalog import Catalog
 from exporter.config import ConfigError, Settings, load_config
 from exporter.logs import LEVELS, setup_logging
+from exporter.statefile import StateFileError
 from exporter.webconfig import load_web_config
 
 log = logging.getLogger("exporter")
@@ -153,6 +154,9 @@ def cmd_run(args) -> int:
     except ConfigError as exc:  # the web config file changed since it was checked
         _report(args.config_file, exc)
         return EXIT_CONFIG
+    except StateFileError as exc:
+        log.error("%s", exc)
+        return 1
     asyncio.run(agent.run(args.listen_address))
     return 0
 
