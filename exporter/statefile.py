@@ -8,7 +8,9 @@
   and ``-shm`` with it), one error is logged and the agent starts from an empty state; the
   next sweep rebuilds every gauge. Kubernetes would otherwise restart the pod forever.
 - A file that merely cannot be opened or written (permissions, a read-only volume, a full
-  disk) is *not* corruption: it is left alone and the store reports it.
+  disk) is *not* corruption: it is left alone; a sweep that cannot write fails visibly with
+  the reason from :func:`write_failure_reason`, keeps the last gauges and recovers by itself
+  when the disk has room again.
 """
 
 from __future__ import annotations
@@ -121,3 +123,30 @@ def open_state_file(path: str | Path, *, clock=time.time) -> StateFile:
         state.release()
         raise
     return state
+
+
+# SQLite result codes (Python 3.11+: ``exc.sqlite_errorname``) by reason label. A file-size
+# limit (RLIMIT_FSIZE, EFBIG) comes back as SQLITE_IOERR_WRITE, a full disk (ENOSPC) as
+# SQLITE_FULL.
+_WRITE_FAILURES = (
+    ("disk_full", ("SQLITE_FULL",)),
+    ("read_only", ("SQLITE_READONLY", "SQLITE_PERM", "SQLITE_CANTOPEN")),
+    ("locked", ("SQLITE_BUSY", "SQLITE_LOCKED")),
+    ("corrupt", ("SQLITE_CORRUPT", "SQLITE_NOTADB")),
+    ("io_error", ("SQLITE_IOERR",)),
+)
+
+
+def write_failure_reason(exc: BaseException) -> str | None:
+    """``disk_full``, ``read_only``, ``locked``, ``corrupt`` or ``io_error`` when ``exc`` is a
+    SQLite error from the environment, else None (a bug, not something an operator fixes)."""
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    for reason, prefixes in _WRITE_FAILURES:
+        if name.startswith(prefixes):
+            return reason
+    text = str(exc)
+    if any(m in text for m in _CORRUPT_MESSAGES):
+        return "corrupt"
+    return "io_error" if isinstance(exc, sqlite3.OperationalError) else None

@@ -96,3 +96,34 @@ def test_a_corrupt_file_that_cannot_move_is_a_clear_error(tmp_path, monkeypatch)
     open_state_file(tmp_path / "other.db").release()  # the failed attempt left no lock behind
     monkeypatch.undo()
     open_state_file(path).release()
+
+
+def test_write_failures_are_classified_from_real_sqlite_errors(tmp_path, monkeypatch):
+    import resource
+
+    from exporter.statefile import write_failure_reason
+
+    path = tmp_path / "state.db"
+    _database(path)
+    db = sqlite3.connect(path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size, hard))
+    try:
+        with pytest.raises(sqlite3.Error) as full:
+            db.executemany("INSERT INTO t VALUES (?)", [("x" * 1000,) for _ in range(500)])
+            db.commit()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        db.close()
+    # EFBIG from the file-size limit is SQLITE_IOERR_WRITE (a real ENOSPC is SQLITE_FULL).
+    assert write_failure_reason(full.value) == "io_error", full.value
+    no_space = sqlite3.OperationalError("database or disk is full")
+    no_space.sqlite_errorname = "SQLITE_FULL"
+    assert write_failure_reason(no_space) == "disk_full"
+    ro = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.Error) as readonly:
+        ro.execute("INSERT INTO t VALUES (1)")
+    ro.close()
+    assert write_failure_reason(readonly.value) == "read_only"
+    assert write_failure_reason(sqlite3.DatabaseError("file is not a database")) == "corrupt"
+    assert write_failure_reason(ValueError("a bug")) is None
