@@ -199,6 +199,8 @@ class HTTPServerConfig(_Strict):
             if name not in ALLOWED_HEADERS:
                 raise ValueError(f"HTTP header {name!r} can not be configured (allowed: "
                                  f"{', '.join(ALLOWED_HEADERS)})")
+            if "\r" in value or "\n" in value or not value.isascii():
+                raise ValueError(f"{name}: a header value must be printable ASCII on one line")
             allowed = ALLOWED_HEADERS[name]
             if allowed is not None and value not in allowed:
                 raise ValueError(f"invalid value for {name}: expected one of "
@@ -614,6 +616,9 @@ class WebConfigMiddleware:
         self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and self.web.auth.enabled:
+            await send({"type": "websocket.close", "code": 1008})  # no route needs one
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -107,6 +107,8 @@ def test_unknown_keys_are_rejected_with_the_file_and_key(tmp_path, data, where):
     ({"http_server_config": {"headers": {"X-Frame-Options": "allow"}}},
      "expected one of deny, sameorigin"),
     ({"http_server_config": {"headers": {"X-Content-Type-Options": "sniff"}}}, "nosniff"),
+    ({"http_server_config": {"headers": {"Content-Security-Policy": "a\r\nSet-Cookie: x"}}},
+     "printable ASCII on one line"),
     ({"rate_limit": {"interval": "soon", "burst": 1}}, "duration"),
     ([1, 2], "top level must be a mapping"),
 ])
