@@ -18,8 +18,10 @@ from exporter.server import Server, create_app, http_server, serve_until_signal
 from exporter.sources import build_source
 from exporter.sources.base import Source
 from exporter.state import StateStore
+from exporter.statefile import open_state_file
 from exporter.sweeps import SweepRunner, build_scheduler
 from exporter.tracker import Tracker
+from exporter.webconfig import WebConfigFile
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class Agent:
         self.catalog = Catalog.default()
         self.metrics = build_metrics(lambda: self.tracker.snapshot, clock=clock,
                                      catalog=self.catalog)
+        self.state_file = open_state_file(settings.state.path)  # one agent per file
         self.store = StateStore(settings.state.path)
         self.tracker = Tracker(
             self.store, catalog=self.catalog, clock=clock,
@@ -47,6 +50,8 @@ class Agent:
                                   on_snapshot=self.metrics.exposition.prerender)
         self.scheduler = build_scheduler(
             self.runner, {cfg.name: cfg.schedule for cfg in settings.sources})
+        self.web_config = (WebConfigFile(settings.web.config_file)
+                           if settings.web.config_file else None)
         self.ready = False
         self.app = create_app(self.metrics.exposition, lambda: self.ready,
                               settings.web.telemetry_path)
@@ -67,16 +72,22 @@ class Agent:
         for s in self.sources:
             await s.aclose()
         await self.tracker.close()
+        self.state_file.release()
         log.info("agent stopped, state flushed")
 
     def http_server(self, listen_address: str) -> Server:
-        return http_server(self.app, listen_address)
+        return http_server(self.app, listen_address, self.web_config)
 
     async def run(self, listen_address: str | None = None) -> None:
         """Serve until SIGINT/SIGTERM (uvicorn handles the signals), then stop cleanly."""
         server = self.http_server(listen_address or self.settings.web.listen_address)
         await self.start()
-        log.info("listening address=%s", listen_address or self.settings.web.listen_address)
+        web = self.web_config
+        log.info("listening address=%s tls=%s basic_auth=%s web_config=%s",
+                 listen_address or self.settings.web.listen_address,
+                 "on" if web and web.tls_enabled else "off",
+                 "on" if web and web.auth.enabled else "off",
+                 web.path if web else "none")
         try:
             await serve_until_signal([server])
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -107,11 +108,37 @@ class HttpConfig(_Strict):
     )(_duration_validator)
 
 
+SHARD_INDEX_ENV = f"{ENV_PREFIX}SHARD_INDEX"
+
+
+def shard_index_auto(env: Mapping[str, str] | None = None, hostname: str | None = None) -> int:
+    """``index: auto``: ``OPENFINANCE_SHARD_INDEX``, else the ordinal of a StatefulSet pod's
+    host name ``<name>-<ordinal>`` (as kube-state-metrics does)."""
+    env = os.environ if env is None else env
+    value = env.get(SHARD_INDEX_ENV, "").strip()
+    if value:
+        if not value.isdigit():
+            raise ValueError(f"auto: {SHARD_INDEX_ENV}={value!r} is not a whole number")
+        return int(value)
+    hostname = socket.gethostname() if hostname is None else hostname
+    match = re.search(r"-(\d+)$", hostname.split(".", 1)[0])
+    if match is None:
+        raise ValueError(f"auto needs {SHARD_INDEX_ENV} or a host name ending in "
+                         f"-<ordinal> (a StatefulSet pod); this host is {hostname!r}")
+    return int(match[1])
+
+
 class ShardConfig(_Strict):
-    """Split customers between replicas by a stable hash: this replica takes ``index`` of ``count``."""
+    """Split customers between replicas by a stable hash: this replica takes ``index`` of ``count``.
+
+    ``index: auto`` takes it from the environment or the pod's ordinal (:func:`shard_index_auto`).
+    """
 
     index: int = Field(0, ge=0)
     count: int = Field(1, ge=1)
+
+    _auto = field_validator("index", mode="before")(
+        lambda v: shard_index_auto() if v == "auto" else v)
 
     @model_validator(mode="after")
     def _index_in_range(self) -> ShardConfig:
@@ -184,6 +211,8 @@ SourceConfig = Annotated[FinicitySourceConfig | MxSourceConfig, Field(discrimina
 class WebConfig(_Strict):
     listen_address: str = ":9877"
     telemetry_path: str = "/metrics"
+    # exporter-toolkit web config (TLS, basic auth, headers): exporter/webconfig.py
+    config_file: Path | None = None
 
 
 class StateConfig(_Strict):

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from exporter import __version__
 from exporter.metrics import Exposition
+from exporter.webconfig import WebConfigFile
 
 
 def create_app(exposition: Exposition, ready: Callable[[], bool],
@@ -75,10 +76,17 @@ class Server(uvicorn.Server):
         yield
 
 
-def http_server(app, listen_address: str) -> Server:
+def http_server(app, listen_address: str, web_config: WebConfigFile | None = None) -> Server:
+    """A server for ``app``; with ``web_config`` (``--web.config.file``) behind its TLS, basic
+    auth and headers."""
     host, port = split_listen_address(listen_address)
-    return Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                 access_log=False, lifespan="off"))
+    if web_config is not None:
+        app = web_config.middleware(app)
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                   access_log=False, lifespan="off"))
+    if web_config is not None:
+        web_config.install(server.config)
+    return server
 
 
 async def serve_until_signal(servers: list[uvicorn.Server]) -> None:
