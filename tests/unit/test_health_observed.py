@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from exporter.catalog import CATEGORIES
+from exporter.health.config import HealthConfig
 from exporter.health.declared import DeclaredStatus
 from exporter.health.directory import InstitutionDirectory, InstitutionFacts
 from exporter.health.report import build_report, declared_series, key_series, refresh_lag
@@ -155,3 +157,12 @@ def test_refresh_state_agrees_with_the_exposed_histogram_buckets():
     assert hist.since(NOW - 2 * DAY) == 5
     assert refresh_lag(hist, 0, NOW).state == "normal"   # 5 of 10 within 2d: median <= 2d
     assert refresh_lag(hist, 1, NOW).state == "delayed"  # 5 of 11
+
+
+def test_health_config_defaults_are_the_rules_thresholds():
+    assert HealthConfig().thresholds() == DEFAULT_THRESHOLDS
+
+
+def test_health_config_rejects_down_above_degraded():
+    with pytest.raises(ValidationError, match="down_below"):
+        HealthConfig(down_below=0.95, degraded_below=0.9)
