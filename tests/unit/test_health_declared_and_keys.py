@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from exporter.health.declared import declared_from_finicity
-from exporter.health.directory import InstitutionDirectory, InstitutionFacts
+from exporter.health.directory import (
+    InstitutionDirectory,
+    InstitutionFacts,
+    finicity_facts,
+    mx_facts,
+)
 from exporter.health.keys import (
     InstitutionRef,
     KeyMappingError,
@@ -151,3 +156,19 @@ def test_directory_says_which_declared_statuses_are_due():
     directory.record(InstitutionFacts("fin", "finicity", "2", "B", checked_at=1800.0))
     directory.record(InstitutionFacts("fin", "finicity", "3", "C"))
     assert directory.due("fin", ["1", "2", "3", "4"], now=1900.0, every=900.0) == ["1", "3", "4"]
+
+
+def test_facts_from_the_recorded_institution_fixtures():
+    fin = json.loads((FIXTURES / "finicity/institution_4222.json").read_text())
+    facts = finicity_facts("fin", "4222", fin["institution"], "Chase", 1000.0)
+    assert (facts.home_url, facts.checked_at) == ("https://www.example-bank.com", 1000.0)
+    assert facts.declared is not None
+    mx = json.loads((FIXTURES / "mx/institution_chase.json").read_text())
+    facts = mx_facts("mx", "chase", mx["institution"], "Chase")
+    assert facts.provider == "mx" and facts.declared is None
+
+
+def test_facts_survive_a_record_that_is_not_an_object():
+    facts = finicity_facts("fin", "1", ["not", "a", "record"], "1", 5.0)
+    assert (facts.home_url, facts.declared, facts.checked_at) == (None, None, 5.0)
+    assert mx_facts("mx", "x", None, "x").home_url is None
