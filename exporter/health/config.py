@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from exporter.health.keys import KeyMappingError, load_key_mapping
 from exporter.health.sides import DEFAULT_THRESHOLDS, Thresholds
 
 T = DEFAULT_THRESHOLDS
@@ -25,6 +26,16 @@ class HealthConfig(BaseModel):
     min_accounts: int = Field(T.min_accounts, ge=1)
     degraded_below: float = Field(T.degraded_below, gt=0, le=1)
     down_below: float = Field(T.down_below, ge=0, le=1)
+
+    @field_validator("institution_keys_file")
+    @classmethod
+    def _mapping_loads(cls, path: Path | None) -> Path | None:
+        """Read once here so that check-config (and start-up) report a bad file clearly."""
+        try:
+            load_key_mapping(path)
+        except KeyMappingError as exc:
+            raise ValueError(str(exc)) from None
+        return path
 
     @model_validator(mode="after")
     def _ordered(self) -> HealthConfig:

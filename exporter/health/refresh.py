@@ -46,13 +46,15 @@ class DeclaredStatusRefresher:
         if not due:
             return 0
         gate = asyncio.Semaphore(self._concurrency)
-        results = await asyncio.gather(*(self._one(gate, i, names[i]) for i in due))
+        results = await asyncio.gather(*(self._one(gate, i, names[i], now) for i in due))
         read = sum(results)
         log.debug("declared institution statuses read", extra={
             "source": self.source, "due": len(due), "read": read})
         return read
 
-    async def _one(self, gate: asyncio.Semaphore, institution_id: str, name: str) -> bool:
+    async def _one(self, gate: asyncio.Semaphore, institution_id: str, name: str,
+                   started: float) -> bool:
+        """``started`` (the run's start) is the status's time, so the next run finds it due."""
         async with gate:
             try:
                 body = await self._lookup(institution_id)
@@ -66,6 +68,6 @@ class DeclaredStatusRefresher:
         if body is not None and not isinstance(record, Mapping):
             self._problem(self.source, "malformed_institution")
         self._directory.record(finicity_facts(
-            self.source, institution_id, record, name, self._clock(),
+            self.source, institution_id, record, name, started,
             lambda reason: self._problem(self.source, reason)))
         return True
