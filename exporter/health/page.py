@@ -20,7 +20,7 @@ table{border-collapse:collapse;margin-top:1rem;min-width:60rem}
 th,td{border-bottom:1px solid #ddd;padding:.35rem .6rem;text-align:left;vertical-align:top}
 thead th{background:#f3f3f3;position:sticky;top:0}
 tbody th{font-weight:600}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 small{color:#666}
 .state{display:inline-block;padding:0 .45rem;border-radius:.6rem;font-weight:600}
 .state-healthy{background:#dff3e4;color:#14532d}
