@@ -50,7 +50,7 @@ def _declared(p: ProviderHealth) -> str:
         return "<td>—</td>" if p.provider == "finicity" else "<td><small>not published</small></td>"
     main = p.declared.status or "—"
     others = ", ".join(f"{escape(k)} {escape(v)}" for k, v in p.declared.statuses
-                       if k != INSTITUTION)
+                       if k != INSTITUTION and v != main)  # only what differs
     warn = ""
     if p.state == "down" and p.declared.get(INSTITUTION) == ONLINE:
         warn = '<br><span class="warn">declared online, observed down</span>'

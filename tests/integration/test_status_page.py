@@ -140,7 +140,7 @@ def _run(stack: MonitoredSandbox, tmp_path: Path) -> None:
 
     # Banks the sandbox shares between providers (same domain) have one key.
     domains: dict[str, set[str]] = {}
-    for provider, info in state["providers"].items():
+    for provider, info in state["fleet"].items():
         for inst in info["institutions"]:
             if inst.get("domain"):
                 domains.setdefault(inst["domain"], set()).add(provider)
@@ -160,7 +160,7 @@ def _run(stack: MonitoredSandbox, tmp_path: Path) -> None:
     assert parser.rows == [(k, p["source"], p["institution_id"], p["state"]) for k, p in entries]
     text = " ".join(parser.text)
     assert "declared online, observed down" in text
-    hostile = [inst["institution"] for info in state["providers"].values()
+    hostile = [inst["institution"] for info in state["fleet"].values()
                for inst in info["institutions"] if inst["hostile_name"]]
     assert any(name.split("\n")[0] in text for name in hostile), "hostile names not shown as text"
     shot = tmp_path / SCREENSHOT
