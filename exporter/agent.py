@@ -13,6 +13,7 @@ from collections.abc import Callable
 from exporter import __version__
 from exporter.catalog import Catalog
 from exporter.config import Settings
+from exporter.health.wiring import HealthWiring
 from exporter.metrics import build_metrics
 from exporter.server import Server, create_app, http_server, serve_until_signal
 from exporter.sources import build_source
@@ -35,7 +36,8 @@ class Agent:
         self.clock = clock
         self.catalog = Catalog.default()
         self.metrics = build_metrics(lambda: self.tracker.snapshot, clock=clock,
-                                     catalog=self.catalog)
+                                     catalog=self.catalog,
+                                     institution_rows=lambda: self.health.rows())
         self.state_file = open_state_file(settings.state.path)  # one agent per file
         self.store = StateStore(settings.state.path)
         self.tracker = Tracker(
@@ -52,9 +54,12 @@ class Agent:
             self.runner, {cfg.name: cfg.schedule for cfg in settings.sources})
         self.web_config = (WebConfigFile(settings.web.config_file)
                            if settings.web.config_file else None)
+        self.health = HealthWiring(settings.health, sources, lambda: self.tracker.snapshot,
+                                   clock, self.metrics.agent)
+        self.health.schedule(self.scheduler)
         self.ready = False
         self.app = create_app(self.metrics.exposition, lambda: self.ready,
-                              settings.web.telemetry_path)
+                              settings.web.telemetry_path, self.health.routes())
 
     async def start(self) -> None:
         await self.tracker.load({s.name: s.provider for s in self.sources})

@@ -123,6 +123,7 @@ def cmd_codes(args) -> int:
         json.dump([{
             "provider": e.provider, "code": e.code, "name": e.name, "category": e.category,
             "fixable": e.fixable, "description": e.description, "user_message": e.user_message,
+            "remediation": e.remediation, "source": e.source,
         } for e in entries], sys.stdout, indent=2, ensure_ascii=False)
         print()
         return 0

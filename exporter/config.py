@@ -29,6 +29,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from exporter.health.config import HealthConfig
+
 ENV_PREFIX = "OPENFINANCE_"
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))+\s*$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -184,8 +186,10 @@ class FinicitySourceConfig(_SourceBase):
     token_renew_after: Duration = 5400.0
     fix_redirect_uri: str | None = None  # Connect Fix: where the user lands afterwards
     fix_webhook: str | None = None  # Connect Fix: where Connect posts the session's events
+    institution_status_refresh: Duration = 900.0  # re-read declared statuses; 0: off
 
-    _check_renew = field_validator("token_renew_after", mode="before")(_duration_validator)
+    _check_renew = field_validator("token_renew_after", "institution_status_refresh",
+                                   mode="before")(_duration_validator)
 
     def secret_fields(self) -> tuple[str, ...]:
         return ("app_key", "partner_secret")
@@ -246,6 +250,7 @@ class Settings(BaseSettings):
     web: WebConfig = WebConfig()
     state: StateConfig = StateConfig()
     tracker: TrackerConfig = TrackerConfig()
+    health: HealthConfig = HealthConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

@@ -88,6 +88,15 @@ METRICS: tuple[MetricSpec, ...] = (
        "(never-succeeded accounts count only in +Inf).", "fleet"),
     _m("status_code_info", "gauge", ("provider", "code", "name", "category", "fixable"),
        "The status-code catalog, one series per code; value 1.", "fleet"),
+    # Institution health (exporter/health): per institution with accounts, folded like the
+    # others; rendered live (declared statuses change between sweeps), see HealthCollector.
+    _m("institution_declared_status", "gauge", (*FLEET_LABELS, "product", "status"),
+       "What the aggregator declares about an institution (Finicity status: "
+       "product=\"institution\"; beta productionStatus: product=\"overall\" and per product); "
+       "value 1.", "fleet"),
+    _m("institution_key_info", "gauge", ("source", "provider", "institution_id", "key"),
+       "The institution key joining one bank across aggregators (home-page domain, else "
+       "name:<normalised name>, or the mapping file's); value 1.", "fleet"),
     _m("sweeps", "counter", ("source", "result"),
        "Sweeps finished, by result: success, partial or failed.", "agent"),
     _m("sweep_duration_seconds", "histogram", ("source",),
@@ -112,7 +121,8 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("invalid_records", "counter", ("source", "reason"),
        "Upstream payloads or records that could not be used, counted once by the source; reason: "
        "malformed_json, missing_field, invalid_code, invalid_id (skipped), invalid_timestamp "
-       "(kept without that date).", "agent"),
+       "(kept without that date); institution records: malformed_institution, "
+       "invalid_declared_status (ignored), unknown_declared_status (shown as other).", "agent"),
     _m("unknown_codes", "counter", ("source", "provider"),
        "Records carrying a status code not in the catalog (counted as category unknown).",
        "agent"),

@@ -219,4 +219,5 @@ class MxSource(Source):
         return await institution_name(
             lambda: self._call("GET", INSTITUTION_ROUTE, {"institution_code": code}),
             lambda body: self.payloads.body(MxInstitutionBody, body, INSTITUTION_ROUTE).institution.name,
-            code, self.config.institution_cache_ttl)
+            code, self.config.institution_cache_ttl,
+            seen=self.seen_hook(code))
