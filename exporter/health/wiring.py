@@ -52,7 +52,7 @@ class HealthWiring:
         self.refreshers: list[DeclaredStatusRefresher] = []
         for source in sources:
             source.institution_seen = self._recorder(source)
-            every = getattr(source.config, "institution_status_refresh", 0)
+            every = getattr(getattr(source, "config", None), "institution_status_refresh", 0)
             if source.provider == "finicity" and every > 0:
                 self.refreshers.append(DeclaredStatusRefresher(
                     source.name, source.institution, self.directory,
