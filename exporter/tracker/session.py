@@ -142,10 +142,10 @@ class SweepSession:
         for key, rec in latest.items():
             code = rec.code
             facts = facts_of.get(code)
-            if facts is None:
+            if facts is None:  # a code met for the first time, or one unknown to the catalog
                 facts = resolve(source, self.provider, code)
-            if facts.category == "unknown":
-                unknown += 1
+                if facts.category == "unknown":
+                    unknown += 1
             inst_id, name = rec.institution_id, rec.institution
             if name != inst_id or inst_id not in names:
                 names[inst_id] = name

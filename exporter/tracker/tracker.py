@@ -95,7 +95,10 @@ class Tracker:
         self._snapshot = Snapshot()
         self._fleets: dict[str, FleetState] = {}
         self._facts: dict[str, dict[str, CodeFacts]] = {}
-        """source → code → facts (unknown codes only up to the cap: bounded)"""
+        """source → code → facts of catalog codes (unknown ones are resolved per record,
+        so each record carrying one is counted)"""
+        self._unknown_facts: dict[str, dict[str, CodeFacts]] = defaultdict(dict)
+        """source → admitted unknown code → facts (at most ``max_unknown_codes`` each)"""
         self._unknown: dict[str, set[str]] = defaultdict(set)
         """source → unknown codes that are label values (at most ``max_unknown_codes``)"""
         self._capped: set[str] = set()
@@ -267,6 +270,9 @@ class Tracker:
         series count, and neither the cache nor the log-once memory grows with it."""
         info = self.catalog.get(provider, code)
         if info is None:
+            hit = self._unknown_facts[source].get(code)
+            if hit is not None:
+                return hit
             admitted = self._unknown[source]
             if code not in admitted:
                 if len(admitted) >= self.max_unknown_codes:
@@ -284,7 +290,8 @@ class Tracker:
         ok = info.category == "ok"
         facts = CodeFacts(code, info.category, info.fixable, otp, ok,
                           ok or info.category == "manual")
-        self.code_facts(source)[code] = facts
+        cache = self.code_facts(source) if info.known else self._unknown_facts[source]
+        cache[code] = facts
         return facts
 
     def note_unknown(self, source: str, provider: str, count: int) -> None:
