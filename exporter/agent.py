@@ -43,6 +43,7 @@ class Agent:
             self.store, catalog=self.catalog, clock=clock,
             otp_streak_threshold=settings.tracker.otp_streak_threshold,
             institution_min_accounts=settings.tracker.institution_min_accounts,
+            max_unknown_codes=settings.tracker.max_unknown_codes,
             events=self.metrics, batch_size=settings.state.batch_size)
         self.fleet_registry.register(FleetCollector(lambda: self.tracker.snapshot, self.catalog))
         self.live_registry.register(AgeCollector(lambda: self.tracker.snapshot, clock))
