@@ -69,10 +69,7 @@ class SweepSession:
     async def finish(self, report: SweepReport) -> None:
         """Apply what is pending; on a complete sweep drop unseen accounts; publish."""
         tracker = self.tracker
-        try:
-            await tracker.deliver(await tracker.run(self._finish, report))
-        finally:
-            tracker.end(self)
+        await tracker.deliver(await tracker.run(self._finish, report))
 
     def forget(self, keys: Iterable[str]) -> None:
         """Another session of this source rewrote ``keys``: rows read ahead for them are stale."""
@@ -228,6 +225,7 @@ class SweepSession:
         return events
 
     def _finish(self, report: SweepReport) -> list[AccountEvent]:
+        self.tracker.end(self)
         events = []
         if self._pending:
             chunk, self._pending = self._pending, []

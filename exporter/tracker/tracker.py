@@ -25,6 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
+from weakref import WeakSet
 
 from exporter.catalog import Catalog
 from exporter.records import AccountStatus
@@ -104,7 +105,9 @@ class Tracker:
         self._capped: set[str] = set()
         """sources that hit the cap (logged once)"""
         self._classes: dict[str, _Classes] = {}
-        self._sessions: dict[str, list[SweepSession]] = defaultdict(list)
+        self._sessions: dict[str, WeakSet[SweepSession]] = defaultdict(WeakSet)
+        """open sessions per source, touched on the writer thread only (a failed sweep's
+        session, never finished, goes with its last reference)"""
         self._subscribers: list[tuple[Subscriber, bool]] = []
         self.subscribed = False
         """whether anyone receives events (if not, sessions do not build them)"""
@@ -151,21 +154,16 @@ class Tracker:
     # -- sweeps and pushed re-reads ----------------------------------------------------
 
     async def begin(self, source: str, provider: str, *, read_ahead: bool = True) -> SweepSession:
-        last_id, stored = await self.run(self._begin, source, provider)
-        session = SweepSession(self, source, provider, last_id, stored, read_ahead=read_ahead)
-        self._sessions[source].append(session)
-        return session
+        return await self.run(self._begin, source, provider, read_ahead)
 
     def end(self, session: SweepSession) -> None:
-        """A session is done (finished or failed): it no longer hears of other writes."""
-        sessions = self._sessions.get(session.source, [])
-        if session in sessions:
-            sessions.remove(session)
+        """On the writer thread: a finished session no longer hears of other writes."""
+        self._sessions[session.source].discard(session)
 
     def written(self, session: SweepSession, keys: Iterable[str]) -> None:
         """On the writer thread, after ``session`` committed ``keys``: other open sessions
         of the source drop rows they read ahead for them (they are stale now)."""
-        others = [s for s in self._sessions.get(session.source, ()) if s is not session]
+        others = [s for s in self._sessions[session.source] if s is not session]
         if others:
             keys = list(keys)
             for other in others:
@@ -180,11 +178,15 @@ class Tracker:
         await session.add(records)
         await session.finish(SweepReport(complete=False))
 
-    def _begin(self, source: str, provider: str) -> tuple[int, int]:
-        """(highest account id, accounts stored for ``source``) as a sweep begins."""
+    def _begin(self, source: str, provider: str, read_ahead: bool) -> SweepSession:
+        """A session that knows the highest account id and the accounts stored for
+        ``source`` as it begins; on the writer thread."""
         if source not in self._fleets:
             self._fleets[source] = self._read_fleet(source, provider)
-        return self.store.last_id(), self._fleets[source].total()
+        session = SweepSession(self, source, provider, self.store.last_id(),
+                               self._fleets[source].total(), read_ahead=read_ahead)
+        self._sessions[source].add(session)
+        return session
 
     def fleet(self, source: str) -> FleetState:
         """The live aggregates of one source (empty until it is loaded or swept)."""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import sqlite3
 from dataclasses import replace
 
@@ -237,6 +238,8 @@ async def test_a_failed_chunk_emits_nothing(harness, acct, clock, monkeypatch):
         await harness.sweep([acct("a1", 910), acct("a2", 103)])
     assert received == []
     assert _at(harness, code="0", category="ok") == 1
+    gc.collect()
+    assert not harness.tracker._sessions["fin"]  # the failed sweep's session is not kept
 
 
 async def test_removed_comes_from_a_complete_sweep_only(harness, acct, clock):
