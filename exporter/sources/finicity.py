@@ -19,9 +19,9 @@ from typing import Any
 
 import httpx
 
-from exporter.catalog import Catalog, normalise_code
+from exporter.catalog import NEVER_AGGREGATED, Catalog, normalise_code
 from exporter.config import FinicitySourceConfig
-from exporter.records import AccountStatus
+from exporter.records import AccountStatus, clean_label
 from exporter.sources.base import (
     AuthLockoutRisk,
     NullObserver,
@@ -370,7 +370,7 @@ class FinicitySource(Source):
             self._parser.invalid("missing_field")
             return None
         raw_code = account.get("aggregationStatusCode")
-        code = None
+        code = NEVER_AGGREGATED  # (the sources stream moves this to its payload models)
         if raw_code is not None:
             code = normalise_code("finicity", raw_code)
             if code is None:
@@ -381,7 +381,7 @@ class FinicitySource(Source):
             provider=self.provider,
             account_key=account_id,
             institution_id=institution_id,
-            institution=await self._institutions.get(institution_id),
+            institution=clean_label(await self._institutions.get(institution_id), institution_id),
             code=code,
             attempt_ts=self._parser.timestamp(account.get("aggregationAttemptDate")),
             success_ts=self._parser.timestamp(account.get("aggregationSuccessDate")),

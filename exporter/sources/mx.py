@@ -18,7 +18,7 @@ import httpx
 
 from exporter.catalog import normalise_code
 from exporter.config import MxSourceConfig
-from exporter.records import AccountStatus
+from exporter.records import AccountStatus, clean_label
 from exporter.sources.base import (
     AuthLockoutRisk,
     NullObserver,
@@ -210,7 +210,8 @@ class MxSource(Source):
             provider=self.provider,
             account_key=guid,
             institution_id=institution_code,
-            institution=await self._institutions.get(institution_code),
+            institution=clean_label(await self._institutions.get(institution_code),
+                                    institution_code),
             code=code,
             attempt_ts=aggregated_at if settled else None,
             success_ts=self._parser.timestamp(member.get("successfully_aggregated_at")),
