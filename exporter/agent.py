@@ -44,6 +44,7 @@ class Agent:
             self.store, catalog=self.catalog, clock=clock,
             otp_streak_threshold=settings.tracker.otp_streak_threshold,
             institution_min_accounts=settings.tracker.institution_min_accounts,
+            max_unknown_codes=settings.tracker.max_unknown_codes,
             events=self.metrics.agent, batch_size=settings.state.batch_size)
         if sources is None:
             sources = [build_source(cfg, self.metrics.agent, clock) for cfg in settings.sources]

@@ -233,6 +233,10 @@ class TrackerConfig(_Strict):
     institution_min_accounts: int = Field(
         0, ge=0, description="Fold institutions with fewer accounts into institution_id=\"other\"."
     )
+    max_unknown_codes: int = Field(
+        50, ge=0, description="Distinct unknown codes per source shown as code labels; the rest "
+        "count as code=\"other\"."
+    )
 
 
 class Settings(BaseSettings):
