@@ -28,6 +28,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from exporter.webhooks.config import FinicityWebhookConfig, MxWebhookConfig, WebhooksConfig
+
 ENV_PREFIX = "OPENFINANCE_"
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))+\s*$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -155,6 +157,7 @@ class FinicitySourceConfig(_SourceBase):
     customer_type: Literal["active", "testing", "all"] = "active"
     simple_accounts: bool = False
     token_renew_after: Duration = 5400.0
+    webhooks: FinicityWebhookConfig | None = None
 
     _check_renew = field_validator("token_renew_after", mode="before")(_duration_validator)
 
@@ -171,6 +174,7 @@ class MxSourceConfig(_SourceBase):
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
     include_disabled_users: bool = False
+    webhooks: MxWebhookConfig | None = None
 
     def secret_fields(self) -> tuple[str, ...]:
         return ("api_key",)
@@ -215,6 +219,7 @@ class Settings(BaseSettings):
     web: WebConfig = WebConfig()
     state: StateConfig = StateConfig()
     tracker: TrackerConfig = TrackerConfig()
+    webhooks: WebhooksConfig | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
