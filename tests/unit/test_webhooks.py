@@ -12,7 +12,7 @@ import pytest
 from exporter.config import FinicitySourceConfig, MxSourceConfig
 from exporter.webhooks.app import build_receivers, create_webhook_app
 from exporter.webhooks.inbox import InboxError, WebhookInbox
-from tests.unit.webhooks_support import (
+from tests.unit.test_webhooks_support import (
     CUSTOMER,
     OLD_SECRET,
     SECRET,

@@ -1,4 +1,4 @@
-"""Shared pieces of the webhook unit tests: a clock, a recording observer, fakes for the
+"""Shared pieces of the webhook unit tests (no tests here): the shared clock, a recording observer, fakes for the
 source and the tracker (INTERFACES.md §2/§3), signed bodies."""
 
 from __future__ import annotations
@@ -12,23 +12,14 @@ from collections import Counter
 from collections.abc import Sequence
 
 from exporter.records import AccountStatus
+from tests.unit.conftest import Clock
 
-T0 = 1_763_700_000.0
+__all__ = ["Clock"]
+
 SECRET = "partner-secret-current"
 OLD_SECRET = "partner-secret-previous"
 TOKEN = "tok_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6"
 CUSTOMER = "6030781868"
-
-
-class Clock:
-    def __init__(self, now: float = T0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class RecordingObserver:
