@@ -11,9 +11,12 @@ rows are committed in the inbox, so an acknowledged event survives a crash; the 
 is woken afterwards. Every answer is counted once as ``openfinance_webhook_events_total``.
 Statuses: 401 bad signature or credentials, 404 unknown source or token, 408 body too slow,
 413 body over ``max_body_bytes`` (refused on ``Content-Length`` before reading, or as soon
-as the stream passes the limit), 400 not JSON or not the expected shape (after
-verification; every sender's retries are bounded), 503 when the inbox cannot be written
-(the sender retries), 2xx otherwise, duplicates and ignored events included.
+as the stream passes the limit), 503 when the inbox cannot be written (the sender
+retries), 2xx otherwise, duplicates and ignored events included. A verified body that is
+not JSON or not the expected shape is counted ``malformed`` and answered per sender:
+Finicity Connect 400 (its retries end after 3 days and show in its delivery log), MX 204
+(MX asks for error codes only when receipt failed: it would resend the same body 12
+times), TxPush 200 (a hint only; its resends for 6 hours would change nothing).
 """
 
 from __future__ import annotations
@@ -137,8 +140,9 @@ def create_webhook_app(receivers: Mapping[str, Receiver], inbox: WebhookInbox,
             else:
                 delivery = events.mx(body)
             status, kind, result = await accept(receiver, delivery, received_at, ok_status)
-        except Malformed:
-            return answer(receiver, 400, "unknown", "malformed")
+        except Malformed as exc:
+            return answer(receiver, 400 if receiver.ring is not None else 204, exc.kind,
+                          "malformed")
         except _Rejected as r:
             return answer(receiver, r.status, r.kind, r.result, r.headers)
         return answer(receiver, status, kind, result)
@@ -159,8 +163,8 @@ def create_webhook_app(receivers: Mapping[str, Receiver], inbox: WebhookInbox,
         try:
             body = await _read_body(request, max_body_bytes, read_timeout)
             status, kind, result = await accept(receiver, events.txpush(body), received_at, 200)
-        except Malformed:
-            return answer(receiver, 400, "unknown", "malformed")
+        except Malformed as exc:
+            return answer(receiver, 200, exc.kind, "malformed")
         except _Rejected as r:
             return answer(receiver, r.status, r.kind, r.result, r.headers)
         return answer(receiver, status, kind, result)

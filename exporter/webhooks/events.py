@@ -43,6 +43,10 @@ _MAX_OWNERS = 100
 class Malformed(ValueError):
     """The body is not JSON, or not the shape this kind of delivery must have."""
 
+    def __init__(self, reason: str, kind: str = "unknown"):
+        super().__init__(reason)
+        self.kind = kind
+
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
@@ -63,12 +67,12 @@ def parse_json(body: bytes) -> Any:
         raise Malformed("not JSON") from exc
 
 
-def _owner(value: Any) -> str:
+def _owner(value: Any, kind: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise Malformed("owner id missing or not a string")
+        raise Malformed("owner id missing or not a string", kind)
     text = str(value)
     if not _OWNER.match(text):
-        raise Malformed("owner id is not a plain id")
+        raise Malformed("owner id is not a plain id", kind)
     return text
 
 
@@ -89,9 +93,9 @@ def finicity_connect(body: bytes) -> Delivery:
         return Delivery(event if event in FINICITY_PASSIVE else "other", ignored=True)
     event_id = doc.get("eventId")
     if event_id is not None and not (isinstance(event_id, str) and 0 < len(event_id) <= 200):
-        raise Malformed("eventId is not a string")
+        raise Malformed("eventId is not a string", event)
     key = f"e:{event_id}" if event_id else _body_key(body)
-    return Delivery(event, (_owner(doc.get("customerId")),), key, FINICITY_KEEP)
+    return Delivery(event, (_owner(doc.get("customerId"), event),), key, FINICITY_KEEP)
 
 
 def mx(body: bytes) -> Delivery:
@@ -110,7 +114,7 @@ def mx(body: bytes) -> Delivery:
         kind, owner = MX_ACTIONABLE[type_.upper()], doc.get("user_guid")
     else:
         return Delivery("other", ignored=True)
-    return Delivery(kind, (_owner(owner),), _body_key(body), MX_KEEP)
+    return Delivery(kind, (_owner(owner, kind),), _body_key(body), MX_KEEP)
 
 
 def txpush(body: bytes) -> Delivery:
@@ -128,8 +132,9 @@ def txpush(body: bytes) -> Delivery:
     records = event.get("records")
     if not isinstance(records, list) or not records or not all(
             isinstance(r, dict) for r in records):
-        raise Malformed("no account records")
-    owners = tuple(dict.fromkeys(_owner(r.get("customerId")) for r in records[:_MAX_OWNERS]))
+        raise Malformed("no account records", "txpush_account")
+    owners = tuple(dict.fromkeys(_owner(r.get("customerId"), "txpush_account")
+                                 for r in records[:_MAX_OWNERS]))
     facts = sorted(json.dumps([str(r.get("id")), str(r.get("aggregationAttemptDate")),
                                str(r.get("aggregationStatusCode"))]) for r in records)
     key = "t:" + hashlib.sha256("\n".join(facts).encode()).hexdigest()

@@ -18,13 +18,11 @@ from tests.integration.procs import Proc, free_port, wait_for
 from tests.unit.test_webhooks_support import SECRET, connect_event, sign
 
 RUNNER = textwrap.dedent('''
-    import asyncio, os, sys, time
+    import asyncio, os, sys
     from exporter.config import load_config
     from exporter.server import http_server, serve_until_signal
-    from exporter.webhooks.app import build_receivers, create_webhook_app
-    from exporter.webhooks.inbox import WebhookInbox
     from exporter.webhooks.observer import NullWebhookObserver
-    from exporter.webhooks.processor import PushProcessor
+    from exporter.webhooks.service import PushService
 
     REREADS = sys.argv[2]
 
@@ -46,19 +44,14 @@ RUNNER = textwrap.dedent('''
 
     async def main():
         settings = load_config(sys.argv[1])
-        inbox = WebhookInbox(settings.state.path)
-        await inbox.open()
-        receivers = await build_receivers(settings.sources, {}, inbox, time.time())
-        proc = PushProcessor(inbox, {s.name: Source(s.name, s.provider) for s in settings.sources},
-                             Tracker(), NullWebhookObserver())
-        app = create_webhook_app(receivers, inbox, NullWebhookObserver(), clock=time.time,
-                                 on_accepted=proc.wake)
-        await proc.start()
+        sources = {s.name: Source(s.name, s.provider) for s in settings.sources}
+        push = PushService(settings.webhooks, settings.sources, sources, Tracker(),
+                           NullWebhookObserver(), settings.state.path)
+        await push.start()
         try:
-            await serve_until_signal([http_server(app, settings.webhooks.listen_address)])
+            await serve_until_signal([http_server(push.app, settings.webhooks.listen_address)])
         finally:
-            await proc.stop()
-            await inbox.close()
+            await push.stop()
 
     asyncio.run(main())
 ''')

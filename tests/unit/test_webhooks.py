@@ -222,13 +222,28 @@ async def test_slow_body_times_out_with_408(tmp_path, clock):
         assert hooks.counted() == {("unknown", "malformed"): 1}
 
 
-@pytest.mark.parametrize("body", [
-    b"not json", b"[1,2]", b'{"eventType":5}', b"[" * 100_000 + b"]" * 100_000,
-    b'{"eventType":"done","eventId":"x"}', b'{"eventType":"done","customerId":"a b"}'])
-async def test_signed_but_malformed_body_is_400(tmp_path, clock, body):
+@pytest.mark.parametrize(("body", "kind"), [
+    (b"not json", "unknown"), (b"[1,2]", "unknown"), (b'{"eventType":5}', "unknown"),
+    (b"[" * 100_000 + b"]" * 100_000, "unknown"),
+    (b'{"eventType":"done","eventId":"x"}', "done"),
+    (b'{"eventType":"done","customerId":"a b"}', "done")])
+async def test_signed_but_malformed_connect_event_is_400(tmp_path, clock, body, kind):
     async with Listener(tmp_path, clock, max_body_bytes=300_000) as hooks:
         r = await hooks.connect(body, sign(body))
         assert r.status_code == 400
+        assert hooks.counted() == {(kind, "malformed"): 1}
+        assert await hooks.inbox.counts() == (0, 0)
+
+
+async def test_malformed_mx_and_txpush_bodies_are_counted_but_acknowledged(tmp_path, clock):
+    async with Listener(tmp_path, clock) as hooks:
+        r = await hooks.client.post("/webhooks/mx-prod", content=b"{oops",
+                                    headers={"Authorization": basic("mx", "hunter2-long")})
+        assert r.status_code == 204  # MX would resend the same body 12 times
+        r = await hooks.client.post(f"/webhooks/finicity-prod/txpush/{TOKEN}",
+                                    content=b"<event class='account'/>")
+        assert r.status_code == 200
+        assert hooks.counted("mx-prod") == {("unknown", "malformed"): 1}
         assert hooks.counted() == {("unknown", "malformed"): 1}
         assert await hooks.inbox.counts() == (0, 0)
 
