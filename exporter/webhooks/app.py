@@ -8,7 +8,7 @@
 
 Verify, then persist, then answer, then process: a delivery is answered 2xx only once its
 rows are committed in the inbox, so an acknowledged event survives a crash; the processor
-is woken afterwards. Every answer is counted once as ``openfinance_webhook_events_total``.
+is handed the new rows afterwards. Every answer is counted once as ``openfinance_webhook_events_total``.
 Statuses: 401 bad signature or credentials, 404 unknown source or token, 408 body too slow,
 413 body over ``max_body_bytes`` (refused on ``Content-Length`` before reading, or as soon
 as the stream passes the limit), 503 when the inbox cannot be written (the sender
@@ -36,7 +36,7 @@ from exporter.config import SourceConfig
 from exporter.webhooks import events
 from exporter.webhooks.config import MxWebhookConfig
 from exporter.webhooks.events import Delivery, Malformed
-from exporter.webhooks.inbox import InboxError, WebhookInbox
+from exporter.webhooks.inbox import InboxError, PendingEvent, WebhookInbox
 from exporter.webhooks.observer import WebhookObserver
 from exporter.webhooks.verify import (
     SIGNATURE_HEADER,
@@ -90,7 +90,8 @@ async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
 def create_webhook_app(receivers: Mapping[str, Receiver], inbox: WebhookInbox,
                        observer: WebhookObserver, *, clock: Callable[[], float],
                        max_body_bytes: int = 262_144, read_timeout: float = 10.0,
-                       on_accepted: Callable[[], None] = lambda: None) -> Starlette:
+                       on_accepted: Callable[[list[PendingEvent]], None] = lambda _: None,
+                       ) -> Starlette:
     async def accept(receiver: Receiver, delivery: Delivery, received_at: float,
                      ok_status: int) -> tuple[int, str, str]:
         if delivery.ignored:
@@ -107,7 +108,7 @@ def create_webhook_app(receivers: Mapping[str, Receiver], inbox: WebhookInbox,
             log.error("webhook not persisted, answered 503 so the sender retries: %s", exc)
             raise _Rejected(503, "", delivery.kind) from None
         if new:
-            on_accepted()
+            on_accepted(new)
         return ok_status, delivery.kind, "accepted" if new else "duplicate"
 
     def answer(receiver: Receiver, status: int, kind: str, result: str,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +37,7 @@ _SCHEMA = (
     )""",
     "CREATE UNIQUE INDEX IF NOT EXISTS webhook_inbox_key "
     "ON webhook_inbox (source, dedupe_key, owner)",
-    "CREATE INDEX IF NOT EXISTS webhook_inbox_due "
-    "ON webhook_inbox (next_attempt_at) WHERE done_at IS NULL",
+    "CREATE INDEX IF NOT EXISTS webhook_inbox_pending ON webhook_inbox (id) WHERE done_at IS NULL",
     """CREATE TABLE IF NOT EXISTS webhook_secrets (
         source TEXT NOT NULL,
         fingerprint TEXT NOT NULL,
@@ -65,13 +64,7 @@ class PendingEvent:
     kind: str
     received_at: float
     attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Put:
-    source: str
-    delivery: Delivery
-    received_at: float
+    next_attempt_at: float = 0.0
 
 
 class WebhookInbox:
@@ -79,7 +72,7 @@ class WebhookInbox:
         self.path = Path(path)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="webhook-inbox")
         self._db: sqlite3.Connection | None = None
-        self._batch: list[tuple[_Put, asyncio.Future[bool]]] = []
+        self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -117,26 +110,13 @@ class WebhookInbox:
             self._db = None
         self._executor.shutdown(wait=True)
 
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        db = self._db
-        if db is None:
-            raise sqlite3.ProgrammingError("the inbox is not open")
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(db)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return result
+    # -- writing (group commit) ----------------------------------------------------------
 
-    # -- receiving -------------------------------------------------------------------------
-
-    async def put(self, source: str, delivery: Delivery, received_at: float) -> bool:
-        """Persist an accepted delivery (one row per owner); False if every row was already
-        there (a redelivery). Returns only after the rows are committed."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._batch.append((_Put(source, delivery, received_at), future))
+    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``op`` in a write transaction shared with the writes queued meanwhile; returns
+        once it is committed."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._batch.append((op, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -145,57 +125,78 @@ class WebhookInbox:
         while self._batch:
             batch, self._batch = self._batch, []
             try:
-                results = await self._run(self._write, lambda db, b=batch: _insert(db, b))
+                results = await self._run(self._commit, [op for op, _ in batch])
             except InboxError as exc:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
             else:
-                for (_, future), new in zip(batch, results, strict=True):
+                for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
-                        future.set_result(new)
+                        future.set_result(result)
+
+    def _commit(self, ops: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+        db = self._db
+        if db is None:
+            raise sqlite3.ProgrammingError("the inbox is not open")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            results = [op(db) for op in ops]
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return results
+
+    async def put(self, source: str, delivery: Delivery,
+                  received_at: float) -> list[PendingEvent]:
+        """Persist an accepted delivery, one row per owner; returns the rows that are new
+        (none: a redelivery). Returns only after they are committed."""
+        def op(db: sqlite3.Connection) -> list[PendingEvent]:
+            new = []
+            for owner in delivery.owners:
+                cur = db.execute(_INSERT, (source, delivery.dedupe_key, owner, delivery.kind,
+                                           received_at, received_at + delivery.keep_for,
+                                           received_at))
+                if cur.rowcount > 0:
+                    new.append(PendingEvent(cur.lastrowid, source, owner, delivery.kind,
+                                            received_at, 0))
+            return new
+        return await self._write(op)
 
     async def first_seen(self, source: str, fingerprint: str, now: float) -> float:
         """When this agent first saw a (previous) secret with this fingerprint."""
-        def run(db: sqlite3.Connection) -> float:
+        def op(db: sqlite3.Connection) -> float:
             db.execute("INSERT OR IGNORE INTO webhook_secrets VALUES (?, ?, ?)",
                        (source, fingerprint, now))
             return db.execute("SELECT first_seen FROM webhook_secrets WHERE source = ? AND "
                               "fingerprint = ?", (source, fingerprint)).fetchone()[0]
-        return await self._run(self._write, run)
+        return await self._write(op)
 
     # -- processing ------------------------------------------------------------------------
 
-    async def due(self, now: float, limit: int = 1000) -> list[PendingEvent]:
+    async def pending(self) -> list[PendingEvent]:
+        """Every row not done yet, oldest first (read once at start)."""
         def run() -> list[PendingEvent]:
             assert self._db is not None
             rows = self._db.execute(
-                "SELECT id, source, owner, kind, received_at, attempts FROM webhook_inbox "
-                "WHERE done_at IS NULL AND next_attempt_at <= ? "
-                "ORDER BY next_attempt_at, id LIMIT ?", (now, limit)).fetchall()
+                "SELECT id, source, owner, kind, received_at, attempts, next_attempt_at "
+                "FROM webhook_inbox WHERE done_at IS NULL ORDER BY id").fetchall()
             return [PendingEvent(*row) for row in rows]
         return await self._run(run)
 
-    async def next_due(self) -> float | None:
-        """The earliest ``next_attempt_at`` of a pending row."""
-        def run() -> float | None:
-            assert self._db is not None
-            return self._db.execute("SELECT min(next_attempt_at) FROM webhook_inbox "
-                                    "WHERE done_at IS NULL").fetchone()[0]
-        return await self._run(run)
-
     async def mark_done(self, ids: Sequence[int], now: float) -> None:
-        await self._run(self._write, lambda db: _update_ids(
+        await self._write(lambda db: _update_ids(
             db, "UPDATE webhook_inbox SET done_at = ? WHERE id IN ({})", (now,), ids))
 
     async def retry_later(self, ids: Sequence[int], at: float) -> None:
-        await self._run(self._write, lambda db: _update_ids(
+        await self._write(lambda db: _update_ids(
             db, "UPDATE webhook_inbox SET attempts = attempts + 1, next_attempt_at = ? "
             "WHERE id IN ({})", (at,), ids))
 
     async def prune(self, now: float) -> int:
         """Drop done rows whose dedupe window has passed; returns how many."""
-        return await self._run(self._write, lambda db: db.execute(
+        return await self._write(lambda db: db.execute(
             "DELETE FROM webhook_inbox WHERE done_at IS NOT NULL AND keep_until < ?",
             (now,)).rowcount)
 
@@ -206,19 +207,6 @@ class WebhookInbox:
             return self._db.execute(
                 "SELECT count(*) - count(done_at), count(done_at) FROM webhook_inbox").fetchone()
         return await self._run(run)
-
-
-def _insert(db: sqlite3.Connection, batch: Iterable[tuple[_Put, Any]]) -> list[bool]:
-    results = []
-    for put, _ in batch:
-        d = put.delivery
-        new = False
-        for owner in d.owners:
-            cur = db.execute(_INSERT, (put.source, d.dedupe_key, owner, d.kind, put.received_at,
-                                       put.received_at + d.keep_for, put.received_at))
-            new = new or cur.rowcount > 0
-        results.append(new)
-    return results
 
 
 def _update_ids(db: sqlite3.Connection, sql: str, head: tuple, ids: Sequence[int]) -> None:

@@ -40,7 +40,7 @@ class PushService:
         self.app: Starlette = create_webhook_app(
             self.receivers, self.inbox, observer, clock=clock,
             max_body_bytes=config.max_body_bytes, read_timeout=config.read_timeout,
-            on_accepted=self.processor.wake)
+            on_accepted=self.processor.add)
 
     async def start(self) -> None:
         """Open the inbox (raises ``InboxError``), resolve the secrets, start processing
@@ -50,9 +50,8 @@ class PushService:
         self.receivers.update(await build_receivers(
             self.source_configs, owns, self.inbox, self.clock()))
         await self.processor.start()
-        pending, _ = await self.inbox.counts()
         log.info("webhooks ready sources=%s pending=%d",
-                 ",".join(sorted(self.receivers)) or "(none)", pending)
+                 ",".join(sorted(self.receivers)) or "(none)", self.processor.backlog)
 
     async def stop(self) -> None:
         self.receivers.clear()
