@@ -32,9 +32,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 generate: $(STAMP)
-	$(BIN)/python alerts/generate.py
-	$(BIN)/python dashboards/generate.py
-	$(BIN)/python helm/sync.py
+	$(BIN)/python -m alerts.generate
+	$(BIN)/python -m dashboards.generate
+	$(BIN)/python -m helm.sync
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_tracker.py

@@ -3,10 +3,12 @@
 Every threshold and ``for:`` duration is a parameter in :data:`DEFAULTS`, so the committed
 rules file, the Helm chart's template and users' own copies cannot drift apart.
 
-    python alerts/generate.py                      # rewrite the three committed files
-    python alerts/generate.py --check              # exit 1 if they differ from a fresh render
-    python alerts/generate.py --params my.yml --out my.rules.yml
-    python alerts/generate.py --short-durations --out e2e.rules.yml
+    python -m alerts.generate                      # rewrite the three committed files
+    python -m alerts.generate --check              # exit 1 if they differ from a fresh render
+    python -m alerts.generate --params my.yml --out my.rules.yml
+    python -m alerts.generate --short-durations --out e2e.rules.yml
+
+(from the repository root; ``python alerts/generate.py`` works too, it imports nothing local).
 
 Committed outputs: ``openfinance.rules.yml`` (defaults), ``openfinance.rules.template.yml``
 (each parameter replaced by ``[[ name ]]``, filled by the Helm chart with ``replace``) and
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -221,16 +224,24 @@ def _record(name: str, expr: str) -> dict[str, Any]:
     return {"record": name, "expr": _Expr(expr.strip() + "\n")}
 
 
-def _groups(v: _Values) -> list[dict[str, Any]]:
-    inst_dash = (
+def _institution_dashboard(v: _Values) -> str:
+    return (
         f"{v.grafana_base_url}/d/{DASHBOARD_INSTITUTION}"
         "?var-source={{ $labels.source | urlquery }}&var-institution={{ $labels.institution | urlquery }}"
     )
-    fleet_dash = f"{v.grafana_base_url}/d/{DASHBOARD_FLEET}?var-source={{{{ $labels.source | urlquery }}}}"
-    agent_dash = f"{v.grafana_base_url}/d/{DASHBOARD_AGENT}?var-source={{{{ $labels.source | urlquery }}}}"
-    on = f"on ({INSTITUTION})"
 
-    recording = [
+
+def _source_dashboard(v: _Values, uid: str) -> str:
+    """A dashboard filtered to the alert's source."""
+    return f"{v.grafana_base_url}/d/{uid}?var-source={{{{ $labels.source | urlquery }}}}"
+
+
+_ON_INSTITUTION = f"on ({INSTITUTION})"
+
+
+def _recording_rules(v: _Values) -> list[dict[str, Any]]:
+    """Group openfinance.institution.rules: per-institution sums, ratios and baselines."""
+    return [
         _record(
             "institution:openfinance_accounts:sum",
             f"sum by ({INSTITUTION}) (openfinance_accounts)",
@@ -292,7 +303,11 @@ institution:openfinance_fixable_accounts:sum
         ),
     ]
 
-    institution_alerts = [
+
+def _institution_alerts(v: _Values) -> list[dict[str, Any]]:
+    """Group openfinance.institution.alerts: outages, OTP loops, the fixable backlog."""
+    inst_dash, on = _institution_dashboard(v), _ON_INSTITUTION
+    return [
         _alert(
             v,
             "OpenFinanceInstitutionOutage",
@@ -389,7 +404,12 @@ institution:openfinance_fixable_accounts:ratio >= {v.fixable_backlog_ratio}
         ),
     ]
 
-    agent_alerts = [
+
+def _agent_alerts(v: _Values) -> list[dict[str, Any]]:
+    """Group openfinance.agent.alerts: the exporter's own health and its upstream access."""
+    agent_dash = _source_dashboard(v, DASHBOARD_AGENT)
+    fleet_dash = _source_dashboard(v, DASHBOARD_FLEET)
+    return [
         _alert(
             v,
             "OpenFinanceExporterDown",
@@ -502,11 +522,17 @@ sum by (source, provider) (increase(openfinance_unknown_codes_total[{v.unknown_c
         ),
     ]
 
-    return [
-        {"name": "openfinance.institution.rules", "rules": recording},
-        {"name": "openfinance.institution.alerts", "rules": institution_alerts},
-        {"name": "openfinance.agent.alerts", "rules": agent_alerts},
-    ]
+
+# (group name, builder), in file order.
+GROUPS: tuple[tuple[str, Callable[[_Values], list[dict[str, Any]]]], ...] = (
+    ("openfinance.institution.rules", _recording_rules),
+    ("openfinance.institution.alerts", _institution_alerts),
+    ("openfinance.agent.alerts", _agent_alerts),
+)
+
+
+def _groups(v: _Values) -> list[dict[str, Any]]:
+    return [{"name": name, "rules": build(v)} for name, build in GROUPS]
 
 
 _HEADER = """\
@@ -574,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         stale = [p for p, text in committed_outputs().items()
                  if not p.exists() or p.read_text(encoding="utf-8") != text]
         for p in stale:
-            print(f"{p.relative_to(HERE.parent)} is out of date; run python alerts/generate.py",
+            print(f"{p.relative_to(HERE.parent)} is out of date; run python -m alerts.generate",
                   file=sys.stderr)
         return 1 if stale else 0
 

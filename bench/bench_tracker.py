@@ -31,8 +31,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exporter.catalog import Catalog
-from exporter.metrics import AgeCollector, AgentMetrics, Exposition, FleetCollector
+from exporter.metrics import build_metrics
 from exporter.records import AccountStatus
 from exporter.sources.base import SweepReport
 from exporter.state import StateStore
@@ -40,7 +39,7 @@ from exporter.tracker import Tracker
 
 NOW = 1_763_700_000.0
 DAY = 86400.0
-CODES = [0] * 40 + [103, 108, 185, 187, 910, 905, 913, 945, 102, 1234567]
+CODES = ["0"] * 40 + ["103", "108", "185", "187", "910", "905", "913", "945", "102", "1234567"]
 CHUNK = 1000  # what a source hands the tracker at a time (a few pages of accounts)
 
 
@@ -68,7 +67,7 @@ def chunks(n: int, night: float, shape: str, change_every: int = 20,
         code = CODES[(i * 7 + moved) % len(CODES)]
         batch.append(AccountStatus("fin", "finicity", account_key(i, shape), str(i % institutions),
                                    f"Bank {i % institutions}", code, attempt,
-                                   NOW - DAY if code else attempt))
+                                   NOW - DAY if code != "0" else attempt))
         if len(batch) == CHUNK:
             yield batch
             batch = []
@@ -132,11 +131,7 @@ def bench_exposition(series: int) -> None:
     from exporter.tracker import Snapshot, SourceAggregate
 
     snap = Snapshot(1, {"fin": SourceAggregate("fin", "finicity", accounts=tuple(snapshot_source))})
-    fleet, live = CollectorRegistry(), CollectorRegistry()
-    AgentMetrics(live)
-    fleet.register(FleetCollector(lambda: snap, Catalog.default()))
-    live.register(AgeCollector(lambda: snap, time.time))
-    expo = Exposition(fleet, live, lambda: snap.version)
+    expo = build_metrics(lambda: snap, clock=time.time).exposition
 
     t = time.perf_counter()
     first = expo.render()[0]

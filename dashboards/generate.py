@@ -1,10 +1,11 @@
 """Build the prebuilt Grafana dashboards with grafana-foundation-sdk and write them as JSON.
 
 One file per dashboard, ``dashboards/<uid>.json``, committed; the uid equals the file name so
-links and provisioning survive re-imports. ``python dashboards/generate.py`` rewrites them,
-``--check`` exits 1 when the committed files differ from what this script builds.
+links and provisioning survive re-imports. ``python -m dashboards.generate`` (from the
+repository root) rewrites them, ``--check`` exits 1 when the committed files differ from what
+this script builds. The alert thresholds drawn on panels come from :mod:`alerts.generate`.
 
-Queries only use metrics from ``exporter/metric_catalog.py`` (and Prometheus' own ``ALERTS``),
+Queries only use metrics from ``exporter/metrics/catalog.py`` (and Prometheus' own ``ALERTS``),
 which ``tests/dashboards`` enforces. :func:`iter_queries` and :func:`substitute_variables` are
 the entry points for tests that run every panel's query against a real Prometheus.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import difflib
-import importlib.util
 import json
 import re
 import sys
@@ -30,25 +30,13 @@ from grafana_foundation_sdk.models import common as common_model
 from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
+from alerts.generate import DEFAULTS as ALERT_DEFAULTS
+
 DASHBOARDS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = DASHBOARDS_DIR.parent
 STATUS_CODES_CSV = REPO_ROOT / "exporter" / "data" / "status_codes.csv"
 
-# --- Alert defaults drawn as thresholds --------------------------------------------------
-ALERTS_GENERATOR = REPO_ROOT / "alerts" / "generate.py"
-
-
-def _alert_defaults() -> dict:
-    """``DEFAULTS`` of alerts/generate.py: the dashboards draw the alert rules' own numbers."""
-    spec = importlib.util.spec_from_file_location("openfinance_alerts_generate", ALERTS_GENERATOR)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {ALERTS_GENERATOR}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return dict(module.DEFAULTS)
-
-
-ALERT_DEFAULTS = _alert_defaults()
+# --- Alert defaults drawn as thresholds: the dashboards draw the alert rules' own numbers --
 # OpenFinanceInstitutionOutage: share of an institution's accounts in category "institution" …
 OUTAGE_RATIO = float(ALERT_DEFAULTS["outage_ratio"])
 OUTAGE_MIN_ACCOUNTS = int(ALERT_DEFAULTS["outage_min_accounts"])  # … and at least this many
@@ -941,7 +929,7 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(text, encoding="utf-8")
             print(f"wrote {path}")
     if stale:
-        print(f"out of date: {', '.join(stale)}; run python dashboards/generate.py",
+        print(f"out of date: {', '.join(stale)}; run python -m dashboards.generate",
               file=sys.stderr)
         return 1
     return 0

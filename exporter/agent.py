@@ -6,17 +6,14 @@ There is no module-level state: everything is built here and passed down, so tes
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry
-
 from exporter import __version__
 from exporter.catalog import Catalog
 from exporter.config import Settings
-from exporter.metrics import AgeCollector, AgentMetrics, Exposition, FleetCollector
+from exporter.metrics import build_metrics
 from exporter.server import Server, create_app, http_server, serve_until_signal
 from exporter.sources import build_source
 from exporter.sources.base import Source
@@ -35,33 +32,27 @@ class Agent:
         self.settings = settings
         self.clock = clock
         self.catalog = Catalog.default()
-        self.fleet_registry = CollectorRegistry(auto_describe=True)
-        self.live_registry = CollectorRegistry(auto_describe=True)
-        self.metrics = AgentMetrics(self.live_registry)
+        self.metrics = build_metrics(lambda: self.tracker.snapshot, clock=clock,
+                                     catalog=self.catalog)
         self.store = StateStore(settings.state.path)
         self.tracker = Tracker(
             self.store, catalog=self.catalog, clock=clock,
             otp_streak_threshold=settings.tracker.otp_streak_threshold,
             institution_min_accounts=settings.tracker.institution_min_accounts,
-            events=self.metrics, batch_size=settings.state.batch_size)
-        self.fleet_registry.register(FleetCollector(lambda: self.tracker.snapshot, self.catalog))
-        self.live_registry.register(AgeCollector(lambda: self.tracker.snapshot, clock))
-        self.exposition = Exposition(self.fleet_registry, self.live_registry,
-                                     lambda: self.tracker.snapshot.version)
+            events=self.metrics.agent, batch_size=settings.state.batch_size)
         if sources is None:
-            sources = [build_source(cfg, self.metrics, clock) for cfg in settings.sources]
+            sources = [build_source(cfg, self.metrics.agent, clock) for cfg in settings.sources]
         self.sources = sources
-        self.runner = SweepRunner(sources, self.tracker, self.metrics, clock,
-                                  on_snapshot=self.exposition.prerender)
+        self.runner = SweepRunner(sources, self.tracker, self.metrics.agent, clock,
+                                  on_snapshot=self.metrics.exposition.prerender)
         self.scheduler = build_scheduler(
             self.runner, {cfg.name: cfg.schedule for cfg in settings.sources})
         self.ready = False
-        self.app = create_app(self.exposition, lambda: self.ready, settings.web.telemetry_path)
+        self.app = create_app(self.metrics.exposition, lambda: self.ready,
+                              settings.web.telemetry_path)
 
     async def start(self) -> None:
         await self.tracker.load({s.name: s.provider for s in self.sources})
-        for name, agg in self.tracker.snapshot.sources.items():
-            self.metrics.state_accounts.labels(name).set(agg.state_accounts)
         self.scheduler.start()
         self.ready = True
         log.info("agent started version=%s sources=%s state=%s", __version__,
@@ -72,12 +63,7 @@ class Agent:
         self.ready = False
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        current = asyncio.current_task()
-        sweeps = [t for t in asyncio.all_tasks()
-                  if t is not current and "SweepRunner.sweep" in repr(t.get_coro())]
-        for t in sweeps:
-            t.cancel()
-        await asyncio.gather(*sweeps, return_exceptions=True)
+        await self.runner.stop()
         for s in self.sources:
             await s.aclose()
         await self.tracker.close()

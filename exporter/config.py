@@ -157,6 +157,8 @@ class FinicitySourceConfig(_SourceBase):
     customer_type: Literal["active", "testing", "all"] = "active"
     simple_accounts: bool = False
     token_renew_after: Duration = 5400.0
+    fix_redirect_uri: str | None = None  # Connect Fix: where the user lands afterwards
+    fix_webhook: str | None = None  # Connect Fix: where Connect posts the session's events
     webhooks: FinicityWebhookConfig | None = None
 
     _check_renew = field_validator("token_renew_after", mode="before")(_duration_validator)

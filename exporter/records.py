@@ -1,4 +1,4 @@
-"""The unit of data that flows from sources to the tracker.
+"""The unit of data that flows from sources to the tracker, and the label rule both apply.
 
 A source turns upstream payloads into :class:`AccountStatus` records; the tracker never sees
 upstream JSON. Keeping this module free of I/O lets every layer import it.
@@ -8,15 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_LABEL = 200
+"""Longest label value (institution display names) the exporter emits."""
+
 
 @dataclass(slots=True, frozen=True)
 class AccountStatus:
-    """One account (Finicity) or member (MX) as seen by one poll.
+    """One account (Finicity) or member (MX) as seen by one poll, already validated.
 
     ``account_key`` is stable and opaque (an account id or member guid): it is stored in the
-    state database and never used as a label or logged at info level. ``code`` is the raw
-    upstream code as a string (``"185"``, ``"CHALLENGED"``), ``"NONE"`` for an MX null status,
-    or ``None`` when the account has never been aggregated. Times are epoch seconds; an
+    state database and never used as a label or logged at info level. ``institution_id`` is a
+    non-empty, label-safe id and ``institution`` a label-safe display name
+    (:func:`clean_label`). ``code`` is the normalised upstream code (``"185"``,
+    ``"CHALLENGED"``), ``"NONE"`` for a Finicity account never aggregated and for an MX null
+    status. Times are epoch seconds in [2000-01-01, now + 2 days] or ``None``; an
     ``attempt_ts`` of ``None`` means "no settled aggregation attempt to count".
 
     ``owner_id`` (Finicity customerId, MX user_guid) and ``login_id`` (Finicity
@@ -30,8 +35,23 @@ class AccountStatus:
     account_key: str
     institution_id: str
     institution: str
-    code: str | None
+    code: str
     attempt_ts: float | None = None
     success_ts: float | None = None
     owner_id: str | None = None
     login_id: str | None = None
+
+
+def clean_label(value: object, fallback: str) -> str:
+    """A label-safe display string: control characters become spaces, length is bounded.
+
+    Quotes, backslashes and any unicode are kept (the exposition escapes them); lone
+    surrogates, which cannot be encoded, are replaced.
+    """
+    if not isinstance(value, str) or not value.strip():
+        return fallback
+    if value.isprintable() and len(value) <= MAX_LABEL and value == value.strip():
+        return value
+    text = "".join(" " if (ord(c) < 32 or 127 <= ord(c) < 160) else c for c in value).strip()
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return text[:MAX_LABEL] or fallback

@@ -78,42 +78,50 @@ AFTER_FIX = 4
 
 
 class AccountRow(NamedTuple):
-    """The stored state of one account, as :meth:`StateStore.load_accounts` returns it."""
+    """The stored state of one account, as :meth:`StateStore.load_accounts` and
+    :meth:`StateStore.rows_after` return it: the flags bits come split into three 0/1
+    columns, so the tracker builds its ``AccountState`` without unpacking bits."""
 
     id: int
     account_key: str
     institution_id: str
     code: str
-    attempt_ts: float | None
-    success_ts: float | None
     broken_since: float | None
     mfa_streak: int
-    flags: int
+    otp_suspect: int
+    relapsed: int
+    after_fix: int
+    attempt_ts: float | None
+    success_ts: float | None
 
 
-_STATE_COLUMNS = ", ".join(AccountRow._fields[2:])  # after id and account_key
+_STATE_COLUMNS = ("institution_id", "code", "broken_since", "mfa_streak", "flags",
+                  "attempt_ts", "success_ts")
+"""What :meth:`StateStore.write_chunk` takes for an account, in this order."""
+_READ = (
+    "{p}institution_id, {p}code, {p}broken_since, {p}mfa_streak, "
+    f"({{p}}flags & {OTP}) <> 0, ({{p}}flags & {RELAPSED}) <> 0, ({{p}}flags & {AFTER_FIX}) <> 0, "
+    "{p}attempt_ts, {p}success_ts"
+)
 _LOAD = (
-    "SELECT a.id, a.account_key, "
-    + ", ".join(f"a.{c}" for c in _STATE_COLUMNS.split(", "))
+    "SELECT a.id, a.account_key, " + _READ.format(p="a.")
     # the chunk's keys drive the loop (CROSS JOIN keeps that order): a probe of the key
     # index each, then the rows, which sit in about the order the sweep asks for them
     + " FROM json_each(?) AS k CROSS JOIN accounts AS a "
     "ON a.source = ? AND a.account_key = k.value"
 )
 _AHEAD = (
-    "SELECT id, account_key, " + _STATE_COLUMNS
+    "SELECT id, account_key, " + _READ.format(p="")
     + " FROM accounts NOT INDEXED WHERE id > ? AND id <= ? AND source = ? ORDER BY id LIMIT ?"
 )
 # Whole-source reads walk the table in row order: through the key index they would visit
 # the rows in key order, which for random keys (MX guids) means random pages.
 _SCAN = "accounts NOT INDEXED"
 _UPDATE = (
-    "UPDATE accounts SET "
-    + ", ".join(f"{c} = ?" for c in _STATE_COLUMNS.split(", "))
-    + " WHERE id = ?"
+    "UPDATE accounts SET " + ", ".join(f"{c} = ?" for c in _STATE_COLUMNS) + " WHERE id = ?"
 )
 _INSERT = (
-    f"INSERT INTO accounts (source, account_key, {_STATE_COLUMNS}) "
+    f"INSERT INTO accounts (source, account_key, {', '.join(_STATE_COLUMNS)}) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
@@ -193,7 +201,7 @@ class StateStore:
     ) -> None:
         """Write a chunk of accounts, add transition counts and names, in one transaction.
 
-        ``updates`` are ``(*state columns, id)`` for stored accounts whose state changed,
+        ``updates`` are ``(*_STATE_COLUMNS, id)`` for stored accounts whose state changed,
         ``stamps`` ``(attempt_ts, success_ts, id)`` for those where only these two moved
         (the usual night: a narrower statement), ``inserts`` ``(source, account_key,
         *state columns)`` for first sightings.
@@ -218,10 +226,12 @@ class StateStore:
                 ((source, i, n) for i, n in institutions.items()),
             )
 
-    def drop_unseen(self, source: str, seen: bytearray, upto: int) -> Contributions | None:
+    def drop_unseen(self, source: str, seen: bytearray, upto: int, *,
+                    rows: bool = False) -> tuple[Contributions, list[tuple]] | None:
         """Delete the accounts of ``source`` with an id up to ``upto`` whose bit is not set
         in ``seen``: a complete sweep did not see them, they are gone upstream. Returns what
-        they contributed to the aggregates (read in the same transaction), or None.
+        they contributed to the aggregates (read in the same transaction) and, with
+        ``rows``, their ``(account_key, institution_id, code, broken_since, flags)``; or None.
 
         A sweep marks the rows it reads in a bitmap (an eighth of a byte per account)
         instead of writing every row it sees, so a re-poll that changes nothing writes
@@ -235,9 +245,12 @@ class StateStore:
                 return None
             ids = json.dumps(gone)
             contributions = read_contributions(db, source, ids=ids)
+            dropped = db.execute(
+                "SELECT account_key, institution_id, code, broken_since, flags FROM accounts "
+                "WHERE id IN (SELECT value FROM json_each(?))", (ids,)).fetchall() if rows else []
             db.execute("DELETE FROM accounts WHERE id IN (SELECT value FROM json_each(?))",
                        (ids,))
-        return contributions
+        return contributions, dropped
 
     def labels(self, source: str) -> tuple[dict[str, str], list[tuple[str, str, str, str, int]]]:
         """Institution names and transition counts of one source (both small tables)."""

@@ -1,8 +1,9 @@
 """Running sweeps: one APScheduler job per source, never two sweeps of a source at once.
 
 A sweep asks the source for every account, feeds the records to a tracker session, and
-records the outcome in the self-metrics. Failures are logged and counted, never raised into
-the scheduler; a failed sweep leaves the published snapshot untouched.
+reports the outcome to a :class:`SweepObserver` (the self-metrics). Failures are logged and
+counted, never raised into the scheduler; a failed sweep leaves the published snapshot
+untouched.
 """
 
 from __future__ import annotations
@@ -11,26 +12,49 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from exporter.config import ScheduleConfig
-from exporter.metrics import AgentMetrics
-from exporter.sources.base import AuthLockoutRisk, Source, SweepFailed
+from exporter.sources.base import AuthLockoutRisk, Source, SweepFailed, SweepReport
 from exporter.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
 
-class ProgressLog:
-    """Logs customers done / total, rate and ETA at a steady cadence, and sets the ratio gauge."""
+class SweepObserver(Protocol):
+    """Receives the outcome of every sweep (implemented by ``exporter.metrics``)."""
 
-    def __init__(self, source: str, metrics: AgentMetrics, clock: Callable[[], float],
+    def source_added(self, source: str, provider: str) -> None:
+        """A source is configured; called once, before its first sweep."""
+
+    def sweep_started(self, source: str) -> None: ...
+
+    def sweep_progress(self, source: str, ratio: float) -> None:
+        """Share of customers (users) done, 0…1."""
+
+    def sweep_cancelled(self, source: str, duration: float) -> None:
+        """The sweep was cancelled (the agent is stopping)."""
+
+    def sweep_finished(self, source: str, result: str, duration: float, *,
+                       records: int | None = None, completed_at: float | None = None) -> None:
+        """``result``: success, partial or failed; ``records``: accounts seen by a sweep that
+        finished (not a failed one); ``completed_at``: set for a complete sweep only."""
+
+    def source_stopped(self, source: str) -> None:
+        """The source sweeps no more until restart (credentials refused)."""
+
+
+class ProgressLog:
+    """Logs customers done / total, rate and ETA at a steady cadence, and reports the ratio."""
+
+    def __init__(self, source: str, observer: SweepObserver, clock: Callable[[], float],
                  every: float = 10.0):
         self.source = source
-        self.metrics = metrics
+        self.observer = observer
         self.clock = clock
         self.every = every
         self.started = clock()
@@ -38,7 +62,7 @@ class ProgressLog:
 
     def __call__(self, done: int, total: int | None) -> None:
         if total:
-            self.metrics.sweep_progress.labels(self.source).set(min(done / total, 1.0))
+            self.observer.sweep_progress(self.source, done / total)
         now = self.clock()
         if now - self._last_log < self.every:
             return
@@ -54,78 +78,96 @@ class ProgressLog:
 
 
 class SweepRunner:
-    """Runs the sweeps of every source against one tracker."""
+    """Runs the sweeps of every source against one tracker, one at a time per source.
 
-    def __init__(self, sources: list[Source], tracker: Tracker, metrics: AgentMetrics,
+    Each sweep runs in a task the runner owns; :meth:`stop` cancels the running ones and
+    waits for them, and refuses new sweeps.
+    """
+
+    def __init__(self, sources: list[Source], tracker: Tracker, observer: SweepObserver,
                  clock: Callable[[], float] = time.time, progress_every: float = 10.0,
                  on_snapshot: Callable[[], None] | None = None):
         self.on_snapshot = on_snapshot
         self.sources = {s.name: s for s in sources}
         self.tracker = tracker
-        self.metrics = metrics
+        self.observer = observer
         self.clock = clock
         self.progress_every = progress_every
         self.stopped: set[str] = set()
-        self._locks = {s.name: asyncio.Lock() for s in sources}
+        self._closed = False
+        self._running: dict[str, asyncio.Task[str]] = {}
         for s in sources:
-            metrics.init_source(s.name, s.provider)
+            observer.source_added(s.name, s.provider)
 
     async def sweep(self, name: str) -> str:
         """Run one sweep of ``name`` now; returns the result label (or ``skipped``)."""
         source = self.sources[name]
-        if name in self.stopped:
+        if self._closed or name in self.stopped:
             log.debug("source stopped, sweep skipped source=%s", name)
             return "skipped"
-        lock = self._locks[name]
-        if lock.locked():
+        if name in self._running:
             log.warning("previous sweep still running, skipped source=%s", name)
             return "skipped"
-        async with lock:
-            return await self._sweep(source)
-
-    async def _sweep(self, source: Source) -> str:
-        name, m = source.name, self.metrics
-        started = self.clock()
-        session = await self.tracker.begin(name, source.provider)
-        session.on_progress = ProgressLog(name, m, self.clock, self.progress_every)
-        m.sweep_progress.labels(name).set(0)
-        log.info("sweep started source=%s", name)
+        task = asyncio.create_task(self._sweep(source), name=f"sweep {name}")
+        self._running[name] = task
         try:
-            report = await source.sweep(session)
+            # Cancelling the caller (the scheduler's job) cancels the sweep too.
+            return await task
+        finally:
+            self._running.pop(name, None)
+
+    async def stop(self) -> None:
+        """Refuse new sweeps, cancel the running ones and wait until they have ended."""
+        self._closed = True
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run_source(self, source: Source, session) -> SweepReport | None:
+        """The source's sweep; ``None`` when it failed (logged, never raised)."""
+        name = source.name
+        try:
+            return await source.sweep(session)
         except AuthLockoutRisk as exc:
             self.stopped.add(name)
-            m.source_up.labels(name).set(0)
+            self.observer.source_stopped(name)
             log.error("authentication refused, source stopped until restart source=%s: %s",
                       name, exc)
-            report = None
         except SweepFailed as exc:
             log.error("sweep failed source=%s: %s", name, exc)
-            report = None
         except asyncio.CancelledError:
-            m.sweep_progress.labels(name).set(1)
             raise
         except Exception:
             log.exception("sweep failed unexpectedly source=%s", name)
-            report = None
-        finally:
-            m.sweep_duration.labels(name).observe(self.clock() - started)
+        return None
+
+    async def _sweep(self, source: Source) -> str:
+        name = source.name
+        started = self.clock()
+        session = await self.tracker.begin(name, source.provider)
+        session.on_progress = ProgressLog(name, self.observer, self.clock, self.progress_every)
+        self.observer.sweep_started(name)
+        log.info("sweep started source=%s", name)
+        try:
+            report = await self._run_source(source, session)
+        except asyncio.CancelledError:
+            self.observer.sweep_cancelled(name, self.clock() - started)
+            raise
+        duration = self.clock() - started
         if report is None:
             # Keep the last snapshot: a failing upstream must not zero a gauge. Records
             # already applied stay in the state store and show after the next sweep.
+            self.observer.sweep_finished(name, "failed", duration)
             result = "failed"
         else:
             await session.finish(report)
             if self.on_snapshot is not None:
                 await asyncio.to_thread(self.on_snapshot)
             result = "success" if report.complete else "partial"
-            m.sweep_accounts.labels(name).set(session.records)
-            if report.complete:
-                m.sweep_last_success.labels(name).set(self.clock())
-        agg = self.tracker.snapshot.sources.get(name)
-        if agg is not None:
-            m.state_accounts.labels(name).set(agg.state_accounts)
-        m.sweeps.labels(name, result).inc()
-        m.sweep_progress.labels(name).set(1)
+            self.observer.sweep_finished(
+                name, result, duration, records=session.records,
+                completed_at=self.clock() if report.complete else None)
         log.info("sweep finished source=%s result=%s records=%d duration=%.1fs",
                  name, result, session.records, self.clock() - started)
         return result

@@ -9,7 +9,7 @@ never-aggregated and manual accounts, unknown codes and hostile institution name
 Python API::
 
     from exporter.sandbox import (create_app, load_scenario, SandboxClock, SandboxServer,
-                                  serve, runtime_of, FINICITY_APP_KEY, ...)
+                                  runtime_of, FINICITY_APP_KEY, ...)
 
     scenario = load_scenario(None)                # packaged default-scenario.yml
     scenario = load_scenario("my.yml", {"night_seconds": 20})  # file + overrides
@@ -17,10 +17,9 @@ Python API::
     app = create_app(scenario, SandboxClock(0, time_source=fake_time))  # ASGI, for tests
     async with SandboxServer(scenario, "127.0.0.1", 0) as sb:  # uvicorn in this loop
         sb.finicity_base_url, sb.mx_base_url, sb.runtime.clock.advance(1)
-    await serve(host, port, scenario, ready=event)   # until cancelled
 
 ``create_app(scenario, clock=None) -> Starlette``; ``runtime_of(app)`` gives the
-:class:`~exporter.sandbox.app.SandboxRuntime` (clock, fleet, counters) to in-process callers.
+:class:`~exporter.sandbox.runtime.SandboxRuntime` (clock, fleet, counters) to in-process callers.
 ``SandboxClock(night_seconds, time_source=time.time)``: ``night``, ``advance(n)``,
 ``night_start(n)``; ``night_seconds=0`` is manual mode.
 
@@ -49,7 +48,7 @@ HTTP API (client base URLs: ``http://HOST:PORT/finicity`` and ``http://HOST:PORT
   /sandbox/expire-tokens``, ``POST /sandbox/unlock``.
 """
 
-from exporter.sandbox.app import SandboxRuntime, create_app, runtime_of
+from exporter.sandbox.app import create_app, runtime_of
 from exporter.sandbox.clock import SandboxClock
 from exporter.sandbox.credentials import (
     FINICITY_APP_KEY,
@@ -58,8 +57,9 @@ from exporter.sandbox.credentials import (
     MX_API_KEY,
     MX_CLIENT_ID,
 )
+from exporter.sandbox.runtime import SandboxRuntime
 from exporter.sandbox.scenario import FaultsConfig, Scenario, load_scenario
-from exporter.sandbox.server import SandboxServer, serve
+from exporter.sandbox.server import SandboxServer
 
 __all__ = [
     "FINICITY_APP_KEY",
@@ -75,5 +75,4 @@ __all__ = [
     "create_app",
     "load_scenario",
     "runtime_of",
-    "serve",
 ]

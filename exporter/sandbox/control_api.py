@@ -8,16 +8,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from exporter.sandbox import credentials
 from exporter.sandbox.fleet import ROLE_NAMES, ProviderSim
-
-if TYPE_CHECKING:
-    from exporter.sandbox.app import SandboxRuntime
+from exporter.sandbox.runtime import SandboxRuntime
 
 
 def _institution_event(sim: ProviderSim, index: int, start: int, end: int | None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import string
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,9 +31,7 @@ from exporter.sandbox.fleet import (
     S_MISC,
     ProviderSim,
 )
-
-if TYPE_CHECKING:
-    from exporter.sandbox.app import SandboxRuntime
+from exporter.sandbox.runtime import SandboxRuntime
 
 _TOKEN_ALPHABET = string.ascii_letters + string.digits
 _DAY = 86400
@@ -43,7 +41,7 @@ def error(http_status: int, code: str, message: str, **extra: Any) -> JSONRespon
     return JSONResponse({"code": code, "message": message, **extra}, status_code=http_status)
 
 
-def check_token(rt: SandboxRuntime, request: Request) -> Response | None:
+def authenticate(rt: SandboxRuntime, request: Request) -> Response | None:
     """None when the app key and token are good, else the spec's 401 answer."""
     key = request.headers.get("finicity-app-key")
     if not key:
@@ -134,9 +132,6 @@ def _int_param(request: Request, name: str, default: int) -> int | None:
 
 
 async def list_customers(rt: SandboxRuntime, request: Request) -> Response:
-    denied = check_token(rt, request)
-    if denied is not None:
-        return denied
     sim = rt.fleet.finicity
     start = _int_param(request, "start", 1)
     if start is None or start < 1:
@@ -228,9 +223,6 @@ def account_json(sim: ProviderSim, rt: SandboxRuntime, cust: int, k: int, j: int
 
 
 async def customer_accounts(rt: SandboxRuntime, request: Request, simple: bool = False) -> Response:
-    denied = check_token(rt, request)
-    if denied is not None:
-        return denied
     sim = rt.fleet.finicity
     idx = _customer_index(sim, rt, request.path_params["customerId"])
     if idx is None:
@@ -276,9 +268,6 @@ def institution_json(sim: ProviderSim, rt: SandboxRuntime, i: int) -> dict[str, 
 
 
 async def get_institution(rt: SandboxRuntime, request: Request) -> Response:
-    denied = check_token(rt, request)
-    if denied is not None:
-        return denied
     sim = rt.fleet.finicity
     raw = request.path_params["institutionId"]
     for i, inst in enumerate(sim.institutions):

@@ -13,7 +13,7 @@ import base64
 import binascii
 import math
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,9 +28,7 @@ from exporter.sandbox.fleet import (
     S_MISC,
     ProviderSim,
 )
-
-if TYPE_CHECKING:
-    from exporter.sandbox.app import SandboxRuntime
+from exporter.sandbox.runtime import SandboxRuntime
 
 MX_MEDIA_TYPE = "application/vnd.mx.api.v1+json"
 
@@ -44,7 +42,7 @@ def ok(payload: dict[str, Any]) -> JSONResponse:
     return JSONResponse(payload, media_type=MX_MEDIA_TYPE)
 
 
-def check_request(request: Request) -> Response | None:
+def authenticate(rt: SandboxRuntime, request: Request) -> Response | None:
     """None when Basic auth and the versioned Accept header are right, else 401 / 406."""
     header = request.headers.get("authorization", "")
     scheme, _, encoded = header.partition(" ")
@@ -175,9 +173,6 @@ def member_json(sim: ProviderSim, rt: SandboxRuntime, user: int, k: int, night: 
 
 
 async def list_users(rt: SandboxRuntime, request: Request) -> Response:
-    denied = check_request(request)
-    if denied is not None:
-        return denied
     sim = rt.fleet.mx
     page, per_page = _paging(request)
     records: range | list[int] = range(sim.units)
@@ -200,9 +195,6 @@ def _user(rt: SandboxRuntime, request: Request) -> int | None:
 
 
 async def list_members(rt: SandboxRuntime, request: Request) -> Response:
-    denied = check_request(request)
-    if denied is not None:
-        return denied
     sim = rt.fleet.mx
     user = _user(rt, request)
     if user is None:
@@ -227,9 +219,6 @@ def _member(rt: SandboxRuntime, request: Request) -> tuple[int, int] | None:
 
 
 async def read_member(rt: SandboxRuntime, request: Request) -> Response:
-    denied = check_request(request)
-    if denied is not None:
-        return denied
     found = _member(rt, request)
     if found is None:
         return error(404, "We were unable to find the record you requested.")
@@ -237,9 +226,6 @@ async def read_member(rt: SandboxRuntime, request: Request) -> Response:
 
 
 async def read_member_status(rt: SandboxRuntime, request: Request) -> Response:
-    denied = check_request(request)
-    if denied is not None:
-        return denied
     found = _member(rt, request)
     if found is None:
         return error(404, "We were unable to find the record you requested.")
@@ -285,9 +271,6 @@ def institution_json(sim: ProviderSim, i: int) -> dict[str, Any]:
 
 
 async def read_institution(rt: SandboxRuntime, request: Request) -> Response:
-    denied = check_request(request)
-    if denied is not None:
-        return denied
     sim = rt.fleet.mx
     code = request.path_params["institution_code"]
     for i, inst in enumerate(sim.institutions):

@@ -1,24 +1,17 @@
-"""Run the sandbox with uvicorn inside the current event loop (next to the agent, if wanted)."""
+"""Run the sandbox with uvicorn inside the current event loop (next to the agent, if wanted),
+on the agent's own quiet server class (:class:`exporter.server.Server`)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Generator
 
 import uvicorn
 
-from exporter.sandbox.app import SandboxRuntime, create_app, runtime_of
+from exporter.sandbox.app import create_app, runtime_of
 from exporter.sandbox.clock import SandboxClock
+from exporter.sandbox.runtime import SandboxRuntime
 from exporter.sandbox.scenario import Scenario
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to its host process."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
+from exporter.server import Server
 
 
 class SandboxServer:
@@ -38,7 +31,7 @@ class SandboxServer:
         self._port = port
         config = uvicorn.Config(self.app, host=host, port=port, log_level=log_level,
                                 access_log=access_log, lifespan="off", loop="none")
-        self._server = _EmbeddedServer(config)
+        self._server = Server(config)
         self._task: asyncio.Task | None = None
 
     @property
@@ -102,12 +95,3 @@ class SandboxServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-
-async def serve(host: str, port: int, scenario: Scenario, *, clock: SandboxClock | None = None,
-                ready: asyncio.Event | None = None, log_level: str = "warning") -> None:
-    """Serve the sandbox until cancelled; sets ``ready`` once it accepts connections."""
-    server = SandboxServer(scenario, host, port, clock=clock, log_level=log_level)
-    await server.start()
-    if ready is not None:
-        ready.set()
-    await server.serve_forever()

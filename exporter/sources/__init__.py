@@ -7,8 +7,7 @@ import time
 import httpx
 
 from exporter.config import FinicitySourceConfig, MxSourceConfig
-from exporter.sources.base import Source, UpstreamObserver
-from exporter.sources.http import Clock
+from exporter.sources.base import Clock, Source, UpstreamObserver
 
 
 def build_source(

@@ -8,11 +8,15 @@ Sources know nothing of Prometheus: they report upstream traffic to an
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from exporter.records import AccountStatus
+
+Clock = Callable[[], float]
+"""Seconds: wall time (epoch) or monotonic, injected so that tests never wait."""
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class UpstreamObserver(Protocol):
@@ -25,7 +29,11 @@ class UpstreamObserver(Protocol):
         """``reason``: ``rate_limited``, ``server_error``, ``timeout``, ``connect_error``, ``token_expired``."""
 
     def invalid_record(self, source: str, reason: str) -> None:
-        """A payload or record that could not be used (``malformed_json``, ``missing_field`` …)."""
+        """A payload or record that could not be used, or a field that was dropped.
+
+        ``reason``: ``malformed_json``, ``missing_field``, ``invalid_code``,
+        ``invalid_timestamp`` (the record is kept without that time) or ``invalid_id``.
+        """
 
     def auth_failure(self, source: str) -> None:
         """The aggregator refused our credentials; the source has stopped itself."""
@@ -85,7 +93,11 @@ class AuthLockoutRisk(SweepFailed):
 
 
 class Source(abc.ABC):
-    """A configured upstream (``finicity-prod``) that can sweep its whole fleet."""
+    """A configured upstream (``finicity-prod``) that can sweep its whole fleet.
+
+    An *owner* is a Finicity customer or an MX user; a *login* a Finicity institution login
+    or an MX member.
+    """
 
     name: str
     provider: str
@@ -93,6 +105,25 @@ class Source(abc.ABC):
     @abc.abstractmethod
     async def sweep(self, sink: SweepSink) -> SweepReport:
         """Read every account once, deliver records to ``sink``; never raise for one bad unit."""
+
+    @abc.abstractmethod
+    async def refresh_owner(self, owner_id: str) -> list[AccountStatus]:
+        """Re-read one owner's accounts (same token, rate limit and retries as a sweep).
+
+        ``[]`` when the owner is gone (404); raises :class:`SweepFailed` when the
+        credentials are refused and ``UpstreamError`` when the upstream fails.
+        """
+
+    @abc.abstractmethod
+    def owns(self, owner_id: str) -> bool:
+        """Whether this replica's shard holds that owner."""
+
+    @abc.abstractmethod
+    async def fix_link(self, owner_id: str, login_id: str) -> str:
+        """A Connect Fix entry point for one login; ``UpstreamError`` when none was given.
+
+        The URL is a bearer secret: never log it.
+        """
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release HTTP clients."""

@@ -1,6 +1,6 @@
 """Mastercard Open Finance US (the Finicity API): one sweep = customers walk + accounts per customer.
 
-Read-only: the only POST is the partner authentication. One token per source, renewed after
+Read-only: the only POSTs are the partner authentication and, on request, a Connect Fix link. One token per source, renewed after
 ``token_renew_after`` behind a single lock; a refused login stops the source for good, since
 five failed logins lock the partner out.
 """
@@ -19,30 +19,34 @@ from typing import Any
 
 import httpx
 
-from exporter.catalog import Catalog, normalise_code
+from exporter.catalog import Catalog
 from exporter.config import FinicitySourceConfig
 from exporter.records import AccountStatus
 from exporter.sources.base import (
     AuthLockoutRisk,
+    Clock,
     NullObserver,
+    Sleep,
     Source,
     SweepFailed,
     SweepReport,
     SweepSink,
     UpstreamObserver,
 )
-from exporter.sources.http import (
-    Clock,
-    MalformedResponse,
-    RecordParser,
-    Sleep,
-    UpstreamClient,
-    UpstreamError,
-    UpstreamStatusError,
-    first_present,
-    parse_id,
+from exporter.sources.client import UpstreamClient
+from exporter.sources.errors import UpstreamError, UpstreamStatusError
+from exporter.sources.payloads import (
+    FinicityAccount,
+    FinicityAccountsPage,
+    FinicityCustomer,
+    FinicityCustomersPage,
+    FinicityFixLink,
+    FinicityInstitutionBody,
+    FinicityToken,
+    PayloadReader,
 )
-from exporter.sources.sweep import FALLBACK_TTL, TtlCache, institution_body, sweep_units
+from exporter.sources.sharding import in_shard
+from exporter.sources.sweep import TtlCache, institution_name, sweep_units
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,7 @@ CUSTOMERS_ROUTE = "/aggregation/v1/customers"
 ACCOUNTS_ROUTE = "/aggregation/v1/customers/{customerId}/accounts"
 SIMPLE_ACCOUNTS_ROUTE = "/aggregation/v1/customers/{customerId}/accounts/simple"
 INSTITUTION_ROUTE = "/institution/v2/institutions/{institutionId}"
+FIX_ROUTE = "/connect/v2/generate/fix"
 
 RENEWABLE_TOKEN_CODES = frozenset({10022, 10023})  # invalid / expired Finicity-App-Token
 MAX_CUSTOMER_PAGES = 10_000  # safety net when the server reports no ``found``
@@ -121,10 +126,10 @@ class PartnerToken:
             raise SweepFailed(f"{source.name}: partner authentication failed: {exc}") from None
         except UpstreamError as exc:
             raise SweepFailed(f"{source.name}: partner authentication failed: {exc}") from None
-        token = body.get("token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token:
-            source.observer.invalid_record(source.name, "missing_field")
-            raise SweepFailed(f"{source.name}: authentication answer carries no token")
+        try:
+            token = source.payloads.body(FinicityToken, body, AUTH_ROUTE).token
+        except UpstreamError:
+            raise SweepFailed(f"{source.name}: authentication answer carries no token") from None
         self._value, self._issued = token, source.clock()
         log.debug("%s: new partner token", source.name)
         return token
@@ -263,7 +268,7 @@ class FinicitySource(Source):
             is_outcome_code=lambda code: catalog.get("finicity", str(code)) is not None,
         )
         self._token = PartnerToken(self, config.partner_id, config.partner_secret.get_secret_value())
-        self._parser = RecordParser(config.name, self.observer, clock)
+        self.payloads = PayloadReader(config.name, self.observer, clock)
         self._institutions: TtlCache[str, str] = TtlCache(self._load_institution, clock)
         self._start_meaning = StartMeaning.RECORD_INDEX
         self._accounts_route = SIMPLE_ACCOUNTS_ROUTE if config.simple_accounts else ACCOUNTS_ROUTE
@@ -283,22 +288,44 @@ class FinicitySource(Source):
             shard=self.config.shard, concurrency=self.config.http.max_concurrency,
             units="customers")
 
+    # ------------------------------------------------------------------ one owner
+
+    async def refresh_owner(self, owner_id: str) -> list[AccountStatus]:
+        """Re-read one customer's accounts; ``[]`` when the customer is gone (404)."""
+        self._token.check_stopped()
+        return await self._customer_accounts(owner_id)
+
+    def owns(self, owner_id: str) -> bool:
+        return in_shard(owner_id, self.config.shard)
+
+    async def fix_link(self, owner_id: str, login_id: str) -> str:
+        """A Connect Fix link for one institution login (``POST /connect/v2/generate/fix``)."""
+        body: dict[str, object] = {"partnerId": self.config.partner_id, "customerId": owner_id,
+                                   "institutionLoginId": login_id}
+        if self.config.fix_redirect_uri is not None:
+            body["redirectUri"] = self.config.fix_redirect_uri
+        if self.config.fix_webhook is not None:
+            body["webhook"] = self.config.fix_webhook
+        answer = await self._call("POST", FIX_ROUTE, json=body)
+        return self.payloads.body(FinicityFixLink, answer, FIX_ROUTE).link
+
     # ------------------------------------------------------------------ requests
 
-    async def _get(self, route: str, path: Mapping[str, object] | None = None,
-                   params: Mapping[str, object] | None = None) -> Any:
-        """GET with the partner token; on an invalid/expired token, renew once and retry once."""
+    async def _call(self, method: str, route: str, path: Mapping[str, object] | None = None,
+                    params: Mapping[str, object] | None = None, json: object = None) -> Any:
+        """A request with the partner token; on an invalid/expired token, renew once and
+        retry once."""
         token = await self._token.get()
         try:
-            return await self.http.get_json(route, path, params=params,
-                                            headers={"Finicity-App-Token": token})
+            return await self.http.request_json(method, route, path, params=params, json=json,
+                                                headers={"Finicity-App-Token": token})
         except UpstreamStatusError as exc:
             if exc.http_status != 401 or exc.code not in RENEWABLE_TOKEN_CODES | {None}:
                 raise
         self.observer.retry(self.name, "token_expired")
         token = await self._token.renew(token)
-        return await self.http.get_json(route, path, params=params,
-                                        headers={"Finicity-App-Token": token})
+        return await self.http.request_json(method, route, path, params=params, json=json,
+                                            headers={"Finicity-App-Token": token})
 
     async def _customer_ids(self) -> tuple[list[str], bool]:
         """Every customer id, walking ``start``/``limit`` to the end and no further."""
@@ -308,97 +335,55 @@ class FinicitySource(Source):
         if self.config.customer_type != "all":
             params["type"] = self.config.customer_type
         while True:
-            body = await self._get(CUSTOMERS_ROUTE, params={**params, "start": walk.start()})
-            page_ids, without_id, more, found = self._customers_page(body)
-            if not walk.accept(page_ids, more, found, limit, without_id):
+            body = await self._call("GET", CUSTOMERS_ROUTE, params={**params, "start": walk.start()})
+            page = self.payloads.body(FinicityCustomersPage, body, CUSTOMERS_ROUTE)
+            customers = [self.payloads.item(FinicityCustomer, c) for c in page.customers]
+            ids = [c.id for c in customers if c is not None]
+            if not walk.accept(ids, page.moreAvailable is True, page.found, limit,
+                               len(customers) - len(ids)):
                 break
         if walk.switched and walk.confirmed_switch:
             log.info("%s: the server reads start as a %s", self.name, walk.meaning.value)
             self._start_meaning = walk.meaning
         return list(walk.ids), walk.complete
 
-    def _customers_page(self, body: Any) -> tuple[list[str], int, bool, int | None]:
-        """(ids, records without an id, moreAvailable, found) of one customers page."""
-        customers = body.get("customers") if isinstance(body, dict) else None
-        if not isinstance(customers, list):
-            self._parser.invalid("missing_field")
-            raise MalformedResponse(f"{CUSTOMERS_ROUTE} answered without a customers list",
-                                    route=CUSTOMERS_ROUTE, status="200")
-        ids: list[str] = []
-        without_id = 0
-        for customer in customers:
-            customer_id = parse_id(customer.get("id")) if isinstance(customer, dict) else None
-            if customer_id is None:
-                self._parser.invalid("missing_field")
-                without_id += 1
-            else:
-                ids.append(customer_id)
-        more = body.get("moreAvailable")
-        more = more is True or (isinstance(more, str) and more.strip().lower() == "true")
-        found_id = parse_id(body.get("found"))
-        found = int(found_id) if found_id is not None and found_id.isdigit() else None
-        return ids, without_id, more, found
-
     async def _customer_accounts(self, customer_id: str) -> list[AccountStatus]:
         """Records for one customer's accounts; a 404 means it has none (any more)."""
         try:
-            body = await self._get(self._accounts_route, {"customerId": customer_id})
+            body = await self._call("GET", self._accounts_route, {"customerId": customer_id})
         except UpstreamStatusError as exc:
             if exc.http_status == 404:
                 log.debug("%s: customer %s has no accounts (404)", self.name, customer_id)
                 return []
             raise
-        accounts = body.get("accounts") if isinstance(body, dict) else None
-        if not isinstance(accounts, list):
-            self._parser.invalid("missing_field")
-            raise MalformedResponse(f"{self._accounts_route} answered without an accounts list",
-                                    route=self._accounts_route, status="200")
+        page = self.payloads.body(FinicityAccountsPage, body, self._accounts_route)
         records = []
-        for account in accounts:
-            record = await self._record(account)
-            if record is not None:
-                records.append(record)
+        for raw in page.accounts:
+            account = self.payloads.item(FinicityAccount, raw)
+            if account is not None:
+                records.append(await self._record(account, customer_id))
         return records
 
-    async def _record(self, account: object) -> AccountStatus | None:
-        if not isinstance(account, dict):
-            self._parser.invalid("missing_field")
-            return None
-        account_id = parse_id(account.get("id"))
-        institution_id = parse_id(account.get("institutionId"))
-        if account_id is None or institution_id is None:
-            self._parser.invalid("missing_field")
-            return None
-        raw_code = account.get("aggregationStatusCode")
-        code = None
-        if raw_code is not None:
-            code = normalise_code("finicity", raw_code)
-            if code is None:
-                self._parser.invalid("invalid_code")
-                return None
+    async def _record(self, account: FinicityAccount, customer_id: str) -> AccountStatus:
         return AccountStatus(
             source=self.name,
             provider=self.provider,
-            account_key=account_id,
-            institution_id=institution_id,
-            institution=await self._institutions.get(institution_id),
-            code=code,
-            attempt_ts=self._parser.timestamp(account.get("aggregationAttemptDate")),
-            success_ts=self._parser.timestamp(account.get("aggregationSuccessDate")),
-            owner_id=parse_id(account.get("customerId")),
-            login_id=parse_id(account.get("institutionLoginId")),
+            account_key=account.id,
+            institution_id=account.institutionId,
+            institution=await self._institutions.get(account.institutionId),
+            code=account.aggregationStatusCode,
+            attempt_ts=account.aggregationAttemptDate,
+            success_ts=account.aggregationSuccessDate,
+            owner_id=account.customerId or customer_id,
+            login_id=account.institutionLoginId,
         )
 
     async def _load_institution(self, institution_id: str) -> tuple[str, float]:
-        """``displayName ?? name ?? id``; the id on 404 or error (errors kept only briefly)."""
-        body, name, ttl = await institution_body(
-            lambda: self._get(INSTITUTION_ROUTE, {"institutionId": institution_id}),
-            institution_id, self.config.institution_cache_ttl)
-        if body is None:
-            return name, ttl
-        institution = body.get("institution") if isinstance(body, dict) else None
-        if not isinstance(institution, dict):
-            self._parser.invalid("missing_field")
-            return name, min(ttl, FALLBACK_TTL)
-        found = first_present(institution.get("displayName"), institution.get("name"))
-        return (str(found).strip() if found is not None else name), ttl
+        """``displayName ?? name ?? id``."""
+        def name(body: Any) -> str | None:
+            found = self.payloads.body(FinicityInstitutionBody, body, INSTITUTION_ROUTE).institution
+            return found.displayName or found.name
+
+        return await institution_name(
+            lambda: self._call("GET", INSTITUTION_ROUTE, {"institutionId": institution_id}),
+            name, institution_id, self.config.institution_cache_ttl)

@@ -1,6 +1,6 @@
 """MX Platform API (v20111101): one sweep = users walk + members per user; the member is the unit.
 
-HTTP Basic with ``client_id:api_key``, no token. Read-only: never asks for an aggregation.
+HTTP Basic with ``client_id:api_key``, no token. Read-only: never asks for an aggregation; the only POST mints a Connect widget URL on request.
 Institution names come from ``GET /institutions/{institution_code}``, never from
 ``member.name``, which users can set to personal text.
 """
@@ -12,52 +12,48 @@ import logging
 import random as _random
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
-from exporter.catalog import normalise_code
 from exporter.config import MxSourceConfig
 from exporter.records import AccountStatus
 from exporter.sources.base import (
     AuthLockoutRisk,
+    Clock,
     NullObserver,
+    Sleep,
     Source,
     SweepReport,
     SweepSink,
     UpstreamObserver,
 )
-from exporter.sources.http import (
-    Clock,
-    MalformedResponse,
-    RecordParser,
-    Sleep,
-    UpstreamClient,
-    UpstreamStatusError,
-    parse_id,
+from exporter.sources.client import UpstreamClient
+from exporter.sources.errors import UpstreamStatusError
+from exporter.sources.payloads import (
+    MxInstitutionBody,
+    MxMember,
+    MxMembersPage,
+    MxPage,
+    MxUser,
+    MxUsersPage,
+    MxWidgetUrlBody,
+    Payload,
+    PayloadReader,
 )
-from exporter.sources.sweep import TtlCache, institution_body, sweep_units
+from exporter.sources.sharding import in_shard
+from exporter.sources.sweep import TtlCache, institution_name, sweep_units
 
 log = logging.getLogger(__name__)
 
 USERS_ROUTE = "/users"
 MEMBERS_ROUTE = "/users/{user_guid}/members"
 INSTITUTION_ROUTE = "/institutions/{institution_code}"
+WIDGET_URLS_ROUTE = "/users/{user_guid}/widget_urls"
 ACCEPT_V1 = "application/vnd.mx.api.v1+json"
 MAX_PAGES = 10_000  # safety net per list, whatever total_pages says
 
-
-def _as_int(raw: object) -> int | None:
-    text = parse_id(raw)
-    return int(text) if text is not None and text.isdigit() else None
-
-
-def _is_true(raw: object) -> bool:
-    return raw is True or (isinstance(raw, str) and raw.strip().lower() == "true")
-
-
-def _is_false(raw: object) -> bool:
-    return raw is False or (isinstance(raw, str) and raw.strip().lower() == "false")
+P = TypeVar("P", bound=Payload)
 
 
 class MxSource(Source):
@@ -94,7 +90,7 @@ class MxSource(Source):
             sleep=sleep,
             random=random,
         )
-        self._parser = RecordParser(config.name, self.observer, clock)
+        self.payloads = PayloadReader(config.name, self.observer, clock)
         self._institutions: TtlCache[str, str] = TtlCache(self._load_institution, clock)
         self._records_per_page = min(max(config.page_size, 10), 1000)
         self.stopped = False
@@ -113,18 +109,33 @@ class MxSource(Source):
     async def _user_listing(self) -> tuple[list[str], bool]:
         return await self._user_guids(), True
 
+    # ------------------------------------------------------------------ one owner
+
+    async def refresh_owner(self, owner_id: str) -> list[AccountStatus]:
+        """Re-read one user's members; ``[]`` when the user is gone (404)."""
+        return await self._user_members(owner_id)
+
+    def owns(self, owner_id: str) -> bool:
+        return in_shard(owner_id, self.config.shard)
+
+    async def fix_link(self, owner_id: str, login_id: str) -> str:
+        """A Connect widget URL opened on the broken member (valid ten minutes, single use)."""
+        body = {"widget_url": {"widget_type": "connect_widget", "current_member_guid": login_id}}
+        answer = await self._call("POST", WIDGET_URLS_ROUTE, {"user_guid": owner_id}, json=body)
+        return self.payloads.body(MxWidgetUrlBody, answer, WIDGET_URLS_ROUTE).widget_url.url
+
     # ------------------------------------------------------------------ requests
 
     def _check_stopped(self) -> None:
         if self.stopped:
             raise AuthLockoutRisk(f"{self.name}: credentials were refused; fix them and restart")
 
-    async def _get(self, route: str, path: Mapping[str, object] | None = None,
-                   params: Mapping[str, object] | None = None) -> Any:
-        """GET; a 401 means the client id / API key are wrong: stop the source."""
+    async def _call(self, method: str, route: str, path: Mapping[str, object] | None = None,
+                    params: Mapping[str, object] | None = None, json: object = None) -> Any:
+        """A request; a 401 means the client id / API key are wrong: stop the source."""
         self._check_stopped()
         try:
-            return await self.http.get_json(route, path, params=params)
+            return await self.http.request_json(method, route, path, params=params, json=json)
         except UpstreamStatusError as exc:
             if exc.http_status != 401:
                 raise
@@ -134,58 +145,48 @@ class MxSource(Source):
             log.error("%s: MX refused the client id / API key (HTTP 401); source stopped", self.name)
         raise AuthLockoutRisk(f"{self.name}: credentials were refused")
 
-    async def _pages(self, route: str, key: str,
-                     path: Mapping[str, object] | None = None) -> AsyncIterator[list[dict]]:
-        """Yield each page's items until ``current_page >= total_pages``, an empty page,
-        a page with nothing new, or the safety cap."""
+    async def _pages(self, route: str, page_model: type[MxPage],
+                     item_model: type[P], path: Mapping[str, object] | None = None,
+                     ) -> AsyncIterator[list[P]]:
+        """Yield each page's usable items until ``current_page >= total_pages``, an empty
+        page, a page with nothing new, or the safety cap."""
         seen: set[str] = set()
         page, cap = 1, MAX_PAGES
         while True:
-            body = await self._get(
-                route, path, params={"page": page, "records_per_page": self._records_per_page})
-            items = body.get(key) if isinstance(body, dict) else None
-            if not isinstance(items, list):
-                self._parser.invalid("missing_field")
-                raise MalformedResponse(f"{route} answered without a {key} list",
-                                        route=route, status="200")
-            objects = [i for i in items if isinstance(i, dict)]
-            for _ in range(len(items) - len(objects)):
-                self._parser.invalid("missing_field")
-            items = objects
-            guids = {g for g in (parse_id(i.get("guid")) for i in items) if g is not None}
+            body = await self._call(
+                "GET", route, path,
+                params={"page": page, "records_per_page": self._records_per_page})
+            parsed = self.payloads.body(page_model, body, route)
+            raw_items = parsed.items
+            items = [i for i in (self.payloads.item(item_model, r) for r in raw_items) if i is not None]
+            guids = {i.guid for i in items}  # type: ignore[attr-defined]
             fresh = guids - seen
             seen |= guids
             yield items
-            pagination = body.get("pagination") if isinstance(body, dict) else None
-            pagination = pagination if isinstance(pagination, dict) else {}
-            current = _as_int(pagination.get("current_page")) or page
-            total = _as_int(pagination.get("total_pages"))
+            current = parsed.pagination.current_page or page
+            total = parsed.pagination.total_pages
             if page == 1 and total is not None:
                 cap = min(MAX_PAGES, total + 2)
-            if not items or not fresh or total is None or current >= total or page >= cap:
+            if not raw_items or not fresh or total is None or current >= total or page >= cap:
                 return
             page += 1
 
     async def _user_guids(self) -> list[str]:
         guids: dict[str, None] = {}
-        async for users in self._pages(USERS_ROUTE, "users"):
+        async for users in self._pages(USERS_ROUTE, MxUsersPage, MxUser):
             for user in users:
-                guid = parse_id(user.get("guid"))
-                if guid is None:
-                    self._parser.invalid("missing_field")
-                elif self.config.include_disabled_users or not _is_true(user.get("is_disabled")):
-                    guids.setdefault(guid, None)
+                if self.config.include_disabled_users or user.is_disabled is not True:
+                    guids.setdefault(user.guid, None)
         return list(guids)
 
     async def _user_members(self, user_guid: str) -> list[AccountStatus]:
         """Records for one user's members; a 404 means the user is gone."""
         records: list[AccountStatus] = []
         try:
-            async for members in self._pages(MEMBERS_ROUTE, "members", {"user_guid": user_guid}):
+            async for members in self._pages(MEMBERS_ROUTE, MxMembersPage, MxMember,
+                                             {"user_guid": user_guid}):
                 for member in members:
-                    record = await self._record(member)
-                    if record is not None:
-                        records.append(record)
+                    records.append(await self._record(member, user_guid))
         except UpstreamStatusError as exc:
             if exc.http_status != 404:
                 raise
@@ -193,38 +194,23 @@ class MxSource(Source):
             return []
         return records
 
-    async def _record(self, member: dict) -> AccountStatus | None:
-        guid = parse_id(member.get("guid"))
-        institution_code = parse_id(member.get("institution_code"))
-        if guid is None or institution_code is None:
-            self._parser.invalid("missing_field")
-            return None
-        code = normalise_code("mx", member.get("connection_status"))
-        if code is None:
-            self._parser.invalid("invalid_code")
-            return None
-        aggregated_at = self._parser.timestamp(member.get("aggregated_at"))
-        settled = _is_false(member.get("is_being_aggregated"))
+    async def _record(self, member: MxMember, user_guid: str) -> AccountStatus:
         return AccountStatus(
             source=self.name,
             provider=self.provider,
-            account_key=guid,
-            institution_id=institution_code,
-            institution=await self._institutions.get(institution_code),
-            code=code,
-            attempt_ts=aggregated_at if settled else None,
-            success_ts=self._parser.timestamp(member.get("successfully_aggregated_at")),
-            owner_id=parse_id(member.get("user_guid")),
-            login_id=guid,
+            account_key=member.guid,
+            institution_id=member.institution_code,
+            institution=await self._institutions.get(member.institution_code),
+            code=member.connection_status,
+            attempt_ts=member.aggregated_at if member.is_being_aggregated is False else None,
+            success_ts=member.successfully_aggregated_at,
+            owner_id=member.user_guid or user_guid,
+            login_id=member.guid,
         )
 
     async def _load_institution(self, code: str) -> tuple[str, float]:
-        """``institution.name``, else the code (errors kept only briefly)."""
-        body, fallback, ttl = await institution_body(
-            lambda: self._get(INSTITUTION_ROUTE, {"institution_code": code}),
+        """``institution.name``, else the code."""
+        return await institution_name(
+            lambda: self._call("GET", INSTITUTION_ROUTE, {"institution_code": code}),
+            lambda body: self.payloads.body(MxInstitutionBody, body, INSTITUTION_ROUTE).institution.name,
             code, self.config.institution_cache_ttl)
-        institution = body.get("institution") if isinstance(body, dict) else None
-        name = institution.get("name") if isinstance(institution, dict) else None
-        if isinstance(name, str) and name.strip():
-            return name.strip(), ttl
-        return fallback, ttl

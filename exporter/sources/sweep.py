@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from exporter.config import ShardConfig
-from exporter.records import AccountStatus
-from exporter.sources.base import SweepFailed, SweepReport, SweepSink
-from exporter.sources.http import Clock, UpstreamError, UpstreamStatusError, in_shard
+from exporter.records import AccountStatus, clean_label
+from exporter.sources.base import Clock, SweepFailed, SweepReport, SweepSink
+from exporter.sources.errors import UpstreamError, UpstreamStatusError
+from exporter.sources.sharding import in_shard
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +163,25 @@ async def sweep_units(
     )
 
 
-async def institution_body(get: Callable[[], Awaitable[Any]], fallback: str,
-                           ttl: float) -> tuple[Any, str, float]:
-    """Fetch an institution for the name cache: ``(body, fallback, ttl)`` on success;
-    ``(None, fallback, ttl)`` when it is unknown (404, kept the full TTL) or the lookup
-    failed (kept only briefly, so a passing error does not stick)."""
+async def institution_name(get: Callable[[], Awaitable[Any]], parse: Callable[[Any], str | None],
+                           fallback: str, ttl: float) -> tuple[str, float]:
+    """The label-safe display name of an institution for the name cache, with its TTL.
+
+    ``get`` fetches the body, ``parse`` reads the name from it (raising ``UpstreamError`` when
+    the body does not fit). The id (``fallback``) stands in when the institution is unknown
+    (404, kept the full TTL) or when the lookup failed (kept only briefly, so that a passing
+    error does not stick).
+    """
     try:
-        return await get(), fallback, ttl
+        body = await get()
     except UpstreamStatusError as exc:
-        return None, fallback, ttl if exc.http_status == 404 else min(ttl, FALLBACK_TTL)
+        return fallback, ttl if exc.http_status == 404 else min(ttl, FALLBACK_TTL)
     except UpstreamError:
-        return None, fallback, min(ttl, FALLBACK_TTL)
+        return fallback, min(ttl, FALLBACK_TTL)
+    if body is None:
+        return fallback, ttl
+    try:
+        name = parse(body)
+    except UpstreamError:
+        return fallback, min(ttl, FALLBACK_TTL)
+    return clean_label(name, fallback), ttl

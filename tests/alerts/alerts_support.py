@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
@@ -24,16 +22,7 @@ ALERTMANAGER_EXAMPLE = ALERTS / "alertmanager.example.yml"
 RUNBOOKS = REPO / "docs" / "runbooks" / "README.md"
 
 
-def _load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("openfinance_alerts_generate", ALERTS / "generate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-generate = _load_generator()
+GENERATOR = [sys.executable, "-m", "alerts.generate"]  # for run()
 
 
 def load_rules(text: str | None = None) -> dict[str, Any]:
@@ -54,6 +43,8 @@ ALERT_NAMES = [r["alert"] for r in alerting_rules()]
 
 
 def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run a command (in the repository root unless ``cwd`` is given), capturing its output."""
+    kwargs.setdefault("cwd", REPO)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, **kwargs)
 
 

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import re
-import sys
 
 import promql_parser
 import pytest
 import yaml
-from alerts_support import (
-    ALERTS,
+
+from alerts import generate
+from tests.alerts.alerts_support import (
+    GENERATOR,
     PARAMS_FILE,
     REPO,
     RULES_FILE,
     TEMPLATE_FILE,
     alerting_rules,
-    generate,
     load_rules,
     run,
 )
@@ -25,12 +25,12 @@ from alerts_support import (
 def test_committed_file_equals_a_fresh_render(path):
     expected = generate.committed_outputs()[path]
     assert path.read_text(encoding="utf-8") == expected, (
-        f"{path.name} is out of date: run python alerts/generate.py"
+        f"{path.name} is out of date: run python -m alerts.generate"
     )
 
 
 def test_check_flag_accepts_the_committed_files():
-    result = run([sys.executable, str(ALERTS / "generate.py"), "--check"], cwd=REPO)
+    result = run([*GENERATOR, "--check"], cwd=REPO)
     assert result.returncode == 0, result.stderr
 
 
@@ -96,7 +96,7 @@ def test_cli_writes_rules_with_params_from_a_file(tmp_path):
     params = tmp_path / "my.yml"
     params.write_text("outage_ratio: 0.5\nspike_for: 30m\n", encoding="utf-8")
     out = tmp_path / "rules.yml"
-    result = run([sys.executable, str(ALERTS / "generate.py"), "--params", str(params), "--out", str(out)])
+    result = run([*GENERATOR, "--params", str(params), "--out", str(out)])
     assert result.returncode == 0, result.stderr
     rules = {r["alert"]: r for r in alerting_rules(yaml.safe_load(out.read_text(encoding="utf-8")))}
     assert ">= 0.5" in rules["OpenFinanceInstitutionOutage"]["expr"]
@@ -107,7 +107,7 @@ def test_cli_writes_rules_with_params_from_a_file(tmp_path):
 def test_cli_rejects_a_bad_params_file_with_exit_code_2(tmp_path):
     params = tmp_path / "bad.yml"
     params.write_text("no_such_param: 1\n", encoding="utf-8")
-    result = run([sys.executable, str(ALERTS / "generate.py"), "--params", str(params), "--out",
+    result = run([*GENERATOR, "--params", str(params), "--out",
                   str(tmp_path / "rules.yml")])
     assert result.returncode == 2
     assert "no_such_param" in result.stderr
@@ -120,7 +120,7 @@ def _seconds(duration: str) -> float:
 
 def test_short_durations_make_every_for_at_most_a_minute_and_windows_short(tmp_path):
     out = tmp_path / "short.yml"
-    result = run([sys.executable, str(ALERTS / "generate.py"), "--short-durations", "--out", str(out)])
+    result = run([*GENERATOR, "--short-durations", "--out", str(out)])
     assert result.returncode == 0, result.stderr
     doc = yaml.safe_load(out.read_text(encoding="utf-8"))
     for rule in alerting_rules(doc):

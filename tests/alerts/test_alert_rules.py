@@ -5,28 +5,27 @@ generator's defaults."""
 from __future__ import annotations
 
 import re
-import sys
 from datetime import timedelta
 from typing import Any
 
 import promql_parser as pq
 import pytest
 import yaml
-from alerts_support import (
+
+from alerts import generate
+from exporter.catalog import CATEGORIES
+from exporter.metrics.catalog import series_labels
+from tests.alerts.alerts_support import (
     ALERT_NAMES,
-    ALERTS,
+    GENERATOR,
     PROMTOOL_TESTS,
     RULES_FILE,
     RUNBOOKS,
     alerting_rules,
-    generate,
     load_rules,
     recording_rules,
     run,
 )
-
-from exporter.catalog import CATEGORIES
-from exporter.metric_catalog import series_labels
 
 DEFAULTS = generate.DEFAULTS
 SEVERITIES = {"critical", "warning", "info"}
@@ -43,7 +42,7 @@ RULES = {r["alert"]: r for r in alerting_rules()}
 @pytest.fixture(scope="module")
 def short_rules(tmp_path_factory):
     out = tmp_path_factory.mktemp("short") / "short.rules.yml"
-    result = run([sys.executable, str(ALERTS / "generate.py"), "--short-durations", "--out", str(out)])
+    result = run([*GENERATOR, "--short-durations", "--out", str(out)])
     assert result.returncode == 0, result.stderr
     return out
 
@@ -244,7 +243,7 @@ class _Labels:
         elif name in PROMETHEUS_SERIES:
             labels = PROMETHEUS_SERIES[name]
         else:
-            self.problems.append(f"{name} is not in exporter/metric_catalog.py")
+            self.problems.append(f"{name} is not in exporter/metrics/catalog.py")
             return frozenset()
         for m in matchers:
             if m.name not in labels:

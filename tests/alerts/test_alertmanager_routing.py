@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
-from alerts_support import ALERTMANAGER_EXAMPLE, free_port, run, wait_for
+
+from tests.alerts.alerts_support import ALERTMANAGER_EXAMPLE, free_port, run, wait_for
 
 PAGER, CHAT, TICKET = "openfinance-pager", "openfinance-chat", "openfinance-ticket"
 

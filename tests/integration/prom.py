@@ -12,10 +12,8 @@ writes its output to a log file in the test's tmp dir, and is stopped by pid.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -46,25 +44,16 @@ ALERTMANAGER_EXAMPLE = ALERTS_DIR / "alertmanager.example.yml"
 EXPORTER_JOB = "openfinance-exporter"  # alerts/generate.py DEFAULTS["exporter_job"]
 
 
-def load_module(name: str, path: Path) -> ModuleType:
-    """Import a script that is not in a package (alerts/generate.py, dashboards/generate.py)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None, path
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def alerts_generator() -> ModuleType:
-    return load_module("openfinance_alerts_generate_integration", ALERTS_DIR / "generate.py")
+    from alerts import generate
+
+    return generate
 
 
 def dashboards_generator() -> ModuleType:
-    return load_module("openfinance_dashboards_generate_integration",
-                       DASHBOARDS_DIR / "generate.py")
+    from dashboards import generate  # needs grafana-foundation-sdk (the dashboards extra)
+
+    return generate
 
 
 def check_tool(args: Sequence[str]) -> None:

@@ -179,25 +179,21 @@ def _run(stack: MonitoredSandbox, receiver: WebhookReceiver, params: dict[str, A
 
     # --- Routing: each alert reached its severity's receiver, nothing else was sent --------
     received = receiver.alerts()
+    routes = {OUTAGE: (expected_outage, PAGER, "critical", "which is not in outage"),
+              OTP: (expected_otp, CHAT, "warning", "which has no OTP suspects")}
     problems = []
     for alert in received:
         name, key = alert["labels"].get("alertname"), _key(alert)
         source = f"{key[0]}-sandbox"
         if alert["labels"].get("source") != source:
             problems.append(f"{name} {key}: source {alert['labels'].get('source')}, not {source}")
-        if name == OUTAGE:
-            if key not in expected_outage:
-                problems.append(f"{OUTAGE} for {key}, which is not in outage")
+        if name in routes:
+            expected, receiver_name, severity, why = routes[name]
+            if key not in expected:
+                problems.append(f"{name} for {key}, {why}")
             if (alert["path"], alert["receiver"], alert["labels"].get("severity")) \
-                    != (PAGER, PAGER, "critical"):
-                problems.append(f"{OUTAGE} {key} went to {alert['path']}/{alert['receiver']} "
-                                f"with severity {alert['labels'].get('severity')}")
-        elif name == OTP:
-            if key not in expected_otp:
-                problems.append(f"{OTP} for {key}, which has no OTP suspects")
-            if (alert["path"], alert["receiver"], alert["labels"].get("severity")) \
-                    != (CHAT, CHAT, "warning"):
-                problems.append(f"{OTP} {key} went to {alert['path']}/{alert['receiver']} "
+                    != (receiver_name, receiver_name, severity):
+                problems.append(f"{name} {key} went to {alert['path']}/{alert['receiver']} "
                                 f"with severity {alert['labels'].get('severity')}")
         else:
             problems.append(f"unexpected alert {name} {alert['labels']}")

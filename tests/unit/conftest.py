@@ -3,10 +3,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from exporter.catalog import Catalog
-from exporter.metrics import AgeCollector, AgentMetrics, Exposition, FleetCollector
+from exporter.metrics import build_metrics
 from exporter.records import AccountStatus
 from exporter.sources.base import SweepReport
 from exporter.state import StateStore
@@ -35,14 +33,11 @@ class Harness:
     def __init__(self, path, clock: Clock, **tracker_kwargs):
         self.path = path
         self.clock = clock
-        self.live = CollectorRegistry()
-        self.fleet = CollectorRegistry()
-        self.metrics = AgentMetrics(self.live)
+        wiring = build_metrics(lambda: self.tracker.snapshot, clock=clock)
+        self.fleet, self.live = wiring.fleet, wiring.live
+        self.metrics, self.exposition = wiring.agent, wiring.exposition
         self.store = StateStore(path)
         self.tracker = Tracker(self.store, clock=clock, events=self.metrics, **tracker_kwargs)
-        self.fleet.register(FleetCollector(lambda: self.tracker.snapshot, Catalog.default()))
-        self.live.register(AgeCollector(lambda: self.tracker.snapshot, clock))
-        self.exposition = Exposition(self.fleet, self.live, lambda: self.tracker.snapshot.version)
 
     async def sweep(self, records: list[AccountStatus], *, complete: bool = True,
                     source: str = "fin", provider: str = "finicity") -> None:
@@ -79,9 +74,10 @@ def harness(tmp_path, clock) -> Harness:
 
 @pytest.fixture
 def acct(clock) -> Callable[..., AccountStatus]:
-    """A Finicity account record at the current night, overridable field by field."""
+    """A Finicity account record at the current night, overridable field by field, valid as
+    a source emits it (``code`` given as a number is its string; None is ``"NONE"``)."""
 
-    def make(key: str = "a1", code: object = 0, *, inst: str = "4222", name: str = "FinBank",
+    def make(key: str = "a1", code: str | int | None = 0, *, inst: str = "4222", name: str = "FinBank",
              attempt: float | str | None = "now", success: float | str | None = "auto",
              source: str = "fin", provider: str = "finicity") -> AccountStatus:
         attempt_ts = clock.now - 3600 if attempt == "now" else attempt
@@ -89,6 +85,7 @@ def acct(clock) -> Callable[..., AccountStatus]:
             success_ts = attempt_ts if code in (0, "0", "CONNECTED") else None
         else:
             success_ts = success
+        code = "NONE" if code is None else str(code)
         return AccountStatus(source, provider, key, inst, name, code, attempt_ts, success_ts)
 
     return make

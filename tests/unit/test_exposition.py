@@ -6,14 +6,14 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.metric_catalog import METRICS, render_markdown
+from exporter.metrics.catalog import METRICS, render_markdown
 from tests.unit.conftest import Harness
 
 DOCS = Path(__file__).resolve().parents[2] / "docs/metrics.md"
 
 
 async def _fleet(h: Harness, acct) -> None:
-    h.metrics.init_source("fin", "finicity")
+    h.metrics.source_added("fin", "finicity")
     h.metrics.request("fin", "/aggregation/v1/customers", "200", 0.1)
     await h.sweep([acct("a1", 0), acct("a2", 185), acct("a3", 910, name='Q"uote\\d\nBank')])
 
@@ -29,6 +29,14 @@ def test_every_catalogued_metric_is_described_by_the_exporter(harness):
             for family in (collector.describe() if hasattr(collector, "describe") else []):
                 described.add(family.name)
     assert described == {m.name for m in METRICS}
+
+
+def test_snapshot_metrics_come_from_collectors_and_the_rest_from_instruments(harness):
+    from exporter.metrics.collectors import AgeCollector, FleetCollector
+
+    from_collectors = {f.name for c in (FleetCollector(None, []), AgeCollector(None, None))
+                       for f in c.describe()}
+    assert from_collectors == {m.name for m in METRICS if m.from_snapshot}
 
 
 async def test_text_exposition_parses_and_passes_promtool(harness, acct, tmp_path):
@@ -55,7 +63,7 @@ async def test_openmetrics_and_gzip_are_served_as_one_document(harness, acct):
 async def test_fleet_bytes_are_rendered_once_per_snapshot(harness, acct, monkeypatch):
     await _fleet(harness, acct)
     calls = []
-    from exporter import metrics as m
+    from exporter.metrics import exposition as m
 
     real = m.text_format.generate_latest
     monkeypatch.setattr(m.text_format, "generate_latest",

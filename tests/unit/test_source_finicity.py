@@ -12,16 +12,11 @@ from exporter.config import FinicitySourceConfig
 from exporter.records import AccountStatus
 from exporter.sources import build_source
 from exporter.sources.base import AuthLockoutRisk, SweepFailed
+from exporter.sources.errors import UpstreamStatusError
 from exporter.sources.finicity import FinicitySource
 from tests.unit.support import NOW, FakeTime, Recorder, Sink, load_fixture
 
 APP_KEY, PARTNER_SECRET = "app-key-0123456789abcdef", "partner-secret-aqJ5Ic4SEVx2IgDQ"
-
-
-
-
-
-
 
 
 def fixture(name: str) -> dict:
@@ -51,6 +46,8 @@ class FakeFinicity:
         self.customers_status = 200
         self.log: list[httpx.Request] = []
         self.starts: list[int] = []
+        self.throttle_once: str | None = None  # a path answered once with 429 Retry-After: 3
+        self.fix_status = 200
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -76,7 +73,14 @@ class FakeFinicity:
         if token in self.rejected_tokens:
             return httpx.Response(401, json={"code": "10023,", "message": "Expired (Finicity-App-Token)"})
         assert request.headers["Accept"] == "application/json"
-        assert request.method == "GET", "only the authentication call may POST"
+        if path == self.throttle_once:
+            self.throttle_once = None
+            return httpx.Response(429, headers={"Retry-After": "3"})
+        if path == "/connect/v2/generate/fix" and request.method == "POST":
+            if self.fix_status != 200:
+                return httpx.Response(self.fix_status, json={"code": 10010, "message": "Customer ID does not exist"})
+            return httpx.Response(200, json={"link": "https://connect2.finicity.com?signature=s3cr3t"})
+        assert request.method == "GET", "only authentication and Connect Fix may POST"
         parts = path.strip("/").split("/")
         if path == "/aggregation/v1/customers":
             return self.customers_page(request)
@@ -146,12 +150,13 @@ async def test_a_sweep_turns_recorded_payloads_into_account_statuses():
     assert report.records == len(records) == 6
     assert records["5011648377"] == AccountStatus(
         source="finicity-test", provider="finicity", account_key="5011648377", institution_id="4222",
-        institution="Chase", code="185", attempt_ts=1607450357.0, success_ts=1607363957.0)
+        institution="Chase", code="185", attempt_ts=1607450357.0, success_ts=1607363957.0,
+        owner_id="1005061234", login_id="1007302745")
     assert records["5011648401"].institution == "FinBank Profiles - A"
     assert records["5011648423"].institution == "FinBank"  # no displayName: falls back to name
     assert records["5011648423"].code == "901"
     never = records["5011648444"]
-    assert never.code is None and never.attempt_ts is None and never.success_ts is None
+    assert never.code == "NONE" and never.attempt_ts is None and never.success_ts is None
 
 
 async def test_codes_ids_and_dates_sent_as_strings_or_numbers_are_parsed():
@@ -180,7 +185,7 @@ async def test_absurd_dates_become_none_and_are_counted():
     observer, sink = Recorder(), Sink()
     await make_source(server, observer=observer).sweep(sink)
     assert (sink.records[0].attempt_ts, sink.records[0].success_ts) == (None, None)
-    assert observer.invalid == ["invalid_date", "invalid_date"]
+    assert observer.invalid == ["invalid_timestamp", "invalid_timestamp"]
 
 
 async def test_records_missing_required_fields_are_skipped_and_counted_without_failing_the_sweep():
@@ -480,3 +485,94 @@ async def test_build_source_dispatches_on_the_provider():
     source = build_source(make_config(), Recorder(), clock=lambda: NOW, transport=server.transport())
     assert isinstance(source, FinicitySource) and source.provider == "finicity"
     await source.aclose()
+
+
+# ---------------------------------------------------------------------------- one customer
+
+
+async def test_refresh_owner_rereads_one_customer_with_the_sweeps_token():
+    server = many_customers(3)
+    source = make_source(server)
+    await source.sweep(Sink())
+    server.accounts["1001"][0]["aggregationStatusCode"] = 185
+    server.log.clear()
+    records = await source.refresh_owner("1001")
+    assert [(r.account_key, r.code, r.owner_id) for r in records] == [("51001", "185", "1001")]
+    assert [(r.method, r.url.path) for r in server.log] == [("GET", "/aggregation/v1/customers/1001/accounts")]
+    assert server.tokens_issued == 1
+
+
+async def test_refresh_owner_of_a_customer_that_is_gone_is_empty():
+    server = many_customers(1)
+    assert await make_source(server).refresh_owner("4040") == []
+
+
+async def test_refresh_owner_waits_out_a_429_as_long_as_retry_after_says():
+    server, time, observer = many_customers(1), FakeTime(), Recorder()
+    server.throttle_once = "/aggregation/v1/customers/1000/accounts"
+    records = await make_source(server, time=time, observer=observer).refresh_owner("1000")
+    assert len(records) == 1 and time.sleeps == [3.0] and observer.retries == ["rate_limited"]
+
+
+async def test_refresh_owner_raises_sweep_failed_when_the_credentials_are_refused():
+    server = many_customers(1)
+    server.auth_status = 401
+    with pytest.raises(SweepFailed):
+        await make_source(server).refresh_owner("1000")
+
+
+async def test_owns_agrees_with_the_customers_a_sharded_sweep_reads():
+    server = many_customers(20)
+    source = make_source(server, page_size=100, shard={"index": 1, "count": 2})
+    await source.sweep(Sink())
+    read = {r.url.path.split("/")[4] for r in server.calls("/aggregation/v1/customers/")}
+    assert read == {c["id"] for c in server.customers if source.owns(c["id"])} and 0 < len(read) < 20
+
+
+async def test_fix_link_posts_the_partner_customer_and_login_with_the_configured_redirect():
+    server, observer = many_customers(1), Recorder()
+    source = make_source(server, observer=observer, fix_redirect_uri="https://app.example/fixed",
+                         fix_webhook="https://hooks.example/connect")
+    link = await source.fix_link("1000", "1007302745")
+    assert link == "https://connect2.finicity.com?signature=s3cr3t"
+    request = server.calls("/connect/v2/generate/fix", "POST")[0]
+    assert json.loads(request.content) == {
+        "partnerId": "1234583871234", "customerId": "1000", "institutionLoginId": "1007302745",
+        "redirectUri": "https://app.example/fixed", "webhook": "https://hooks.example/connect"}
+    assert request.headers["Finicity-App-Token"] == "token-1"
+    assert ("/connect/v2/generate/fix", "200") in observer.requests
+
+
+async def test_fix_link_sends_only_the_required_fields_without_fix_settings():
+    server = many_customers(1)
+    await make_source(server).fix_link("1000", "1007302745")
+    body = json.loads(server.calls("/connect/v2/generate/fix", "POST")[0].content)
+    assert sorted(body) == ["customerId", "institutionLoginId", "partnerId"]
+
+
+async def test_fix_link_renews_an_expired_token_once_and_reuses_it():
+    server = many_customers(1)
+    source = make_source(server)
+    await source.sweep(Sink())
+    server.rejected_tokens.add("token-1")
+    await source.fix_link("1000", "1007302745")
+    await source.fix_link("1000", "1007302745")
+    assert server.tokens_issued == 2
+    assert [r.headers["Finicity-App-Token"] for r in server.calls("/connect/v2/generate/fix", "POST")] == [
+        "token-1", "token-2", "token-2"]
+
+
+async def test_a_refused_fix_link_raises_an_upstream_error_with_the_code():
+    server = many_customers(1)
+    server.fix_status = 400
+    with pytest.raises(UpstreamStatusError) as caught:
+        await make_source(server).fix_link("9999", "1")
+    assert caught.value.code == 10010 and "9999" not in str(caught.value)
+
+
+async def test_institution_names_reach_records_label_safe():
+    server = many_customers(1)
+    server.institutions["4222"] = {"institution": {"id": 4222, "displayName": " Chase\nBank\x00 "}}
+    sink = Sink()
+    await make_source(server).sweep(sink)
+    assert sink.records[0].institution == "Chase Bank"

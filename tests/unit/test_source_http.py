@@ -1,4 +1,4 @@
-"""The shared upstream client: retries, backoff, Retry-After, rate limit, reporting, loose parsing."""
+"""The shared upstream client: retries, backoff, Retry-After, rate limit, reporting, sharding."""
 
 from __future__ import annotations
 
@@ -10,24 +10,13 @@ import httpx
 import pytest
 
 from exporter.config import HttpConfig, ShardConfig
-from exporter.sources.http import (
-    MalformedResponse,
-    UpstreamClient,
-    UpstreamStatusError,
-    UpstreamUnavailable,
-    in_shard,
-    parse_id,
-    parse_timestamp,
-)
+from exporter.sources.client import UpstreamClient
+from exporter.sources.errors import MalformedResponse, UpstreamStatusError, UpstreamUnavailable
+from exporter.sources.sharding import in_shard
 from exporter.sources.sweep import TtlCache
 from tests.unit.support import NOW, FakeTime, Recorder
 
 ROUTE = "/aggregation/v1/customers/{customerId}/accounts"
-
-
-
-
-
 
 def scripted(*answers):
     """A MockTransport handler answering in order; an exception instance is raised instead."""
@@ -206,29 +195,6 @@ async def test_concurrent_requests_are_bounded_by_max_concurrency():
 
 async def test_an_empty_success_body_decodes_to_none():
     assert await make_client(scripted(httpx.Response(204))).get_json(ROUTE, {"customerId": "1"}) is None
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [(1607450357, 1607450357.0), ("1607450357", 1607450357.0), (1607450357.5, 1607450357.5),
-     ("2020-12-08T18:39:17Z", 1607452757.0), ("2016-10-13T18:07:57.000Z", 1476382077.0),
-     ("2020-12-08T18:39:17", 1607452757.0), (None, None), ("", None)],
-)
-def test_dates_arrive_as_epoch_numbers_epoch_strings_or_iso_strings(raw, expected):
-    assert parse_timestamp(raw, now=NOW) == expected
-
-
-@pytest.mark.parametrize("raw", [0, -5, 1607450357000, "tomorrow", True, NOW + 30 * 86400, [1]])
-def test_absurd_dates_are_rejected(raw):
-    with pytest.raises(ValueError):
-        parse_timestamp(raw, now=NOW)
-
-
-@pytest.mark.parametrize(("raw", "expected"), [("5011648377", "5011648377"), (5011648377, "5011648377"),
-                                               (4222.0, "4222"), (" 12 ", "12"), ("", None), (None, None),
-                                               (True, None), ({"id": 1}, None)])
-def test_ids_arrive_as_strings_or_numbers(raw, expected):
-    assert parse_id(raw) == expected
 
 
 def test_shard_assignment_is_stable_and_every_id_lands_in_exactly_one_shard():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import httpx
 import pytest
@@ -11,6 +12,7 @@ from exporter.config import MxSourceConfig
 from exporter.records import AccountStatus
 from exporter.sources import build_source
 from exporter.sources.base import AuthLockoutRisk, SweepFailed
+from exporter.sources.errors import MalformedResponse, UpstreamStatusError
 from exporter.sources.mx import MxSource
 from tests.unit.support import FakeTime, Recorder, Sink, load_fixture
 
@@ -18,12 +20,6 @@ CLIENT_ID, API_KEY = "client-id-1234", "api-key-abcdef0123456789"
 U1 = "USR-fa7537f3-48aa-a683-a02a-b18940482f54"
 U2 = "USR-0c5a2a43-7b2f-4c4e-9a11-5d1e0f2c9b01"
 U3 = "USR-9d1f7e2a-3c4b-4f5e-8a6d-7b8c9d0e1f23"
-
-
-
-
-
-
 
 
 def fixture(name: str) -> dict:
@@ -53,6 +49,9 @@ class FakeMx:
         self.total_pages_override: int | None = None
         self.ignore_page = False
         self.log: list[httpx.Request] = []
+        self.throttle_once: str | None = None  # a path answered once with 429 Retry-After: 3
+        self.widget_answer: dict = {"widget_url": {"type": "connect_widget", "user_id": "u-1",
+                                                   "url": "https://int-widgets.moneydesktop.com/md/connect/t0k"}}
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -62,12 +61,20 @@ class FakeMx:
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.log.append(request)
-        assert request.method == "GET", "the monitor never writes to MX"
         assert request.headers["Accept"] == "application/vnd.mx.api.v1+json"
         expected = "Basic " + base64.b64encode(f"{CLIENT_ID}:{API_KEY}".encode()).decode()
         if self.status == 401 or request.headers.get("Authorization") != expected:
             return httpx.Response(401, json={"error": {"message": "Invalid MX-API-Key or MX-Client-ID"}})
+        if request.url.path == self.throttle_once:
+            self.throttle_once = None
+            return httpx.Response(429, headers={"Retry-After": "3"})
         parts = request.url.path.strip("/").split("/")
+        if request.method == "POST" and len(parts) == 3 and parts[2] == "widget_urls":
+            assert request.headers["Content-Type"] == "application/json"
+            if parts[1] not in self.members:
+                return httpx.Response(404, json={"error": {"message": "User not found"}})
+            return httpx.Response(200, json=self.widget_answer)
+        assert request.method == "GET", "the monitor never writes to MX but for widget URLs"
         if parts == ["users"]:
             if self.users_status != 200:
                 return httpx.Response(self.users_status)
@@ -120,7 +127,8 @@ async def test_a_sweep_turns_recorded_members_into_account_statuses():
     assert records["MBR-7c6f361b-e582-15b6-60c0-358f12466b4b"] == AccountStatus(
         source="mx-test", provider="mx", account_key="MBR-7c6f361b-e582-15b6-60c0-358f12466b4b",
         institution_id="mxbank", institution="MX Bank", code="CHALLENGED",
-        attempt_ts=1476382077.0, success_ts=1476295058.0)
+        attempt_ts=1476382077.0, success_ts=1476295058.0,
+        owner_id=U1, login_id="MBR-7c6f361b-e582-15b6-60c0-358f12466b4b")
     manual = records["MBR-3c4d5e6f-7081-92a3-b4c5-d6e7f8091a2b"]
     assert (manual.code, manual.attempt_ts, manual.success_ts) == ("NONE", None, None)
 
@@ -240,7 +248,7 @@ async def test_member_dates_as_iso_strings_or_epoch_numbers_are_parsed_and_absur
     a, b = sink.by_key()["MBR-a"], sink.by_key()["MBR-b"]
     assert (a.attempt_ts, a.success_ts) == (1476382077.0, 1476295058.0)
     assert (b.attempt_ts, b.success_ts) == (1476382077.0, None)
-    assert observer.invalid == ["invalid_date"]
+    assert observer.invalid == ["invalid_timestamp"]
 
 
 async def test_members_missing_fields_or_with_an_unusable_status_are_skipped_and_counted():
@@ -297,3 +305,77 @@ async def test_build_source_dispatches_on_the_provider():
     source = build_source(config, Recorder(), transport=FakeMx().transport())
     assert isinstance(source, MxSource) and source.provider == "mx"
     await source.aclose()
+
+
+# ---------------------------------------------------------------------------- one user
+
+
+async def test_refresh_owner_rereads_one_users_members():
+    server = many_users(3, members_each=2)
+    source = make_source(server)
+    await source.sweep(Sink())
+    server.members["USR-0001"][1]["connection_status"] = "CHALLENGED"
+    server.log.clear()
+    records = await source.refresh_owner("USR-0001")
+    assert [(r.account_key, r.code, r.owner_id, r.login_id) for r in records] == [
+        ("MBR-0001-0", "CONNECTED", "USR-0001", "MBR-0001-0"),
+        ("MBR-0001-1", "CHALLENGED", "USR-0001", "MBR-0001-1")]
+    assert [r.url.path for r in server.log] == ["/users/USR-0001/members"]
+
+
+async def test_the_owner_comes_from_the_user_walked_when_the_member_lacks_user_guid():
+    server = many_users(1)
+    del server.members["USR-0000"][0]["user_guid"]
+    records = await make_source(server).refresh_owner("USR-0000")
+    assert records[0].owner_id == "USR-0000"
+
+
+async def test_refresh_owner_of_a_user_that_is_gone_is_empty():
+    assert await make_source(many_users(1)).refresh_owner("USR-gone") == []
+
+
+async def test_refresh_owner_waits_out_a_429_as_long_as_retry_after_says():
+    server, time, observer = many_users(1), FakeTime(), Recorder()
+    server.throttle_once = "/users/USR-0000/members"
+    records = await make_source(server, time=time, observer=observer).refresh_owner("USR-0000")
+    assert len(records) == 1 and time.sleeps == [3.0] and observer.retries == ["rate_limited"]
+
+
+async def test_refresh_owner_raises_sweep_failed_when_the_credentials_are_refused():
+    server = many_users(1)
+    server.status = 401
+    with pytest.raises(SweepFailed):
+        await make_source(server).refresh_owner("USR-0000")
+
+
+async def test_owns_agrees_with_the_users_a_sharded_sweep_reads():
+    server = many_users(20)
+    source = make_source(server, shard={"index": 0, "count": 2})
+    await source.sweep(Sink())
+    read = {r.url.path.split("/")[2] for r in server.calls("/users/")}
+    assert read == {u["guid"] for u in server.users if source.owns(u["guid"])} and 0 < len(read) < 20
+
+
+async def test_fix_link_asks_for_a_connect_widget_on_the_broken_member():
+    server, observer = many_users(1), Recorder()
+    url = await make_source(server, observer=observer).fix_link("USR-0000", "MBR-0000-0")
+    assert url == "https://int-widgets.moneydesktop.com/md/connect/t0k"
+    request = server.log[-1]
+    assert (request.method, request.url.path) == ("POST", "/users/USR-0000/widget_urls")
+    assert json.loads(request.content) == {
+        "widget_url": {"widget_type": "connect_widget", "current_member_guid": "MBR-0000-0"}}
+    assert observer.requests == [("/users/{user_guid}/widget_urls", "200")]
+
+
+async def test_fix_link_for_a_user_that_is_gone_raises_an_upstream_error():
+    with pytest.raises(UpstreamStatusError) as caught:
+        await make_source(many_users(1)).fix_link("USR-gone", "MBR-1")
+    assert caught.value.http_status == 404
+
+
+async def test_a_widget_answer_without_a_url_is_counted_and_raised():
+    server, observer = many_users(1), Recorder()
+    server.widget_answer = {"widget_url": {"type": "connect_widget"}}
+    with pytest.raises(MalformedResponse):
+        await make_source(server, observer=observer).fix_link("USR-0000", "MBR-0000-0")
+    assert observer.invalid == ["missing_field"]

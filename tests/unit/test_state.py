@@ -18,14 +18,30 @@ from hypothesis import strategies as st
 from exporter.records import AccountStatus
 from exporter.sources.base import SweepReport
 from exporter.state import SCHEMA_VERSION, StateStore
-from exporter.tracker import AgeHistogram, FleetState, Tracker
+from exporter.tracker import AccountEvent, AgeHistogram, EventKind, FleetState, Tracker
 from tests.unit.conftest import DAY, T0, Clock
 
-CODES = [0, 0, 185, 103, 910, None, "1234567", [1]]  # includes pending, unknown and junk
+# ok twice as often; pending; two unknown codes, of which the cap of 1 admits one
+CODES = ["0", "0", "185", "103", "910", "NONE", "1234567", "7654321"]
 
 
 def rebuilt(tracker: Tracker, source: str = "fin") -> FleetState:
     return tracker._read_fleet(source, "finicity")
+
+
+def categories(store: StateStore, tracker: Tracker) -> dict[str, str]:
+    """Stored accounts not in category ok, by key."""
+    rows = store.connection.execute("SELECT account_key, code FROM accounts").fetchall()
+    return {k: c for k, code in rows if (c := tracker.classify("finicity", code)[0]) != "ok"}
+
+
+def folded(events: list[AccountEvent], state: dict[str, str]) -> None:
+    """Replay account events onto ``state`` (key → non-ok category)."""
+    for e in events:
+        if e.kind is EventKind.ENTERED:
+            state[e.account_key] = e.category
+        elif e.kind in (EventKind.BACK_TO_OK, EventKind.REMOVED):
+            state.pop(e.account_key, None)
 
 
 def as_dict(fleet: FleetState) -> dict:
@@ -50,7 +66,14 @@ def test_incremental_aggregates_always_equal_a_rebuild_from_the_rows(sweeps, bat
         with tempfile.TemporaryDirectory() as tmp:
             clock = Clock()
             store = StateStore(Path(tmp) / "s.db")
-            tracker = Tracker(store, clock=clock, batch_size=batch, otp_streak_threshold=2)
+            tracker = Tracker(store, clock=clock, batch_size=batch, otp_streak_threshold=2,
+                              max_unknown_codes=1)
+            replayed: dict[str, str] = {}
+
+            async def subscriber(events):
+                folded(events, replayed)
+
+            tracker.subscribe(subscriber)
             for records, complete, advance in sweeps:
                 session = await tracker.begin("fin", "finicity")
                 for key, code, inst, attempt, success in records:
@@ -62,6 +85,10 @@ def test_incremental_aggregates_always_equal_a_rebuild_from_the_rows(sweeps, bat
                                                      f"Bank {inst}", code, at, succ)])
                 await session.finish(SweepReport(complete=complete))
                 assert as_dict(tracker.fleet("fin")) == as_dict(rebuilt(tracker))
+                # the events tell a consumer exactly which accounts are broken, and how
+                assert replayed == categories(store, tracker)
+                codes = {c for (_i, c, _cat, _f) in tracker.fleet("fin").accounts}
+                assert len(codes & {"1234567", "7654321"}) <= 1  # the cap: the other one is "other"
                 agg = tracker.snapshot.sources["fin"]
                 assert agg.state_accounts == store.connection.execute(
                     "SELECT count(*) FROM accounts").fetchone()[0]

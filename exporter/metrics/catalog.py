@@ -1,8 +1,20 @@
-"""Every metric the exporter exposes: name, type, labels and help, in one table.
+"""Every metric the exporter exposes: name, type, labels, help and buckets, in one table.
 
-The collector and the self-metrics are built from this table, ``docs/metrics.md`` is checked
-against it, and the dashboards' and rules' contract tests read it, so a metric cannot exist
-in one place and not in the others.
+This is the extension point for new metrics. The collectors and the self-metrics are built
+from :data:`METRICS`, ``docs/metrics.md`` is generated from it and checked by a test, and the
+dashboards' and rules' contract tests read it, so a metric cannot exist in one place and not
+in the others. To add a metric (a feature's webhook, remediation or institution-health
+series):
+
+1. add a :class:`MetricSpec` to :data:`METRICS` (counters without ``_total``);
+2. if the value comes from the tracker's snapshot, mark it ``from_snapshot=True`` and yield it
+   from a collector in :mod:`exporter.metrics.collectors`; otherwise it becomes a
+   ``prometheus_client`` instrument of :class:`exporter.metrics.observers.AgentMetrics`
+   by itself (``AgentMetrics.instrument("webhook_events")``), and the feature's observer
+   Protocol gets a method there that sets it;
+3. ``python -m exporter.metrics > docs/metrics.md``.
+
+This module imports nothing from the exporter, so generators and tests can read it alone.
 """
 
 from __future__ import annotations
@@ -26,7 +38,16 @@ class MetricSpec:
     type: str  # gauge | counter | histogram | gaugehistogram | info
     labels: tuple[str, ...]
     help: str
-    group: str  # fleet | agent
+    group: str  # fleet | agent: the section of docs/metrics.md
+    buckets: tuple[float, ...] = ()  # histograms only
+    # True: rendered by a collector from the tracker's snapshot (cached per snapshot);
+    # False: a prometheus_client instrument that an observer sets.
+    from_snapshot: bool = False
+
+    @property
+    def short(self) -> str:
+        """The name without the ``openfinance_`` prefix (``sweeps``)."""
+        return self.name.removeprefix(PREFIX)
 
     @property
     def series_names(self) -> tuple[str, ...]:
@@ -40,11 +61,16 @@ class MetricSpec:
         return (self.name,)
 
 
-def _m(name: str, type_: str, labels: tuple[str, ...], help_: str, group: str) -> MetricSpec:
-    return MetricSpec(PREFIX + name, type_, labels, help_, group)
+def _m(name: str, type_: str, labels: tuple[str, ...], help_: str, group: str, *,
+       buckets: tuple[float, ...] = (), from_snapshot: bool | None = None) -> MetricSpec:
+    """A spec; fleet metrics come from the snapshot unless told otherwise."""
+    if from_snapshot is None:
+        from_snapshot = group == "fleet"
+    return MetricSpec(PREFIX + name, type_, labels, help_, group, buckets, from_snapshot)
 
 
-# Counter names are given without ``_total``; the exposition adds it.
+# Counter names are given without ``_total``; the exposition adds it. Features append their
+# specs here (see the module docstring); the order is the order of docs/metrics.md.
 METRICS: tuple[MetricSpec, ...] = (
     _m("accounts", "gauge", (*FLEET_LABELS, "code", "category"),
        "Accounts (Finicity) or members (MX) whose last known status is this code.", "fleet"),
@@ -65,7 +91,7 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("sweeps", "counter", ("source", "result"),
        "Sweeps finished, by result: success, partial or failed.", "agent"),
     _m("sweep_duration_seconds", "histogram", ("source",),
-       "Wall-clock duration of sweeps.", "agent"),
+       "Wall-clock duration of sweeps.", "agent", buckets=SWEEP_DURATION_BUCKETS),
     _m("sweep_last_success_timestamp_seconds", "gauge", ("source",),
        "When the last successful (complete) sweep finished, epoch seconds.", "agent"),
     _m("sweep_accounts", "gauge", ("source",),
@@ -76,7 +102,7 @@ METRICS: tuple[MetricSpec, ...] = (
        "HTTP requests to the aggregator, by route template and status code (or error kind).",
        "agent"),
     _m("upstream_request_duration_seconds", "histogram", ("source", "endpoint"),
-       "Latency of requests to the aggregator.", "agent"),
+       "Latency of requests to the aggregator.", "agent", buckets=REQUEST_DURATION_BUCKETS),
     _m("upstream_retries", "counter", ("source", "reason"),
        "Retried upstream requests, by reason.", "agent"),
     _m("upstream_auth_failures", "counter", ("source",),
@@ -84,7 +110,9 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("source_up", "gauge", ("source",),
        "1 while a source may sweep; 0 once stopped (e.g. after refused credentials).", "agent"),
     _m("invalid_records", "counter", ("source", "reason"),
-       "Upstream payloads or records that could not be used.", "agent"),
+       "Upstream payloads or records that could not be used, counted once by the source; reason: "
+       "malformed_json, missing_field, invalid_code, invalid_id (skipped), invalid_timestamp "
+       "(kept without that date).", "agent"),
     _m("unknown_codes", "counter", ("source", "provider"),
        "Records carrying a status code not in the catalog (counted as category unknown).",
        "agent"),
@@ -93,11 +121,16 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("fix_links", "counter", ("source", "result"),
        "Repair links requested from the aggregator.", "agent"),
     _m("state_accounts", "gauge", ("source",),
-       "Accounts held in the state database.", "agent"),
+       "Accounts held in the state database.", "agent", from_snapshot=True),
     _m("build_info", "gauge", ("version",), "Build information; value 1.", "agent"),
 )
 
 BY_NAME = {m.name: m for m in METRICS}
+
+
+def spec(short: str) -> MetricSpec:
+    """The spec of ``openfinance_<short>``."""
+    return BY_NAME[PREFIX + short]
 
 
 def series_labels() -> dict[str, frozenset[str]]:
@@ -111,11 +144,11 @@ def series_labels() -> dict[str, frozenset[str]]:
 
 
 def render_markdown() -> str:
-    """The body of ``docs/metrics.md`` (regenerate with ``python -m exporter.metric_catalog``)."""
+    """The body of ``docs/metrics.md`` (regenerate with ``python -m exporter.metrics``)."""
     lines = [
         "# Metrics reference",
         "",
-        "Generated from `exporter/metric_catalog.py` by `python -m exporter.metric_catalog > "
+        "Generated from `exporter/metrics/catalog.py` by `python -m exporter.metrics > "
         "docs/metrics.md`; a test fails when this file and the code disagree.",
         "",
         "Fleet metrics are recomputed when a sweep lands and keep their last value while a "
@@ -140,9 +173,15 @@ def render_markdown() -> str:
         "institution, unsupported, account_closed, pending, disabled, manual, unknown "
         "(see `openfinance-exporter codes`).",
         "",
+        "## Adding a metric",
+        "",
+        "Declare it once, as a `MetricSpec` in `METRICS` (`exporter/metrics/catalog.py`). A "
+        "metric computed from the tracker's snapshot is marked `from_snapshot=True` and "
+        "yielded by a collector in `exporter/metrics/collectors.py`; any other becomes a "
+        "`prometheus_client` instrument of `AgentMetrics` (`exporter/metrics/observers.py`) "
+        "by itself, set by a method of the observer Protocol through which the feature "
+        "reports (as `UpstreamObserver`, `SweepObserver`). Then regenerate this file; the "
+        "dashboards' and rules' contract tests accept the metric from then on.",
+        "",
     ]
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(render_markdown(), end="")

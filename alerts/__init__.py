@@ -1,0 +1,1 @@
+"""The alert rules generator (python -m alerts.generate) and its committed outputs."""

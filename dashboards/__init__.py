@@ -1,0 +1,1 @@
+"""The Grafana dashboards generator (python -m dashboards.generate) and its committed JSON."""

@@ -1,0 +1,104 @@
+"""Collectors over the tracker's snapshot: they read memory only, never do I/O.
+
+:class:`FleetCollector` yields what changes only when a snapshot is published (so
+:class:`~exporter.metrics.exposition.Exposition` renders it once per snapshot);
+:class:`AgeCollector` yields the age histograms, whose ages grow with the clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from exporter.catalog import Catalog
+from exporter.metrics.catalog import AGE_BUCKETS, spec
+from exporter.tracker import AgeHistogram, Snapshot
+
+_FAMILIES = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily,
+             "gaugehistogram": GaugeHistogramMetricFamily}
+
+
+def family(short: str) -> Metric:
+    """An empty metric family for the catalogued ``openfinance_<short>``."""
+    s = spec(short)
+    return _FAMILIES[s.type](s.name, s.help, labels=s.labels)
+
+
+class FleetCollector(Collector):
+    """Fleet state and the state-store size from the current snapshot.
+
+    ``openfinance_accounts{source="finicity-prod",provider="finicity",institution_id="4222",
+    institution="FinBank",code="185",category="mfa"} 12.0``
+    """
+
+    NAMES = ("accounts", "fixable_accounts", "otp_suspected_accounts", "status_transitions",
+             "status_code_info", "state_accounts")
+
+    def __init__(self, snapshot: Callable[[], Snapshot], catalog: Catalog):
+        self._snapshot = snapshot
+        self._catalog = catalog
+
+    def describe(self) -> Iterator[Metric]:
+        return (family(short) for short in self.NAMES)
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        accounts, fixable, otp, transitions, info, state = (family(s) for s in self.NAMES)
+        for agg in snap.sources.values():
+            base = (agg.source, agg.provider)
+            for inst_id, inst, code, category, n in agg.accounts:
+                accounts.add_metric((*base, inst_id, inst, code, category), n)
+            for inst_id, inst, code, n in agg.fixable:
+                fixable.add_metric((*base, inst_id, inst, code), n)
+            for inst_id, inst, n in agg.otp_suspected:
+                otp.add_metric((*base, inst_id, inst), n)
+            for inst_id, inst, frm, to, n in agg.transitions:
+                transitions.add_metric((*base, inst_id, inst, frm, to), n)
+            state.add_metric((agg.source,), agg.state_accounts)
+        for e in self._catalog:
+            info.add_metric((e.provider, e.code, e.name, e.category, str(e.fixable).lower()), 1)
+        yield from (accounts, fixable, otp, transitions, info, state)
+
+
+class AgeCollector(Collector):
+    """Gauge histograms of broken-account age and last-success age, as of now.
+
+    ``openfinance_broken_account_age_seconds_bucket{source="mx-prod",provider="mx",
+    category="institution",le="86400.0"} 31.0``
+    """
+
+    NAMES = ("broken_account_age_seconds", "account_last_success_age_seconds")
+
+    def __init__(self, snapshot: Callable[[], Snapshot], clock: Callable[[], float]):
+        self._snapshot = snapshot
+        self._clock = clock
+
+    def describe(self) -> Iterator[Metric]:
+        return (family(short) for short in self.NAMES)
+
+    @staticmethod
+    def _buckets(ages: AgeHistogram, now: float, extra_inf: int = 0):
+        """Cumulative counts of ages ≤ each bound, and the sum of ages."""
+        out = [(floatToGoString(b), ages.since(now - b)) for b in AGE_BUCKETS]
+        out.append(("+Inf", ages.total + extra_inf))
+        return out, ages.total * now - ages.time_sum
+
+    def collect(self) -> Iterator[Metric]:
+        now = self._clock()
+        broken, success = (family(s) for s in self.NAMES)
+        for agg in self._snapshot().sources.values():
+            for category, ages in sorted(agg.broken_since.items()):
+                buckets, s = self._buckets(ages, now)
+                broken.add_metric([agg.source, agg.provider, category], buckets, s)
+            buckets, s = self._buckets(agg.success, now, agg.never_succeeded)
+            success.add_metric([agg.source, agg.provider], buckets, s)
+        yield broken
+        yield success

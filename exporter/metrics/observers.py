@@ -1,0 +1,105 @@
+"""The agent's own metrics, set only through the observer interfaces of their producers.
+
+:class:`AgentMetrics` implements :class:`exporter.sources.base.UpstreamObserver` (requests,
+retries, auth failures, invalid records), :class:`exporter.tracker.TrackerEvents` (unknown
+codes) and :class:`exporter.sweeps.SweepObserver` (sweep results, durations, progress). The
+producers know nothing of Prometheus; nothing else sets these instruments.
+
+Every catalogued metric that is not read from the snapshot gets its instrument here, built
+from its :class:`~exporter.metrics.catalog.MetricSpec`; a feature that adds a metric to the
+catalogue adds the observer method that sets it (see :mod:`exporter.metrics.catalog`).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+from exporter import __version__
+from exporter.metrics.catalog import METRICS, MetricSpec, spec
+
+_INSTRUMENTS = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
+
+RETRY_REASONS = ("rate_limited", "server_error", "timeout", "connect_error", "token_expired")
+SWEEP_RESULTS = ("success", "partial", "failed")
+
+
+def _instrument(s: MetricSpec, registry: CollectorRegistry) -> MetricWrapperBase:
+    kwargs = {"buckets": s.buckets} if s.buckets else {}
+    return _INSTRUMENTS[s.type](s.name, s.help, labelnames=s.labels, registry=registry, **kwargs)
+
+
+class AgentMetrics:
+    """Self-metrics: one instrument per catalogued non-snapshot metric, set by observer calls."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self._instruments = {s.short: _instrument(s, registry)
+                             for s in METRICS if not s.from_snapshot}
+        self.instrument("build_info").labels(__version__).set(1)
+
+    def instrument(self, short: str) -> MetricWrapperBase:
+        """The instrument of ``openfinance_<short>`` (a KeyError names a missing spec)."""
+        return self._instruments[spec(short).short]
+
+    def _inc(self, short: str, *labels: str) -> None:
+        self._instruments[short].labels(*labels).inc()
+
+    def _set(self, short: str, value: float, *labels: str) -> None:
+        self._instruments[short].labels(*labels).set(value)
+
+    # SweepObserver
+    def source_added(self, source: str, provider: str) -> None:
+        """Create a source's series at zero so rate() and absent() work from the start."""
+        for result in SWEEP_RESULTS:
+            self._instruments["sweeps"].labels(source, result)
+        self._instruments["upstream_auth_failures"].labels(source)
+        self._set("source_up", 1, source)
+        self._set("sweep_progress_ratio", 1, source)
+        self._instruments["unknown_codes"].labels(source, provider)
+        for reason in RETRY_REASONS:
+            self._instruments["upstream_retries"].labels(source, reason)
+        self._instruments["fix_links"].labels(source, "disabled")
+
+    def sweep_started(self, source: str) -> None:
+        self._set("sweep_progress_ratio", 0, source)
+
+    def sweep_progress(self, source: str, ratio: float) -> None:
+        self._set("sweep_progress_ratio", min(ratio, 1.0), source)
+
+    def sweep_cancelled(self, source: str, duration: float) -> None:
+        self._instruments["sweep_duration_seconds"].labels(source).observe(duration)
+        self._set("sweep_progress_ratio", 1, source)
+
+    def sweep_finished(self, source: str, result: str, duration: float, *,
+                       records: int | None = None, completed_at: float | None = None) -> None:
+        """``records``: accounts seen (finished sweeps); ``completed_at``: complete sweeps."""
+        self._instruments["sweep_duration_seconds"].labels(source).observe(duration)
+        if records is not None:
+            self._set("sweep_accounts", records, source)
+        if completed_at is not None:
+            self._set("sweep_last_success_timestamp_seconds", completed_at, source)
+        self._inc("sweeps", source, result)
+        self._set("sweep_progress_ratio", 1, source)
+
+    def source_stopped(self, source: str) -> None:
+        self._set("source_up", 0, source)
+
+    # UpstreamObserver
+    def request(self, source: str, endpoint: str, status_code: str, duration: float) -> None:
+        self._inc("upstream_requests", source, endpoint, status_code)
+        self._instruments["upstream_request_duration_seconds"].labels(source, endpoint).observe(
+            duration)
+
+    def retry(self, source: str, reason: str) -> None:
+        self._inc("upstream_retries", source, reason)
+
+    def auth_failure(self, source: str) -> None:
+        self._inc("upstream_auth_failures", source)
+        self.source_stopped(source)
+
+    # UpstreamObserver and TrackerEvents
+    def invalid_record(self, source: str, reason: str) -> None:
+        self._inc("invalid_records", source, reason)
+
+    def unknown_code(self, source: str, provider: str) -> None:
+        self._inc("unknown_codes", source, provider)

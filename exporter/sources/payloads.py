@@ -1,0 +1,386 @@
+"""Upstream payloads as pydantic models: the sources' one validation boundary.
+
+Every body the sources read is validated here, leniently where the APIs are loose (ids and
+codes as numbers or strings, epoch dates as numbers, strings or ISO-8601, flags as
+``"true"``), and strictly where a record would otherwise be wrong. What cannot be used is
+counted once, under one set of reasons:
+
+- ``malformed_json``: a 2xx body that is not JSON (counted by the client);
+- ``missing_field``: a required field or list is absent or empty, or an item is not an object;
+- ``invalid_code``: a status code that cannot be a code;
+- ``invalid_timestamp``: a date that is unparseable or outside [2000-01-01, now + 2 days];
+  the record is kept with that time as None;
+- ``invalid_id``: an id of the wrong type, or one that is not a printable string.
+
+Models ignore fields they do not name: PII in the payloads never reaches a record.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+)
+from pydantic_core import PydanticCustomError
+
+from exporter.records import MAX_LABEL
+from exporter.sources.base import Clock, UpstreamObserver
+from exporter.sources.errors import MalformedResponse
+
+log = logging.getLogger(__name__)
+
+EARLIEST_TS = 946_684_800.0
+"""2000-01-01T00:00:00Z: anything earlier is garbage (0, a day count …)."""
+FUTURE_TOLERANCE = 2 * 86_400.0
+"""How far ahead of now a date may be (clock skew); beyond it, milliseconds or garbage."""
+NEVER_AGGREGATED = "NONE"
+"""The code of a Finicity account never aggregated and of an MX member with a null status."""
+REASONS = ("malformed_json", "missing_field", "invalid_code", "invalid_timestamp", "invalid_id")
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Notes:
+    """Validation context of one item: the clock's now, and the fields repaired on the way."""
+
+    __slots__ = ("now", "reasons")
+
+    def __init__(self, now: float):
+        self.now = now
+        self.reasons: list[str] = []
+
+
+# --------------------------------------------------------------------------- loose field types
+
+
+def _id(raw: object) -> str | None:
+    """An id sent as a string or a number, as a string; None when absent or empty."""
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        text = raw.strip()
+        if not text:
+            return None
+        if text.isprintable() and len(text) <= MAX_LABEL:
+            return text
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        return str(raw)
+    elif isinstance(raw, float) and raw.is_integer():
+        return str(int(raw))
+    raise PydanticCustomError("invalid_id", "not an id")
+
+
+def _required_id(raw: object) -> str:
+    value = _id(raw)
+    if value is None:
+        raise PydanticCustomError("missing_field", "absent or empty")
+    return value
+
+
+def _epoch(raw: object) -> float | None:
+    """Epoch seconds from an epoch number, an epoch string or an ISO-8601 string."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int | float):
+        return float(raw)
+    if not isinstance(raw, str):
+        return None
+    text = raw.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def _timestamp(raw: object, info: ValidationInfo) -> float | None:
+    """A plausible timestamp, None when absent; garbage becomes None and is noted."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    notes = info.context if isinstance(info.context, Notes) else None
+    now = notes.now if notes is not None else time.time()
+    value = _epoch(raw)
+    if value is not None and math.isfinite(value) and EARLIEST_TS <= value <= now + FUTURE_TOLERANCE:
+        return value
+    if notes is not None:
+        notes.reasons.append("invalid_timestamp")
+    return None
+
+
+def _integer(raw: object) -> int | None:
+    """An integer sent as a number or a string (``185``, ``"185"``, ``"10023,"``, ``185.0``)."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    if isinstance(raw, str):
+        text = raw.strip().rstrip(",").strip()
+        if text.isascii() and text.lstrip("-").isdigit():
+            return int(text)
+    return None
+
+
+def _finicity_code(raw: object) -> str:
+    if raw is None:
+        return NEVER_AGGREGATED
+    code = _integer(raw)
+    if code is None:
+        raise PydanticCustomError("invalid_code", "not a Finicity code")
+    return str(code)
+
+
+def _mx_code(raw: object) -> str:
+    if raw is None:
+        return NEVER_AGGREGATED
+    if isinstance(raw, str):
+        text = raw.strip().upper()
+        if text and text.isprintable() and len(text) <= 64:
+            return text
+    raise PydanticCustomError("invalid_code", "not an MX connection status")
+
+
+def _flag(raw: object) -> bool | None:
+    """``true``/``false`` as booleans or strings; anything else is unknown (None)."""
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str):
+        return {"true": True, "false": False}.get(raw.strip().lower())
+    return None
+
+
+def _count(raw: object) -> int | None:
+    value = _integer(raw)
+    return value if value is not None and value >= 0 else None
+
+
+def _text(raw: object) -> str | None:
+    """A display text: a non-empty string (or a number, as a string), else None."""
+    if isinstance(raw, str):
+        return raw.strip() or None
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return str(raw)
+    return None
+
+
+def _object(raw: object) -> object:
+    """A nested object that is optional: anything but an object reads as an empty one."""
+    return raw if isinstance(raw, dict) else {}
+
+
+Id = Annotated[str | None, BeforeValidator(_id)]
+RequiredId = Annotated[str, BeforeValidator(_required_id)]
+Timestamp = Annotated[float | None, BeforeValidator(_timestamp)]
+Flag = Annotated[bool | None, BeforeValidator(_flag)]
+Count = Annotated[int | None, BeforeValidator(_count)]
+Integer = Annotated[int | None, BeforeValidator(_integer)]
+Text = Annotated[str | None, BeforeValidator(_text)]
+FinicityCode = Annotated[str, BeforeValidator(_finicity_code)]
+MxCode = Annotated[str, BeforeValidator(_mx_code)]
+Items = list[Any]
+"""A list whose items are validated one by one, so that one bad item costs only itself."""
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ErrorDetail(Payload):
+    message: Text = None
+
+
+def _error_detail(raw: object) -> object:
+    return {"message": raw} if isinstance(raw, str) else _object(raw)
+
+
+class ErrorPayload(Payload):
+    """Finicity ``{code, message}``, MX ``{"error": {"message"}}`` or ``{"error": "…"}``."""
+
+    code: Integer = None
+    message: Text = None
+    error: Annotated[ErrorDetail, BeforeValidator(_error_detail)] = ErrorDetail()
+
+    @classmethod
+    def read(cls, body: object) -> ErrorPayload:
+        """Never raises: an unreadable error body is an empty one."""
+        try:
+            return cls.model_validate(body)
+        except ValidationError:
+            return cls()
+
+    def text(self) -> str | None:
+        message = self.message or self.error.message
+        return message[:200] if message is not None else None
+
+
+# --------------------------------------------------------------------------- Finicity
+
+
+class FinicityToken(Payload):
+    token: RequiredId
+
+
+class FinicityCustomer(Payload):
+    id: RequiredId
+
+
+class FinicityCustomersPage(Payload):
+    customers: Items
+    moreAvailable: Flag = None
+    found: Count = None
+
+
+class FinicityAccount(Payload):
+    id: RequiredId
+    institutionId: RequiredId
+    customerId: Id = None
+    institutionLoginId: Id = None
+    aggregationStatusCode: FinicityCode = NEVER_AGGREGATED
+    aggregationAttemptDate: Timestamp = None
+    aggregationSuccessDate: Timestamp = None
+
+
+class FinicityAccountsPage(Payload):
+    accounts: Items
+
+
+class FinicityInstitution(Payload):
+    displayName: Text = None
+    name: Text = None
+
+
+class FinicityInstitutionBody(Payload):
+    institution: FinicityInstitution
+
+
+class FinicityFixLink(Payload):
+    link: RequiredId
+
+
+# --------------------------------------------------------------------------- MX
+
+
+class MxPagination(Payload):
+    current_page: Count = None
+    total_pages: Count = None
+
+
+Pagination = Annotated[MxPagination, BeforeValidator(_object)]
+
+
+class MxUser(Payload):
+    guid: RequiredId
+    is_disabled: Flag = None
+
+
+class MxPage(Payload):
+    """A page of any MX list; ``items`` is the list under the subclass's key."""
+
+    items: Items
+    pagination: Pagination = MxPagination()
+
+
+class MxUsersPage(MxPage):
+    items: Items = Field(alias="users")
+
+
+class MxMembersPage(MxPage):
+    items: Items = Field(alias="members")
+
+
+class MxMember(Payload):
+    guid: RequiredId
+    institution_code: RequiredId
+    user_guid: Id = None
+    connection_status: MxCode = NEVER_AGGREGATED
+    aggregated_at: Timestamp = None
+    successfully_aggregated_at: Timestamp = None
+    is_being_aggregated: Flag = None
+
+
+class MxInstitution(Payload):
+    name: Text = None
+
+
+class MxInstitutionBody(Payload):
+    institution: MxInstitution
+
+
+class MxWidgetUrl(Payload):
+    url: RequiredId
+
+
+class MxWidgetUrlBody(Payload):
+    widget_url: MxWidgetUrl
+
+
+# --------------------------------------------------------------------------- the boundary
+
+
+def _reason(exc: ValidationError) -> str:
+    kind = exc.errors(include_url=False, include_context=False, include_input=False)[0]["type"]
+    return kind if kind in REASONS else "missing_field"
+
+
+class PayloadReader:
+    """Validates one source's payloads and counts what it rejects or repairs, once each.
+
+    The first occurrence of each reason is logged at warning level (never with ids); later
+    ones are only counted.
+    """
+
+    def __init__(self, source: str, observer: UpstreamObserver, clock: Clock):
+        self.source = source
+        self._observer = observer
+        self._clock = clock
+        self._logged: set[str] = set()
+
+    def invalid(self, reason: str) -> None:
+        self._observer.invalid_record(self.source, reason)
+        if reason not in self._logged:
+            self._logged.add(reason)
+            log.warning("invalid upstream record skipped or repaired source=%s reason=%s "
+                        "(further ones are only counted)", self.source, reason)
+
+    def body(self, model: type[M], raw: object, route: str) -> M:
+        """A whole answer; one that does not fit is counted and raises ``MalformedResponse``."""
+        try:
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            reason = _reason(exc)
+            self.invalid(reason)
+            where = ".".join(str(p) for p in exc.errors()[0]["loc"]) or "the body"
+            raise MalformedResponse(f"{route} answered an unusable body ({reason} at {where})",
+                                    route=route, status="200") from None
+
+    def item(self, model: type[M], raw: object) -> M | None:
+        """One list item, or None when it is unusable (counted)."""
+        notes = Notes(self._clock())
+        try:
+            item = model.model_validate(raw, context=notes)
+        except ValidationError as exc:
+            self.invalid(_reason(exc))
+            return None
+        for reason in notes.reasons:
+            self.invalid(reason)
+        return item

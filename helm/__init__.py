@@ -1,0 +1,1 @@
+"""The Helm chart and the script that copies the generated files into it (python -m helm.sync)."""
