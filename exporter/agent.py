@@ -20,6 +20,7 @@ from exporter.sources.base import Source
 from exporter.state import StateStore
 from exporter.sweeps import SweepRunner, build_scheduler
 from exporter.tracker import Tracker
+from exporter.webhooks.service import PushService
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,19 @@ class Agent:
                                   on_snapshot=self.metrics.exposition.prerender)
         self.scheduler = build_scheduler(
             self.runner, {cfg.name: cfg.schedule for cfg in settings.sources})
+        self.push: PushService | None = None
+        if settings.webhooks is not None:
+            self.push = PushService(
+                settings.webhooks, settings.sources, {s.name: s for s in sources},
+                self.tracker, self.metrics.agent, settings.state.path, clock=clock)
         self.ready = False
         self.app = create_app(self.metrics.exposition, lambda: self.ready,
                               settings.web.telemetry_path)
 
     async def start(self) -> None:
         await self.tracker.load({s.name: s.provider for s in self.sources})
+        if self.push is not None:
+            await self.push.start()  # first: events acknowledged before a crash are redone
         self.scheduler.start()
         self.ready = True
         log.info("agent started version=%s sources=%s state=%s", __version__,
@@ -64,6 +72,8 @@ class Agent:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         await self.runner.stop()
+        if self.push is not None:
+            await self.push.stop()
         for s in self.sources:
             await s.aclose()
         await self.tracker.close()
@@ -72,12 +82,21 @@ class Agent:
     def http_server(self, listen_address: str) -> Server:
         return http_server(self.app, listen_address)
 
+    def http_servers(self, listen_address: str | None = None) -> list[Server]:
+        """The metrics server, and the webhook listener on its own address when push is on."""
+        servers = [self.http_server(listen_address or self.settings.web.listen_address)]
+        if self.push is not None and self.settings.webhooks is not None:
+            servers.append(http_server(self.push.app, self.settings.webhooks.listen_address))
+        return servers
+
     async def run(self, listen_address: str | None = None) -> None:
         """Serve until SIGINT/SIGTERM (uvicorn handles the signals), then stop cleanly."""
-        server = self.http_server(listen_address or self.settings.web.listen_address)
+        servers = self.http_servers(listen_address)
         await self.start()
         log.info("listening address=%s", listen_address or self.settings.web.listen_address)
+        if self.settings.webhooks is not None:
+            log.info("webhooks listening address=%s", self.settings.webhooks.listen_address)
         try:
-            await serve_until_signal([server])
+            await serve_until_signal(servers)
         finally:
             await self.stop()

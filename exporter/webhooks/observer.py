@@ -14,6 +14,9 @@ RESULTS = ("accepted", "duplicate", "bad_signature", "unauthorized", "too_large"
 
 
 class WebhookObserver(Protocol):
+    def webhooks_enabled(self, source: str) -> None:
+        """``source`` takes webhooks (its zero series can be created)."""
+
     def webhook_event(self, source: str, kind: str, result: str) -> None:
         """One delivery answered: ``kind`` from :data:`exporter.webhooks.events.KINDS`,
         ``result`` from :data:`RESULTS`."""
@@ -24,6 +27,9 @@ class WebhookObserver(Protocol):
 
 class NullWebhookObserver:
     """Drops everything (tests, tools)."""
+
+    def webhooks_enabled(self, source: str) -> None:
+        pass
 
     def webhook_event(self, source: str, kind: str, result: str) -> None:
         pass

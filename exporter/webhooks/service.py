@@ -31,6 +31,7 @@ class PushService:
         self.source_configs = list(source_configs)
         self.sources = sources
         self.clock = clock
+        self.observer = observer
         self.inbox = WebhookInbox(state_path)
         self.processor = PushProcessor(
             self.inbox, sources, tracker, observer, clock=clock,
@@ -49,6 +50,8 @@ class PushService:
         owns = {name: src.owns for name, src in self.sources.items()}
         self.receivers.update(await build_receivers(
             self.source_configs, owns, self.inbox, self.clock()))
+        for name in self.receivers:
+            self.observer.webhooks_enabled(name)
         await self.processor.start()
         log.info("webhooks ready sources=%s pending=%d",
                  ",".join(sorted(self.receivers)) or "(none)", self.processor.backlog)

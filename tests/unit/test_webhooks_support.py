@@ -26,6 +26,10 @@ class RecordingObserver:
     def __init__(self):
         self.events: Counter[tuple[str, str, str]] = Counter()
         self.refreshes: list[tuple[str, float]] = []
+        self.enabled: list[str] = []
+
+    def webhooks_enabled(self, source: str) -> None:
+        self.enabled.append(source)
 
     def webhook_event(self, source: str, kind: str, result: str) -> None:
         self.events[(source, kind, result)] += 1
