@@ -7,7 +7,13 @@ over HTTP by ``--clients`` concurrent connections from this process. Reported: w
 events per second, and events per CPU-second of the listener process (its own capacity on
 one core, whatever the load generator costs), plus answer latency p50/p99.
 
-Run: ``python bench/bench_webhooks.py [--events 20000] [--clients 64] [--owners 500]``.
+With ``--agent``: the real agent (``openfinance-exporter run``, push on) against the real
+sandbox; events name the sandbox's customers, each re-read goes to the sandbox over HTTP,
+and the latency from an event's arrival to its re-read applied is read from the agent's
+``openfinance_push_refresh_duration_seconds`` histogram (p50/p99 interpolated in buckets).
+
+Run: ``python bench/bench_webhooks.py [--events 20000] [--clients 64] [--owners 500]
+[--agent]``.
 """
 
 from __future__ import annotations
@@ -72,10 +78,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def drive(url: str, events: int, clients: int, owners: int) -> list[float]:
+async def drive(url: str, events: int, clients: int, owners: int,
+                names: list[str] | None = None) -> list[float]:
     bodies = []
     for i in range(events):
-        body = json.dumps({"customerId": str(1_000_000 + i % owners), "eventType": "done",
+        owner = names[i % owners] if names else str(1_000_000 + i % owners)
+        body = json.dumps({"customerId": owner, "eventType": "done",
                            "eventId": f"{i}-{i:024x}", "payload": {}},
                           separators=(",", ":")).encode()
         bodies.append((body, hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()))
@@ -99,13 +107,92 @@ async def drive(url: str, events: int, clients: int, owners: int) -> list[float]
     return latencies
 
 
+def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Prometheus-style quantile from cumulative (le, count) pairs."""
+    buckets = sorted(buckets)
+    total = buckets[-1][1]
+    rank, prev_le, prev_count = q * total, 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_count) / max(count - prev_count, 1e-9)
+        prev_le, prev_count = le, count
+    return prev_le
+
+
+def run_agent(args) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from exporter.demo import sandbox_config
+    from tests.integration.procs import AgentProc, Sandbox, free_port, wait_for
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        sandbox = Sandbox(tmp_path, night_seconds=0)
+        agent = None
+        try:
+            hook_port = free_port()
+            cfg = sandbox_config(sandbox.url, state_path=tmp_path / "state.db", interval=86400,
+                                 jitter=0, http={"rate_limit_per_second": 5000,
+                                                 "rate_limit_burst": 500})
+            cfg["webhooks"] = {"listen_address": f"127.0.0.1:{hook_port}", "concurrency": 16}
+            cfg["sources"][0]["webhooks"] = {}
+            (tmp_path / "agent.yml").write_text(yaml.safe_dump(cfg))
+            agent = AgentProc(tmp_path, tmp_path / "agent.yml")
+            agent.wait_sweeps({"finicity-sandbox": 1})
+            from exporter.sandbox import credentials
+            global SECRET
+            SECRET = credentials.FINICITY_PARTNER_SECRET
+            token = httpx.post(f"{sandbox.url}/finicity/aggregation/v2/partners/authentication",
+                            headers={"Finicity-App-Key": credentials.FINICITY_APP_KEY,
+                                     "Accept": "application/json"},
+                            json={"partnerId": credentials.FINICITY_PARTNER_ID,
+                                  "partnerSecret": SECRET}).json()["token"]
+            page = httpx.get(f"{sandbox.url}/finicity/aggregation/v1/customers",
+                          params={"limit": 1000, "start": 1},
+                          headers={"Finicity-App-Key": credentials.FINICITY_APP_KEY,
+                                   "Finicity-App-Token": token,
+                                   "Accept": "application/json"}).json()
+            customers = [str(c["id"]) for c in page["customers"]][:args.owners]
+            url = f"http://127.0.0.1:{hook_port}/webhooks/finicity-sandbox"
+            t0 = time.perf_counter()
+            asyncio.run(drive(url, args.events, args.clients, len(customers), customers))
+            wall = time.perf_counter() - t0
+
+            def applied() -> float:
+                text = httpx.get(f"{agent.url}/metrics", timeout=30).text
+                for fam in text_string_to_metric_families(text):
+                    if fam.name == "openfinance_push_refresh_duration_seconds":
+                        return sum(s.value for s in fam.samples if s.name.endswith("_count"))
+                return 0.0
+            wait_for(lambda: applied() >= args.events, timeout=600, what="all events applied")
+            text = httpx.get(f"{agent.url}/metrics", timeout=30).text
+            buckets = [(float(s.labels["le"]), s.value)
+                       for fam in text_string_to_metric_families(text)
+                       if fam.name == "openfinance_push_refresh_duration_seconds"
+                       for s in fam.samples if s.name.endswith("_bucket")]
+        finally:
+            if agent is not None:
+                agent.stop()
+            sandbox.stop()
+    print(f"agent: events={args.events} owners={len(customers)} clients={args.clients}: "
+          f"accepted {args.events / wall:,.0f} events/s (wall)")
+    print(f"event to re-read applied: p50={histogram_quantile(buckets, 0.5):.2f}s "
+          f"p99={histogram_quantile(buckets, 0.99):.2f}s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--agent", action="store_true")
     ap.add_argument("--serve")
     ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--owners", type=int, default=500)
     args = ap.parse_args()
+    if args.agent:
+        run_agent(args)
+        return
     if args.serve:
         if os.environ.get("BENCH_PROFILE"):
             import cProfile
