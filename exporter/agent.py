@@ -23,6 +23,7 @@ from exporter.statefile import open_state_file
 from exporter.sweeps import SweepRunner, build_scheduler
 from exporter.tracker import Tracker
 from exporter.webconfig import WebConfigFile
+from exporter.webhooks.service import PushService
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,19 @@ class Agent:
         self.health = HealthWiring(settings.health, sources, lambda: self.tracker.snapshot,
                                    clock, self.metrics.agent)
         self.health.schedule(self.scheduler)
+        self.push: PushService | None = None
+        if settings.webhooks is not None:
+            self.push = PushService(
+                settings.webhooks, settings.sources, {s.name: s for s in sources},
+                self.tracker, self.metrics.agent, settings.state.path, clock=clock)
         self.ready = False
         self.app = create_app(self.metrics.exposition, lambda: self.ready,
                               settings.web.telemetry_path, self.health.routes())
 
     async def start(self) -> None:
         await self.tracker.load({s.name: s.provider for s in self.sources})
+        if self.push is not None:
+            await self.push.start()  # first: events acknowledged before a crash are redone
         self.scheduler.start()
         self.ready = True
         log.info("agent started version=%s sources=%s state=%s", __version__,
@@ -75,6 +83,8 @@ class Agent:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         await self.runner.stop()
+        if self.push is not None:
+            await self.push.stop()
         for s in self.sources:
             await s.aclose()
         await self.tracker.close()
@@ -84,9 +94,17 @@ class Agent:
     def http_server(self, listen_address: str) -> Server:
         return http_server(self.app, listen_address, self.web_config)
 
+    def http_servers(self, listen_address: str | None = None) -> list[Server]:
+        """The metrics server, and the webhook listener on its own address when push is on."""
+        servers = [self.http_server(listen_address or self.settings.web.listen_address)]
+        if self.push is not None and self.settings.webhooks is not None:
+            servers.append(http_server(self.push.app, self.settings.webhooks.listen_address,
+                                       self.web_config, authenticate=False))
+        return servers
+
     async def run(self, listen_address: str | None = None) -> None:
         """Serve until SIGINT/SIGTERM (uvicorn handles the signals), then stop cleanly."""
-        server = self.http_server(listen_address or self.settings.web.listen_address)
+        servers = self.http_servers(listen_address)
         await self.start()
         web = self.web_config
         log.info("listening address=%s tls=%s basic_auth=%s web_config=%s",
@@ -94,7 +112,9 @@ class Agent:
                  "on" if web and web.tls_enabled else "off",
                  "on" if web and web.auth.enabled else "off",
                  web.path if web else "none")
+        if self.settings.webhooks is not None:
+            log.info("webhooks listening address=%s", self.settings.webhooks.listen_address)
         try:
-            await serve_until_signal([server])
+            await serve_until_signal(servers)
         finally:
             await self.stop()

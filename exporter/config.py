@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from exporter.health.config import HealthConfig
+from exporter.webhooks.config import FinicityWebhookConfig, MxWebhookConfig, WebhooksConfig
 
 ENV_PREFIX = "OPENFINANCE_"
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))+\s*$")
@@ -187,6 +188,7 @@ class FinicitySourceConfig(_SourceBase):
     fix_redirect_uri: str | None = None  # Connect Fix: where the user lands afterwards
     fix_webhook: str | None = None  # Connect Fix: where Connect posts the session's events
     institution_status_refresh: Duration = 900.0  # re-read declared statuses; 0: off
+    webhooks: FinicityWebhookConfig | None = None
 
     _check_renew = field_validator("token_renew_after", "institution_status_refresh",
                                    mode="before")(_duration_validator)
@@ -204,6 +206,7 @@ class MxSourceConfig(_SourceBase):
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
     include_disabled_users: bool = False
+    webhooks: MxWebhookConfig | None = None
 
     def secret_fields(self) -> tuple[str, ...]:
         return ("api_key",)
@@ -255,6 +258,7 @@ class Settings(BaseSettings):
     state: StateConfig = StateConfig()
     tracker: TrackerConfig = TrackerConfig()
     health: HealthConfig = HealthConfig()
+    webhooks: WebhooksConfig | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

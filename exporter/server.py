@@ -81,12 +81,14 @@ class Server(uvicorn.Server):
         yield
 
 
-def http_server(app, listen_address: str, web_config: WebConfigFile | None = None) -> Server:
+def http_server(app, listen_address: str, web_config: WebConfigFile | None = None, *,
+                authenticate: bool = True) -> Server:
     """A server for ``app``; with ``web_config`` (``--web.config.file``) behind its TLS, basic
-    auth and headers."""
+    auth and headers. ``authenticate=False`` (the webhook listener, whose routes authenticate
+    each sender themselves) takes only the TLS and the headers."""
     host, port = split_listen_address(listen_address)
     if web_config is not None:
-        app = web_config.middleware(app)
+        app = web_config.middleware(app, authenticate=authenticate)
     server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                    access_log=False, lifespan="off"))
     if web_config is not None:

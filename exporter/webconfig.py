@@ -594,8 +594,8 @@ class WebConfigFile:
             config.load()
         config.ssl = self._front
 
-    def middleware(self, app: Any) -> WebConfigMiddleware:
-        return WebConfigMiddleware(app, self)
+    def middleware(self, app: Any, *, authenticate: bool = True) -> WebConfigMiddleware:
+        return WebConfigMiddleware(app, self, authenticate=authenticate)
 
 
 Scope = MutableMapping[str, Any]
@@ -606,14 +606,18 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 class WebConfigMiddleware:
     """ASGI middleware: rate limit, basic auth and response headers per the web config file.
 
-    ``path`` is the file's path or a :class:`WebConfigFile` shared with the TLS side.
+    ``path`` is the file's path or a :class:`WebConfigFile` shared with the TLS side. With
+    ``authenticate=False`` only the headers apply: ``basic_auth_users`` and ``rate_limit``
+    guard the metrics listener, not the webhook listener, whose senders (aggregators, users
+    clicking a fix link) cannot present the operator's basic-auth credentials.
     """
 
     def __init__(self, app: Any, path: str | Path | WebConfigFile, *,
-                 open_paths: frozenset[str] = PROBE_PATHS):
+                 open_paths: frozenset[str] = PROBE_PATHS, authenticate: bool = True):
         self.app = app
         self.web = path if isinstance(path, WebConfigFile) else WebConfigFile(path)
         self.open_paths = open_paths
+        self.authenticate = authenticate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and self.web.auth.enabled:
@@ -625,7 +629,7 @@ class WebConfigMiddleware:
         web = self.web
         web.refresh()
         headers = web.headers
-        is_open = scope.get("path", "") in self.open_paths
+        is_open = not self.authenticate or scope.get("path", "") in self.open_paths
         if not is_open and web.limiter is not None and not web.limiter.allow():
             web.observer.web_auth_refused("rate_limited")
             await _plain(send, 429, b"Too Many Requests", headers)

@@ -242,6 +242,21 @@ async def test_middleware_requires_credentials_except_on_probes_and_adds_headers
             assert answer.headers["x-frame-options"] == "deny"
 
 
+async def test_the_webhook_listener_takes_the_headers_but_not_basic_auth_or_the_limit(tmp_path, hashes):
+    # Aggregators and users clicking a fix link cannot send the operator's credentials; the
+    # webhook routes authenticate each sender themselves.
+    path = write(tmp_path / "web.yml", {
+        "basic_auth_users": hashes, "rate_limit": {"interval": "1h", "burst": 1},
+        "http_server_config": {"headers": {"X-Frame-Options": "deny"}}})
+    web = WebConfigFile(path)
+    async with _client(web.middleware(_app(), authenticate=False)) as hooks, \
+            _client(web.middleware(_app())) as metrics:
+        answers = [await hooks.get("/metrics") for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        assert all(a.headers["x-frame-options"] == "deny" for a in answers)
+        assert (await metrics.get("/metrics")).status_code == 401
+
+
 async def test_middleware_rereads_the_file_when_it_changes(tmp_path, hashes):
     path = write(tmp_path / "web.yml", {"basic_auth_users": {"prometheus": hashes["prometheus"]}})
     web = WebConfigFile(path)

@@ -93,6 +93,13 @@ address) and, for every secret the chart mounts, the matching `<field>_file`.
 {{- $web := $cfg.web | default dict }}
 {{- $_ := set $web "listen_address" (printf ":%d" (int .Values.service.port)) }}
 {{- $_ := set $cfg "web" $web }}
+{{- if .Values.webhooks.enabled }}
+{{- $hooks := $cfg.webhooks | default dict }}
+{{- $_ := set $hooks "listen_address" (printf ":%d" (int .Values.webhooks.port)) }}
+{{- $_ := set $cfg "webhooks" $hooks }}
+{{- else }}
+{{- $_ := unset $cfg "webhooks" }}
+{{- end }}
 {{- $names := list }}
 {{- $sharded := include "openfinance-exporter.sharded" . }}
 {{- range $i, $src := $cfg.sources | default list }}
