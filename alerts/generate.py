@@ -8,7 +8,8 @@ rules file, the Helm chart's template and users' own copies cannot drift apart.
     python -m alerts.generate --params my.yml --out my.rules.yml
     python -m alerts.generate --short-durations --out e2e.rules.yml
 
-(from the repository root; ``python alerts/generate.py`` works too, it imports nothing local).
+(from the repository root; ``python alerts/generate.py`` works too). The institution-health
+groups come from :mod:`alerts.health_rules`.
 
 Committed outputs: ``openfinance.rules.yml`` (defaults), ``openfinance.rules.template.yml``
 (each parameter replaced by ``[[ name ]]``, filled by the Helm chart with ``replace``) and
@@ -25,6 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+if __package__:
+    from alerts import health_rules
+else:  # python alerts/generate.py
+    import health_rules
 
 HERE = Path(__file__).resolve().parent
 RULES_FILE = HERE / "openfinance.rules.yml"
@@ -82,6 +88,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "unknown_codes_window": ("1h", "Window in which any record with an unknown code counts."),
     "unknown_min_accounts": (1, "Accounts now at a code missing from the catalog."),
     "unknown_for": ("15m", "for: of OpenFinanceUnknownStatusCode."),
+    # Institution health (alerts/health_rules.py).
+    **health_rules.PARAMETERS,
     # The repair loop (remediation).
     "fix_held_for": ("5m", "for: of OpenFinanceFixRequestsHeld (storm guard holding requests)."),
     "fix_dead_window": ("1h", "Window in which any dead-lettered fix request counts."),
@@ -114,6 +122,7 @@ SHORT_DURATIONS: dict[str, Any] = {
     "rate_limited_for": "0s",
     "unknown_codes_window": "1m",
     "unknown_for": "0s",
+    **health_rules.SHORT_DURATIONS,
     "fix_held_for": "0s",
     "fix_dead_window": "1m",
     "fix_dead_for": "0s",
@@ -322,11 +331,11 @@ def _institution_alerts(v: _Values) -> list[dict[str, Any]]:
         _alert(
             v,
             "OpenFinanceInstitutionOutage",
-            f"""
+            health_rules.unless_declared_maintenance(f"""
 institution:openfinance_outage_accounts:ratio >= {v.outage_ratio}
 and {on}
 institution:openfinance_outage_accounts:sum >= {v.outage_min_accounts}
-""",
+"""),
             v.outage_for,
             "critical",
             "Many accounts at one institution fail with outage or maintenance codes.",
@@ -341,7 +350,7 @@ institution:openfinance_outage_accounts:sum >= {v.outage_min_accounts}
         _alert(
             v,
             "OpenFinanceInstitutionOutageSpike",
-            f"""
+            health_rules.unless_declared_maintenance(f"""
 institution:openfinance_outage_accounts:ratio
 and {on}
 (
@@ -355,7 +364,7 @@ and {on}
 )
 and {on}
 institution:openfinance_outage_accounts:sum >= {v.spike_min_accounts}
-""",
+"""),
             v.spike_for,
             "critical",
             "Outage codes at one institution jumped above its own baseline.",
@@ -594,6 +603,8 @@ GROUPS: tuple[tuple[str, Callable[[_Values], list[dict[str, Any]]]], ...] = (
     ("openfinance.institution.rules", _recording_rules),
     ("openfinance.institution.alerts", _institution_alerts),
     ("openfinance.agent.alerts", _agent_alerts),
+    ("openfinance.health.rules", lambda v: health_rules.recording_rules(sys.modules[__name__], v)),
+    ("openfinance.health.alerts", lambda v: health_rules.alerting_rules(sys.modules[__name__], v)),
     ("openfinance.repair.alerts", _repair_alerts),
 )
 

@@ -31,6 +31,7 @@ from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from alerts.generate import DEFAULTS as ALERT_DEFAULTS
+from exporter.health.sides import HEALTH_SIDES, SIDES
 
 DASHBOARDS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = DASHBOARDS_DIR.parent
@@ -360,6 +361,16 @@ def or_zero(expr: str) -> str:
 
 ACCOUNTS_LEGEND = "{{institution}} ({{institution_id}})"
 
+_KEYED = "source, provider, institution_id"
+_HEALTH_CATEGORIES = "|".join(c for side in HEALTH_SIDES for c in SIDES[side])
+# Success share per aggregator for every institution sharing a key with the selected one.
+HEALTH_BY_KEY = (
+    f'(sum by ({_KEYED}) (openfinance_accounts{{category="ok"}}) '
+    f'/ sum by ({_KEYED}) (openfinance_accounts{{category=~"{_HEALTH_CATEGORIES}"}})) '
+    f"* on ({_KEYED}) group_left (key) openfinance_institution_key_info "
+    f"and on (key) (openfinance_institution_key_info and on ({_KEYED}) {accounts()})"
+)
+
 
 # --- Fleet overview ------------------------------------------------------------------------
 def fleet_overview() -> dash.Dashboard:
@@ -622,6 +633,16 @@ def institution() -> dash.Dashboard:
         f"the alert's minimum ({OUTAGE_MIN_ACCOUNTS}).", "short",
         [_target(OUTAGE_ACCOUNTS, ACCOUNTS_LEGEND)],
         threshold_line=_steps((None, "green"), (OUTAGE_MIN_ACCOUNTS, "red"))))
+
+    d = d.with_row(dash.Row("Across aggregators"))
+    d = d.with_panel(_timeseries(
+        "Which aggregator is healthier for this bank", "Share of the bank's accounts that "
+        "aggregate, per aggregator (source), among accounts at ok, institution-side and "
+        "aggregator-side codes (user-side errors excluded, as on /status). The bank is matched "
+        "across aggregators by its institution key (home-page domain or name; "
+        "`openfinance_institution_key_info`). Under 50 % is down, under 90 % degraded.",
+        "percentunit", [_target(HEALTH_BY_KEY, "{{provider}} {{source}} ({{key}})")], max_val=1,
+        threshold_line=_steps((None, "red"), (0.5, "orange"), (0.9, "green")), w=24))
 
     d = d.with_row(dash.Row("Transitions"))
     d = d.with_panel(_timeseries(

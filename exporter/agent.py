@@ -13,16 +13,20 @@ from collections.abc import Callable
 from exporter import __version__
 from exporter.catalog import Catalog
 from exporter.config import Settings
+from exporter.health.wiring import HealthWiring
 from exporter.metrics import build_metrics
 from exporter.metrics.observers import AgentMetrics
-from exporter.remediation.links import fix_app
+from exporter.remediation.links import fix_app, fix_route
 from exporter.remediation.loop import RepairLoop
 from exporter.server import Server, create_app, http_server, serve_until_signal
 from exporter.sources import build_source
 from exporter.sources.base import Source
 from exporter.state import StateStore
+from exporter.statefile import open_state_file
 from exporter.sweeps import SweepRunner, build_scheduler
 from exporter.tracker import Tracker
+from exporter.webconfig import WebConfigFile
+from exporter.webhooks.service import PushService
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +40,15 @@ class Agent:
         self.clock = clock
         self.catalog = Catalog.default()
         self.metrics = build_metrics(lambda: self.tracker.snapshot, clock=clock,
-                                     catalog=self.catalog)
+                                     catalog=self.catalog,
+                                     institution_rows=lambda: self.health.rows())
+        self.state_file = open_state_file(settings.state.path)  # one agent per file
         self.store = StateStore(settings.state.path)
         self.tracker = Tracker(
             self.store, catalog=self.catalog, clock=clock,
             otp_streak_threshold=settings.tracker.otp_streak_threshold,
             institution_min_accounts=settings.tracker.institution_min_accounts,
+            max_unknown_codes=settings.tracker.max_unknown_codes,
             events=self.metrics.agent, batch_size=settings.state.batch_size)
         if sources is None:
             sources = [build_source(cfg, self.metrics.agent, clock) for cfg in settings.sources]
@@ -60,12 +67,27 @@ class Agent:
                                   on_snapshot=self.metrics.exposition.prerender)
         self.scheduler = build_scheduler(
             self.runner, {cfg.name: cfg.schedule for cfg in settings.sources})
+        self.web_config = (WebConfigFile(settings.web.config_file)
+                           if settings.web.config_file else None)
+        self.health = HealthWiring(settings.health, sources, lambda: self.tracker.snapshot,
+                                   clock, self.metrics.agent)
+        self.health.schedule(self.scheduler)
+        self.push: PushService | None = None
+        if settings.webhooks is not None:
+            self.push = PushService(
+                settings.webhooks, settings.sources, {s.name: s for s in sources},
+                self.tracker, self.metrics.agent, settings.state.path, clock=clock)
+            if self.repair is not None and settings.remediation.link == "redirect":
+                # The contract's place for fix links: the internet-facing webhook listener.
+                self.push.app.router.routes.append(fix_route(self.repair, clock))
         self.ready = False
         self.app = create_app(self.metrics.exposition, lambda: self.ready,
-                              settings.web.telemetry_path)
+                              settings.web.telemetry_path, self.health.routes())
 
     async def start(self) -> None:
         await self.tracker.load({s.name: s.provider for s in self.sources})
+        if self.push is not None:
+            await self.push.start()  # first: events acknowledged before a crash are redone
         if self.repair is not None:
             await self.repair.start()
         self.scheduler.start()
@@ -81,16 +103,28 @@ class Agent:
         await self.runner.stop()
         if self.repair is not None:
             await self.repair.stop()
+        if self.push is not None:
+            await self.push.stop()
         for s in self.sources:
             await s.aclose()
         await self.tracker.close()
+        self.state_file.release()
         log.info("agent stopped, state flushed")
 
     def http_server(self, listen_address: str) -> Server:
-        return http_server(self.app, listen_address)
+        return http_server(self.app, listen_address, self.web_config)
+
+    def http_servers(self, listen_address: str | None = None) -> list[Server]:
+        """The metrics server, and the webhook listener on its own address when push is on."""
+        servers = [self.http_server(listen_address or self.settings.web.listen_address)]
+        if self.push is not None and self.settings.webhooks is not None:
+            servers.append(http_server(self.push.app, self.settings.webhooks.listen_address,
+                                       self.web_config, authenticate=False))
+        return servers
 
     def fix_server(self) -> Server | None:
-        """The listener of ``GET /fix/<token>`` (``remediation.link: redirect``)."""
+        """A listener of its own for ``GET /fix/<token>`` (``remediation.listen_address``);
+        with push on, the webhook listener serves the links as well."""
         cfg = self.settings.remediation
         if self.repair is None or cfg.link != "redirect" or not cfg.listen_address:
             return None
@@ -98,13 +132,20 @@ class Agent:
 
     async def run(self, listen_address: str | None = None) -> None:
         """Serve until SIGINT/SIGTERM (uvicorn handles the signals), then stop cleanly."""
-        servers = [self.http_server(listen_address or self.settings.web.listen_address)]
+        servers = self.http_servers(listen_address)
         fix = self.fix_server()
         if fix is not None:
             servers.append(fix)
             log.info("fix links listening address=%s", self.settings.remediation.listen_address)
         await self.start()
-        log.info("listening address=%s", listen_address or self.settings.web.listen_address)
+        web = self.web_config
+        log.info("listening address=%s tls=%s basic_auth=%s web_config=%s",
+                 listen_address or self.settings.web.listen_address,
+                 "on" if web and web.tls_enabled else "off",
+                 "on" if web and web.auth.enabled else "off",
+                 web.path if web else "none")
+        if self.settings.webhooks is not None:
+            log.info("webhooks listening address=%s", self.settings.webhooks.listen_address)
         try:
             await serve_until_signal(servers)
         finally:

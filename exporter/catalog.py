@@ -13,8 +13,8 @@ from functools import cache
 from importlib import resources
 
 CATEGORIES = (
-    "ok", "credentials", "user_action", "mfa", "oauth", "institution", "unsupported",
-    "account_closed", "pending", "disabled", "manual", "unknown",
+    "ok", "credentials", "user_action", "mfa", "oauth", "institution", "aggregator",
+    "unsupported", "account_closed", "pending", "disabled", "manual", "unknown",
 )
 PROVIDERS = ("finicity", "mx")
 NEVER_AGGREGATED = "NONE"
@@ -30,6 +30,10 @@ class CodeInfo:
     description: str
     user_message: str
     status_id: int | None = None
+    remediation: str = ""
+    """Mastercard's error remediation category (e.g. ``Retry Later``), where documented."""
+    source: str = ""
+    """Where the entry comes from (documentation URLs, seed files)."""
 
     @property
     def known(self) -> bool:
@@ -82,6 +86,8 @@ class Catalog:
                 description=row["description"],
                 user_message=row["user_message"],
                 status_id=int(row["status_id"]) if row["status_id"] else None,
+                remediation=row["remediation"],
+                source=row["source"],
             )
             for row in csv.DictReader(text.splitlines())
         ]

@@ -13,19 +13,23 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from exporter import __version__
 from exporter.catalog import Catalog
 from exporter.config import ConfigError, Settings, load_config
 from exporter.logs import LEVELS, setup_logging
 from exporter.remediation import commands as remediation_commands
+from exporter.statefile import StateFileError
+from exporter.webconfig import load_web_config
 
 log = logging.getLogger("exporter")
 
 EXIT_CONFIG = 2
 
 
-def _common(parser: argparse.ArgumentParser, *, config: bool = True, listen: str | None = None):
+def _common(parser: argparse.ArgumentParser, *, config: bool = True, listen: str | None = None,
+            web_config: bool = False):
     if config:
         parser.add_argument("--config.file", dest="config_file", metavar="PATH",
                             help="YAML configuration file")
@@ -34,6 +38,11 @@ def _common(parser: argparse.ArgumentParser, *, config: bool = True, listen: str
                             metavar="ADDR", help=f"address to serve on (default {listen})")
         parser.add_argument("--web.telemetry-path", dest="telemetry_path", default=None,
                             metavar="PATH", help="path under which to expose metrics")
+    if web_config:
+        parser.add_argument("--web.config.file", dest="web_config_file", default=None,
+                            metavar="PATH",
+                            help="exporter-toolkit web config: TLS, mutual TLS, basic auth, "
+                                 "headers (overrides web.config_file)")
     parser.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
     parser.add_argument("--log.format", dest="log_format", choices=("logfmt", "json"),
                         default="logfmt")
@@ -49,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the agent")
-    _common(run, listen=":9877")
+    _common(run, listen=":9877", web_config=True)
 
     demo = sub.add_parser("demo", help="built-in sandbox plus agent, no credentials needed")
     _common(demo, config=False, listen="127.0.0.1:9877")
@@ -72,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="real seconds per sandbox night (0: advance only by API)")
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
-    _common(check)
+    _common(check, web_config=True)
 
     remediation_commands.add_parser(sub, _common)
 
@@ -82,18 +91,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: str | None) -> Settings | None:
+def _report(path: str | None, exc: ConfigError) -> None:
+    print(f"configuration error in {path or '(defaults)'}:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def _load(path: str | None, web_config_file: str | None = None) -> Settings | None:
+    """The settings, with ``--web.config.file`` applied and that file checked."""
     try:
-        return load_config(path)
+        settings = load_config(path)
+        if web_config_file:
+            settings = settings.model_copy(update={"web": settings.web.model_copy(
+                update={"config_file": Path(web_config_file)})})
+        if settings.web.config_file:
+            load_web_config(settings.web.config_file)
+        return settings
     except ConfigError as exc:
-        print(f"configuration error in {path or '(defaults)'}:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        _report(path, exc)
         return None
 
 
 def cmd_check_config(args) -> int:
-    settings = _load(args.config_file)
+    settings = _load(args.config_file, args.web_config_file)
     if settings is None:
         return EXIT_CONFIG
     names = ", ".join(f"{s.name} ({s.provider})" for s in settings.sources) or "none"
@@ -107,6 +127,7 @@ def cmd_codes(args) -> int:
         json.dump([{
             "provider": e.provider, "code": e.code, "name": e.name, "category": e.category,
             "fixable": e.fixable, "description": e.description, "user_message": e.user_message,
+            "remediation": e.remediation, "source": e.source,
         } for e in entries], sys.stdout, indent=2, ensure_ascii=False)
         print()
         return 0
@@ -125,7 +146,7 @@ def cmd_codes(args) -> int:
 
 
 def cmd_run(args) -> int:
-    settings = _load(args.config_file)
+    settings = _load(args.config_file, args.web_config_file)
     if settings is None:
         return EXIT_CONFIG
     if args.telemetry_path:
@@ -133,7 +154,14 @@ def cmd_run(args) -> int:
             "web": settings.web.model_copy(update={"telemetry_path": args.telemetry_path})})
     from exporter.agent import Agent
 
-    agent = Agent(settings)
+    try:
+        agent = Agent(settings)
+    except ConfigError as exc:  # the web config file changed since it was checked
+        _report(args.config_file, exc)
+        return EXIT_CONFIG
+    except StateFileError as exc:
+        log.error("%s", exc)
+        return 1
     asyncio.run(agent.run(args.listen_address))
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +29,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from exporter.health.config import HealthConfig
 from exporter.remediation.config import RemediationConfig
+from exporter.webhooks.config import FinicityWebhookConfig, MxWebhookConfig, WebhooksConfig
 
 ENV_PREFIX = "OPENFINANCE_"
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))+\s*$")
@@ -109,11 +112,37 @@ class HttpConfig(_Strict):
     )(_duration_validator)
 
 
+SHARD_INDEX_ENV = f"{ENV_PREFIX}SHARD_INDEX"
+
+
+def shard_index_auto(env: Mapping[str, str] | None = None, hostname: str | None = None) -> int:
+    """``index: auto``: ``OPENFINANCE_SHARD_INDEX``, else the ordinal of a StatefulSet pod's
+    host name ``<name>-<ordinal>`` (as kube-state-metrics does)."""
+    env = os.environ if env is None else env
+    value = env.get(SHARD_INDEX_ENV, "").strip()
+    if value:
+        if not value.isdigit():
+            raise ValueError(f"auto: {SHARD_INDEX_ENV}={value!r} is not a whole number")
+        return int(value)
+    hostname = socket.gethostname() if hostname is None else hostname
+    match = re.search(r"-(\d+)$", hostname.split(".", 1)[0])
+    if match is None:
+        raise ValueError(f"auto needs {SHARD_INDEX_ENV} or a host name ending in "
+                         f"-<ordinal> (a StatefulSet pod); this host is {hostname!r}")
+    return int(match[1])
+
+
 class ShardConfig(_Strict):
-    """Split customers between replicas by a stable hash: this replica takes ``index`` of ``count``."""
+    """Split customers between replicas by a stable hash: this replica takes ``index`` of ``count``.
+
+    ``index: auto`` takes it from the environment or the pod's ordinal (:func:`shard_index_auto`).
+    """
 
     index: int = Field(0, ge=0)
     count: int = Field(1, ge=1)
+
+    _auto = field_validator("index", mode="before")(
+        lambda v: shard_index_auto() if v == "auto" else v)
 
     @model_validator(mode="after")
     def _index_in_range(self) -> ShardConfig:
@@ -159,8 +188,11 @@ class FinicitySourceConfig(_SourceBase):
     token_renew_after: Duration = 5400.0
     fix_redirect_uri: str | None = None  # Connect Fix: where the user lands afterwards
     fix_webhook: str | None = None  # Connect Fix: where Connect posts the session's events
+    institution_status_refresh: Duration = 900.0  # re-read declared statuses; 0: off
+    webhooks: FinicityWebhookConfig | None = None
 
-    _check_renew = field_validator("token_renew_after", mode="before")(_duration_validator)
+    _check_renew = field_validator("token_renew_after", "institution_status_refresh",
+                                   mode="before")(_duration_validator)
 
     def secret_fields(self) -> tuple[str, ...]:
         return ("app_key", "partner_secret")
@@ -175,6 +207,7 @@ class MxSourceConfig(_SourceBase):
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
     include_disabled_users: bool = False
+    webhooks: MxWebhookConfig | None = None
 
     def secret_fields(self) -> tuple[str, ...]:
         return ("api_key",)
@@ -186,6 +219,8 @@ SourceConfig = Annotated[FinicitySourceConfig | MxSourceConfig, Field(discrimina
 class WebConfig(_Strict):
     listen_address: str = ":9877"
     telemetry_path: str = "/metrics"
+    # exporter-toolkit web config (TLS, basic auth, headers): exporter/webconfig.py
+    config_file: Path | None = None
 
 
 class StateConfig(_Strict):
@@ -201,6 +236,10 @@ class TrackerConfig(_Strict):
     otp_streak_threshold: int = Field(3, ge=1, le=100)
     institution_min_accounts: int = Field(
         0, ge=0, description="Fold institutions with fewer accounts into institution_id=\"other\"."
+    )
+    max_unknown_codes: int = Field(
+        50, ge=0, description="Distinct unknown codes per source shown as code labels; the rest "
+        "count as code=\"other\"."
     )
 
 
@@ -219,6 +258,8 @@ class Settings(BaseSettings):
     web: WebConfig = WebConfig()
     state: StateConfig = StateConfig()
     tracker: TrackerConfig = TrackerConfig()
+    health: HealthConfig = HealthConfig()
+    webhooks: WebhooksConfig | None = None
     remediation: RemediationConfig = RemediationConfig()
 
     @model_validator(mode="after")
@@ -228,6 +269,14 @@ class Settings(BaseSettings):
             if src.name in seen:
                 raise ValueError(f"source name {src.name!r} is used twice")
             seen.add(src.name)
+        return self
+
+    @model_validator(mode="after")
+    def _fix_links_served(self) -> Settings:
+        r = self.remediation
+        if r.enabled and r.link == "redirect" and self.webhooks is None and not r.listen_address:
+            raise ValueError("remediation.link: redirect serves /fix/<token> on the webhook "
+                             "listener: configure webhooks (or remediation.listen_address)")
         return self
 
     @classmethod

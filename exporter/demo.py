@@ -38,6 +38,8 @@ def sandbox_config(sandbox_url: str, *, state_path: Path, interval: float,
              "app_key": credentials.FINICITY_APP_KEY,
              "partner_id": credentials.FINICITY_PARTNER_ID,
              "partner_secret": credentials.FINICITY_PARTNER_SECRET,
+             # sandbox nights change declared statuses: re-read them as often as we sweep
+             "institution_status_refresh": interval,
              "schedule": schedule, "http": http},
             {"name": "mx-sandbox", "provider": "mx", "base_url": f"{sandbox_url}/mx",
              "client_id": credentials.MX_CLIENT_ID, "api_key": credentials.MX_API_KEY,

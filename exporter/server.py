@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import html
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import uvicorn
 from starlette.applications import Starlette
@@ -20,10 +20,13 @@ from starlette.routing import Route
 
 from exporter import __version__
 from exporter.metrics import Exposition
+from exporter.webconfig import WebConfigFile
 
 
 def create_app(exposition: Exposition, ready: Callable[[], bool],
-               telemetry_path: str = "/metrics") -> Starlette:
+               telemetry_path: str = "/metrics", extra_routes: Sequence[Route] = ()) -> Starlette:
+    """``extra_routes``: features' pages on this listener (institution health's /status…),
+    linked from the landing page."""
     async def metrics(request: Request) -> Response:
         body, content_type, gzipped = exposition.render(
             request.headers.get("accept", ""), request.headers.get("accept-encoding", ""))
@@ -40,17 +43,20 @@ def create_app(exposition: Exposition, ready: Callable[[], bool],
 
     async def index(request: Request) -> Response:
         path = html.escape(telemetry_path)
+        extra_links = "".join(f' · <a href="{html.escape(r.path)}">{html.escape(r.path)}</a>'
+                              for r in extra_routes)
         return HTMLResponse(
             f"<html><head><title>OpenFinance Exporter</title></head><body>"
             f"<h1>OpenFinance Exporter {__version__}</h1>"
             f'<p><a href="{path}">Metrics</a> · <a href="/-/healthy">Healthy</a> · '
-            f'<a href="/-/ready">Ready</a></p></body></html>')
+            f'<a href="/-/ready">Ready</a>{extra_links}</p></body></html>')
 
     return Starlette(routes=[
         Route(telemetry_path, metrics),
         Route("/-/healthy", healthy, methods=["GET", "HEAD"]),
         Route("/-/ready", ready_probe, methods=["GET", "HEAD"]),
         Route("/", index),
+        *extra_routes,
     ])
 
 
@@ -75,10 +81,19 @@ class Server(uvicorn.Server):
         yield
 
 
-def http_server(app, listen_address: str) -> Server:
+def http_server(app, listen_address: str, web_config: WebConfigFile | None = None, *,
+                authenticate: bool = True) -> Server:
+    """A server for ``app``; with ``web_config`` (``--web.config.file``) behind its TLS, basic
+    auth and headers. ``authenticate=False`` (the webhook listener, whose routes authenticate
+    each sender themselves) takes only the TLS and the headers."""
     host, port = split_listen_address(listen_address)
-    return Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                 access_log=False, lifespan="off"))
+    if web_config is not None:
+        app = web_config.middleware(app, authenticate=authenticate)
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                   access_log=False, lifespan="off"))
+    if web_config is not None:
+        web_config.install(server.config)
+    return server
 
 
 async def serve_until_signal(servers: list[uvicorn.Server]) -> None:

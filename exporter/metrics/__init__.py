@@ -19,7 +19,12 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from exporter.catalog import Catalog
-from exporter.metrics.collectors import AgeCollector, FleetCollector
+from exporter.metrics.collectors import (
+    AgeCollector,
+    FleetCollector,
+    InstitutionHealthCollector,
+    Rows,
+)
 from exporter.metrics.exposition import OPENMETRICS, TEXT, Exposition
 from exporter.metrics.observers import AgentMetrics
 from exporter.tracker import Snapshot
@@ -47,11 +52,13 @@ class Metrics:
 
 
 def build_metrics(snapshot: Callable[[], Snapshot], *, clock: Callable[[], float],
-                  catalog: Catalog | None = None) -> Metrics:
+                  catalog: Catalog | None = None,
+                  institution_rows: Rows = lambda: ((), ())) -> Metrics:
     """Registry, collectors, self-metrics and exposition over a tracker's ``snapshot``.
 
     ``snapshot`` is called at scrape time (the tracker may be built after this, with
-    ``events=metrics.agent``).
+    ``events=metrics.agent``). ``institution_rows`` gives the institution-health rows
+    (``exporter.health.wiring.HealthWiring.rows``), read at scrape time too.
     """
     # ``*_created`` series double the exposition and nothing here queries them.
     disable_created_metrics()
@@ -60,5 +67,6 @@ def build_metrics(snapshot: Callable[[], Snapshot], *, clock: Callable[[], float
     agent = AgentMetrics(live)
     fleet.register(FleetCollector(snapshot, catalog or Catalog.default()))
     live.register(AgeCollector(snapshot, clock))
+    live.register(InstitutionHealthCollector(institution_rows))
     exposition = Exposition(fleet, live, lambda: snapshot().version)
     return Metrics(fleet, live, agent, exposition)

@@ -29,6 +29,7 @@ FLEET_LABELS = ("source", "provider", "institution_id", "institution")
 AGE_BUCKETS = (3600.0, 6 * 3600.0, 86400.0, 2 * 86400.0, 3 * 86400.0, 7 * 86400.0,
                14 * 86400.0, 30 * 86400.0, 90 * 86400.0)
 SWEEP_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+PUSH_REFRESH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800)
 REQUEST_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Delivered fix request → login back at ok: 1 h … 30 d.
 FIX_RESOLUTION_BUCKETS = (3600.0, 6 * 3600.0, 12 * 3600.0, 86400.0, 2 * 86400.0, 3 * 86400.0,
@@ -91,6 +92,15 @@ METRICS: tuple[MetricSpec, ...] = (
        "(never-succeeded accounts count only in +Inf).", "fleet"),
     _m("status_code_info", "gauge", ("provider", "code", "name", "category", "fixable"),
        "The status-code catalog, one series per code; value 1.", "fleet"),
+    # Institution health (exporter/health): per institution with accounts, folded like the
+    # others; rendered live (declared statuses change between sweeps), see HealthCollector.
+    _m("institution_declared_status", "gauge", (*FLEET_LABELS, "product", "status"),
+       "What the aggregator declares about an institution (Finicity status: "
+       "product=\"institution\"; beta productionStatus: product=\"overall\" and per product); "
+       "value 1.", "fleet"),
+    _m("institution_key_info", "gauge", ("source", "provider", "institution_id", "key"),
+       "The institution key joining one bank across aggregators (home-page domain, else "
+       "name:<normalised name>, or the mapping file's); value 1.", "fleet"),
     _m("sweeps", "counter", ("source", "result"),
        "Sweeps finished, by result: success, partial or failed.", "agent"),
     _m("sweep_duration_seconds", "histogram", ("source",),
@@ -115,12 +125,21 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("invalid_records", "counter", ("source", "reason"),
        "Upstream payloads or records that could not be used, counted once by the source; reason: "
        "malformed_json, missing_field, invalid_code, invalid_id (skipped), invalid_timestamp "
-       "(kept without that date).", "agent"),
+       "(kept without that date); institution records: malformed_institution, "
+       "invalid_declared_status (ignored), unknown_declared_status (shown as other).", "agent"),
     _m("unknown_codes", "counter", ("source", "provider"),
        "Records carrying a status code not in the catalog (counted as category unknown).",
        "agent"),
     _m("webhook_events", "counter", ("source", "kind", "result"),
-       "Webhook events received.", "agent"),
+       "Webhook deliveries answered, by event kind (Finicity eventType, MX connection_status / "
+       "member / aggregation, txpush_*; other, or unknown before the body is trusted) and "
+       "result: accepted, duplicate, bad_signature, unauthorized, too_large, malformed, "
+       "ignored (no status news, or another shard's owner).", "agent"),
+    _m("push_refresh_duration_seconds", "histogram", ("source",),
+       "From a webhook event's arrival to its owner's re-read applied to /metrics.", "agent",
+       buckets=PUSH_REFRESH_BUCKETS),
+    _m("fix_links", "counter", ("source", "result"),
+       "Repair links requested from the aggregator.", "agent"),
     _m("fix_requests", "counter", ("source", "provider", "kind", "result"),
        "Repair-loop fix requests (kind fix or otp_each_refresh) by result: delivered; retried "
        "(an attempt failed, another is scheduled); failed (the receiver answered 410); held "

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -102,3 +102,35 @@ class AgeCollector(Collector):
             success.add_metric([agg.source, agg.provider], buckets, s)
         yield broken
         yield success
+
+
+Rows = Callable[[], tuple[Iterable[tuple[str, ...]], Iterable[tuple[str, ...]]]]
+
+
+class InstitutionHealthCollector(Collector):
+    """Institution health (``exporter.health``): declared statuses and institution keys.
+
+    ``openfinance_institution_declared_status{source="finicity-prod",provider="finicity",
+    institution_id="4222",institution="Chase",product="institution",status="online"} 1.0``
+
+    On the live registry: a declared status re-read between two sweeps shows at the next
+    scrape. ``rows()`` gives (declared rows, key rows), computed in memory.
+    """
+
+    NAMES = ("institution_declared_status", "institution_key_info")
+
+    def __init__(self, rows: Rows):
+        self._rows = rows
+
+    def describe(self) -> Iterator[Metric]:
+        return (family(short) for short in self.NAMES)
+
+    def collect(self) -> Iterator[Metric]:
+        declared, keys = (family(s) for s in self.NAMES)
+        declared_rows, key_rows = self._rows()
+        for row in declared_rows:
+            declared.add_metric(row, 1)
+        for row in key_rows:
+            keys.add_metric(row, 1)
+        yield declared
+        yield keys

@@ -2,7 +2,8 @@
 
 :class:`AgentMetrics` implements :class:`exporter.sources.base.UpstreamObserver` (requests,
 retries, auth failures, invalid records), :class:`exporter.tracker.TrackerEvents` (unknown
-codes) and :class:`exporter.sweeps.SweepObserver` (sweep results, durations, progress). The
+codes), :class:`exporter.sweeps.SweepObserver` (sweep results, durations, progress) and
+:class:`exporter.webhooks.observer.WebhookObserver` (webhook deliveries, push re-reads). The
 producers know nothing of Prometheus; nothing else sets these instruments.
 
 Every catalogued metric that is not read from the snapshot gets its instrument here, built
@@ -109,6 +110,18 @@ class AgentMetrics:
 
     def unknown_code(self, source: str, provider: str) -> None:
         self._inc("unknown_codes", source, provider)
+
+    # WebhookObserver (exporter.webhooks.observer)
+    def webhooks_enabled(self, source: str) -> None:
+        """Create a source's rejection series at zero so rate() and alerts work from the start."""
+        for result in ("bad_signature", "unauthorized"):
+            self._instruments["webhook_events"].labels(source, "unknown", result)
+
+    def webhook_event(self, source: str, kind: str, result: str) -> None:
+        self._inc("webhook_events", source, kind, result)
+
+    def push_refresh(self, source: str, seconds: float) -> None:
+        self._instruments["push_refresh_duration_seconds"].labels(source).observe(seconds)
 
     # RemediationObserver (exporter.remediation.observer)
     def remediation_source(self, source: str, provider: str) -> None:

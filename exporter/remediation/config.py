@@ -56,7 +56,8 @@ class RemediationConfig(BaseModel):
         10, ge=1, description="redirect clicks allowed per token and minute")
     click_rate_global: float = Field(20.0, gt=0, description="redirect clicks per second, all tokens")
     listen_address: str | None = Field(
-        None, description="serve /fix/<token> here when the webhook listener is not configured")
+        None, description="serve /fix/<token> on a listener of its own (the webhook listener "
+        "serves it whenever webhooks are configured)")
 
     _durations = field_validator(
         "link_ttl", "retry_for", "abandon_after", "min_broken_for", "timeout", "backoff_base",
@@ -80,8 +81,6 @@ class RemediationConfig(BaseModel):
             missing.append("secret_file (or secret)")
         if self.link == "redirect" and not self.public_url:
             missing.append("public_url (link: redirect)")
-        if self.link == "redirect" and not self.listen_address:
-            missing.append("listen_address (link: redirect serves /fix/<token> there)")
         if missing:
             raise ValueError("enabled needs " + ", ".join(missing))
         try:

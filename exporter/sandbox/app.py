@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
-from exporter.sandbox import control_api, finicity_api, mx_api
+from exporter.sandbox import connect, control_api, finicity_api, mx_api
 from exporter.sandbox.clock import SandboxClock
 from exporter.sandbox.runtime import SandboxRuntime
 from exporter.sandbox.scenario import Scenario
@@ -40,6 +41,7 @@ PARTNER_CALLS = frozenset({"read", "connect"})
 def _provider_endpoint(rt: SandboxRuntime, provider: str, method_path: str, handler: Handler,
                        kind: str, guard: Guard):
     async def endpoint(request: Request) -> Response:
+        rt.webhooks.start_watching()
         rt.requests[method_path] += 1
         if kind == "refresh":
             rt.refresh_calls[method_path] += 1
@@ -58,6 +60,7 @@ def _provider_endpoint(rt: SandboxRuntime, provider: str, method_path: str, hand
 
 def _control_endpoint(rt: SandboxRuntime, handler: Handler):
     async def endpoint(request: Request) -> Response:
+        rt.webhooks.start_watching()
         return await handler(rt, request)
 
     return endpoint
@@ -68,11 +71,14 @@ def runtime_of(app: Starlette) -> SandboxRuntime:
     return app.state.sandbox
 
 
-def create_app(scenario: Scenario, clock: SandboxClock | None = None) -> Starlette:
-    """The sandbox as an ASGI app. Builds the fleet now (under 2 s and ~5 MB for 100k customers)."""
+def create_app(scenario: Scenario, clock: SandboxClock | None = None, *,
+               webhook_transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
+    """The sandbox as an ASGI app. Builds the fleet now (under 2 s and ~5 MB for 100k customers).
+    ``webhook_transport``: the HTTP transport its webhooks go out through (tests)."""
     if clock is None:
         clock = SandboxClock(scenario.night_seconds)
-    rt = SandboxRuntime(scenario, clock)
+    rt = SandboxRuntime(scenario, clock, webhook_transport=webhook_transport)
+    rt.webhooks.on_night = lambda: connect.new_night(rt)
     mounts = []
     for provider, module in (("finicity", finicity_api), ("mx", mx_api)):
         routes = []
@@ -85,6 +91,8 @@ def create_app(scenario: Scenario, clock: SandboxClock | None = None) -> Starlet
     control = [Route(path, _control_endpoint(rt, handler), methods=methods)
                for methods, path, handler in control_api.ROUTES]
     mounts.append(Mount("/sandbox", routes=control))
+    mounts.append(Route(connect.PAGE_PATH, _control_endpoint(rt, connect.fix_page),
+                        methods=["GET"]))
     app = Starlette(routes=mounts)
     app.state.sandbox = rt
     return app

@@ -31,6 +31,7 @@ class SandboxClock:
         self._anchor = now  # auto mode: wall time at which auto-night 0 began
         self._manual = 0  # nights added by advance()
         self._starts = [int(now)]
+        self._reserved = self._starts[0]  # later nights start after this second
 
     @property
     def mode(self) -> str:
@@ -53,7 +54,7 @@ class SandboxClock:
             # is asked after several nights still dates each night's batch at its own start.
             boundary = self._anchor + (n - self._manual) * self.night_seconds
             start = int(min(boundary, now)) if self.night_seconds > 0 else int(now)
-            self._starts.append(max(start, self._starts[-1] + 1))
+            self._starts.append(max(start, self._floor()))
 
     @property
     def night(self) -> int:
@@ -70,8 +71,16 @@ class SandboxClock:
             # The last new night starts now, the ones before it a second apart; only when
             # nights are advanced faster than one per second do starts run ahead of now.
             self._manual += 1
-            self._starts.append(max(now - (i - 1), self._starts[-1] + 1))
+            self._starts.append(max(now - (i - 1), self._floor()))
         return len(self._starts) - 1
+
+    def _floor(self) -> int:
+        return max(self._starts[-1], self._reserved) + 1
+
+    def reserve(self, second: int) -> None:
+        """Nights that begin from now on start after ``second`` (an attempt made outside the
+        nightly batch, e.g. a Connect Fix, stays distinct from the next night's)."""
+        self._reserved = max(self._reserved, second)
 
     def night_start(self, night: int) -> int:
         """Epoch second at which ``night``'s batch ran (``night`` <= the current night)."""

@@ -2,20 +2,25 @@
 
 ``GET /sandbox/state``, ``POST /sandbox/advance?nights=N``, ``GET /sandbox/truth``
 (``?observed_from=K``), ``GET /sandbox/stats``, ``POST /sandbox/expire-tokens``,
-``POST /sandbox/unlock``. See the package docstring for the payloads.
+``POST /sandbox/unlock``, ``POST /sandbox/declare``, ``GET``/``PUT /sandbox/webhooks``,
+``GET /sandbox/connect``, ``POST /sandbox/connect/<token>/complete``, ``POST /sandbox/fix``.
+See the package docstring for the payloads.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import json
+from typing import Any, get_args
 
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from exporter.sandbox import credentials
+from exporter.sandbox import connect, credentials
 from exporter.sandbox.fleet import ROLE_NAMES, ProviderSim
 from exporter.sandbox.runtime import SandboxRuntime
+from exporter.sandbox.scenario import DeclaredStatus, WebhooksConfig
 
 
 def _institution_event(sim: ProviderSim, index: int, start: int, end: int | None,
@@ -35,9 +40,12 @@ def state(rt: SandboxRuntime) -> dict[str, Any]:
     night = clock.night
     outages, otp, providers = [], [], {}
     for sim in (fleet.finicity, fleet.mx):
-        window = sim.outage_window()
-        if window is not None:
-            outages.append(_institution_event(sim, sim.outage_inst, *window, night))
+        for o in sim.outages:
+            event = _institution_event(sim, o.inst, o.start_night, o.end_night, night)
+            event["kind"] = o.kind
+            if sim.provider == "finicity":
+                event["declared_status"] = o.declared_status
+            outages.append(event)
         if sim.otp_inst >= 0:
             event = _institution_event(sim, sim.otp_inst, sim.cfg.otp.start_night, None, night)
             roles = [r for k, r in enumerate(sim.conn_role) if sim.conn_inst[k] == sim.otp_inst]
@@ -55,8 +63,10 @@ def state(rt: SandboxRuntime) -> dict[str, Any]:
             "institutions": [
                 {"institution_id": i.id, "institution": i.label, "name": i.name,
                  "hostile_name": i.hostile, "connections": i.connections,
-                 "accounts": i.accounts}
-                for i in sim.institutions
+                 "accounts": i.accounts, "domain": i.domain,
+                 **({"declared_status": sim.declared_status(n, night)}
+                    if sim.provider == "finicity" else {})}
+                for n, i in enumerate(sim.institutions)
             ],
         }
     providers["finicity"]["testing_customers"] = sc.finicity_testing_customers
@@ -100,6 +110,7 @@ async def advance(rt: SandboxRuntime, request: Request) -> Response:
         return JSONResponse({"error": "nights must be an integer from 0 to 10000"},
                             status_code=400)
     rt.clock.advance(nights)
+    await connect.new_night(rt)
     return JSONResponse(state(rt))
 
 
@@ -137,6 +148,51 @@ async def unlock(rt: SandboxRuntime, request: Request) -> Response:
     return JSONResponse({"finicity_partner_locked": False})
 
 
+async def declare(rt: SandboxRuntime, request: Request) -> Response:
+    """``POST /sandbox/declare`` ``{"institution_id": "…", "status": "offline"}``: Finicity
+    declares that status for the institution from now on (``status: null``: back to the
+    scenario's). Only Finicity declares statuses."""
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or "status" not in body:
+        return JSONResponse({"error": "expected {institution_id, status}"}, status_code=400)
+    status = body["status"]
+    if status is not None and status not in get_args(DeclaredStatus):
+        return JSONResponse({"error": f"status must be one of {list(get_args(DeclaredStatus))} "
+                                      "or null"}, status_code=400)
+    sim = rt.fleet.finicity
+    ref = str(body.get("institution_id"))
+    for i, inst in enumerate(sim.institutions):
+        if inst.id == ref:
+            rt.fleet.declare("finicity", i, status)
+            return JSONResponse({"institution_id": inst.id,
+                                 "declared_status": sim.declared_status(i, rt.clock.night)})
+    return JSONResponse({"error": "no such Finicity institution"}, status_code=404)
+
+
+async def get_webhooks(rt: SandboxRuntime, request: Request) -> Response:
+    return JSONResponse(rt.webhooks.stats_json())
+
+
+async def put_webhooks(rt: SandboxRuntime, request: Request) -> Response:
+    """``PUT /sandbox/webhooks`` with the scenario's ``webhooks`` mapping (null or no body:
+    none): send events there from now on."""
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw.strip() else None
+    except ValueError:
+        return JSONResponse({"error": "expected a JSON object or null"}, status_code=400)
+    try:
+        config = None if body is None else WebhooksConfig.model_validate(body)
+    except ValidationError as exc:
+        return JSONResponse({"error": exc.errors(include_url=False, include_context=False)},
+                            status_code=400)
+    rt.webhooks.configure(config)
+    return JSONResponse(rt.webhooks.stats_json())
+
+
 ROUTES = [
     (["GET"], "/state", get_state),
     (["POST"], "/advance", advance),
@@ -144,4 +200,8 @@ ROUTES = [
     (["GET"], "/stats", stats),
     (["POST"], "/expire-tokens", expire_tokens),
     (["POST"], "/unlock", unlock),
+    (["POST"], "/declare", declare),
+    (["GET"], "/webhooks", get_webhooks),
+    (["PUT"], "/webhooks", put_webhooks),
+    *connect.ROUTES,
 ]

@@ -8,9 +8,11 @@ and are counted (a monitor must never call them).
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import string
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,6 +33,8 @@ from exporter.sandbox.fleet import (
     S_MISC,
     ProviderSim,
 )
+from exporter.sandbox.ids import find_connection
+from exporter.sandbox.links import link_url
 from exporter.sandbox.runtime import SandboxRuntime
 
 _TOKEN_ALPHABET = string.ascii_letters + string.digits
@@ -206,8 +210,8 @@ def account_json(sim: ProviderSim, rt: SandboxRuntime, cust: int, k: int, j: int
     }
     if role != NEVER:
         attempt_night, code = sim.last_attempt(k, night, role)
-        attempt = clock.night_start(attempt_night)
-        success = clock.night_start(sim.last_success(k, night, role))
+        attempt = int(sim.attempt_time(k, attempt_night, role, clock))
+        success = int(sim.attempt_time(k, sim.last_success(k, night, role), role, clock))
         out["aggregationStatusCode"] = int(code)
         out["aggregationAttemptDate"] = attempt
         out["aggregationSuccessDate"] = success
@@ -242,22 +246,21 @@ async def customer_accounts_simple(rt: SandboxRuntime, request: Request) -> Resp
 
 def institution_json(sim: ProviderSim, rt: SandboxRuntime, i: int) -> dict[str, Any]:
     inst = sim.institutions[i]
-    window = sim.outage_window()
-    down = i == sim.outage_inst and window is not None and (
-        window[0] <= rt.clock.night < window[1])
-    slug = "".join(c for c in inst.name.lower() if c.isalnum())[:24] or "bank"
+    status = sim.declared_status(i, rt.clock.night)
+    slug = inst.domain.removeprefix("www.").removesuffix(".example.com")
     out: dict[str, Any] = {
         "id": int(inst.id),
         "name": inst.name,
         "transAgg": True, "ach": True, "stateAgg": False, "voi": True, "voa": True,
         "aha": False, "availBalance": False, "accountOwner": True,
         "oauthEnabled": inst.rank % 3 == 0,
-        "urlHomeApp": f"https://www.{slug}.example.com",
+        "urlHomeApp": f"https://{inst.domain}",
         "urlLogonApp": f"https://online.{slug}.example.com/login",
         "phone": f"1-800-555-{1000 + inst.rank:04d}",
         "currency": "USD",
         "email": f"support@{slug}.example.com",
-        "status": "offline" if down else "online",
+        "status": status,
+        "productionStatus": production_status(status),
         "timeZone": "America/Denver",
         "address": {"city": "Salt Lake City", "state": "UT", "country": "USA",
                     "postalCode": "84101", "addressLine1": f"{100 + inst.rank} Main Street"},
@@ -265,6 +268,15 @@ def institution_json(sim: ProviderSim, rt: SandboxRuntime, i: int) -> dict[str, 
     if inst.display_name is not None:
         out["displayName"] = inst.display_name
     return out
+
+
+def production_status(status: str) -> dict[str, str]:
+    """``productionStatus`` (beta) to go with a declared ``status``: overall the same where
+    the enum allows it, each product online, or offline while the institution is not."""
+    overall = status if status in ("online", "offline", "maintenance", "testing") else "online"
+    product = "online" if overall in ("online", "testing") else "offline"
+    return {"overallStatus": overall, **dict.fromkeys(
+        ("transAgg", "stateAgg", "voa", "voi", "ach", "aha"), product)}
 
 
 async def get_institution(rt: SandboxRuntime, request: Request) -> Response:
@@ -276,13 +288,71 @@ async def get_institution(rt: SandboxRuntime, request: Request) -> Response:
     return error(404, "14006", "Institution not found.")
 
 
+def _id_text(value: Any) -> str | None:
+    """An id the spec types as a string; a number is accepted too (clients send both)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    return value if isinstance(value, str) and value else None
+
+
+async def generate_fix(rt: SandboxRuntime, request: Request) -> Response:
+    """``POST /connect/v2/generate/fix`` (GenerateFixConnectUrl): a Fix link for one
+    institution login, ``{"link": …}``, pointing at this sandbox's ``/connect/fix/<token>``."""
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return error(400, "10002", "Invalid request body: a JSON object is required")
+    partner, customer, login = (_id_text(body.get(key)) for key in
+                                ("partnerId", "customerId", "institutionLoginId"))
+    if partner is None or customer is None or login is None:
+        return error(400, "10002", "Invalid request body: partnerId, customerId and "
+                     "institutionLoginId are required")
+    if partner != FINICITY_PARTNER_ID:
+        return error(400, "10002", "partnerId does not match the token's partner")
+    sim = rt.fleet.finicity
+    idx = _customer_index(sim, rt, customer)
+    if idx is None:
+        return error(400, "10010", "Customer ID does not exist or does not belong to this "
+                     "partner")
+    k = find_connection(sim, customer, login)
+    if k is None:
+        return error(404, "38007", "No accounts found for the institution login")
+    session: dict[str, Any] = {}
+    for key, name, kind in (("redirectUri", "redirect_uri", str), ("webhook", "webhook", str),
+                            ("webhookData", "webhook_data", dict),
+                            ("webhookHeaders", "webhook_headers", dict)):
+        value = body.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, kind):
+            return error(400, "10002", f"Invalid request body: {key} has the wrong type")
+        session[name] = value
+    if "webhook_headers" in session:
+        session["webhook_headers"] = {str(h): str(v)
+                                      for h, v in session["webhook_headers"].items()}
+    inst = sim.institutions[sim.conn_inst[k]]
+    link = rt.links.issue("finicity", k, customer, login, inst.label,
+                          single_use=body.get("singleUseUrl") is True, **session)
+    ms = int(link.issued_at * 1000)
+    query = urlencode({
+        "customerId": customer, "institutionId": inst.id, "partnerId": partner,
+        "signature": hashlib.sha256(link.token.encode()).hexdigest(), "timestamp": ms,
+        "ttl": int(link.expires_at * 1000), "type": "fix"})
+    return JSONResponse({"link": f"{link_url(request, link)}?{query}"})
+
+
 async def refuse_refresh(rt: SandboxRuntime, request: Request) -> Response:
     return error(403, "10403", "Refresh is refused by the openfinance-exporter sandbox: a "
                  "monitor must never trigger aggregation.", status="403")
 
 
-# (methods, path, handler, kind) — kind: "auth", "read" or "refresh".
+# (methods, path, handler, kind) — kind: "auth", "read", "connect" or "refresh".
 ROUTES = [
+    (["POST"], "/connect/v2/generate/fix", generate_fix, "connect"),
     (["POST"], "/aggregation/v2/partners/authentication", create_token, "auth"),
     (["GET"], "/aggregation/v1/customers", list_customers, "read"),
     (["GET"], "/aggregation/v1/customers/{customerId}/accounts", customer_accounts, "read"),

@@ -40,8 +40,15 @@ SKIP = ""  # the connection was not attempted that night
 
 # Salts: one per independent decision, so changing one rate does not reshuffle the others.
 (_S_UNITS, _S_INST, _S_ACCTS, _S_ROLE, _S_OTP, _S_ONSET, _S_LEN, _S_BLIP, _S_BLIPN, _S_SKIP,
- _S_NOISE, _S_NOISEC, _S_OUT, _S_OUTC, _S_PERS, _S_MFA, _S_UNK, S_GUID, S_MISC) = (
-    0x1000 + i for i in range(19))
+ _S_NOISE, _S_NOISEC, _S_OUT, _S_OUTC, _S_PERS, _S_MFA, _S_UNK, S_GUID, S_MISC, _S_MAINT,
+ _S_MAINTC) = (0x1000 + i for i in range(21))
+
+# Roles whose trouble a completed Connect Fix cures for good (a credentials problem, a one-off
+# MFA question); an OTP loop asks again on the next refresh, so its fix lasts one attempt.
+_CURED_BY_FIX = frozenset({PERSISTENT, FIXED})
+# Roles whose accounts a Connect Fix reaches (not closed, unknown, never-aggregated, manual).
+_FIXABLE_ROLES = frozenset({NORMAL, OTP_LOOP, OTP_RELAPSE, PERSISTENT, FIXED})
+_CURED = 255  # the role a cured connection is read with after its fix night (no blip)
 
 FINICITY_CUSTOMER_BASE = 1_005_000_000
 FINICITY_ACCOUNT_BASE = 5_011_000_000
@@ -96,6 +103,17 @@ MX_MESSAGES = {
     "CREATED": "Connecting to {name} ...",
 }
 
+# MX connection_status_id as MX's webhooks number the statuses (CHALLENGED = 3, CONNECTED = 6).
+MX_STATUS_IDS = {name: i for i, name in enumerate((
+    "CREATED", "PREVENTED", "DENIED", "CHALLENGED", "REJECTED", "LOCKED", "CONNECTED",
+    "IMPEDED", "RECONNECTED", "DEGRADED", "DISCONNECTED", "DISCONTINUED", "CLOSED", "DELAYED",
+    "FAILED", "UPDATED", "DISABLED", "IMPORTED", "RESUMED", "EXPIRED", "IMPAIRED", "PENDING"))}
+
+
+def mx_status_message(status: str, institution_name: str) -> str:
+    """The ``connection_status_message`` MX shows with a status."""
+    return MX_MESSAGES.get(status, "Status: {name}.").format(name=institution_name)
+
 
 def _mix(x: int) -> int:
     """splitmix64 finaliser: a fast, well-spread 64-bit hash of an int."""
@@ -132,11 +150,38 @@ class Institution:
     hostile: bool = False
     connections: int = 0
     accounts: int = 0
+    domain: str = ""  # home-page host, ``www.<name's letters and digits>.example.com``
 
     @property
     def label(self) -> str:
         """What a correct monitor shows as the ``institution`` label."""
         return self.display_name or self.name or self.id
+
+
+@dataclass(frozen=True, slots=True)
+class InstitutionOutage:
+    """A window of nights in which a share of one institution's connections fail."""
+
+    kind: str  # "outage" or "maintenance"
+    inst: int
+    start_night: int
+    end_night: int  # exclusive
+    share: float
+    codes: _Weighted
+    salt_share: int
+    salt_code: int
+    declared_status: str  # what Finicity's institution record says during the window
+
+    def active(self, night: int) -> bool:
+        return self.start_night <= night < self.end_night
+
+
+@dataclass(frozen=True, slots=True)
+class Fix:
+    """A completed Connect Fix: the login aggregated fine at ``at`` on night ``night``."""
+
+    night: int
+    at: float
 
 
 @dataclass
@@ -156,9 +201,13 @@ class ProviderSim:
     conn_onset: array = field(default_factory=lambda: array("h"))
     conn_len: array = field(default_factory=lambda: array("B"))
     conn_acct_start: array = field(default_factory=lambda: array("l", [0]))
-    outage_inst: int = -1
     otp_inst: int = -1
     ok_code: str = "0"
+    outages: list[InstitutionOutage] = field(default_factory=list)
+    # Connection -> its latest completed Connect Fix (the sandbox's only mutable fleet state).
+    fixes: dict[int, Fix] = field(default_factory=dict)
+    # Institution index -> a status declared through the control API (overrides the scenario).
+    declared_overrides: dict[int, str] = field(default_factory=dict)
 
     # -- hashing -----------------------------------------------------------------------
 
@@ -181,9 +230,16 @@ class ProviderSim:
         self._persistent = _Weighted(cfg.persistent_codes)
         self._mfa = _Weighted(cfg.mfa_codes)
         self._unknown = _Weighted({c: 1.0 for c in cfg.unknown_codes})
-        self._outage_codes = _Weighted(cfg.outage.codes or {next(iter(cfg.noise_codes)): 1.0})
-        self.outage_inst = self._resolve_inst(cfg.outage.enabled, cfg.outage.institution,
-                                              cfg.outage.institution_rank)
+        outage_codes = cfg.outage.codes or {next(iter(cfg.noise_codes)): 1.0}
+        for kind, o, salts, codes in (
+                ("outage", cfg.outage, (_S_OUT, _S_OUTC), outage_codes),
+                ("maintenance", cfg.maintenance, (_S_MAINT, _S_MAINTC),
+                 cfg.maintenance.codes or outage_codes)):
+            inst = self._resolve_inst(o.enabled, o.institution, o.institution_rank)
+            if inst >= 0:
+                self.outages.append(InstitutionOutage(
+                    kind, inst, o.start_night, o.start_night + o.nights, o.share,
+                    _Weighted(codes), *salts, o.declared_status))
         self.otp_inst = self._resolve_inst(cfg.otp.enabled, cfg.otp.institution,
                                            cfg.otp.institution_rank)
         general = [(PERSISTENT, rates.persistent), (FIXED, rates.fixed_by_user),
@@ -231,7 +287,12 @@ class ProviderSim:
 
     def _build_institutions(self) -> None:
         n = self.cfg.institutions
-        names = _FINICITY_NAMES if self.provider == "finicity" else _MX_NAMES
+        names = list(_FINICITY_NAMES if self.provider == "finicity" else _MX_NAMES)
+        if self.provider == "mx":  # the banks MX shares with Finicity
+            smallest = min(n, self.scenario.finicity.institutions, len(_FINICITY_NAMES))
+            for rank in self.scenario.shared_institution_ranks:
+                if rank < smallest and rank < len(names):
+                    names[rank] = _FINICITY_NAMES[rank]
         hostile = _HOSTILE[self.provider][: self.cfg.hostile_names]
         # Hostile names go to mid-sized institutions (so they carry accounts), away from
         # the outage and OTP ranks.
@@ -245,6 +306,7 @@ class ProviderSim:
             name, hostile_flag = base, False
             if rank in hostile_ranks:
                 name, hostile_flag = hostile[hostile_ranks.index(rank)], True
+            letters = "".join(c for c in name.lower() if c.isascii() and c.isalnum())[:24] or "bank"
             if self.provider == "finicity":
                 iid = FINICITY_INSTITUTION_BASE + self.h(S_MISC, rank) % 899_000
                 while iid in seen:
@@ -255,12 +317,14 @@ class ProviderSim:
                 display = None if rank == no_display else name
                 full = name if hostile_flag else f"{name} - Online Banking"
                 self.institutions.append(Institution("finicity", rank, str(iid), full, display,
-                                                     hostile_flag))
+                                                     hostile_flag,
+                                                     domain=f"www.{letters}.example.com"))
             else:
                 code = "".join(c if c.isalnum() else "_" for c in base.lower()).strip("_")
                 if hostile_flag:
                     code = f"hostile_{rank}"
-                self.institutions.append(Institution("mx", rank, code, name, None, hostile_flag))
+                self.institutions.append(Institution("mx", rank, code, name, None, hostile_flag,
+                                                     domain=f"www.{letters}.example.com"))
 
     def _resolve_inst(self, enabled: bool, ref: str | None, rank: int) -> int:
         if not enabled:
@@ -285,11 +349,15 @@ class ProviderSim:
     def accounts(self) -> int:
         return self.conn_acct_start[-1]
 
-    def outage_window(self) -> tuple[int, int] | None:
-        if self.outage_inst < 0:
-            return None
-        o = self.cfg.outage
-        return o.start_night, o.start_night + o.nights
+    def declared_status(self, i: int, night: int) -> str:
+        """Institution ``i``'s ``status`` as the aggregator declares it on ``night``."""
+        override = self.declared_overrides.get(i)
+        if override is not None:
+            return override
+        for o in self.outages:
+            if o.inst == i and o.active(night):
+                return o.declared_status
+        return "online"
 
     # -- status on a night -------------------------------------------------------------
 
@@ -299,6 +367,10 @@ class ProviderSim:
         ``role`` is passed in so a Finicity login with a closed account can be read as
         ``CLOSED`` for that account and ``NORMAL`` for its siblings.
         """
+        if self.fixes and role in _CURED_BY_FIX:
+            fix = self.fixes.get(k)
+            if fix is not None and n > fix.night:
+                role = _CURED
         onset = self.conn_onset[k]
         if role == OTP_LOOP and n >= onset:
             return self._mfa.pick(self.h(_S_MFA, k, n))
@@ -307,10 +379,11 @@ class ProviderSim:
         rates = self.scenario.rates
         if n > 0 and role not in (OTP_LOOP, OTP_RELAPSE) and self.u(_S_SKIP, k, n) < rates.skip:
             return SKIP
-        if (self.conn_inst[k] == self.outage_inst and role not in (OTP_LOOP, OTP_RELAPSE)):
-            o = self.cfg.outage
-            if o.start_night <= n < o.start_night + o.nights and self.u(_S_OUT, k) < o.share:
-                return self._outage_codes.pick(self.h(_S_OUTC, k))
+        if role not in (OTP_LOOP, OTP_RELAPSE):
+            inst = self.conn_inst[k]
+            for o in self.outages:
+                if inst == o.inst and o.active(n) and self.u(o.salt_share, k) < o.share:
+                    return o.codes.pick(self.h(o.salt_code, k))
         if role == PERSISTENT:
             return self._persistent.pick(self.h(_S_PERS, k))
         if role == FIXED and onset <= n < onset + self.conn_len[k]:
@@ -325,8 +398,26 @@ class ProviderSim:
             return self._noise.pick(self.h(_S_NOISEC, k, n))
         return self.ok_code
 
+    def _fix_on(self, k: int, night: int, role: int) -> Fix | None:
+        """The fix that counts for this account read on ``night`` (None: none, or not yet)."""
+        if not self.fixes or role not in _FIXABLE_ROLES:
+            return None
+        fix = self.fixes.get(k)
+        return fix if fix is not None and fix.night <= night else None
+
     def last_attempt(self, k: int, night: int, role: int) -> tuple[int, str]:
-        """(night, code) of the latest attempt on or before ``night`` (night 0 always runs)."""
+        """(night, code) of the latest attempt on or before ``night`` (night 0 always runs).
+
+        A completed Connect Fix is an ok attempt on its night (at :meth:`attempt_time`)
+        that replaces that night's scheduled one.
+        """
+        fix = self._fix_on(k, night, role)
+        if fix is not None:
+            for n in range(night, fix.night, -1):
+                code = self.code_on(k, n, role)
+                if code is not SKIP:
+                    return n, code
+            return fix.night, self.ok_code
         n = night
         while True:
             code = self.code_on(k, n, role)
@@ -336,6 +427,12 @@ class ProviderSim:
 
     def last_success(self, k: int, night: int, role: int) -> int:
         """Night of the latest ok attempt on or before ``night``; negative = before night 0."""
+        fix = self._fix_on(k, night, role)
+        if fix is not None:
+            for n in range(night, fix.night, -1):
+                if self.code_on(k, n, role) == self.ok_code:
+                    return n
+            return fix.night
         onset = self.conn_onset[k]
         n = night
         if role == PERSISTENT:
@@ -349,6 +446,14 @@ class ProviderSim:
                 return n
             n -= 1
         return -1 - int(self.h(S_MISC, k, 7) % 20)
+
+    def attempt_time(self, k: int, n: int, role: int, clock: SandboxClock) -> float:
+        """When the attempt of night ``n`` (from :meth:`last_attempt` / :meth:`last_success`)
+        ran: the night's start, or the moment of a Connect Fix completed that night."""
+        fix = self._fix_on(k, n, role)
+        if fix is not None and fix.night == n:
+            return fix.at
+        return clock.night_start(n)
 
     def account_roles(self, k: int) -> list[int]:
         """The role each account of connection ``k`` is read with (closed: the last one)."""
@@ -403,10 +508,46 @@ class Fleet:
         self.mx = ProviderSim("mx", scenario.mx, scenario.seed ^ 0x3C, scenario)
         self.finicity.build()
         self.mx.build()
-        self._truth_cache: tuple[tuple[int, int], dict[str, Any]] | None = None
+        self._truth_cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None
+        # Bumped by every change that is not a function of the night (fixes, declarations).
+        self.revision = 0
 
     def sim(self, provider: str) -> ProviderSim:
         return self.finicity if provider == "finicity" else self.mx
+
+    # -- what users and operators change -------------------------------------------------
+
+    def current_code(self, provider: str, k: int) -> str:
+        """The code connection ``k`` shows now (Finicity: its login-level role's account)."""
+        sim = self.sim(provider)
+        return self.current_code_on(sim, k, self.clock.night, sim.conn_role[k])
+
+    def fix(self, provider: str, k: int) -> bool:
+        """A user completed a Connect Fix of connection ``k`` now. True when it repaired
+        something: the connection showed a code the catalog calls fixable (credentials, MFA,
+        a user action at the bank); then it reads as a good aggregation at this moment, and
+        a credentials problem stays cured (an OTP loop asks again at the next refresh).
+        False (nothing changes) for ok, outage, closed or unknown codes."""
+        sim = self.sim(provider)
+        code = self.current_code(provider, k)
+        if sim.conn_role[k] not in _FIXABLE_ROLES or not self.catalog.lookup(provider,
+                                                                             code).fixable:
+            return False
+        night = self.clock.night
+        at = max(int(self.clock.now()), self.clock.night_start(night) + 1)
+        self.clock.reserve(at)
+        sim.fixes[k] = Fix(night, at)
+        self.revision += 1
+        return True
+
+    def declare(self, provider: str, i: int, status: str | None) -> None:
+        """Override institution ``i``'s declared status (None: back to the scenario's)."""
+        overrides = self.sim(provider).declared_overrides
+        if status is None:
+            overrides.pop(i, None)
+        else:
+            overrides[i] = status
+        self.revision += 1
 
     # -- ground truth --------------------------------------------------------------------
 
@@ -417,7 +558,7 @@ class Fleet:
         """
         if night is None:
             night = self.clock.night
-        key = (night, observed_from)
+        key = (night, observed_from, self.revision)
         if self._truth_cache is not None and self._truth_cache[0] == key:
             return self._truth_cache[1]
         streak_needed = self.scenario.otp_streak
@@ -430,7 +571,7 @@ class Fleet:
             for k in range(sim.connections):
                 inst = sim.conn_inst[k]
                 for role in sim.account_roles(k):
-                    code = self._current_code(sim, k, night, role)
+                    code = self.current_code_on(sim, k, night, role)
                     counts[(inst, code)] += 1
                     if (role not in (NEVER, MANUAL) and sim.is_otp_code(code, self.catalog)
                             and sim.otp_suspect(k, night, role, observed_from, streak_needed,
@@ -465,7 +606,7 @@ class Fleet:
         self._truth_cache = (key, result)
         return result
 
-    def _current_code(self, sim: ProviderSim, k: int, night: int, role: int) -> str:
+    def current_code_on(self, sim: ProviderSim, k: int, night: int, role: int) -> str:
         if role == NEVER:
             return "NONE" if sim.provider == "finicity" else "CREATED"
         if role == MANUAL:

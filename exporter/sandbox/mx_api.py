@@ -21,13 +21,21 @@ from starlette.responses import JSONResponse, Response
 from exporter.sandbox.credentials import MX_API_KEY, MX_CLIENT_ID
 from exporter.sandbox.fleet import (
     MANUAL,
-    MX_MESSAGES,
     NEVER,
     PERSONAL_MEMBER_NAMES,
-    S_GUID,
     S_MISC,
     ProviderSim,
+    mx_status_message,
 )
+from exporter.sandbox.ids import (
+    find_connection,
+    guid_index,
+    institution_guid,
+    member_guid,
+    user_guid,
+    user_index,
+)
+from exporter.sandbox.links import link_url
 from exporter.sandbox.runtime import SandboxRuntime
 
 MX_MEDIA_TYPE = "application/vnd.mx.api.v1+json"
@@ -61,33 +69,7 @@ def authenticate(rt: SandboxRuntime, request: Request) -> Response | None:
     return None
 
 
-def _guid(sim: ProviderSim, prefix: str, kind: int, idx: int) -> str:
-    """A stable GUID-looking id whose last group encodes ``idx`` (so lookups need no index)."""
-    h = sim.h(S_GUID, kind, idx)
-    return (f"{prefix}-{h >> 32 & 0xFFFFFFFF:08x}-{h >> 16 & 0xFFFF:04x}-{h & 0xFFFF:04x}-"
-            f"{h >> 48 & 0xFFFF:04x}-{idx:012x}")
-
-
-def _guid_index(sim: ProviderSim, prefix: str, kind: int, guid: str, limit: int) -> int | None:
-    tail = guid.rsplit("-", 1)[-1]
-    try:
-        idx = int(tail, 16)
-    except ValueError:
-        return None
-    if 0 <= idx < limit and _guid(sim, prefix, kind, idx) == guid:
-        return idx
-    return None
-
-
-def user_guid(sim: ProviderSim, idx: int) -> str:
-    return _guid(sim, "USR", 1, idx)
-
-
-def member_guid(sim: ProviderSim, k: int) -> str:
-    return _guid(sim, "MBR", 2, k)
-
-
-def _iso(ts: int) -> str:
+def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
@@ -136,14 +118,14 @@ def member_json(sim: ProviderSim, rt: SandboxRuntime, user: int, k: int, night: 
         status = "CREATED"
     else:
         attempt_night, status = sim.last_attempt(k, night, role)
-        aggregated = _iso(clock.night_start(attempt_night))
-        succeeded = _iso(clock.night_start(sim.last_success(k, night, role)))
+        aggregated = _iso(sim.attempt_time(k, attempt_night, role, clock))
+        succeeded = _iso(sim.attempt_time(k, sim.last_success(k, night, role), role, clock))
     name = inst.name
     if h % 6 == 0:
         name = PERSONAL_MEMBER_NAMES[(h >> 8) % len(PERSONAL_MEMBER_NAMES)]
     message = None
     if status is not None:
-        message = MX_MESSAGES.get(status, "Status: {name}.").format(name=inst.name)
+        message = mx_status_message(status, inst.name)
     return {
         "aggregated_at": aggregated,
         "background_aggregation_is_disabled": False,
@@ -152,7 +134,7 @@ def member_json(sim: ProviderSim, rt: SandboxRuntime, user: int, k: int, night: 
         "guid": member_guid(sim, k),
         "id": f"member-{k:07d}" if h % 2 else None,
         "institution_code": inst.id,
-        "institution_guid": _guid(sim, "INS", 3, inst.rank),
+        "institution_guid": institution_guid(sim, inst.rank),
         "is_being_aggregated": False,
         "is_managed_by_user": role == MANUAL,
         "is_manual": role == MANUAL,
@@ -191,7 +173,7 @@ async def list_users(rt: SandboxRuntime, request: Request) -> Response:
 
 def _user(rt: SandboxRuntime, request: Request) -> int | None:
     sim = rt.fleet.mx
-    return _guid_index(sim, "USR", 1, request.path_params["user_guid"], sim.units)
+    return user_index(sim, request.path_params["user_guid"])
 
 
 async def list_members(rt: SandboxRuntime, request: Request) -> Response:
@@ -212,7 +194,7 @@ def _member(rt: SandboxRuntime, request: Request) -> tuple[int, int] | None:
     user = _user(rt, request)
     if user is None:
         return None
-    k = _guid_index(sim, "MBR", 2, request.path_params["member_guid"], sim.connections)
+    k = guid_index(sim, "MBR", 2, request.path_params["member_guid"], sim.connections)
     if k is None or not sim.unit_conn_start[user] <= k < sim.unit_conn_start[user + 1]:
         return None
     return user, k
@@ -247,7 +229,7 @@ async def read_member_status(rt: SandboxRuntime, request: Request) -> Response:
 
 def institution_json(sim: ProviderSim, i: int) -> dict[str, Any]:
     inst = sim.institutions[i]
-    site = f"https://www.{inst.id.replace('_', '')}.example.com"
+    site = f"https://{inst.domain}"
     return {
         "code": inst.id,
         "forgot_password_url": f"{site}/forgot-password",
@@ -279,19 +261,51 @@ async def read_institution(rt: SandboxRuntime, request: Request) -> Response:
     return error(404, "We were unable to find the record you requested.")
 
 
+async def request_widget_url(rt: SandboxRuntime, request: Request) -> Response:
+    """``POST /users/{user_guid}/widget_urls`` (requestWidgetURL): a Connect widget URL on this
+    sandbox; with ``current_member_guid`` it repairs that member. ``X-CALLBACK-PAYLOAD`` is
+    echoed in the webhooks the repair sends."""
+    sim = rt.fleet.mx
+    user = _user(rt, request)
+    if user is None:
+        return error(404, "We were unable to find the record you requested.")
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    config = body.get("widget_url") if isinstance(body, dict) else None
+    if not isinstance(config, dict) or not isinstance(config.get("widget_type"), str):
+        return error(400, "A widget_url object with a widget_type is required.")
+    widget_type = config["widget_type"]
+    member = config.get("current_member_guid")
+    k = None
+    if member is not None:
+        if widget_type != "connect_widget" or not isinstance(member, str):
+            return error(400, "current_member_guid is only for a connect_widget.")
+        k = find_connection(sim, user_guid(sim, user), member)
+        if k is None:
+            return error(404, "We were unable to find the record you requested.")
+    institution = sim.institutions[sim.conn_inst[k]].label if k is not None else "your bank"
+    link = rt.links.issue("mx", k, user_guid(sim, user), member, institution, single_use=True,
+                          callback_payload=request.headers.get("x-callback-payload"))
+    return ok({"widget_url": {"type": widget_type, "url": link_url(request, link),
+                              "user_id": user_json(sim, user)["id"]}})
+
+
 async def refuse_aggregation(rt: SandboxRuntime, request: Request) -> Response:
     return error(403, "Aggregation is refused by the openfinance-exporter sandbox: a monitor "
                  "must never trigger it.")
 
 
 _MEMBER = "/users/{user_guid}/members/{member_guid}"
-# (methods, path, handler, kind) — kind: "auth", "read" or "refresh".
+# (methods, path, handler, kind) — kind: "auth", "read", "connect" or "refresh".
 ROUTES = [
     (["GET"], "/users", list_users, "read"),
     (["GET"], "/users/{user_guid}/members", list_members, "read"),
     (["GET"], _MEMBER, read_member, "read"),
     (["GET"], f"{_MEMBER}/status", read_member_status, "read"),
     (["GET"], "/institutions/{institution_code}", read_institution, "read"),
+    (["POST"], "/users/{user_guid}/widget_urls", request_widget_url, "connect"),
     *[(["POST"], f"{_MEMBER}/{job}", refuse_aggregation, "refresh")
       for job in ("aggregate", "check_balance", "identify", "verify", "extend_history",
                   "fetch_statements", "fetch_tax_documents")],

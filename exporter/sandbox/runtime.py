@@ -1,5 +1,5 @@
 """The mutable side of a running sandbox, shared by its handlers: clock, fleet, tokens,
-counters and the fault dice. Handlers take it as their first argument; the app that routes
+counters, the fault dice, issued Connect links and the webhook emitter. Handlers take it as their first argument; the app that routes
 to them (:mod:`exporter.sandbox.app`) creates it once per app."""
 
 from __future__ import annotations
@@ -7,25 +7,37 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Coroutine
 from typing import Any
 
+import httpx
 from starlette.responses import JSONResponse, Response
 
 from exporter.catalog import Catalog
 from exporter.sandbox.clock import SandboxClock
 from exporter.sandbox.fleet import Fleet
+from exporter.sandbox.links import ConnectLinks, FixRequests
 from exporter.sandbox.scenario import Scenario
+from exporter.sandbox.webhooks import WebhookEmitter
 
 __all__ = ["SandboxRuntime"]
 
 
 class SandboxRuntime:
-    """The mutable side of a running sandbox: clock, fleet, tokens, counters, fault dice."""
+    """The mutable side of a running sandbox: clock, fleet, tokens, counters, fault dice,
+    Connect links, webhooks. ``webhook_transport`` replaces the emitter's HTTP transport
+    (tests)."""
 
-    def __init__(self, scenario: Scenario, clock: SandboxClock, catalog: Catalog | None = None):
+    def __init__(self, scenario: Scenario, clock: SandboxClock, catalog: Catalog | None = None,
+                 webhook_transport: httpx.AsyncBaseTransport | None = None):
         self.scenario = scenario
         self.clock = clock
         self.fleet = Fleet(scenario, clock, catalog)
+        self.links = ConnectLinks(clock, scenario.connect)
+        self.fix_requests = FixRequests()
+        self.fix_request_counts: Counter[str] = Counter()
+        self._background: set[asyncio.Task] = set()
+        self.webhooks = WebhookEmitter(self.fleet, scenario.webhooks, webhook_transport)
         self.tokens: dict[str, float] = {}
         self.tokens_issued = 0
         self.auth_failures = 0
@@ -35,6 +47,19 @@ class SandboxRuntime:
         self.refresh_calls: Counter[str] = Counter()
         self.faults_injected: Counter[str] = Counter()
         self._dice = random.Random(scenario.seed ^ 0xFA17)
+
+    def background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` after the current request, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        """Stop background work (webhook deliveries, pending user repairs)."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.webhooks.close()
 
     @property
     def refresh_total(self) -> int:
@@ -50,6 +75,8 @@ class SandboxRuntime:
             "tokens_issued": self.tokens_issued,
             "auth_failures": self.auth_failures,
             "finicity_partner_locked": self.finicity_locked,
+            "connect_links_issued": self.links.issued,
+            "webhooks": dict(sorted(self.webhooks.counters.items())),
         }
 
     async def fault(self, provider: str) -> Response | None:

@@ -48,8 +48,18 @@ def _weights_ok(weights: Mapping[Any, float], what: str) -> None:
         raise ValueError(f"{what}: needs at least one positive weight and no negative ones")
 
 
+# Finicity's institution ``status`` values (GetInstitution); what the sandbox can declare.
+DeclaredStatus = Literal["online", "offline", "maintenance", "testing", "beta", "validated",
+                         "migrating"]
+
+
 class OutageConfig(_Strict):
-    """One institution per provider goes down for a few nights (``institution`` category)."""
+    """One institution per provider goes down for a few nights (``institution`` category).
+
+    ``declared_status`` is what Finicity's institution record says meanwhile (``status``
+    and ``productionStatus``): by default ``online``, an aggregator that has not noticed.
+    Outside the window the institution is declared ``online``. MX declares nothing.
+    """
 
     enabled: bool = True
     # Institution id (Finicity, as a string) or code (MX); None: the one at ``institution_rank``.
@@ -59,12 +69,22 @@ class OutageConfig(_Strict):
     nights: int = Field(4, ge=1)
     share: float = Field(0.85, ge=0, le=1, description="share of its connections affected")
     codes: CodeWeights = {}
+    declared_status: DeclaredStatus = "online"
 
     @model_validator(mode="after")
     def _check(self) -> OutageConfig:
         if self.codes:
             _weights_ok(self.codes, "outage.codes")
         return self
+
+
+class MaintenanceConfig(OutageConfig):
+    """A second failing institution that Finicity declares in ``maintenance`` meanwhile
+    (off by default in a bare model; the default scenario turns it on for Finicity)."""
+
+    enabled: bool = False
+    institution_rank: int = Field(0, ge=0, description="0 = the largest institution")
+    declared_status: DeclaredStatus = "maintenance"
 
 
 class OtpConfig(_Strict):
@@ -104,6 +124,7 @@ class ProviderFleet(_Strict):
     mfa_codes: CodeWeights
     unknown_codes: CodeList
     outage: OutageConfig
+    maintenance: MaintenanceConfig = MaintenanceConfig()
     otp: OtpConfig
 
     @model_validator(mode="after")
@@ -136,6 +157,7 @@ def _finicity_default() -> ProviderFleet:
         mfa_codes={"185": 1},
         unknown_codes=["1234567"],
         outage=OutageConfig(codes={"910": 3, "905": 1}),
+        maintenance=MaintenanceConfig(enabled=True, codes={"910": 1}),
         otp=OtpConfig(),
     )
 
@@ -212,6 +234,49 @@ class FaultsConfig(_Strict):
         return bool(self.rate_limited or self.server_errors or self.unavailable or self.slow)
 
 
+class WebhooksConfig(_Strict):
+    """Where the sandbox pushes events when state changes (each side off unless its URL is set).
+
+    Finicity: Connect-style JSON events signed with ``X-Finicity-Signature`` (hex
+    HMAC-SHA256 of the raw body keyed with ``finicity_secret``, by default the sandbox's
+    partner secret). MX: CONNECTION_STATUS and member webhooks with HTTP Basic
+    ``mx_username``/``mx_password`` when set. At least once: a failed delivery (transport
+    error or non-2xx) is retried ``max_attempts`` times in all, ``retry_seconds`` doubling up
+    to ``retry_max_seconds``; ``redeliver_once`` sends every delivered event a second time,
+    byte for byte (for dedupe tests).
+    """
+
+    finicity_url: str | None = None
+    finicity_secret: str | None = None
+    mx_url: str | None = None
+    mx_username: str | None = None
+    mx_password: str | None = None
+    timeout_seconds: float = Field(5.0, gt=0)
+    max_attempts: int = Field(6, ge=1)
+    retry_seconds: float = Field(1.0, ge=0)
+    retry_max_seconds: float = Field(30.0, ge=0)
+    redeliver_once: bool = False
+
+
+class ConnectConfig(_Strict):
+    """Connect Fix links (Finicity) and Connect widget URLs (MX) the sandbox hands out."""
+
+    finicity_link_ttl_seconds: float = Field(7200.0, gt=0, description="clock seconds")
+    mx_url_ttl_seconds: float = Field(600.0, gt=0, description="clock seconds")
+
+
+class UsersConfig(_Strict):
+    """The partner's end users, for fix requests sent to ``POST /sandbox/partner/fix-requests``
+    (the sandbox playing the partner's receiver): ``fix_share`` of them complete the repair
+    ``fix_after_nights`` nights after their request arrived (0: at once), by following its
+    ``link`` when it has one, else in the partner's app. With ``request_secret`` set,
+    requests must carry a valid ``X-OpenFinance-Signature``."""
+
+    fix_share: float = Field(0.6, ge=0, le=1)
+    fix_after_nights: int = Field(1, ge=0)
+    request_secret: str | None = None
+
+
 class Scenario(_Strict):
     """Everything the sandbox simulates. Defaults = ``default-scenario.yml``."""
 
@@ -227,6 +292,13 @@ class Scenario(_Strict):
     mx: ProviderFleet = Field(default_factory=_mx_default)
     rates: RatesConfig = RatesConfig()
     faults: FaultsConfig = FaultsConfig()
+    # Institution ranks at which MX has the same bank as Finicity (same name and home-page
+    # domain), so cross-aggregator joins have something to join; ranks either provider lacks,
+    # and hostile-name ranks, are skipped.
+    shared_institution_ranks: list[Annotated[int, Field(ge=0)]] = [0, 1, 4]
+    connect: ConnectConfig = ConnectConfig()
+    users: UsersConfig = UsersConfig()
+    webhooks: WebhooksConfig | None = None
 
     def with_realism(self, level: float) -> Scenario:
         """A copy with transport faults scaled by ``level`` (0 = none, 1 = a rough day)."""

@@ -69,6 +69,7 @@ class SandboxServer:
                 self._task.result()  # re-raises a bind error
                 raise RuntimeError("the sandbox server stopped during startup")
             await asyncio.sleep(0.01)
+        self.runtime.webhooks.start_watching()
 
     async def stop(self) -> None:
         if self._task is None:
@@ -78,6 +79,7 @@ class SandboxServer:
             await self._task
         finally:
             self._task = None
+            await self.runtime.close()
 
     async def serve_forever(self) -> None:
         """Serve until cancelled (then shut down cleanly)."""

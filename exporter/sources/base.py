@@ -125,5 +125,20 @@ class Source(abc.ABC):
         The URL is a bearer secret: never log it.
         """
 
+    institution_seen: Callable[[str, str, object], None] | None = None
+    """Set by the agent (institution health): called with (institution_id, name, body) after
+    each successful institution lookup of the name cache."""
+
+    def seen_hook(self, institution_id: str) -> Callable[[str, object], None] | None:
+        """``institution_seen`` bound to one institution, for ``sweep.institution_name``."""
+        hook = self.institution_seen
+        return None if hook is None else lambda name, body: hook(institution_id, name, body)
+
+    async def institution(self, institution_id: str) -> object:
+        """The institution record's body as the aggregator sends it, None when unknown (404);
+        ``UpstreamError`` when the lookup fails. Institution health re-reads declared statuses
+        with it (same client, token and rate limit as a sweep)."""
+        raise NotImplementedError(f"{type(self).__name__} has no institution lookup")
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release HTTP clients."""

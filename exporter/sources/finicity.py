@@ -386,4 +386,13 @@ class FinicitySource(Source):
 
         return await institution_name(
             lambda: self._call("GET", INSTITUTION_ROUTE, {"institutionId": institution_id}),
-            name, institution_id, self.config.institution_cache_ttl)
+            name, institution_id, self.config.institution_cache_ttl,
+            seen=self.seen_hook(institution_id))
+
+    async def institution(self, institution_id: str) -> object:
+        try:
+            return await self._call("GET", INSTITUTION_ROUTE, {"institutionId": institution_id})
+        except UpstreamStatusError as exc:
+            if exc.http_status == 404:
+                return None
+            raise

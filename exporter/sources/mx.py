@@ -8,6 +8,7 @@ Institution names come from ``GET /institutions/{institution_code}``, never from
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import random as _random
 import time
@@ -56,6 +57,11 @@ MAX_PAGES = 10_000  # safety net per list, whatever total_pages says
 P = TypeVar("P", bound=Payload)
 
 
+def basic_auth(user: str, password: str) -> str:
+    """The ``Authorization`` value of HTTP Basic, built once per source."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
 class MxSource(Source):
     """Polls every member of one MX client, read-only."""
 
@@ -82,8 +88,8 @@ class MxSource(Source):
             base_url=config.base_url,
             http=config.http,
             observer=self.observer,
-            headers={"Accept": ACCEPT_V1},
-            auth=httpx.BasicAuth(config.client_id, config.api_key.get_secret_value()),
+            headers={"Accept": ACCEPT_V1,
+                     "Authorization": basic_auth(config.client_id, config.api_key.get_secret_value())},
             transport=transport,
             clock=clock,
             monotonic=monotonic,
@@ -213,4 +219,5 @@ class MxSource(Source):
         return await institution_name(
             lambda: self._call("GET", INSTITUTION_ROUTE, {"institution_code": code}),
             lambda body: self.payloads.body(MxInstitutionBody, body, INSTITUTION_ROUTE).institution.name,
-            code, self.config.institution_cache_ttl)
+            code, self.config.institution_cache_ttl,
+            seen=self.seen_hook(code))

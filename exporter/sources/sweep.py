@@ -164,13 +164,14 @@ async def sweep_units(
 
 
 async def institution_name(get: Callable[[], Awaitable[Any]], parse: Callable[[Any], str | None],
-                           fallback: str, ttl: float) -> tuple[str, float]:
+                           fallback: str, ttl: float,
+                           seen: Callable[[str, Any], None] | None = None) -> tuple[str, float]:
     """The label-safe display name of an institution for the name cache, with its TTL.
 
     ``get`` fetches the body, ``parse`` reads the name from it (raising ``UpstreamError`` when
     the body does not fit). The id (``fallback``) stands in when the institution is unknown
     (404, kept the full TTL) or when the lookup failed (kept only briefly, so that a passing
-    error does not stick).
+    error does not stick). ``seen(name, body)`` gets each successfully read body.
     """
     try:
         body = await get()
@@ -184,4 +185,7 @@ async def institution_name(get: Callable[[], Awaitable[Any]], parse: Callable[[A
         name = parse(body)
     except UpstreamError:
         return fallback, min(ttl, FALLBACK_TTL)
-    return clean_label(name, fallback), ttl
+    label = clean_label(name, fallback)
+    if seen is not None:
+        seen(label, body)
+    return label, ttl

@@ -69,10 +69,7 @@ class SweepSession:
     async def finish(self, report: SweepReport) -> None:
         """Apply what is pending; on a complete sweep drop unseen accounts; publish."""
         tracker = self.tracker
-        try:
-            await tracker.deliver(await tracker.run(self._finish, report))
-        finally:
-            tracker.end(self)
+        await tracker.deliver(await tracker.run(self._finish, report))
 
     def forget(self, keys: Iterable[str]) -> None:
         """Another session of this source rewrote ``keys``: rows read ahead for them are stale."""
@@ -142,10 +139,10 @@ class SweepSession:
         for key, rec in latest.items():
             code = rec.code
             facts = facts_of.get(code)
-            if facts is None:
+            if facts is None:  # a code met for the first time, or one unknown to the catalog
                 facts = resolve(source, self.provider, code)
-            if facts.category == "unknown":
-                unknown += 1
+                if facts.category == "unknown":
+                    unknown += 1
             inst_id, name = rec.institution_id, rec.institution
             if name != inst_id or inst_id not in names:
                 names[inst_id] = name
@@ -228,6 +225,7 @@ class SweepSession:
         return events
 
     def _finish(self, report: SweepReport) -> list[AccountEvent]:
+        self.tracker.end(self)
         events = []
         if self._pending:
             chunk, self._pending = self._pending, []

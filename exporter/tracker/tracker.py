@@ -25,6 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
+from weakref import WeakSet
 
 from exporter.catalog import Catalog
 from exporter.records import AccountStatus
@@ -95,13 +96,18 @@ class Tracker:
         self._snapshot = Snapshot()
         self._fleets: dict[str, FleetState] = {}
         self._facts: dict[str, dict[str, CodeFacts]] = {}
-        """source → code → facts (unknown codes only up to the cap: bounded)"""
+        """source → code → facts of catalog codes (unknown ones are resolved per record,
+        so each record carrying one is counted)"""
+        self._unknown_facts: dict[str, dict[str, CodeFacts]] = defaultdict(dict)
+        """source → admitted unknown code → facts (at most ``max_unknown_codes`` each)"""
         self._unknown: dict[str, set[str]] = defaultdict(set)
         """source → unknown codes that are label values (at most ``max_unknown_codes``)"""
         self._capped: set[str] = set()
         """sources that hit the cap (logged once)"""
         self._classes: dict[str, _Classes] = {}
-        self._sessions: dict[str, list[SweepSession]] = defaultdict(list)
+        self._sessions: dict[str, WeakSet[SweepSession]] = defaultdict(WeakSet)
+        """open sessions per source, touched on the writer thread only (a failed sweep's
+        session, never finished, goes with its last reference)"""
         self._subscribers: list[tuple[Subscriber, bool]] = []
         self.subscribed = False
         """whether anyone receives events (if not, sessions do not build them)"""
@@ -148,21 +154,16 @@ class Tracker:
     # -- sweeps and pushed re-reads ----------------------------------------------------
 
     async def begin(self, source: str, provider: str, *, read_ahead: bool = True) -> SweepSession:
-        last_id, stored = await self.run(self._begin, source, provider)
-        session = SweepSession(self, source, provider, last_id, stored, read_ahead=read_ahead)
-        self._sessions[source].append(session)
-        return session
+        return await self.run(self._begin, source, provider, read_ahead)
 
     def end(self, session: SweepSession) -> None:
-        """A session is done (finished or failed): it no longer hears of other writes."""
-        sessions = self._sessions.get(session.source, [])
-        if session in sessions:
-            sessions.remove(session)
+        """On the writer thread: a finished session no longer hears of other writes."""
+        self._sessions[session.source].discard(session)
 
     def written(self, session: SweepSession, keys: Iterable[str]) -> None:
         """On the writer thread, after ``session`` committed ``keys``: other open sessions
         of the source drop rows they read ahead for them (they are stale now)."""
-        others = [s for s in self._sessions.get(session.source, ()) if s is not session]
+        others = [s for s in self._sessions[session.source] if s is not session]
         if others:
             keys = list(keys)
             for other in others:
@@ -177,11 +178,15 @@ class Tracker:
         await session.add(records)
         await session.finish(SweepReport(complete=False))
 
-    def _begin(self, source: str, provider: str) -> tuple[int, int]:
-        """(highest account id, accounts stored for ``source``) as a sweep begins."""
+    def _begin(self, source: str, provider: str, read_ahead: bool) -> SweepSession:
+        """A session that knows the highest account id and the accounts stored for
+        ``source`` as it begins; on the writer thread."""
         if source not in self._fleets:
             self._fleets[source] = self._read_fleet(source, provider)
-        return self.store.last_id(), self._fleets[source].total()
+        session = SweepSession(self, source, provider, self.store.last_id(),
+                               self._fleets[source].total(), read_ahead=read_ahead)
+        self._sessions[source].add(session)
+        return session
 
     def fleet(self, source: str) -> FleetState:
         """The live aggregates of one source (empty until it is loaded or swept)."""
@@ -267,6 +272,9 @@ class Tracker:
         series count, and neither the cache nor the log-once memory grows with it."""
         info = self.catalog.get(provider, code)
         if info is None:
+            hit = self._unknown_facts[source].get(code)
+            if hit is not None:
+                return hit
             admitted = self._unknown[source]
             if code not in admitted:
                 if len(admitted) >= self.max_unknown_codes:
@@ -284,7 +292,8 @@ class Tracker:
         ok = info.category == "ok"
         facts = CodeFacts(code, info.category, info.fixable, otp, ok,
                           ok or info.category == "manual")
-        self.code_facts(source)[code] = facts
+        cache = self.code_facts(source) if info.known else self._unknown_facts[source]
+        cache[code] = facts
         return facts
 
     def note_unknown(self, source: str, provider: str, count: int) -> None:

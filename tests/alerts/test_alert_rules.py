@@ -213,7 +213,9 @@ CATALOG = series_labels()
 def _recorded_labels() -> dict[str, frozenset[str]]:
     known: dict[str, frozenset[str]] = {}
     for rule in recording_rules():
-        known[rule["record"]] = _Labels(known).of(pq.parse(rule["expr"]))
+        # Several rules may record one name, each adding its own static labels (side=…).
+        labels = _Labels(known).of(pq.parse(rule["expr"])) | frozenset(rule.get("labels", {}))
+        known[rule["record"]] = known.get(rule["record"], frozenset()) | labels
     return known
 
 
@@ -298,8 +300,10 @@ class _Labels:
                 return lhs
             if op == "or":
                 return lhs | rhs
-            if mod is not None and mod.group_labels:
-                return lhs | frozenset(mod.group_labels)
+            if mod is not None and mod.card == pq.VectorMatchCardinality.ManyToOne:
+                return lhs | frozenset(mod.group_labels)  # group_left keeps the many side's
+            if mod is not None and mod.card == pq.VectorMatchCardinality.OneToMany:
+                return rhs | frozenset(mod.group_labels)
             return on if on is not None else lhs
         self.problems.append(f"unexpected node {type(node).__name__}")
         return frozenset()
@@ -351,6 +355,10 @@ PARAMETERS_OF = {
     "OpenFinanceFixRequestsHeld": ("fix_held_for", [], []),
     "OpenFinanceFixRequestsDeadLettered": ("fix_dead_for", [], ["fix_dead_window"]),
     "OpenFinanceFixDeliveryFailing": ("fix_delivery_failing_for", [], ["fix_delivery_window"]),
+    # Institution health: the state's thresholds live in its recording rules.
+    "OpenFinanceInstitutionDownWhileDeclaredOnline": ("declared_online_down_for", [], []),
+    "OpenFinanceInstitutionOutageDuringMaintenance": (
+        "outage_for", ["outage_ratio", "outage_min_accounts"], []),
 }
 
 

@@ -211,6 +211,15 @@ def test_every_object_carries_the_standard_labels(values):
         {"prometheusRule": {"disabledAlert": ["OpenFinanceRepeatedOTP"]}},
         {"securityContext": {"readOnlyRootFilesytem": True}},
         {"credentials": {"mx-prod": {"apikey": "x"}}},
+        {"shard": {"index": "yes"}},
+        {"shard": {"idx": "auto"}},
+        {"podDisruptionBudget": {"maxUnavailabe": 1}},
+        {"webConfig": {"config": {"tls_server_config": {"cert_fil": "tls.crt"}}}},
+        {"webConfig": {"config": {"basic_auth_users": {"prometheus": "plain-password"}}}},
+        {"webConfig": {"config": {"http_server_config": {"headers": {"Server": "x"}}}}},
+        {"webConfig": {"scheme": "HTTPS"}},
+        {"serviceMonitor": {"tlsConfig": {"insecureSkipVerfy": True}}},
+        {"serviceMonitor": {"basicAuth": {"username": {"name": "s"}}}},
     ],
     ids=lambda v: json.dumps(v, sort_keys=True)[:60],
 )
@@ -273,7 +282,7 @@ def test_schema_of_config_matches_the_agents_config_model():
     cfg = ("properties", "config", "properties")
     defs = ("definitions",)
     assert _props(schema, "properties", "config") == _fields(Settings)
-    assert _props(schema, *cfg, "web") == _fields(WebConfig) - {"listen_address"}
+    assert _props(schema, *cfg, "web") == _fields(WebConfig) - {"listen_address", "config_file"}
     assert _props(schema, *cfg, "state") == _fields(StateConfig) - {"path"}
     assert _props(schema, *cfg, "tracker") == _fields(TrackerConfig)
     assert _props(schema, *defs, "schedule") == _fields(ScheduleConfig)
@@ -291,6 +300,7 @@ def test_schema_of_config_matches_the_agents_config_model():
 def test_rendered_config_is_accepted_by_the_agent(values, monkeypatch):
     for var in [v for v in __import__("os").environ if v.upper().startswith("OPENFINANCE_")]:
         monkeypatch.delenv(var)
+    monkeypatch.setenv("OPENFINANCE_SHARD_INDEX", "0")  # shard.index: auto, as in pod 0
     settings = Settings(**rendered_config(render(values)))
     assert str(settings.state.path) == "/var/lib/openfinance-exporter/state.db"
     assert settings.web.listen_address == ":9877"
@@ -761,3 +771,204 @@ def test_sync_writes_the_copies_and_check_detects_drift(tmp_path):
     failed = run("--check")
     assert failed.returncode == 1
     assert "files/dashboards/d.json" in failed.stderr
+
+
+# --- sharding by pod ordinal ----------------------------------------------------------------
+
+
+SHARDED = CI_DIR / "sharded-values.yaml"
+WEBCONFIG = CI_DIR / "webconfig-values.yaml"
+
+
+def test_sharding_renders_one_statefulset_whose_pods_take_their_ordinal(monkeypatch):
+    docs = render(SHARDED)
+    sts = one(docs, "StatefulSet")
+    assert not [d for d in docs if d["kind"] == "Deployment"]
+    assert sts["spec"]["replicas"] == 3
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    assert [c["metadata"]["name"] for c in sts["spec"]["volumeClaimTemplates"]] == ["state"]
+    config = rendered_config(docs)
+    assert {s["name"]: s["shard"] for s in config["sources"]} == {
+        "finicity-prod": {"index": "auto", "count": 3},
+        "mx-prod": {"index": "auto", "count": 3},
+    }
+    # Each pod's host name is <StatefulSet name>-<ordinal>: the agent turns it into its shard.
+    monkeypatch.delenv("OPENFINANCE_SHARD_INDEX", raising=False)
+    for var in [v for v in __import__("os").environ if v.upper().startswith("OPENFINANCE_")]:
+        monkeypatch.delenv(var)
+    for ordinal in range(3):
+        monkeypatch.setattr("socket.gethostname", lambda o=ordinal: f"{sts['metadata']['name']}-{o}")
+        settings = Settings(**config)
+        assert {(s.shard.index, s.shard.count) for s in settings.sources} == {(ordinal, 3)}
+
+
+def test_sharding_comes_with_a_disruption_budget_over_the_pods():
+    docs = render(SHARDED)
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == workload(docs)["spec"]["selector"]["matchLabels"]
+    assert not [d for d in render(None) if d["kind"] == "PodDisruptionBudget"], "one pod: no PDB"
+
+
+def test_sharding_without_persistence_keeps_state_in_an_emptydir_per_pod():
+    docs = render(SHARDED, sets=("persistence.enabled=false",))
+    sts = one(docs, "StatefulSet")
+    assert "volumeClaimTemplates" not in sts["spec"]
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes["state"]
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (("shard.count=2",), "shard.count (2) must equal replicaCount (3)"),
+    (("config.sources[0].shard.index=0", "config.sources[0].shard.count=3"),
+     "config.sources[0].shard: leave it out with shard.index: auto"),
+])
+def test_inconsistent_sharding_fails_the_render(sets, message):
+    args = ["template", "ofe", str(CHART), "-f", str(SHARDED)]
+    for item in sets:
+        args += ["--set", item]
+    proc = _helm(*args)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+
+
+def test_without_auto_replicas_keep_the_old_behaviour():
+    docs = render(None, sets=("replicaCount=2",))
+    assert one(docs, "Deployment")["spec"]["replicas"] == 2
+    assert "shard" not in json.dumps(rendered_config(docs))
+
+
+# --- the web config (TLS, mutual TLS, basic auth) -------------------------------------------
+
+
+def _web_secret(docs: list[dict]) -> dict:
+    secret = one(docs, "Secret", "-web-config")
+    return yaml.safe_load(base64.b64decode(secret["data"]["web-config.yml"]))
+
+
+def test_web_config_is_a_secret_mounted_with_its_certificates_and_passed_as_a_flag():
+    from exporter.webconfig import parse_web_config
+
+    docs = render(WEBCONFIG)
+    values = ci_values("webconfig-values.yaml")["webConfig"]
+    assert _web_secret(docs) == values["config"]
+    c = container(docs)
+    assert "--web.config.file=/etc/openfinance-exporter/web/web-config.yml" in c["args"]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "web-config")
+    assert mount == {"name": "web-config", "mountPath": "/etc/openfinance-exporter/web",
+                     "readOnly": True}
+    volume = next(v for v in workload(docs)["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == "web-config")
+    sources = volume["projected"]["sources"]
+    assert sources[0]["secret"]["name"] == one(docs, "Secret", "-web-config")["metadata"]["name"]
+    assert [s["secret"]["name"] for s in sources[1:]] == ["openfinance-exporter-tls"]
+    # The agent's own parser takes the file, with paths relative to the mount.
+    tls = parse_web_config(_web_secret(docs), Path(mount["mountPath"])).tls_server_config
+    assert tls.cert_file == Path("/etc/openfinance-exporter/web/tls.crt")
+    assert tls.client_ca_file == Path("/etc/openfinance-exporter/web/ca.crt")
+    assert "checksum/web-config" not in workload(docs)["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_the_agent_loads_the_rendered_web_config_with_the_secrets_laid_out_as_mounted(tmp_path):
+    from exporter.webconfig import load_web_config
+    from tests.tls_support import CA
+
+    docs = render(WEBCONFIG)
+    web = tmp_path / "web"
+    ca = CA(tmp_path / "pki")
+    ca.issue("server", cert_path=tmp_path / "tls.crt", key_path=tmp_path / "tls.key")
+    web.mkdir()
+    for name in ("tls.crt", "tls.key"):  # the cert-manager Secret's keys
+        (web / name).write_bytes((tmp_path / name).read_bytes())
+    (web / "ca.crt").write_bytes(ca.path.read_bytes())
+    (web / "web-config.yml").write_text(yaml.safe_dump(_web_secret(docs)))
+    cfg = load_web_config(web / "web-config.yml")
+    assert cfg.tls_server_config.client_auth_type == "RequireAndVerifyClientCert"
+    assert set(cfg.basic_auth_users) == {"prometheus"}
+
+
+def test_required_client_certificates_turn_the_probes_into_tcp_checks():
+    c = container(render(WEBCONFIG))
+    assert c["livenessProbe"]["tcpSocket"] == {"port": "http"}
+    assert c["readinessProbe"]["tcpSocket"] == {"port": "http"}
+    assert "httpGet" not in c["livenessProbe"]
+
+
+def test_tls_without_client_certificates_probes_over_https():
+    docs = render(WEBCONFIG, sets=(
+        "webConfig.config.tls_server_config.client_auth_type=VerifyClientCertIfGiven",
+        "serviceMonitor.enabled=false"))
+    c = container(docs)
+    assert c["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "http",
+                                             "scheme": "HTTPS"}
+    assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+
+
+def test_servicemonitor_scrapes_with_the_web_configs_scheme_certificates_and_user():
+    docs = render(WEBCONFIG)
+    sm = one(docs, "ServiceMonitor")
+    monitoring_v1.ServiceMonitor.model_validate(sm)
+    endpoint = sm["spec"]["endpoints"][0]
+    values = ci_values("webconfig-values.yaml")["serviceMonitor"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == values["tlsConfig"]
+    assert endpoint["basicAuth"] == values["basicAuth"]
+    plain = one(render(CI_DIR / "monitoring-values.yaml"), "ServiceMonitor")
+    assert plain["spec"]["endpoints"][0]["scheme"] == "http"
+    assert "tlsConfig" not in plain["spec"]["endpoints"][0]
+
+
+@pytest.mark.parametrize(("drop", "sets", "message"), [
+    ("basicAuth", (), "serviceMonitor.basicAuth: required"),
+    ("cert", (), "serviceMonitor.tlsConfig.cert and .keySecret"),
+    (None, ("webConfig.existingSecret=mine",), "set config or existingSecret, not both"),
+])
+def test_a_servicemonitor_that_could_not_scrape_fails_the_render(tmp_path, drop, sets, message):
+    values = ci_values("webconfig-values.yaml")
+    sm = values["serviceMonitor"]
+    if drop is not None:
+        (sm if drop in sm else sm["tlsConfig"]).pop(drop)
+    args = ["template", "ofe", str(CHART), "-f", str(typo_file(tmp_path, values)),
+            *CRD_API_VERSIONS]
+    for item in sets:
+        args += ["--set", item]
+    proc = _helm(*args)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+
+
+def test_an_existing_web_config_secret_is_mounted_with_the_scheme_given():
+    docs = render(None, sets=("webConfig.existingSecret=my-web-config", "webConfig.scheme=https",
+                              "serviceMonitor.enabled=true"))
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    volume = next(v for v in workload(docs)["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == "web-config")
+    assert volume["projected"]["sources"][0]["secret"]["name"] == "my-web-config"
+    assert container(docs)["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert one(docs, "ServiceMonitor")["spec"]["endpoints"][0]["scheme"] == "https"
+
+
+def test_no_web_config_by_default():
+    c = container(render(None))
+    assert not [a for a in c["args"] if a.startswith("--web.config.file")]
+    assert "web-config" not in {m["name"] for m in c["volumeMounts"]}
+
+
+def test_schema_of_the_web_config_matches_the_agents_model():
+    import typing
+
+    from exporter import webconfig
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    node = schema["definitions"]["webConfigFile"]
+    assert set(node["properties"]) == _fields(webconfig.WebConfig)
+    tls = node["properties"]["tls_server_config"]
+    assert set(tls["properties"]) == _fields(webconfig.TLSServerConfig)
+    assert set(tls["properties"]["client_auth_type"]["enum"]) == {
+        "", *typing.get_args(webconfig.ClientAuthType)}
+    assert set(tls["properties"]["min_version"]["enum"]) == set(webconfig.TLS_VERSIONS)
+    http = node["properties"]["http_server_config"]
+    assert set(http["properties"]) == _fields(webconfig.HTTPServerConfig)
+    assert set(http["properties"]["headers"]["properties"]) == set(webconfig.ALLOWED_HEADERS)
+    assert set(node["properties"]["rate_limit"]["properties"]) == _fields(
+        webconfig.RateLimitConfig)

@@ -29,6 +29,8 @@ pytestmark = pytest.mark.integration
 
 OUTAGE = "OpenFinanceInstitutionOutage"
 OTP = "OpenFinanceRepeatedOTP"
+DOWN_DECLARED_ONLINE = "OpenFinanceInstitutionDownWhileDeclaredOnline"
+DURING_MAINTENANCE = "OpenFinanceInstitutionOutageDuringMaintenance"
 PAGER, CHAT = "openfinance-pager", "openfinance-chat"
 
 # A small fleet so a sweep takes about a second, with OTP shares raised so that both
@@ -110,6 +112,11 @@ def _run(stack: MonitoredSandbox, receiver: WebhookReceiver, params: dict[str, A
     otp_events = {(o["provider"], o["institution_id"]): o for o in state["otp"]}
     assert {p for p, _ in outages} == {"finicity", "mx"}, state["outages"]
     assert {p for p, _ in otp_events} == {"finicity", "mx"}, state["otp"]
+    # What the sandbox's Finicity declares meanwhile (tests/integration/test_status_page.py
+    # checks those alerts): a declared maintenance turns the page into a warning.
+    declared = {k: o.get("declared_status", "online") for k, o in outages.items()
+                if k[0] == "finicity"}
+    maintenance = {k for k, s in declared.items() if s == "maintenance"}
     outage_night = min(o["start_night"] for o in outages.values())
     outage_end = min(o["end_night"] for o in outages.values())
     # Loops become suspects after otp_streak MFA nights, relapses one night later.
@@ -143,12 +150,14 @@ def _run(stack: MonitoredSandbox, receiver: WebhookReceiver, params: dict[str, A
         "the sandbox's truth disagrees with its own outage list: "
         f"{_outage_per_truth(truth, params)} vs {expected_outage}")
 
+    expected_page = expected_outage - maintenance
+
     def outage_notified() -> bool:
         got = {_key(a) for a in receiver.alerts(OUTAGE, "firing")}
-        return expected_outage <= got
+        return expected_page <= got
 
     if not _arrives(outage_notified, 30):
-        pytest.fail(f"{OUTAGE} never reached the receiver for {sorted(expected_outage)}"
+        pytest.fail(f"{OUTAGE} never reached the receiver for {sorted(expected_page)}"
                     f"\n{stack.diagnostics()}")
 
     # --- The OTP nights: the chat receiver gets each institution's suspect count ----------
@@ -179,8 +188,12 @@ def _run(stack: MonitoredSandbox, receiver: WebhookReceiver, params: dict[str, A
 
     # --- Routing: each alert reached its severity's receiver, nothing else was sent --------
     received = receiver.alerts()
-    routes = {OUTAGE: (expected_outage, PAGER, "critical", "which is not in outage"),
-              OTP: (expected_otp, CHAT, "warning", "which has no OTP suspects")}
+    declared_online = {k for k, s in declared.items() if s == "online"} & expected_outage
+    routes = {OUTAGE: (expected_page, PAGER, "critical", "which is not in outage"),
+              OTP: (expected_otp, CHAT, "warning", "which has no OTP suspects"),
+              DOWN_DECLARED_ONLINE: (declared_online, CHAT, "warning",
+                                     "which is not failing while declared online"),
+              DURING_MAINTENANCE: (maintenance, CHAT, "warning", "which is not in maintenance")}
     problems = []
     for alert in received:
         name, key = alert["labels"].get("alertname"), _key(alert)
@@ -201,7 +214,7 @@ def _run(stack: MonitoredSandbox, receiver: WebhookReceiver, params: dict[str, A
             problems.append(f"{name}: runbook_url {alert['annotations'].get('runbook_url')}")
     assert not problems, "\n".join(problems) + "\n" + stack.diagnostics()
     firing_outage = {_key(a) for a in received if a["labels"]["alertname"] == OUTAGE}
-    assert firing_outage == expected_outage, stack.diagnostics()
+    assert firing_outage == expected_page, stack.diagnostics()
 
     # --- The outage ends: the pager hears it resolved ------------------------------------
     state = stack.advance(outage_end - final_night)
@@ -212,9 +225,9 @@ def _run(stack: MonitoredSandbox, receiver: WebhookReceiver, params: dict[str, A
     def resolved() -> set[Key]:
         return {_key(a) for a in receiver.alerts(OUTAGE, "resolved") if a["path"] == PAGER}
 
-    if not _arrives(lambda: resolved() == expected_outage, 30):
+    if not _arrives(lambda: resolved() == expected_page, 30):
         pytest.fail(f"{OUTAGE} resolved for {sorted(resolved())}, expected "
-                    f"{sorted(expected_outage)} (night {state['night']})\n{stack.diagnostics()}")
+                    f"{sorted(expected_page)} (night {state['night']})\n{stack.diagnostics()}")
     assert {_key(a) for a in receiver.alerts() if a["labels"]["alertname"] != OTP} \
         == expected_outage, stack.diagnostics()
 

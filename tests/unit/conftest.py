@@ -33,9 +33,9 @@ class Harness:
     def __init__(self, path, clock: Clock, **tracker_kwargs):
         self.path = path
         self.clock = clock
-        wiring = build_metrics(lambda: self.tracker.snapshot, clock=clock)
-        self.fleet, self.live = wiring.fleet, wiring.live
-        self.metrics, self.exposition = wiring.agent, wiring.exposition
+        self.wiring = build_metrics(lambda: self.tracker.snapshot, clock=clock)
+        self.fleet, self.live = self.wiring.fleet, self.wiring.live
+        self.metrics, self.exposition = self.wiring.agent, self.wiring.exposition
         self.store = StateStore(path)
         self.tracker = Tracker(self.store, clock=clock, events=self.metrics, **tracker_kwargs)
 
@@ -46,11 +46,7 @@ class Harness:
         await session.finish(SweepReport(complete=complete))
 
     def value(self, name: str, **labels: str) -> float | None:
-        for registry in (self.fleet, self.live):
-            v = registry.get_sample_value(name, labels)
-            if v is not None:
-                return v
-        return None
+        return self.wiring.value(name, labels)
 
     def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
         out = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
+
 from exporter.agent import Agent
 from exporter.config import Settings
 from tests.unit.test_remediation_support import SECRET
@@ -28,3 +30,21 @@ async def test_an_enabled_loop_subscribes_steady_and_runs_with_the_agent(tmp_pat
     assert agent.repair._tasks
     await agent.stop()
     assert not agent.repair._tasks
+
+
+async def test_with_push_on_the_webhook_listener_serves_fix_links(tmp_path):
+    settings = Settings(state={"path": str(tmp_path / "state.db")},
+                        webhooks={"listen_address": "127.0.0.1:0"},
+                        remediation=dict(enabled=True, endpoint="http://127.0.0.1:9/",
+                                         secret=SECRET, link="redirect",
+                                         public_url="http://fix.test"))
+    agent = Agent(settings, sources=[])
+    assert agent.fix_server() is None, "no listener of its own without listen_address"
+    await agent.start()
+    try:
+        transport = httpx.ASGITransport(app=agent.push.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hooks") as client:
+            answer = await client.get("/fix/not-a-token")
+        assert answer.status_code == 400 and "This link is not valid" in answer.text
+    finally:
+        await agent.stop()

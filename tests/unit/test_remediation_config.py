@@ -46,7 +46,19 @@ def test_an_enabled_loop_needs_an_endpoint_a_secret_and_for_redirects_a_public_u
     (problem,) = err.value.problems
     assert problem.startswith("remediation:")
     assert "endpoint" in problem and "secret_file" in problem and "public_url" in problem
-    assert "listen_address" in problem
+
+
+def test_redirect_links_need_a_listener_to_serve_them(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("s")
+    block = f"""
+remediation: {{enabled: true, endpoint: "https://p.test/", secret_file: {secret},
+              link: redirect, public_url: "https://fix.test"}}
+"""
+    with pytest.raises(ConfigError) as err:
+        load_config(_config(tmp_path, block))
+    assert "configure webhooks" in err.value.problems[0]
+    assert load_config(_config(tmp_path, block + "webhooks: {listen_address: ':9879'}\n"))
 
 
 def test_an_unreadable_secret_file_is_a_config_error_without_the_secret(tmp_path):

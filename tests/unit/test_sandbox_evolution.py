@@ -158,9 +158,10 @@ async def test_reading_the_same_night_twice_changes_nothing(sb):
 
 async def test_outage_hits_exactly_the_configured_institution_on_the_configured_night(sb):
     state = await sb.state()
-    outages = {o["provider"]: o for o in state["outages"]}
-    assert set(outages) == {"finicity", "mx"}
-    assert outages["finicity"]["start_night"] == 3 and outages["finicity"]["end_night"] == 7
+    outages = {(o["provider"], o["institution_id"]): o for o in state["outages"]}
+    kinds = sorted((o["provider"], o["kind"]) for o in state["outages"])
+    assert kinds == [("finicity", "maintenance"), ("finicity", "outage"), ("mx", "outage")]
+    assert all((o["start_night"], o["end_night"]) == (3, 7) for o in outages.values())
 
     def institution_share(truth, provider, inst_id):
         rows = [r for r in truth["accounts"]
@@ -173,18 +174,44 @@ async def test_outage_hits_exactly_the_configured_institution_on_the_configured_
     before = await sb.truth()
     await sb.advance(1)
     during = await sb.truth()
-    assert (await sb.state())["outages"][0]["active"] is True
-    for provider, outage in outages.items():
-        assert institution_share(before, provider, outage["institution_id"]) < 0.2
-        assert institution_share(during, provider, outage["institution_id"]) > 0.7
+    assert all(o["active"] for o in (await sb.state())["outages"])
+    for provider, inst_id in outages:
+        assert institution_share(before, provider, inst_id) < 0.2
+        assert institution_share(during, provider, inst_id) > 0.7
+    for provider in ("finicity", "mx"):
         others = {r["institution_id"] for r in during["accounts"]
-                  if r["provider"] == provider} - {outage["institution_id"]}
+                  if r["provider"] == provider} - {i for p, i in outages if p == provider}
         for inst_id in others:
             assert institution_share(during, provider, inst_id) < 0.2, inst_id
     await sb.advance(4)
     after = await sb.truth()
-    for provider, outage in outages.items():
-        assert institution_share(after, provider, outage["institution_id"]) < 0.2
+    for provider, inst_id in outages:
+        assert institution_share(after, provider, inst_id) < 0.2
+
+
+async def test_finicity_declares_the_outage_online_and_the_maintenance_as_such(sb):
+    token = await sb.token()
+    state = await sb.state()
+    declared = {o["kind"]: o for o in state["outages"] if o["provider"] == "finicity"}
+    assert declared["outage"]["declared_status"] == "online"
+    assert declared["maintenance"]["declared_status"] == "maintenance"
+
+    async def status(inst_id):
+        r = await sb.finicity(f"/institution/v2/institutions/{inst_id}", token)
+        assert r.status_code == 200, r.text
+        body = r.json()["institution"]
+        return body["status"], body["productionStatus"]["overallStatus"]
+
+    outage, maintenance = (declared[k]["institution_id"] for k in ("outage", "maintenance"))
+    assert await status(outage) == await status(maintenance) == ("online", "online")
+    await sb.advance(3)
+    assert await status(outage) == ("online", "online")  # failing, yet declared online
+    assert await status(maintenance) == ("maintenance", "maintenance")
+    listed = {i["institution_id"]: i["declared_status"]
+              for i in (await sb.state())["fleet"]["finicity"]["institutions"]}
+    assert listed[maintenance] == "maintenance" and listed[outage] == "online"
+    await sb.advance(4)
+    assert await status(maintenance) == ("online", "online")
 
 
 async def test_outage_institution_can_be_chosen_by_id_and_night():
@@ -280,3 +307,22 @@ async def test_advance_rejects_bad_night_counts(sb):
     assert (await sb.http.post("/sandbox/advance", params={"nights": "-1"})).status_code == 400
     assert (await sb.http.post("/sandbox/advance", params={"nights": "x"})).status_code == 400
     assert (await sb.state())["night"] == 0
+
+
+async def test_the_shared_ranks_are_the_same_bank_at_both_providers(sb):
+    token = await sb.token()
+    fleet = (await sb.state())["fleet"]
+    by_domain = {p: {i["domain"]: i for i in fleet[p]["institutions"]} for p in ("finicity", "mx")}
+    shared = set(by_domain["finicity"]) & set(by_domain["mx"])
+    assert len(shared) == 3  # ranks 0, 1 and 4 (SMALL: 8 and 6 institutions)
+    for domain in shared:
+        fin, mx = by_domain["finicity"][domain], by_domain["mx"][domain]
+        assert fin["name"].startswith(mx["name"])  # "<bank> - Online Banking"
+        body = (await sb.finicity(f"/institution/v2/institutions/{fin['institution_id']}",
+                                  token)).json()["institution"]
+        mx_body = (await sb.mx(f"/institutions/{mx['institution_id']}")).json()["institution"]
+        assert body["urlHomeApp"] == mx_body["url"] == f"https://{domain}"
+    outage = {o["provider"]: o["institution_id"] for o in (await sb.state())["outages"]
+              if o["kind"] == "outage"}
+    assert by_domain["finicity"].keys() & {
+        d for d, i in by_domain["mx"].items() if i["institution_id"] == outage["mx"]}

@@ -51,7 +51,8 @@ SMALL = {"finicity": {"units": 300, "institutions": 8, "hostile_names": 3},
 class Sandbox:
     """An app on a fake clock, with ready-made clients for both providers."""
 
-    def __init__(self, overrides: dict[str, Any] | None = None, *, small: bool = True):
+    def __init__(self, overrides: dict[str, Any] | None = None, *, small: bool = True,
+                 webhook_transport: httpx.AsyncBaseTransport | None = None):
         merged: dict[str, Any] = copy.deepcopy(SMALL) if small else {}
         for key, value in (overrides or {}).items():
             if isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -60,12 +61,14 @@ class Sandbox:
                 merged[key] = value
         self.scenario = load_scenario(None, merged)
         self.time = FakeTime()
-        self.app = create_app(self.scenario, SandboxClock(0, time_source=self.time))
+        self.app = create_app(self.scenario, SandboxClock(0, time_source=self.time),
+                              webhook_transport=webhook_transport)
         self.runtime = runtime_of(self.app)
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app),
                                       base_url="http://sandbox")
 
     async def close(self) -> None:
+        await self.runtime.close()
         await self.http.aclose()
 
     async def token(self) -> str:
@@ -85,6 +88,16 @@ class Sandbox:
     async def mx(self, path: str, **params: Any) -> httpx.Response:
         return await self.http.get(f"/mx{path}", params=params,
                                    headers={"Authorization": MX_AUTH, "Accept": MX_ACCEPT})
+
+    async def finicity_post(self, path: str, token: str, body: Any) -> httpx.Response:
+        return await self.http.post(
+            f"/finicity{path}", json=body,
+            headers={"Finicity-App-Key": FINICITY_APP_KEY, "Finicity-App-Token": token,
+                     "Accept": "application/json"})
+
+    async def mx_post(self, path: str, body: Any, **headers: str) -> httpx.Response:
+        return await self.http.post(f"/mx{path}", json=body, headers={
+            "Authorization": MX_AUTH, "Accept": MX_ACCEPT, **headers})
 
     async def advance(self, nights: int = 1) -> dict[str, Any]:
         r = await self.http.post("/sandbox/advance", params={"nights": nights})

@@ -221,3 +221,28 @@ async def test_the_cache_loads_once_for_concurrent_callers_and_again_after_its_t
     time.now += 61
     await cache.get("4222")
     assert calls == ["4222", "4222"]
+
+
+def test_urls_built_without_parsing_equal_the_ones_httpx_parses():
+    client = make_client(scripted(ok()), base_url="http://127.0.0.1:8080/finicity")
+    assert client._fast_urls  # the pinned httpx keeps the internals the fast path relies on
+    args = (ROUTE, {"customerId": "10/05 é"}, {"start": 1, "type": None, "q": "a b&c"})
+    fast = client._url(*args)
+    client._fast_urls = False
+    parsed = client._url(*args)
+    assert fast == parsed and str(fast) == str(httpx.URL(str(parsed)))
+    assert str(fast) == ("http://127.0.0.1:8080/finicity/aggregation/v1/customers/"
+                         "10%2F05%20%C3%A9/accounts?start=1&q=a+b%26c")
+
+
+def test_the_proxy_comes_from_the_environment_unless_no_proxy_names_the_host(monkeypatch):
+    from exporter.sources.client import env_proxy
+
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "int-api.mx.com")
+    assert env_proxy("https://api.finicity.com") == "http://proxy.internal:3128"
+    assert env_proxy("https://int-api.mx.com") is None
+    assert env_proxy("http://127.0.0.1:8080/finicity") is None  # no HTTP_PROXY set

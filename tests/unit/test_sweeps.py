@@ -43,6 +43,15 @@ class FakeSource(Source):
     async def aclose(self) -> None:
         self.closed = True
 
+    async def refresh_owner(self, owner_id: str) -> list:
+        return []
+
+    def owns(self, owner_id: str) -> bool:
+        return True
+
+    async def fix_link(self, owner_id: str, login_id: str) -> str:
+        raise NotImplementedError
+
 
 def _runner(harness, clock, source: FakeSource) -> SweepRunner:
     return SweepRunner([source], harness.tracker, harness.metrics, clock)

@@ -1,7 +1,16 @@
 from __future__ import annotations
 
+import gc
+import sqlite3
+from dataclasses import replace
+
+import pytest
+
 from exporter.records import clean_label
+from exporter.sources.base import SweepReport
+from exporter.tracker import EventKind
 from tests.unit.conftest import DAY, Harness
+from tests.unit.test_state import as_dict, rebuilt
 
 SUSPECTS = "openfinance_otp_suspected_accounts"
 ACCOUNTS = "openfinance_accounts"
@@ -175,3 +184,162 @@ async def test_state_survives_a_reopen(tmp_path, clock, acct):
     assert h2.value(SUSPECTS, source="fin", provider="finicity", institution_id="4222",
                     institution="FinBank") == 1
     h2.store.close()
+
+
+# -- account events ------------------------------------------------------------------
+
+
+def _recorder(h: Harness, *, steady: bool = False) -> list:
+    received: list = []
+
+    async def subscriber(events):
+        received.extend(events)
+
+    h.tracker.subscribe(subscriber, steady=steady)
+    return received
+
+
+async def test_events_arrive_after_the_chunk_committed_with_their_fields(harness, acct, clock):
+    received: list = []
+
+    async def subscriber(events):
+        # another connection sees only committed rows: the change has landed
+        with sqlite3.connect(harness.path) as db:
+            stored = dict(db.execute("SELECT account_key, code FROM accounts"))
+        received.extend((e, stored.get(e.account_key)) for e in events)
+
+    harness.tracker.subscribe(subscriber)
+    await harness.sweep([acct("a1", 0), acct("a2", 0)])
+    assert received == []  # ok accounts seen first: nothing to tell
+    clock.advance(DAY)
+    rec = replace(acct("a2", 103), owner_id="cust-7", login_id="login-9")
+    await harness.sweep([acct("a1", 0), rec])
+    assert [(e.kind, code) for e, code in received] == [
+        (EventKind.ENTERED, "103"), (EventKind.BECAME_FIXABLE, "103")]
+    event = received[0][0]
+    assert (event.source, event.provider, event.account_key, event.owner_id, event.login_id,
+            event.institution_id, event.institution, event.code, event.category,
+            event.fixable, event.otp_suspect, event.previous_code, event.previous_category,
+            event.broken_since, event.at) == (
+        "fin", "finicity", "a2", "cust-7", "login-9", "4222", "FinBank", "103", "credentials",
+        True, False, "0", "ok", clock.now - 3600, clock.now)
+
+
+async def test_a_failed_chunk_emits_nothing(harness, acct, clock, monkeypatch):
+    received = _recorder(harness)
+    await harness.sweep([acct("a1", 0)])
+    clock.advance(DAY)
+
+    def broken_disk(*args):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(harness.store, "write_chunk", broken_disk)
+    with pytest.raises(sqlite3.OperationalError):
+        await harness.sweep([acct("a1", 910), acct("a2", 103)])
+    assert received == []
+    assert _at(harness, code="0", category="ok") == 1
+    gc.collect()
+    assert not harness.tracker._sessions["fin"]  # the failed sweep's session is not kept
+
+
+async def test_removed_comes_from_a_complete_sweep_only(harness, acct, clock):
+    received = _recorder(harness)
+    await harness.sweep([acct("a1", 0), acct("a2", 910)])
+    received.clear()
+    clock.advance(DAY)
+    await harness.sweep([acct("a1", 0)], complete=False)
+    assert received == []
+    await harness.sweep([acct("a1", 0)])
+    [event] = received
+    assert (event.kind, event.account_key, event.code, event.category, event.institution,
+            event.owner_id) == (EventKind.REMOVED, "a2", "910", "institution", "FinBank", None)
+
+
+async def test_still_broken_goes_only_to_steady_subscribers(harness, acct, clock):
+    plain, steady = _recorder(harness), _recorder(harness, steady=True)
+    await harness.sweep([acct("a1", 103), acct("a2", 910), acct("a3", 0)])
+    clock.advance(DAY)
+    await harness.sweep([acct("a1", 103), acct("a2", 910), acct("a3", 0)])
+    again = [(e.kind, e.account_key) for e in steady[len(plain):]]
+    assert again == [(EventKind.STILL_BROKEN, "a1")]
+    assert EventKind.STILL_BROKEN not in {e.kind for e in plain}
+
+
+async def test_a_failing_subscriber_never_breaks_the_sweep(harness, acct, caplog):
+    async def broken(events):
+        raise RuntimeError("consumer bug")
+
+    harness.tracker.subscribe(broken)
+    received = _recorder(harness)
+    await harness.sweep([acct("a1", 910)])
+    assert _at(harness, code="910", category="institution") == 1
+    assert [e.kind for e in received] == [EventKind.ENTERED]
+    assert harness.tracker.subscriber_errors == 1
+    assert any("subscriber failed" in r.getMessage() for r in caplog.records)
+
+
+# -- pushed re-reads -------------------------------------------------------------------
+
+
+async def test_apply_records_while_a_sweep_of_the_source_runs(tmp_path, acct, clock):
+    h = Harness(tmp_path / "s.db", clock, batch_size=3)
+    received = _recorder(h)
+    keys = [f"k{i}" for i in range(12)]
+    await h.sweep([acct(k, 185) for k in keys])
+    clock.advance(DAY)
+    session = await h.tracker.begin("fin", "finicity")
+    # out of page order: rows k0..k2 are read ahead and wait for a later chunk
+    await session.add([acct(k, 185) for k in keys[3:6]])
+    received.clear()
+    pushed_at = clock.now - 60  # newer than the attempt the sweep read
+    await h.tracker.apply_records("fin", "finicity", [
+        acct("k0", 185, attempt=pushed_at), acct("k1", 910, attempt=pushed_at)])
+    assert [(e.kind, e.account_key) for e in received] == [
+        (EventKind.LEFT, "k1"), (EventKind.ENTERED, "k1")]
+    assert h.tracker.snapshot.sources["fin"].accounts == (
+        ("4222", "FinBank", "185", "mfa", 11), ("4222", "FinBank", "910", "institution", 1))
+    await session.add([acct(k, 185) for k in keys[:3] + keys[6:]])
+    await session.finish(SweepReport(complete=True))
+    rows = {k: (a, s) for k, a, s in h.store.connection.execute(
+        "SELECT account_key, attempt_ts, mfa_streak FROM accounts")}
+    assert rows["k0"] == (pushed_at, 2)  # the push's newer attempt stays, counted once
+    assert rows["k2"] == (clock.now - 3600, 2)
+    assert rows["k1"] == (pushed_at, 0)  # the page's older 185 attempt does not count
+    assert as_dict(h.tracker.fleet("fin")) == as_dict(rebuilt(h.tracker))
+    assert h.tracker.snapshot.sources["fin"].state_accounts == 12
+    await h.tracker.close()
+
+
+async def test_apply_records_never_drops_and_publishes(harness, acct, clock):
+    await harness.sweep([acct("a1", 0), acct("a2", 0)])
+    version = harness.tracker.snapshot.version
+    await harness.tracker.apply_records("fin", "finicity", [acct("a2", 910)])
+    assert harness.tracker.snapshot.version > version
+    assert _at(harness, code="0", category="ok") == 1
+    assert _at(harness, code="910", category="institution") == 1
+
+
+# -- bounded cardinality ---------------------------------------------------------------
+
+
+async def test_unknown_codes_beyond_the_cap_count_as_other(tmp_path, acct, clock, caplog):
+    h = Harness(tmp_path / "s.db", clock, max_unknown_codes=2)
+    codes = [str(9000 + i) for i in range(40)]
+    await h.sweep([acct(f"a{i}", c) for i, c in enumerate(codes)])
+    await h.sweep([acct(f"a{i}", c) for i, c in enumerate(codes)])
+    assert _at(h, code="9000", category="unknown") == 1
+    assert _at(h, code="9001", category="unknown") == 1
+    assert _at(h, code="9002", category="unknown") is None
+    assert _at(h, code="other", category="unknown") == 38
+    assert h.value("openfinance_unknown_codes_total", source="fin", provider="finicity") == 80
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 3  # two codes admitted, one "cap reached"
+    assert len(h.tracker._unknown["fin"]) == 2  # what it remembers stays bounded
+    h.store.close()
+
+    again = Harness(tmp_path / "s.db", clock, max_unknown_codes=2)
+    await again.tracker.load({"fin": "finicity"})
+    await again.sweep([acct("b1", "9003"), acct("a0", "9000")], complete=False)
+    assert _at(again, code="9000", category="unknown") == 1  # still a label after a restart
+    assert _at(again, code="other", category="unknown") == 39
+    again.store.close()

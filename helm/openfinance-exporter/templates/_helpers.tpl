@@ -93,9 +93,23 @@ address) and, for every secret the chart mounts, the matching `<field>_file`.
 {{- $web := $cfg.web | default dict }}
 {{- $_ := set $web "listen_address" (printf ":%d" (int .Values.service.port)) }}
 {{- $_ := set $cfg "web" $web }}
+{{- if .Values.webhooks.enabled }}
+{{- $hooks := $cfg.webhooks | default dict }}
+{{- $_ := set $hooks "listen_address" (printf ":%d" (int .Values.webhooks.port)) }}
+{{- $_ := set $cfg "webhooks" $hooks }}
+{{- else }}
+{{- $_ := unset $cfg "webhooks" }}
+{{- end }}
 {{- $names := list }}
-{{- range $src := $cfg.sources | default list }}
+{{- $sharded := include "openfinance-exporter.sharded" . }}
+{{- range $i, $src := $cfg.sources | default list }}
 {{- $names = append $names $src.name }}
+{{- if $sharded }}
+{{- if hasKey $src "shard" }}
+{{- fail (printf "config.sources[%d].shard: leave it out with shard.index: auto (the chart sets it for every source)" $i) }}
+{{- end }}
+{{- $_ := set $src "shard" (dict "index" "auto" "count" (int $.Values.replicaCount)) }}
+{{- end }}
 {{- $given := dict }}
 {{- if not $.Values.existingSecret }}
 {{- $given = index $.Values.credentials $src.name | default dict }}
@@ -127,4 +141,79 @@ address) and, for every secret the chart mounts, the matching `<field>_file`.
 {{- define "openfinance-exporter.telemetryPath" -}}
 {{- $web := .Values.config.web | default dict }}
 {{- $web.telemetry_path | default "/metrics" }}
+{{- end }}
+
+{{/* "true" when the pods shard the fleet by their StatefulSet ordinal, else "". */}}
+{{- define "openfinance-exporter.sharded" -}}
+{{- if eq (toString .Values.shard.index) "auto" }}
+{{- $count := int .Values.shard.count }}
+{{- if and $count (ne $count (int .Values.replicaCount)) }}
+{{- fail (printf "shard.count (%d) must equal replicaCount (%d), or be 0: each pod is one shard" $count (int .Values.replicaCount)) }}
+{{- end }}
+{{- if lt (int .Values.replicaCount) 1 }}
+{{- fail "shard.index: auto needs replicaCount >= 1" }}
+{{- end }}
+{{- print "true" }}
+{{- end }}
+{{- end }}
+
+{{/* A StatefulSet (persistence or sharding: stable pod names and per-pod claims) or a Deployment. */}}
+{{- define "openfinance-exporter.kind" -}}
+{{- if or .Values.persistence.enabled (include "openfinance-exporter.sharded" .) }}StatefulSet{{ else }}Deployment{{ end }}
+{{- end }}
+
+{{/* The web config: its Secret's name ("" when there is none) and where it is mounted. */}}
+{{- define "openfinance-exporter.webConfigSecret" -}}
+{{- if and .Values.webConfig.existingSecret .Values.webConfig.config }}
+{{- fail "webConfig: set config or existingSecret, not both" }}
+{{- end }}
+{{- if .Values.webConfig.existingSecret }}
+{{- .Values.webConfig.existingSecret }}
+{{- else if .Values.webConfig.config }}
+{{- printf "%s-web-config" (include "openfinance-exporter.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- define "openfinance-exporter.webDir" -}}/etc/openfinance-exporter/web{{- end }}
+
+{{/* http or https: webConfig.scheme, else https when the web config in values sets up TLS. */}}
+{{- define "openfinance-exporter.scheme" -}}
+{{- if .Values.webConfig.scheme }}
+{{- .Values.webConfig.scheme }}
+{{- else if and (not .Values.webConfig.existingSecret) .Values.webConfig.config.tls_server_config }}
+{{- print "https" }}
+{{- else }}
+{{- print "http" }}
+{{- end }}
+{{- end }}
+
+{{/* The client_auth_type of the web config in values ("" when none). */}}
+{{- define "openfinance-exporter.clientAuth" -}}
+{{- $tls := .Values.webConfig.config.tls_server_config | default dict }}
+{{- if not .Values.webConfig.existingSecret }}{{ $tls.client_auth_type | default "" }}{{ end }}
+{{- end }}
+
+{{/* httpGet or tcpSocket probes. */}}
+{{- define "openfinance-exporter.probeType" -}}
+{{- if .Values.webConfig.probeType }}
+{{- .Values.webConfig.probeType }}
+{{- else if has (include "openfinance-exporter.clientAuth" .) (list "RequireAnyClientCert" "RequireClientCert" "RequireAndVerifyClientCert") }}
+{{- print "tcpSocket" }}
+{{- else }}
+{{- print "httpGet" }}
+{{- end }}
+{{- end }}
+
+{{/* The probe handler for `path`: (dict "root" $ "path" "/-/ready"). */}}
+{{- define "openfinance-exporter.probeHandler" -}}
+{{- if eq (include "openfinance-exporter.probeType" .root) "tcpSocket" }}
+tcpSocket:
+  port: http
+{{- else }}
+httpGet:
+  path: {{ .path }}
+  port: http
+  {{- if eq (include "openfinance-exporter.scheme" .root) "https" }}
+  scheme: HTTPS
+  {{- end }}
+{{- end }}
 {{- end }}

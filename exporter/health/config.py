@@ -1,0 +1,48 @@
+"""``health:`` in the configuration file: the key mapping and the state's thresholds.
+
+The thresholds must match the rules' ``health_*`` parameters (alerts/params.yml, the Helm
+chart's ``prometheusRule`` values) when those are changed: the page and the rules then agree.
+How often Finicity's declared statuses are re-read is per source
+(``institution_status_refresh``), because it spends that source's request budget.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from exporter.health.keys import KeyMappingError, load_key_mapping
+from exporter.health.sides import DEFAULT_THRESHOLDS, Thresholds
+
+T = DEFAULT_THRESHOLDS
+
+
+class HealthConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    institution_keys_file: Path | None = Field(
+        None, description="YAML {provider: {institution_id: key}} overriding the computed keys.")
+    min_accounts: int = Field(T.min_accounts, ge=1)
+    degraded_below: float = Field(T.degraded_below, gt=0, le=1)
+    down_below: float = Field(T.down_below, ge=0, le=1)
+
+    @field_validator("institution_keys_file")
+    @classmethod
+    def _mapping_loads(cls, path: Path | None) -> Path | None:
+        """Read once here so that check-config (and start-up) report a bad file clearly."""
+        try:
+            load_key_mapping(path)
+        except KeyMappingError as exc:
+            raise ValueError(str(exc)) from None
+        return path
+
+    @model_validator(mode="after")
+    def _ordered(self) -> HealthConfig:
+        if self.down_below > self.degraded_below:
+            raise ValueError("down_below must not exceed degraded_below")
+        return self
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(min_accounts=self.min_accounts, degraded_below=self.degraded_below,
+                          down_below=self.down_below)

@@ -1,0 +1,115 @@
+"""``GET /status``: the health report as a plain HTML page, for a support lead.
+
+Server-rendered, no JavaScript; it reloads itself every minute. One row group per
+institution key with a row per aggregator (source), so two aggregators of one bank sit side
+by side. Every value from upstream (names, ids, keys) is escaped.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from exporter.health.declared import INSTITUTION, ONLINE
+from exporter.health.report import HealthReport, InstitutionHealth, ProviderHealth
+
+_STYLE = """
+body{font:15px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1b1b1b;background:#fff}
+h1{font-size:1.4rem;margin:0 0 .3rem}
+.meta{color:#555;max-width:60rem}
+table{border-collapse:collapse;margin-top:1rem;min-width:60rem}
+th,td{border-bottom:1px solid #ddd;padding:.35rem .6rem;text-align:left;vertical-align:top}
+thead th{background:#f3f3f3;position:sticky;top:0}
+tbody th{font-weight:600}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+small{color:#666}
+.state{display:inline-block;padding:0 .45rem;border-radius:.6rem;font-weight:600}
+.state-healthy{background:#dff3e4;color:#14532d}
+.state-degraded{background:#fff1c2;color:#713f12}
+.state-down{background:#fde2e1;color:#7f1d1d}
+.state-insufficient_data{background:#eee;color:#444}
+.warn{color:#7f1d1d;font-weight:600}
+"""
+_HEADERS = ("Institution", "Aggregator (source)", "Accounts", "State", "OK",
+            "Institution errors", "Aggregator errors", "User errors (excluded)",
+            "Declared by the aggregator", "Refresh")
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f} %"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    hours = seconds / 3600
+    return f"{hours:.0f} h" if hours < 48 else f"{hours / 24:.1f} d"
+
+
+def _declared(p: ProviderHealth) -> str:
+    if p.declared is None:
+        return "<td>—</td>" if p.provider == "finicity" else "<td><small>not published</small></td>"
+    main = p.declared.status or "—"
+    others = ", ".join(f"{escape(k)} {escape(v)}" for k, v in p.declared.statuses
+                       if k != INSTITUTION and v != main)  # only what differs
+    warn = ""
+    if p.state == "down" and p.declared.get(INSTITUTION) == ONLINE:
+        warn = '<br><span class="warn">declared online, observed down</span>'
+    extra = f"<br><small>{others}</small>" if others else ""
+    return f'<td data-declared="{escape(main)}">{escape(main)}{extra}{warn}</td>'
+
+
+def _row(p: ProviderHealth) -> str:
+    b = p.breakdown or {}
+    return (
+        f'<td>{escape(p.source)} <small>({escape(p.provider)}, id {escape(p.institution_id)})</small></td>'
+        f'<td class="num">{p.accounts}</td>'
+        f'<td><span class="state state-{escape(p.state)}">{escape(p.state.replace("_", " "))}</span></td>'
+        f'<td class="num">{_pct(b.get("ok"))}</td>'
+        f'<td class="num">{_pct(b.get("institution"))}</td>'
+        f'<td class="num">{_pct(b.get("aggregator"))}</td>'
+        f'<td class="num">{_pct(p.user_share)}</td>'
+        f"{_declared(p)}"
+        f'<td>{escape(p.refresh.state)} <small>median {_age(p.refresh.median_age_seconds)}</small></td>'
+    )
+
+
+def _group(inst: InstitutionHealth) -> str:
+    rows = []
+    for i, p in enumerate(inst.providers):
+        attrs = (f' data-key="{escape(inst.key)}" data-source="{escape(p.source)}"'
+                 f' data-institution-id="{escape(p.institution_id)}" data-state="{escape(p.state)}"')
+        head = ""
+        if i == 0:
+            head = (f'<th scope="rowgroup" rowspan="{len(inst.providers)}">{escape(inst.name)}'
+                    f"<br><small>{escape(inst.key)}</small></th>")
+        rows.append(f"<tr{attrs}>{head}{_row(p)}</tr>")
+    return f'<tbody data-key="{escape(inst.key)}">{"".join(rows)}</tbody>'
+
+
+def render_status_page(report: HealthReport, json_path: str = "/api/v1/institutions") -> str:
+    data = report.as_json()
+    t = report.thresholds
+    counts: dict[str, int] = {}
+    for inst in report.institutions:
+        counts[inst.worst_state] = counts.get(inst.worst_state, 0) + 1
+    summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("down", "degraded", "healthy"))
+    head = "".join(f'<th scope="col">{h}</th>' for h in _HEADERS)
+    body = "".join(_group(i) for i in report.institutions) or (
+        f'<tbody><tr><td colspan="{len(_HEADERS)}">No accounts yet.</td></tr></tbody>')
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta http-equiv="refresh" content="60">'
+        "<title>Institution status · OpenFinance Exporter</title>"
+        f"<style>{_STYLE}</style></head><body>"
+        "<h1>Institution status</h1>"
+        f'<p class="meta">Generated {escape(data["generated_at"])} from snapshot '
+        f"{report.snapshot_version}. <strong>{summary}</strong>. "
+        f"An aggregator's row is <em>down</em> when under {t.down_below:.0%} of its accounts "
+        f"at the institution aggregate (among accounts at ok, institution-side and "
+        f"aggregator-side codes), <em>degraded</em> under {t.degraded_below:.0%}, and has no "
+        f"state below {t.min_accounts} such accounts. User-side errors (credentials, MFA, OAuth "
+        f"consent, closed accounts) are shown but excluded, as Plaid does. Refresh: median age "
+        f"of the last successful aggregation, for the whole source. "
+        f'<a href="{escape(json_path)}">JSON</a></p>'
+        f'<table id="institutions"><thead><tr>{head}</tr></thead>{body}</table>'
+        "</body></html>")

@@ -1,0 +1,73 @@
+"""Keeps Finicity's declared institution statuses fresh for the institutions that have accounts.
+
+Every ``institution_status_refresh`` (default 15 minutes) the agent calls
+:meth:`DeclaredStatusRefresher.run` for each Finicity source: each institution with accounts
+whose status is older than that is looked up again through the source's own client (same
+token, rate limit and retries; the requests count in ``openfinance_upstream_requests_total``
+under the institution endpoint). A failed lookup keeps the last known status and is retried
+on the next run; it never clears a status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+
+from exporter.health.directory import InstitutionDirectory, finicity_facts
+
+log = logging.getLogger(__name__)
+
+Lookup = Callable[[str], Awaitable[object]]
+"""institution_id → the body of ``GET /institution/v2/institutions/{id}`` (or None: gone)"""
+
+
+class DeclaredStatusRefresher:
+    def __init__(self, source: str, lookup: Lookup, directory: InstitutionDirectory,
+                 institutions: Callable[[], Iterable[tuple[str, str]]], every: float,
+                 clock: Callable[[], float], *, concurrency: int = 4,
+                 problem: Callable[[str, str], None] = lambda source, reason: None) -> None:
+        """``institutions()`` yields (institution_id, name) of the institutions with accounts
+        now (the tracker snapshot's, unfolded)."""
+        self.source = source
+        self._lookup = lookup
+        self._directory = directory
+        self._institutions = institutions
+        self.every = every
+        self._clock = clock
+        self._concurrency = concurrency
+        self._problem = problem
+
+    async def run(self) -> int:
+        """Look up every due institution; returns how many statuses were read."""
+        names = dict(self._institutions())
+        now = self._clock()
+        due = self._directory.due(self.source, sorted(names), now, self.every)
+        if not due:
+            return 0
+        gate = asyncio.Semaphore(self._concurrency)
+        results = await asyncio.gather(*(self._one(gate, i, names[i], now) for i in due))
+        read = sum(results)
+        log.debug("declared institution statuses read", extra={
+            "source": self.source, "due": len(due), "read": read})
+        return read
+
+    async def _one(self, gate: asyncio.Semaphore, institution_id: str, name: str,
+                   started: float) -> bool:
+        """``started`` (the run's start) is the status's time, so the next run finds it due."""
+        async with gate:
+            try:
+                body = await self._lookup(institution_id)
+            except Exception as exc:  # the source's error types vary; keep the last status
+                log.warning("institution status lookup failed", extra={
+                    "source": self.source, "institution_id": institution_id,
+                    "error": type(exc).__name__})
+                self._problem(self.source, "lookup_failed")
+                return False
+        record = body.get("institution") if isinstance(body, Mapping) else None
+        if body is not None and not isinstance(record, Mapping):
+            self._problem(self.source, "malformed_institution")
+        self._directory.record(finicity_facts(
+            self.source, institution_id, record, name, started,
+            lambda reason: self._problem(self.source, reason)))
+        return True

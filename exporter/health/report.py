@@ -1,0 +1,246 @@
+"""The health of every institution, per aggregator and side by side, from one tracker snapshot.
+
+Per (source, institution): accounts per side (:mod:`.sides`), the Plaid-style breakdown
+(shares of ok, institution-side and aggregator-side accounts among those three; user-side
+accounts excluded and shown apart), the recorded state, the declared status and the refresh
+lag. The snapshot has last-success ages per source, not per institution, so the refresh lag
+is the source's (``scope: "source"``), the same number for every institution of that source.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from exporter.health.declared import DeclaredStatus
+from exporter.health.directory import InstitutionDirectory
+from exporter.health.sides import (
+    DEFAULT_THRESHOLDS,
+    HEALTH_SIDES,
+    NO_STATE,
+    SIDES,
+    Thresholds,
+    side_of,
+)
+
+FOLDED = "other"
+"""The tracker's institution_id (and name) for institutions folded below the size cap."""
+STATE_ORDER = {"down": 0, "degraded": 1, "healthy": 2, NO_STATE: 3}
+
+
+class Ages(Protocol):
+    """A tracker ``AgeHistogram``: per-minute timestamps, ascending, with cumulative counts."""
+
+    minutes: Any
+    cumulative: Any
+    total: int
+
+    def since(self, ts: float) -> int: ...
+
+
+class SourceView(Protocol):
+    """What the report reads of a tracker ``SourceAggregate``."""
+
+    source: str
+    provider: str
+    accounts: tuple[tuple[str, str, str, str, int], ...]
+    success: Ages
+    never_succeeded: int
+
+
+class SnapshotView(Protocol):
+    version: int
+    sources: Mapping[str, SourceView]
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshLag:
+    """How stale a source's data is: Plaid's refresh interval, from last-success ages."""
+
+    state: str
+    """``normal`` | ``delayed`` | ``stopped`` | ``unknown`` (no accounts)"""
+    median_age_seconds: float | None
+    """median age of the last successful aggregation (None: more than half never succeeded)"""
+    scope: str = "source"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"state": self.state, "median_age_seconds": self.median_age_seconds,
+                "scope": self.scope}
+
+
+def refresh_lag(ages: Ages, never_succeeded: int, now: float,
+                thresholds: Thresholds = DEFAULT_THRESHOLDS) -> RefreshLag:
+    """The same test as the recording rule: the median age is at most a bound exactly when at
+    least half the accounts (never-succeeded ones included) succeeded within it."""
+    total = ages.total + never_succeeded
+    if total <= 0:
+        return RefreshLag("unknown", None)
+    half = total / 2
+    if ages.since(now - thresholds.refresh_delayed_after) >= half:
+        state = "normal"
+    elif ages.since(now - thresholds.refresh_stopped_after) >= half:
+        state = "delayed"
+    else:
+        state = "stopped"
+    rank = math.ceil(half)  # the rank-th youngest account
+    median = None
+    if rank <= ages.total:  # the (total - rank + 1)-th oldest success
+        i = bisect_left(ages.cumulative, ages.total - rank + 1)
+        median = max(0.0, now - ages.minutes[i])
+    return RefreshLag(state, median)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderHealth:
+    source: str
+    provider: str
+    institution_id: str
+    institution: str
+    key: str
+    counts: dict[str, int]
+    """accounts per side (every side present, 0 when none)"""
+    state: str
+    declared: DeclaredStatus | None
+    refresh: RefreshLag
+
+    @property
+    def accounts(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def attempted(self) -> int:
+        return sum(self.counts[s] for s in HEALTH_SIDES)
+
+    @property
+    def breakdown(self) -> dict[str, float] | None:
+        """Shares of ok, institution and aggregator among those three (None when all are 0)."""
+        n = self.attempted
+        return {s: self.counts[s] / n for s in HEALTH_SIDES} if n else None
+
+    @property
+    def user_share(self) -> float | None:
+        """User-side accounts among all accounts (not part of the health share)."""
+        return self.counts["user"] / self.accounts if self.accounts else None
+
+    def as_json(self) -> dict[str, Any]:
+        declared = self.declared
+        return {
+            "source": self.source,
+            "provider": self.provider,
+            "institution_id": self.institution_id,
+            "institution": self.institution,
+            "accounts": self.accounts,
+            "counts": dict(self.counts),
+            "breakdown": self.breakdown,
+            "user_error_share": self.user_share,
+            "state": self.state,
+            "declared": None if declared is None else {
+                "status": declared.status, "products": declared.as_dict()},
+            "refresh": self.refresh.as_json(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class InstitutionHealth:
+    key: str
+    name: str
+    providers: tuple[ProviderHealth, ...]
+
+    @property
+    def worst_state(self) -> str:
+        return min((p.state for p in self.providers), key=STATE_ORDER.__getitem__)
+
+    @property
+    def accounts(self) -> int:
+        return sum(p.accounts for p in self.providers)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"key": self.key, "name": self.name, "state": self.worst_state,
+                "accounts": self.accounts, "providers": [p.as_json() for p in self.providers]}
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    generated_at: float
+    snapshot_version: int
+    thresholds: Thresholds
+    institutions: tuple[InstitutionHealth, ...] = field(default_factory=tuple)
+
+    def as_json(self) -> dict[str, Any]:
+        t = self.thresholds
+        return {
+            "generated_at": datetime.fromtimestamp(self.generated_at, UTC).isoformat(
+                timespec="seconds").replace("+00:00", "Z"),
+            "snapshot_version": self.snapshot_version,
+            "thresholds": {
+                "min_accounts": t.min_accounts, "degraded_below": t.degraded_below,
+                "down_below": t.down_below,
+                "refresh_delayed_after_seconds": t.refresh_delayed_after,
+                "refresh_stopped_after_seconds": t.refresh_stopped_after,
+            },
+            "sides": {side: list(cats) for side, cats in SIDES.items()},
+            "institutions": [i.as_json() for i in self.institutions],
+        }
+
+
+def build_report(snapshot: SnapshotView, directory: InstitutionDirectory, now: float,
+                 thresholds: Thresholds = DEFAULT_THRESHOLDS) -> HealthReport:
+    """Group the snapshot's account counts by institution key; worst state first."""
+    by_key: dict[str, list[ProviderHealth]] = defaultdict(list)
+    for agg in snapshot.sources.values():
+        counts: dict[tuple[str, str], dict[str, int]] = {}
+        for inst_id, name, _code, category, n in agg.accounts:
+            per_side = counts.setdefault((inst_id, name), dict.fromkeys(SIDES, 0))
+            per_side[side_of(category)] += n
+        lag = refresh_lag(agg.success, agg.never_succeeded, now, thresholds)
+        for (inst_id, name), per_side in counts.items():
+            folded = inst_id == FOLDED
+            key = FOLDED if folded else directory.key(agg.provider, inst_id, name)
+            entry = ProviderHealth(
+                source=agg.source, provider=agg.provider, institution_id=inst_id,
+                institution=name, key=key, counts=per_side,
+                state=thresholds.state(per_side["ok"], sum(per_side[s] for s in HEALTH_SIDES)),
+                declared=None if folded else directory.declared(agg.source, inst_id),
+                refresh=lag)
+            by_key[key].append(entry)
+    institutions = [
+        InstitutionHealth(key, _display_name(entries),
+                          tuple(sorted(entries, key=lambda p: (p.provider, p.source))))
+        for key, entries in by_key.items()]
+    institutions.sort(key=lambda i: (STATE_ORDER[i.worst_state], -i.accounts, i.key))
+    return HealthReport(now, snapshot.version, thresholds, tuple(institutions))
+
+
+def _display_name(entries: list[ProviderHealth]) -> str:
+    """The name of the provider entry with the most accounts (ties: alphabetical)."""
+    if entries[0].key == FOLDED:
+        return "Other institutions (folded)"
+    return min(entries, key=lambda p: (-p.accounts, p.institution)).institution
+
+
+def declared_series(snapshot: SnapshotView, directory: InstitutionDirectory):
+    """``(source, provider, institution_id, institution, product, status)`` for every
+    institution the snapshot shows unfolded: the rows of
+    ``openfinance_institution_declared_status``."""
+    for agg in snapshot.sources.values():
+        for inst_id, name in sorted({(a[0], a[1]) for a in agg.accounts}):
+            if inst_id == FOLDED:
+                continue
+            declared = directory.declared(agg.source, inst_id)
+            for product, status in declared.statuses if declared else ():
+                yield agg.source, agg.provider, inst_id, name, product, status
+
+
+def key_series(snapshot: SnapshotView, directory: InstitutionDirectory):
+    """``(source, provider, institution_id, key)``: the rows of
+    ``openfinance_institution_key_info``."""
+    for agg in snapshot.sources.values():
+        for inst_id, name in sorted({(a[0], a[1]) for a in agg.accounts}):
+            if inst_id != FOLDED:
+                yield agg.source, agg.provider, inst_id, directory.key(agg.provider, inst_id, name)
+

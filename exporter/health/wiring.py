@@ -1,0 +1,103 @@
+"""Institution health for one agent: the directory fed by the sources' institution lookups,
+the declared-status refreshers, the collector and the routes (built by ``Agent``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from starlette.routing import Route
+
+from exporter.health.config import HealthConfig
+from exporter.health.directory import InstitutionDirectory, finicity_facts, mx_facts
+from exporter.health.keys import load_key_mapping
+from exporter.health.refresh import DeclaredStatusRefresher
+from exporter.health.report import (
+    FOLDED,
+    HealthReport,
+    SnapshotView,
+    build_report,
+    declared_series,
+    key_series,
+)
+from exporter.health.routes import health_routes
+
+log = logging.getLogger(__name__)
+
+
+class HealthObserver(Protocol):
+    def invalid_record(self, source: str, reason: str) -> None: ...
+
+
+class HealthSource(Protocol):
+    name: str
+    provider: str
+    config: Any
+    institution_seen: Callable[[str, str, object], None] | None
+
+    async def institution(self, institution_id: str) -> object: ...
+
+
+class HealthWiring:
+    def __init__(self, config: HealthConfig, sources: Sequence[HealthSource],
+                 snapshot: Callable[[], SnapshotView], clock: Callable[[], float],
+                 observer: HealthObserver) -> None:
+        self.directory = InstitutionDirectory(load_key_mapping(config.institution_keys_file))
+        self.thresholds = config.thresholds()
+        self._snapshot = snapshot
+        self._clock = clock
+        self._observer = observer
+        self.refreshers: list[DeclaredStatusRefresher] = []
+        for source in sources:
+            source.institution_seen = self._recorder(source)
+            every = getattr(getattr(source, "config", None), "institution_status_refresh", 0)
+            if source.provider == "finicity" and every > 0:
+                self.refreshers.append(DeclaredStatusRefresher(
+                    source.name, source.institution, self.directory,
+                    self._institutions(source.name), every, clock,
+                    problem=self._problem))
+
+    def _problem(self, source: str, reason: str) -> None:
+        if reason != "lookup_failed":  # a failed request is counted by the client already
+            self._observer.invalid_record(source, reason)
+
+    def _recorder(self, source: HealthSource) -> Callable[[str, str, object], None]:
+        def record(institution_id: str, name: str, body: object) -> None:
+            record_ = body.get("institution") if isinstance(body, dict) else None
+            if source.provider == "finicity":
+                facts = finicity_facts(source.name, institution_id, record_, name, self._clock(),
+                                       lambda reason: self._problem(source.name, reason))
+            else:
+                facts = mx_facts(source.name, institution_id, record_, name)
+            self.directory.record(facts)
+        return record
+
+    def _institutions(self, source: str) -> Callable[[], list[tuple[str, str]]]:
+        """(institution_id, name) of the institutions with accounts in the current snapshot."""
+        def institutions() -> list[tuple[str, str]]:
+            agg = self._snapshot().sources.get(source)
+            if agg is None:
+                return []
+            return sorted({(a[0], a[1]) for a in agg.accounts if a[0] != FOLDED})
+        return institutions
+
+    def rows(self) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+        """The rows of openfinance_institution_declared_status and _key_info (the collector's)."""
+        snap = self._snapshot()
+        return list(declared_series(snap, self.directory)), list(key_series(snap, self.directory))
+
+    def report(self) -> HealthReport:
+        return build_report(self._snapshot(), self.directory, self._clock(), self.thresholds)
+
+    def routes(self) -> list[Route]:
+        return health_routes(self.report)
+
+    def schedule(self, scheduler: Any) -> None:
+        """One interval job per Finicity source: re-read due declared statuses."""
+        for r in self.refreshers:
+            scheduler.add_job(
+                r.run, "interval", seconds=r.every, id=f"institution-status:{r.source}",
+                name=f"institution status {r.source}", max_instances=1, coalesce=True,
+                next_run_time=datetime.now(UTC) + timedelta(seconds=r.every))

@@ -1,0 +1,38 @@
+"""What the push side reports, as a Protocol the metrics implement (no Prometheus here).
+
+``openfinance_webhook_events_total{source,kind,result}`` and
+``openfinance_push_refresh_duration_seconds{source}`` (DESIGN.md, "Push").
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+RESULTS = ("accepted", "duplicate", "bad_signature", "unauthorized", "too_large", "malformed",
+           "ignored")
+"""Every value of the ``result`` label."""
+
+
+class WebhookObserver(Protocol):
+    def webhooks_enabled(self, source: str) -> None:
+        """``source`` takes webhooks (its zero series can be created)."""
+
+    def webhook_event(self, source: str, kind: str, result: str) -> None:
+        """One delivery answered: ``kind`` from :data:`exporter.webhooks.events.KINDS`,
+        ``result`` from :data:`RESULTS`."""
+
+    def push_refresh(self, source: str, seconds: float) -> None:
+        """An event's re-read was applied, ``seconds`` after the event arrived."""
+
+
+class NullWebhookObserver:
+    """Drops everything (tests, tools)."""
+
+    def webhooks_enabled(self, source: str) -> None:
+        pass
+
+    def webhook_event(self, source: str, kind: str, result: str) -> None:
+        pass
+
+    def push_refresh(self, source: str, seconds: float) -> None:
+        pass

@@ -1,0 +1,86 @@
+"""HealthWiring: sources' institution lookups feed the directory; rows, routes, refreshers."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import httpx
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from exporter.health.config import HealthConfig
+from exporter.health.wiring import HealthWiring
+from exporter.metrics import build_metrics
+from exporter.server import create_app
+from exporter.tracker import Snapshot, SourceAggregate
+
+
+class FakeSource:
+    def __init__(self, name: str, provider: str, refresh: float = 900.0):
+        self.name, self.provider = name, provider
+        self.config = SimpleNamespace(institution_status_refresh=refresh)
+        self.institution_seen = None
+        self.looked_up: list[str] = []
+
+    async def institution(self, institution_id: str) -> object:
+        self.looked_up.append(institution_id)
+        return {"institution": {"status": "maintenance", "urlHomeApp": "https://chase.com"}}
+
+
+SNAP = Snapshot(version=1, sources={
+    "fin": SourceAggregate("fin", "finicity", accounts=(("4222", "Chase", "0", "ok", 3),)),
+    "mx": SourceAggregate("mx", "mx", accounts=(("chase", "Chase", "CONNECTED", "ok", 2),)),
+})
+
+
+class Problems:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def invalid_record(self, source: str, reason: str) -> None:
+        self.seen.append((source, reason))
+
+
+def _wiring(sources, problems=None) -> HealthWiring:
+    return HealthWiring(HealthConfig(), sources, lambda: SNAP, lambda: 1000.0,
+                        problems or Problems())
+
+
+def test_institution_lookups_feed_keys_and_declared_statuses():
+    fin, mx = FakeSource("fin", "finicity"), FakeSource("mx", "mx")
+    problems = Problems()
+    wiring = _wiring([fin, mx], problems)
+    fin.institution_seen("4222", "Chase", {"institution": {
+        "status": "online", "urlHomeApp": "https://www.chase.com", "productionStatus": 5}})
+    mx.institution_seen("chase", "Chase", {"institution": {"url": "https://chase.com"}})
+    declared, keys = wiring.rows()
+    assert declared == [("fin", "finicity", "4222", "Chase", "institution", "online")]
+    assert keys == [("fin", "finicity", "4222", "chase.com"), ("mx", "mx", "chase", "chase.com")]
+    assert problems.seen == [("fin", "invalid_declared_status")]
+    (inst,) = wiring.report().institutions
+    assert [p.provider for p in inst.providers] == ["finicity", "mx"]
+
+
+async def test_refreshers_run_for_finicity_sources_with_a_cadence_only():
+    fin, off, mx = FakeSource("fin", "finicity"), FakeSource("fin2", "finicity", 0), FakeSource(
+        "mx", "mx")
+    wiring = _wiring([fin, off, mx])
+    assert [r.source for r in wiring.refreshers] == ["fin"]
+    assert await wiring.refreshers[0].run() == 1
+    assert fin.looked_up == ["4222"]
+    assert wiring.directory.declared("fin", "4222").in_maintenance
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    wiring.schedule(scheduler)
+    assert [j.id for j in scheduler.get_jobs()] == ["institution-status:fin"]
+
+
+async def test_the_metrics_listener_serves_the_health_routes_and_rows():
+    wiring = _wiring([FakeSource("fin", "finicity")])
+    metrics = build_metrics(lambda: SNAP, clock=lambda: 1000.0, institution_rows=wiring.rows)
+    app = create_app(metrics.exposition, lambda: True, "/metrics", wiring.routes())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as client:
+        assert (await client.get("/api/v1/institutions")).json()["institutions"]
+        assert "Institution status" in (await client.get("/status")).text
+        assert 'href="/status"' in (await client.get("/")).text
+        body = (await client.get("/metrics")).text
+    assert 'openfinance_institution_key_info{institution_id="4222",key="name:chase"' in body

@@ -1,0 +1,184 @@
+"""The inbox and the push processor: coalescing, done only after applying, retries, windows."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from exporter.webhooks.events import FINICITY_KEEP, MX_KEEP, Delivery
+from exporter.webhooks.inbox import WebhookInbox
+from exporter.webhooks.processor import PushProcessor
+from tests.unit.test_webhooks_support import (
+    Clock,
+    FakeSource,
+    FakeTracker,
+    RecordingObserver,
+)
+
+SRC = "finicity-prod"
+
+
+def event(key: str, owner: str = "1001", keep: float = FINICITY_KEEP) -> Delivery:
+    return Delivery("unableToConnect", (owner,), f"e:{key}", keep)
+
+
+@pytest.fixture
+async def inbox(tmp_path):
+    box = WebhookInbox(tmp_path / "state.db")
+    await box.open()
+    yield box
+    await box.close()
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+async def processor(inbox, clock, source=None, tracker=None, **kw):
+    """A processor that has loaded what the inbox holds pending."""
+    source = source or FakeSource()
+    p = PushProcessor(inbox, {source.name: source}, tracker or FakeTracker(),
+                      RecordingObserver(), clock=clock, **kw)
+    await p.load()
+    return p
+
+
+async def test_events_of_one_owner_are_coalesced_into_one_reread(inbox, clock):
+    for i in range(5):
+        await inbox.put(SRC, event(f"a{i}"), clock())
+    await inbox.put(SRC, event("b", owner="2002"), clock())
+    clock.advance(1.5)
+    p = await processor(inbox, clock)
+    await p.drain()
+    assert sorted(p.sources[SRC].calls) == ["1001", "2002"]
+    assert [(s, pr, [r.owner_id for r in recs]) for s, pr, recs in p.tracker.applied] \
+        in ([(SRC, "finicity", ["1001"]), (SRC, "finicity", ["2002"])],
+            [(SRC, "finicity", ["2002"]), (SRC, "finicity", ["1001"])])
+    assert await inbox.counts() == (0, 6)
+    assert p.observer.refreshes == [(SRC, 1.5)] * 6
+
+
+async def test_rows_stay_pending_when_applying_fails_and_are_retried_with_backoff(inbox, clock):
+    await inbox.put(SRC, event("a"), clock())
+    tracker = FakeTracker()
+    tracker.fail_next = 1
+    p = await processor(inbox, clock, tracker=tracker, backoff=10.0)
+    await p.drain()
+    assert await inbox.counts() == (1, 0)
+    assert tracker.applied == []
+    assert p.dispatch() == 0  # not before its backoff
+    clock.advance(10.0)
+    await p.drain()
+    assert await inbox.counts() == (0, 1)
+    assert len(tracker.applied) == 1
+
+
+async def test_failed_reread_is_given_up_after_the_limit(inbox, clock):
+    await inbox.put(SRC, event("a"), clock())
+    source = FakeSource()
+    source.fail_next = 100
+    p = await processor(inbox, clock, source=source, backoff=60.0, backoff_max=60.0,
+                  give_up_after=600.0)
+    for _ in range(20):
+        await p.drain()
+        clock.advance(60.0)
+    assert await inbox.counts() == (0, 1)
+    assert 8 <= len(source.calls) <= 12
+    assert p.tracker.applied == []
+
+
+async def test_owner_of_another_shard_at_processing_time_is_marked_done_unread(inbox, clock):
+    await inbox.put(SRC, event("a", owner="9"), clock())
+    p = await processor(inbox, clock, source=FakeSource(owned={"1001"}))
+    await p.drain()
+    assert p.sources[SRC].calls == []
+    assert await inbox.counts() == (0, 1)
+
+
+async def test_rereads_run_at_most_concurrency_at_once(inbox, clock):
+    for i in range(12):
+        await inbox.put(SRC, event(f"k{i}", owner=str(1000 + i)), clock())
+    source = FakeSource()
+    source.gate = asyncio.Event()
+    p = await processor(inbox, clock, source=source, concurrency=3)
+    assert p.dispatch() == 3
+    while source.in_flight < 3:
+        await asyncio.sleep(0)
+    assert p.dispatch() == 0
+    assert len(source.calls) == 3
+    source.gate.set()
+    await p.drain()
+    assert source.max_in_flight == 3
+    assert len(source.calls) == 12
+    assert await inbox.counts() == (0, 12)
+
+
+async def test_an_event_arriving_during_a_reread_gets_a_fresh_one(inbox, clock):
+    await inbox.put(SRC, event("a"), clock())
+    source = FakeSource()
+    source.gate = asyncio.Event()
+    p = await processor(inbox, clock, source=source)
+    p.dispatch()
+    await asyncio.sleep(0)
+    p.add(await inbox.put(SRC, event("b"), clock()))
+    assert p.dispatch() == 0  # that owner is being re-read
+    source.gate.set()
+    await p.drain()
+    assert source.calls == ["1001", "1001"]
+
+
+async def test_started_processor_handles_events_when_woken_and_leaves_rest_on_stop(inbox, clock):
+    source = FakeSource()
+    p = await processor(inbox, clock, source=source)
+    await p.start()
+    try:
+        p.add(await inbox.put(SRC, event("a"), clock()))
+        for _ in range(200):
+            if p.tracker.applied:
+                break
+            await asyncio.sleep(0.01)
+        assert len(p.tracker.applied) == 1
+        source.gate = asyncio.Event()
+        p.add(await inbox.put(SRC, event("b"), clock()))
+        for _ in range(200):
+            if len(source.calls) == 2:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await p.stop()
+    assert await inbox.counts() == (1, 1)  # the cancelled re-read stays pending
+
+
+async def test_dedupe_keys_expire_after_their_window(inbox, clock):
+    assert await inbox.put(SRC, event("a"), clock())
+    assert await inbox.put("mx-prod", event("m", keep=MX_KEEP), clock())
+    p = await processor(inbox, clock, prune_every=60.0)
+    p.sources["mx-prod"] = FakeSource("mx-prod", "mx")
+    await p.drain()
+    clock.advance(MX_KEEP + 1)
+    assert await inbox.prune(clock()) == 1
+    assert await inbox.put(SRC, event("a"), clock()) == []
+    assert await inbox.put("mx-prod", event("m", keep=MX_KEEP), clock())
+    clock.advance(FINICITY_KEEP)
+    await inbox.prune(clock())
+    assert await inbox.put(SRC, event("a"), clock())
+
+
+async def test_pending_rows_are_never_pruned(inbox, clock):
+    await inbox.put(SRC, event("a"), clock())
+    clock.advance(30 * FINICITY_KEEP)
+    assert await inbox.prune(clock()) == 0
+    assert await inbox.counts() == (1, 0)
+
+
+async def test_inbox_on_a_file_that_is_not_a_database_raises_a_clear_error(tmp_path):
+    from exporter.webhooks.inbox import InboxError
+
+    path = tmp_path / "state.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    box = WebhookInbox(path)
+    with pytest.raises(InboxError, match=r"state\.db"):
+        await box.open()
+    await box.close()
