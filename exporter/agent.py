@@ -43,6 +43,8 @@ class Agent:
                                      catalog=self.catalog,
                                      institution_rows=lambda: self.health.rows())
         self.state_file = open_state_file(settings.state.path)  # one agent per file
+        if self.state_file.recovered_to is not None:
+            self.metrics.agent.state_recovered()
         self.store = StateStore(settings.state.path)
         self.tracker = Tracker(
             self.store, catalog=self.catalog, clock=clock,

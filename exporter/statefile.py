@@ -139,7 +139,11 @@ _WRITE_FAILURES = (
 
 def write_failure_reason(exc: BaseException) -> str | None:
     """``disk_full``, ``read_only``, ``locked``, ``corrupt`` or ``io_error`` when ``exc`` is a
-    SQLite error from the environment, else None (a bug, not something an operator fixes)."""
+    SQLite error from the environment, else None (a bug, not something an operator fixes).
+    An exception group (a sweep's task group) gives the reason of its first such error."""
+    if isinstance(exc, BaseExceptionGroup):
+        reasons = (write_failure_reason(e) for e in exc.exceptions)
+        return next((r for r in reasons if r is not None), None)
     if not isinstance(exc, sqlite3.Error):
         return None
     name = getattr(exc, "sqlite_errorname", None) or ""

@@ -20,6 +20,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from exporter.config import ScheduleConfig
 from exporter.sources.base import AuthLockoutRisk, Source, SweepFailed, SweepReport
+from exporter.statefile import write_failure_reason
 from exporter.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ class SweepObserver(Protocol):
                        records: int | None = None, completed_at: float | None = None) -> None:
         """``result``: success, partial or failed; ``records``: accounts seen by a sweep that
         finished (not a failed one); ``completed_at``: set for a complete sweep only."""
+
+    def state_write_failed(self, source: str, reason: str) -> None:
+        """A sweep failed because the state database could not be written (``reason`` from
+        :func:`exporter.statefile.write_failure_reason`)."""
 
     def source_stopped(self, source: str) -> None:
         """The source sweeps no more until restart (credentials refused)."""
@@ -138,9 +143,22 @@ class SweepRunner:
             log.error("sweep failed source=%s: %s", name, exc)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("sweep failed unexpectedly source=%s", name)
+        except Exception as exc:
+            if not self._state_write_failed(name, exc):
+                log.exception("sweep failed unexpectedly source=%s", name)
         return None
+
+    def _state_write_failed(self, name: str, exc: BaseException) -> bool:
+        """Count and log a sweep that could not write its state (a full disk, a read-only
+        volume): an environment problem the operator fixes, so no traceback. The sweep
+        recovers by itself once the database can be written again."""
+        reason = write_failure_reason(exc)
+        if reason is None:
+            return False
+        self.observer.state_write_failed(name, reason)
+        log.error("sweep failed, the state database could not be written source=%s "
+                  "reason=%s error=%s", name, reason, exc)
+        return True
 
     async def _sweep(self, source: Source) -> str:
         name = source.name
@@ -155,13 +173,19 @@ class SweepRunner:
             self.observer.sweep_cancelled(name, self.clock() - started)
             raise
         duration = self.clock() - started
+        if report is not None:
+            try:
+                await session.finish(report)
+            except Exception as exc:
+                if not self._state_write_failed(name, exc):
+                    raise
+                report = None
         if report is None:
             # Keep the last snapshot: a failing upstream must not zero a gauge. Records
             # already applied stay in the state store and show after the next sweep.
             self.observer.sweep_finished(name, "failed", duration)
             result = "failed"
         else:
-            await session.finish(report)
             if self.on_snapshot is not None:
                 await asyncio.to_thread(self.on_snapshot)
             result = "success" if report.complete else "partial"

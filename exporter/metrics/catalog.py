@@ -111,6 +111,14 @@ METRICS: tuple[MetricSpec, ...] = (
        "Accounts seen by the last finished sweep.", "agent"),
     _m("sweep_progress_ratio", "gauge", ("source",),
        "Share of customers (users) done by the running sweep; 1 when idle.", "agent"),
+    _m("state_write_failures", "counter", ("source", "reason"),
+       "Sweeps that failed because the state database could not be written, by reason: "
+       "disk_full, read_only, locked, corrupt, io_error (a file-size limit shows as io_error). "
+       "The sweep counts as failed and every gauge keeps its last value.", "agent"),
+    _m("state_recovered", "counter", (),
+       "State files found corrupt (not a database, or failing SQLite's quick_check) at start, "
+       "moved aside as <name>.corrupt-<timestamp>; the agent started from an empty state.",
+       "agent"),
     _m("upstream_requests", "counter", ("source", "endpoint", "status_code"),
        "HTTP requests to the aggregator, by route template and status code (or error kind).",
        "agent"),

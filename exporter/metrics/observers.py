@@ -25,6 +25,7 @@ _INSTRUMENTS = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
 
 RETRY_REASONS = ("rate_limited", "server_error", "timeout", "connect_error", "token_expired")
 SWEEP_RESULTS = ("success", "partial", "failed")
+STATE_WRITE_REASONS = ("disk_full", "read_only", "locked", "corrupt", "io_error")
 FIX_KINDS = ("fix", "otp_each_refresh")
 FIX_RESULTS = ("delivered", "retried", "failed", "held", "dead")
 FIX_OUTCOMES = ("fixed", "rebroke", "abandoned")
@@ -66,6 +67,8 @@ class AgentMetrics:
         self._instruments["unknown_codes"].labels(source, provider)
         for reason in RETRY_REASONS:
             self._instruments["upstream_retries"].labels(source, reason)
+        for reason in STATE_WRITE_REASONS:
+            self._instruments["state_write_failures"].labels(source, reason)
 
     def sweep_started(self, source: str) -> None:
         self._set("sweep_progress_ratio", 0, source)
@@ -90,6 +93,12 @@ class AgentMetrics:
 
     def source_stopped(self, source: str) -> None:
         self._set("source_up", 0, source)
+
+    def state_write_failed(self, source: str, reason: str) -> None:
+        self._inc("state_write_failures", source, reason)
+
+    def state_recovered(self) -> None:
+        self._instruments["state_recovered"].inc()
 
     # UpstreamObserver
     def request(self, source: str, endpoint: str, status_code: str, duration: float) -> None:

@@ -3,6 +3,7 @@ second agent on a file in use is refused with a message, without disturbing the 
 
 from __future__ import annotations
 
+import resource
 import subprocess
 
 import httpx
@@ -11,14 +12,15 @@ import yaml
 
 from tests.integration.procs import EXPORTER, REPO, Proc, Sandbox, agent_config, free_port, wait_for
 from tests.integration.prom import scrape, stop_all
+from tests.integration.test_agent_sandbox import SOURCES, fleet_from_metrics, fleet_from_truth
 
 pytestmark = pytest.mark.integration
 
 
-def _agent(work, config, name: str) -> tuple[Proc, str]:
+def _agent(work, config, name: str, *args: str) -> tuple[Proc, str]:
     port = free_port()
     proc = Proc(name, [*EXPORTER, "run", "--config.file", str(config),
-                       "--web.listen-address", f"127.0.0.1:{port}"], work)
+                       "--web.listen-address", f"127.0.0.1:{port}", *args], work)
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -47,6 +49,7 @@ def test_corrupt_state_is_moved_aside_and_a_second_agent_is_refused(tmp_path):
         moved = sorted(tmp_path.glob("state.db.corrupt-*"))
         assert [p.name for p in moved if not p.name.endswith(("-wal", "-shm"))], moved
         assert "definitely not SQLite" in moved[0].read_text(errors="replace")
+        assert scrape(url)["openfinance_state_recovered_total"] == [({}, 1.0)]
         log = agent.log()
         assert log.count("state file is corrupt, moved aside") == 1
         assert "Traceback" not in log
@@ -59,5 +62,72 @@ def test_corrupt_state_is_moved_aside_and_a_second_agent_is_refused(tmp_path):
         assert "is in use by another agent" in second.stderr
         assert "Traceback" not in second.stderr
         assert _ready(agent, url), "the first agent is undisturbed"
+    finally:
+        stop_all(reversed(procs))
+
+
+def _total(samples: dict[str, list], name: str, **match: str) -> float:
+    return sum(v for labels, v in samples.get(name, [])
+               if all(labels.get(k) == want for k, want in match.items()))
+
+
+def test_a_full_disk_fails_sweeps_visibly_keeps_every_gauge_and_recovers(tmp_path):
+    """RLIMIT_FSIZE on the running agent (Python ignores SIGXFSZ, so writes past the limit
+    fail with EFBIG): sweeps fail with a reason, no gauge moves, and once the limit is lifted
+    the next sweep writes the new night."""
+    scenario = tmp_path / "scenario.yml"
+    scenario.write_text(yaml.safe_dump({"finicity": {"units": 300}, "mx": {"units": 100}}))
+    procs: list[Proc] = []
+    try:
+        sandbox = Sandbox(tmp_path, scenario)
+        procs.append(sandbox)
+        config = agent_config(tmp_path / "agent.yml", sandbox.url, tmp_path / "state.db",
+                              interval=1)
+        agent, url = _agent(tmp_path, config, "agent", "--log.level", "warn")
+        procs.append(agent)
+        wait_for(lambda: _ready(agent, url), 60, what="the agent to be ready")
+        wait_for(lambda: fleet_from_metrics(scrape(url))[0] == fleet_from_truth(
+            sandbox.truth())[0], 90, what="the fleet to match the sandbox")
+        before, _ = fleet_from_metrics(scrape(url))
+        failed_before = _total(scrape(url), "openfinance_sweeps_total", result="failed")
+
+        def successes() -> dict[str, float]:
+            samples = scrape(url)
+            return {p: _total(samples, "openfinance_sweeps_total", source=name, result="success")
+                    for p, name in SOURCES.items()}
+
+        def of(fleet: dict, provider: str) -> dict:
+            return {k: v for k, v in fleet.items() if k[0] == provider}
+
+        pid = agent.popen.pid
+        _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(pid, resource.RLIMIT_FSIZE,
+                         (agent.log_path.stat().st_size + 256 * 1024, hard))
+        sandbox.advance(1)  # a new night: every account has a new attempt to write
+        fin = SOURCES["finicity"]
+
+        def write_failures() -> float:
+            return _total(scrape(url), "openfinance_state_write_failures_total", source=fin)
+
+        wait_for(lambda: write_failures() >= 2, 90, what="sweeps failing for want of disk")
+        # (A sweep already running when the limit came may have finished: compare from here.)
+        first, failures, wins = scrape(url), write_failures(), successes()["finicity"]
+        wait_for(lambda: write_failures() >= failures + 2, 90, what="more failing sweeps")
+        during = scrape(url)
+        assert successes()["finicity"] == wins, "no sweep can succeed without disk"
+        assert _total(during, "openfinance_sweeps_total", result="failed") > failed_before
+        reasons = {labels["reason"] for labels, v in
+                   during["openfinance_state_write_failures_total"] if v}
+        assert reasons <= {"disk_full", "io_error"}, reasons
+        kept = of(fleet_from_metrics(during)[0], "finicity")
+        assert kept and kept == of(fleet_from_metrics(first)[0], "finicity"), \
+            "no gauge moved while writes failed"
+        assert agent.popen.poll() is None
+
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))
+        wait_for(lambda: fleet_from_metrics(scrape(url))[0] == fleet_from_truth(
+            sandbox.truth())[0], 120, what="the new night written once the disk has room")
+        assert fleet_from_metrics(scrape(url))[0] != before, "the night changed something"
+        assert "Traceback" not in agent.log()
     finally:
         stop_all(reversed(procs))

@@ -4,6 +4,7 @@ runner owns its sweep tasks and cancels them on stop; ``python -m exporter``."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 
@@ -109,6 +110,50 @@ async def test_an_unexpected_error_is_a_failed_sweep_not_a_crash(harness, clock)
     runner = _runner(harness, clock, FakeSource(outcome=ValueError("bug")))
     assert await runner.sweep("fin") == "failed"
     assert _sweeps(harness, "failed") == 1
+
+
+def _disk_full() -> sqlite3.OperationalError:
+    exc = sqlite3.OperationalError("database or disk is full")
+    exc.sqlite_errorname = "SQLITE_FULL"
+    return exc
+
+
+async def test_a_state_that_cannot_be_written_fails_the_sweep_with_a_reason(harness, clock, acct,
+                                                                           caplog):
+    await harness.sweep([acct("a1", 0)])
+    version = harness.tracker.snapshot.version
+    # As a source's task group raises it when the tracker's write fails inside a worker.
+    source = FakeSource([acct("a2", 0)], outcome=ExceptionGroup("unit", [_disk_full()]))
+    runner = _runner(harness, clock, source)
+    assert harness.value("openfinance_state_write_failures_total", source="fin",
+                         reason="disk_full") == 0
+    assert await runner.sweep("fin") == "failed"
+    assert harness.value("openfinance_state_write_failures_total", source="fin",
+                         reason="disk_full") == 1
+    assert _sweeps(harness, "failed") == 1
+    assert harness.tracker.snapshot.version == version, "the last gauges stay"
+    assert not [r for r in caplog.records if r.exc_info], "an environment problem: no traceback"
+    # The disk has room again: the next sweep succeeds.
+    source.outcome = True
+    assert await runner.sweep("fin") == "success"
+
+
+async def test_a_state_write_failing_at_the_end_of_a_sweep_is_counted_too(harness, clock, acct,
+                                                                         monkeypatch):
+    runner = _runner(harness, clock, FakeSource([acct("a1", 0)]))
+    real_begin = harness.tracker.begin
+
+    async def begin(*args, **kwargs):
+        session = await real_begin(*args, **kwargs)
+
+        async def finish(report):
+            raise _disk_full()
+        session.finish = finish
+        return session
+    monkeypatch.setattr(harness.tracker, "begin", begin)
+    assert await runner.sweep("fin") == "failed"
+    assert harness.value("openfinance_state_write_failures_total", source="fin",
+                         reason="disk_full") == 1
 
 
 async def test_refused_credentials_stop_the_source_until_restart(harness, clock):
