@@ -15,6 +15,7 @@ keys look like (MX member guids are random); only first sightings touch the inde
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -75,6 +76,8 @@ RELAPSED = 2
 """``flags`` bit: it fell back to MFA right after a fix (and is still there)."""
 AFTER_FIX = 4
 """``flags`` bit: its last distinct attempt succeeded after an MFA streak."""
+
+log = logging.getLogger(__name__)
 
 
 class AccountRow(NamedTuple):
@@ -145,6 +148,8 @@ class StateStore:
             raise sqlite3.DatabaseError(
                 f"{self.path}: state schema {version} is newer than this agent's "
                 f"({SCHEMA_VERSION}); run the newer agent or move the state file away")
+        if version == SCHEMA_VERSION:
+            return  # nothing to write: a read-only file still opens (its sweeps then fail)
         with self.transaction() as db:
             script = _SCHEMA if version != 1 else _MIGRATE_FROM_1.format(
                 schema=_SCHEMA, otp=OTP, relapsed=RELAPSED, after_fix=AFTER_FIX)
@@ -160,7 +165,10 @@ class StateStore:
         return self._db
 
     def close(self) -> None:
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:  # a read-only or full disk: the WAL stays, nothing lost
+            log.warning("state not checkpointed at close path=%s error=%s", self.path, exc)
         self._db.close()
 
     @contextmanager

@@ -3,8 +3,10 @@ second agent on a file in use is refused with a message, without disturbing the 
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -129,5 +131,55 @@ def test_a_full_disk_fails_sweeps_visibly_keeps_every_gauge_and_recovers(tmp_pat
             sandbox.truth())[0], 120, what="the new night written once the disk has room")
         assert fleet_from_metrics(scrape(url))[0] != before, "the night changed something"
         assert "Traceback" not in agent.log()
+    finally:
+        stop_all(reversed(procs))
+
+
+def _make_read_only(path: Path) -> None:
+    """Read-only even for root (who ignores file modes): the immutable attribute."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+    else:
+        path.chmod(0o444)
+
+
+def _make_writable(path: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    path.chmod(0o644)
+
+
+def test_a_read_only_state_file_fails_sweeps_visibly_without_a_crash(tmp_path):
+    scenario = tmp_path / "scenario.yml"
+    scenario.write_text(yaml.safe_dump({"finicity": {"units": 40}, "mx": {"units": 20}}))
+    state = tmp_path / "state.db"
+    procs: list[Proc] = []
+    try:
+        sandbox = Sandbox(tmp_path, scenario)
+        procs.append(sandbox)
+        config = agent_config(tmp_path / "agent.yml", sandbox.url, state, interval=1)
+        first, url = _agent(tmp_path, config, "first", "--log.level", "warn")
+        procs.append(first)
+        wait_for(lambda: _ready(first, url), 60, what="the agent to be ready")
+        wait_for(lambda: fleet_from_metrics(scrape(url))[0] == fleet_from_truth(
+            sandbox.truth())[0], 90, what="the fleet to match the sandbox")
+        stop_all([procs.pop()])  # a clean stop: the WAL is checkpointed into the file
+        sandbox.advance(1)
+        _make_read_only(state)
+        try:
+            agent, url = _agent(tmp_path, config, "agent", "--log.level", "warn")
+            procs.append(agent)
+            wait_for(lambda: _ready(agent, url), 60, what="the agent on a read-only file")
+            wait_for(lambda: _total(scrape(url), "openfinance_state_write_failures_total") >= 2,
+                     90, what="sweeps failing on a read-only file")
+            samples = scrape(url)
+            reasons = {labels["reason"] for labels, v in
+                       samples["openfinance_state_write_failures_total"] if v}
+            assert reasons == {"read_only"}, reasons
+            assert _total(samples, "openfinance_sweeps_total", result="success") == 0
+            assert fleet_from_metrics(samples)[0], "the stored fleet is served, not zeroed"
+            assert agent.popen.poll() is None and "Traceback" not in agent.log()
+        finally:
+            _make_writable(state)
     finally:
         stop_all(reversed(procs))
