@@ -292,6 +292,22 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
 
+def read_yaml(path: str | Path, error: type[ConfigError] | None = None) -> Any:
+    """The YAML document in ``path``; ``error`` (default :class:`ConfigError`) naming the file,
+    and the line and column of a syntax error."""
+    error = error or ConfigError
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error([f"{path}: cannot read ({exc.strerror})"]) from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise error([f"{path}: not valid YAML{where}"]) from exc
+
+
 class ConfigError(Exception):
     """A configuration that cannot be used; ``problems`` holds one line per problem."""
 
@@ -360,16 +376,7 @@ def load_config(path: str | Path | None) -> Settings:
     """Read, merge with the environment and validate; raise :class:`ConfigError` listing every problem."""
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError([f"{path}: not valid YAML{where}"]) from exc
+        loaded = read_yaml(path)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

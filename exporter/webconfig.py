@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import bcrypt
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -64,7 +63,7 @@ from pydantic import (
     model_validator,
 )
 
-from exporter.config import ConfigError, parse_duration
+from exporter.config import ConfigError, parse_duration, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -273,16 +272,7 @@ def parse_web_config(data: Any, base_dir: Path, source: str = "web config") -> W
 def load_web_config(path: str | Path) -> WebConfig:
     """Read and validate the file, and check that its certificate, key and CA load."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise WebConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise WebConfigError([f"{path}: not valid YAML{where}"]) from exc
+    data = read_yaml(path, WebConfigError)
     cfg = parse_web_config(data, path.parent, str(path))
     if cfg.tls_server_config.enabled:
         build_ssl_context(cfg.tls_server_config, source=str(path))
