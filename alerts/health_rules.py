@@ -130,6 +130,31 @@ sum by ({inst}) (institution_side:openfinance_accounts:sum{{side="user"}})
         _labelled(g, "source_state:openfinance_refresh_state:info", f"0 * ({cond}) + 1", state=state)
         for state, cond in refresh.items()
     ]
+    # Per institution (the agent splits its accounts at the same 2-day and 7-day bounds):
+    # the median account's class, from the shares within each bound.
+    accounts = "openfinance_institution_refresh_accounts"
+    within = {
+        "institution:openfinance_refresh_normal_accounts:ratio": '"normal"',
+        "institution:openfinance_refresh_not_stopped_accounts:ratio": '"normal|delayed"',
+    }
+    recording += [
+        g._record(name, f"""
+sum by ({inst}) ({accounts}{{refresh=~{classes}}})
+/
+(sum by ({inst}) ({accounts}) > 0)
+""") for name, classes in within.items()
+    ]
+    normal, not_stopped = within
+    by_institution = {
+        "normal": f"{normal} >= 0.5",
+        "delayed": f"{normal} < 0.5\n  and\n  {not_stopped} >= 0.5",
+        "stopped": f"{not_stopped} < 0.5",
+    }
+    recording += [
+        _labelled(g, "institution_state:openfinance_refresh_state:info",
+                  f"0 * (\n  {cond}\n) + 1", state=state)
+        for state, cond in by_institution.items()
+    ]
 
     return recording
 

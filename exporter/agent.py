@@ -72,7 +72,7 @@ class Agent:
         self.web_config = (WebConfigFile(settings.web.config_file)
                            if settings.web.config_file else None)
         self.health = HealthWiring(settings.health, sources, lambda: self.tracker.snapshot,
-                                   clock, self.metrics.agent)
+                                   clock, self.metrics.agent, settings.state.path)
         self.health.schedule(self.scheduler)
         self.push: PushService | None = None
         if settings.webhooks is not None:

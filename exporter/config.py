@@ -13,7 +13,6 @@ import os
 import re
 import socket
 from collections.abc import Mapping
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,34 +28,13 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from exporter.durations import non_negative_duration
 from exporter.health.config import HealthConfig
 from exporter.remediation.config import RemediationConfig
 from exporter.webhooks.config import FinicityWebhookConfig, MxWebhookConfig, WebhooksConfig
 
 ENV_PREFIX = "OPENFINANCE_"
-_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))+\s*$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(value: Any) -> float:
-    """``"90s"``, ``"1h30m"``, ``"250ms"`` or a number of seconds → seconds."""
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 5m or 1h")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str) and _DURATION.match(value):
-        return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
-    raise ValueError("expected a duration such as 30s, 5m or 1h")
-
-
-def _duration_validator(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
+_duration_validator = non_negative_duration
 
 
 Duration = Annotated[float, Field(json_schema_extra={"format": "duration"})]

@@ -63,7 +63,8 @@ from pydantic import (
     model_validator,
 )
 
-from exporter.config import ConfigError, parse_duration, read_yaml
+from exporter.config import ConfigError, read_yaml
+from exporter.durations import parse_duration
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from exporter.durations import non_negative_duration
 from exporter.health.keys import KeyMappingError, load_key_mapping
 from exporter.health.sides import DEFAULT_THRESHOLDS, Thresholds
 
@@ -26,6 +27,11 @@ class HealthConfig(BaseModel):
     min_accounts: int = Field(T.min_accounts, ge=1)
     degraded_below: float = Field(T.degraded_below, gt=0, le=1)
     down_below: float = Field(T.down_below, ge=0, le=1)
+    refresh_lag_interval: float = Field(
+        300.0, ge=0, description="seconds between reads of the refresh lag per institution "
+        "from the state database (one grouped query); 0: off, the source's lag is shown")
+
+    _durations = field_validator("refresh_lag_interval", mode="before")(non_negative_duration)
 
     @field_validator("institution_keys_file")
     @classmethod

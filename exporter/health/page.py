@@ -10,7 +10,7 @@ from __future__ import annotations
 from html import escape
 
 from exporter.health.declared import INSTITUTION, ONLINE
-from exporter.health.report import HealthReport, InstitutionHealth, ProviderHealth
+from exporter.health.report import HealthReport, InstitutionHealth, ProviderHealth, RefreshLag
 
 _STYLE = """
 body{font:15px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1b1b1b;background:#fff}
@@ -58,6 +58,12 @@ def _declared(p: ProviderHealth) -> str:
     return f'<td data-declared="{escape(main)}">{escape(main)}{extra}{warn}</td>'
 
 
+def _lag_detail(lag: RefreshLag) -> str:
+    if lag.counts is None:
+        return f"median {_age(lag.median_age_seconds)} (source)"
+    return f"{lag.counts.normal} of {lag.counts.total} within 2 d"
+
+
 def _row(p: ProviderHealth) -> str:
     b = p.breakdown or {}
     return (
@@ -69,7 +75,7 @@ def _row(p: ProviderHealth) -> str:
         f'<td class="num">{_pct(b.get("aggregator"))}</td>'
         f'<td class="num">{_pct(p.user_share)}</td>'
         f"{_declared(p)}"
-        f'<td>{escape(p.refresh.state)} <small>median {_age(p.refresh.median_age_seconds)}</small></td>'
+        f'<td>{escape(p.refresh.state)} <small>{_lag_detail(p.refresh)}</small></td>'
     )
 
 

@@ -3,8 +3,10 @@
 Per (source, institution): accounts per side (:mod:`.sides`), the Plaid-style breakdown
 (shares of ok, institution-side and aggregator-side accounts among those three; user-side
 accounts excluded and shown apart), the recorded state, the declared status and the refresh
-lag. The snapshot has last-success ages per source, not per institution, so the refresh lag
-is the source's (``scope: "source"``), the same number for every institution of that source.
+lag. The snapshot has last-success ages per source; per institution, the refresh lag comes
+from :class:`~exporter.health.lag.InstitutionAges` (``scope: "institution"``, with the counts
+behind it) once it has read the state database, and until then it is the source's
+(``scope: "source"``, with the source's median age).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from exporter.health.declared import DeclaredStatus
 from exporter.health.directory import InstitutionDirectory
+from exporter.health.lag import REFRESH_CLASSES, AgeCounts
 from exporter.health.sides import (
     DEFAULT_THRESHOLDS,
     HEALTH_SIDES,
@@ -65,12 +68,47 @@ class RefreshLag:
     state: str
     """``normal`` | ``delayed`` | ``stopped`` | ``unknown`` (no accounts)"""
     median_age_seconds: float | None
-    """median age of the last successful aggregation (None: more than half never succeeded)"""
+    """median age of the last successful aggregation (None: more than half never succeeded,
+    or ``scope`` is ``institution``)"""
     scope: str = "source"
+    counts: AgeCounts | None = None
+    """per institution: accounts by age class of their last success"""
 
     def as_json(self) -> dict[str, Any]:
-        return {"state": self.state, "median_age_seconds": self.median_age_seconds,
-                "scope": self.scope}
+        out: dict[str, Any] = {"state": self.state, "median_age_seconds": self.median_age_seconds,
+                               "scope": self.scope}
+        if self.counts is not None:
+            out["accounts"] = self.counts.as_dict()
+        return out
+
+
+def institution_lag(counts: AgeCounts) -> RefreshLag:
+    return RefreshLag(counts.state(), None, "institution", counts)
+
+
+AgesBySource = Callable[[str], Mapping[str, AgeCounts]]
+"""source → institution_id → age counts (empty until first read)"""
+
+
+def _no_ages(source: str) -> Mapping[str, AgeCounts]:
+    return {}
+
+
+def institution_age_counts(agg: SourceView, ages: Mapping[str, AgeCounts]
+                           ) -> dict[tuple[str, str], AgeCounts]:
+    """(institution_id, name) as the snapshot labels them → age counts; the institutions the
+    snapshot folds are summed under its folded entry."""
+    shown = sorted({(a[0], a[1]) for a in agg.accounts})
+    out = {(i, n): ages.get(i, AgeCounts()) for i, n in shown if i != FOLDED}
+    folded = [(i, n) for i, n in shown if i == FOLDED]
+    if folded:
+        ids = {i for i, _ in out}
+        rest = AgeCounts()
+        for inst_id, counts in ages.items():
+            if inst_id not in ids:
+                rest = rest + counts
+        out[folded[0]] = rest
+    return out
 
 
 def refresh_lag(ages: Ages, never_succeeded: int, now: float,
@@ -189,7 +227,8 @@ class HealthReport:
 
 
 def build_report(snapshot: SnapshotView, directory: InstitutionDirectory, now: float,
-                 thresholds: Thresholds = DEFAULT_THRESHOLDS) -> HealthReport:
+                 thresholds: Thresholds = DEFAULT_THRESHOLDS,
+                 ages: AgesBySource = _no_ages) -> HealthReport:
     """Group the snapshot's account counts by institution key; worst state first."""
     by_key: dict[str, list[ProviderHealth]] = defaultdict(list)
     for agg in snapshot.sources.values():
@@ -197,7 +236,10 @@ def build_report(snapshot: SnapshotView, directory: InstitutionDirectory, now: f
         for inst_id, name, _code, category, n in agg.accounts:
             per_side = counts.setdefault((inst_id, name), dict.fromkeys(SIDES, 0))
             per_side[side_of(category)] += n
-        lag = refresh_lag(agg.success, agg.never_succeeded, now, thresholds)
+        source_lag = refresh_lag(agg.success, agg.never_succeeded, now, thresholds)
+        read = ages(agg.source)
+        lags = ({k: institution_lag(c) for k, c in institution_age_counts(agg, read).items()}
+                if read else {})
         for (inst_id, name), per_side in counts.items():
             folded = inst_id == FOLDED
             key = FOLDED if folded else directory.key(agg.provider, inst_id, name)
@@ -206,7 +248,7 @@ def build_report(snapshot: SnapshotView, directory: InstitutionDirectory, now: f
                 institution=name, key=key, counts=per_side,
                 state=thresholds.state(per_side["ok"], sum(per_side[s] for s in HEALTH_SIDES)),
                 declared=None if folded else directory.declared(agg.source, inst_id),
-                refresh=lag)
+                refresh=lags.get((inst_id, name), source_lag))
             by_key[key].append(entry)
     institutions = [
         InstitutionHealth(key, _display_name(entries),
@@ -244,3 +286,15 @@ def key_series(snapshot: SnapshotView, directory: InstitutionDirectory):
             if inst_id != FOLDED:
                 yield agg.source, agg.provider, inst_id, directory.key(agg.provider, inst_id, name)
 
+
+
+def refresh_series(snapshot: SnapshotView, ages: AgesBySource):
+    """``(source, provider, institution_id, institution, refresh, accounts)``: the rows of
+    ``openfinance_institution_refresh_accounts`` (none before the first read)."""
+    for agg in snapshot.sources.values():
+        read = ages(agg.source)
+        if not read:
+            continue
+        for (inst_id, name), counts in sorted(institution_age_counts(agg, read).items()):
+            for cls in REFRESH_CLASSES:
+                yield agg.source, agg.provider, inst_id, name, cls, getattr(counts, cls)

@@ -13,6 +13,7 @@ from starlette.routing import Route
 from exporter.health.config import HealthConfig
 from exporter.health.directory import InstitutionDirectory, finicity_facts, mx_facts
 from exporter.health.keys import load_key_mapping
+from exporter.health.lag import InstitutionAges
 from exporter.health.refresh import DeclaredStatusRefresher
 from exporter.health.report import (
     FOLDED,
@@ -21,6 +22,7 @@ from exporter.health.report import (
     build_report,
     declared_series,
     key_series,
+    refresh_series,
 )
 from exporter.health.routes import health_routes
 
@@ -43,9 +45,13 @@ class HealthSource(Protocol):
 class HealthWiring:
     def __init__(self, config: HealthConfig, sources: Sequence[HealthSource],
                  snapshot: Callable[[], SnapshotView], clock: Callable[[], float],
-                 observer: HealthObserver) -> None:
+                 observer: HealthObserver, state_path: str | None = None) -> None:
         self.directory = InstitutionDirectory(load_key_mapping(config.institution_keys_file))
         self.thresholds = config.thresholds()
+        self.ages: InstitutionAges | None = None
+        if state_path is not None and config.refresh_lag_interval > 0:
+            self.ages = InstitutionAges(state_path, self.thresholds, clock,
+                                        config.refresh_lag_interval)
         self._snapshot = snapshot
         self._clock = clock
         self._observer = observer
@@ -83,19 +89,32 @@ class HealthWiring:
             return sorted({(a[0], a[1]) for a in agg.accounts if a[0] != FOLDED})
         return institutions
 
-    def rows(self) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
-        """The rows of openfinance_institution_declared_status and _key_info (the collector's)."""
+    def _ages(self, source: str):
+        return self.ages.counts(source) if self.ages is not None else {}
+
+    def rows(self) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]], list[tuple]]:
+        """The rows of openfinance_institution_declared_status, _key_info and
+        _refresh_accounts (the collector's)."""
         snap = self._snapshot()
-        return list(declared_series(snap, self.directory)), list(key_series(snap, self.directory))
+        return (list(declared_series(snap, self.directory)),
+                list(key_series(snap, self.directory)), list(refresh_series(snap, self._ages)))
 
     def report(self) -> HealthReport:
-        return build_report(self._snapshot(), self.directory, self._clock(), self.thresholds)
+        return build_report(self._snapshot(), self.directory, self._clock(), self.thresholds,
+                            self._ages)
 
     def routes(self) -> list[Route]:
         return health_routes(self.report)
 
     def schedule(self, scheduler: Any) -> None:
-        """One interval job per Finicity source: re-read due declared statuses."""
+        """One interval job per Finicity source: re-read due declared statuses; one job
+        re-reading the refresh lag per institution (first soon after the first sweep)."""
+        if self.ages is not None:
+            first = min(self.ages.every, 60.0)
+            scheduler.add_job(
+                self.ages.run, "interval", seconds=self.ages.every, id="institution-refresh-lag",
+                name="institution refresh lag", max_instances=1, coalesce=True,
+                next_run_time=datetime.now(UTC) + timedelta(seconds=first))
         for r in self.refreshers:
             scheduler.add_job(
                 r.run, "interval", seconds=r.every, id=f"institution-status:{r.source}",

@@ -53,7 +53,7 @@ class Metrics:
 
 def build_metrics(snapshot: Callable[[], Snapshot], *, clock: Callable[[], float],
                   catalog: Catalog | None = None,
-                  institution_rows: Rows = lambda: ((), ())) -> Metrics:
+                  institution_rows: Rows = lambda: ((), (), ())) -> Metrics:
     """Registry, collectors, self-metrics and exposition over a tracker's ``snapshot``.
 
     ``snapshot`` is called at scrape time (the tracker may be built after this, with

@@ -101,6 +101,11 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("institution_key_info", "gauge", ("source", "provider", "institution_id", "key"),
        "The institution key joining one bank across aggregators (home-page domain, else "
        "name:<normalised name>, or the mapping file's); value 1.", "fleet"),
+    _m("institution_refresh_accounts", "gauge", (*FLEET_LABELS, "refresh"),
+       "Accounts of an institution by the age of their last successful aggregation: refresh="
+       "normal (within 2 days), delayed (within 7 days), stopped (older), never; read from "
+       "the state database every health.refresh_lag_interval (5 min).",
+       "fleet"),
     _m("sweeps", "counter", ("source", "result"),
        "Sweeps finished, by result: success, partial or failed.", "agent"),
     _m("sweep_duration_seconds", "histogram", ("source",),

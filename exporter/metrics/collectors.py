@@ -104,20 +104,23 @@ class AgeCollector(Collector):
         yield success
 
 
-Rows = Callable[[], tuple[Iterable[tuple[str, ...]], Iterable[tuple[str, ...]]]]
+Rows = Callable[[], tuple[Iterable[tuple[str, ...]], Iterable[tuple[str, ...]], Iterable[tuple]]]
 
 
 class InstitutionHealthCollector(Collector):
-    """Institution health (``exporter.health``): declared statuses and institution keys.
+    """Institution health (``exporter.health``): declared statuses, institution keys and the
+    refresh lag per institution.
 
     ``openfinance_institution_declared_status{source="finicity-prod",provider="finicity",
     institution_id="4222",institution="Chase",product="institution",status="online"} 1.0``
 
     On the live registry: a declared status re-read between two sweeps shows at the next
-    scrape. ``rows()`` gives (declared rows, key rows), computed in memory.
+    scrape. ``rows()`` gives (declared rows, key rows, refresh rows), computed in memory; a
+    refresh row ends with its value (accounts).
     """
 
-    NAMES = ("institution_declared_status", "institution_key_info")
+    NAMES = ("institution_declared_status", "institution_key_info",
+             "institution_refresh_accounts")
 
     def __init__(self, rows: Rows):
         self._rows = rows
@@ -126,11 +129,14 @@ class InstitutionHealthCollector(Collector):
         return (family(short) for short in self.NAMES)
 
     def collect(self) -> Iterator[Metric]:
-        declared, keys = (family(s) for s in self.NAMES)
-        declared_rows, key_rows = self._rows()
+        declared, keys, refresh = (family(s) for s in self.NAMES)
+        declared_rows, key_rows, refresh_rows = self._rows()
         for row in declared_rows:
             declared.add_metric(row, 1)
         for row in key_rows:
             keys.add_metric(row, 1)
+        for *labels, value in refresh_rows:
+            refresh.add_metric(labels, value)
         yield declared
         yield keys
+        yield refresh

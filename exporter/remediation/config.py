@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from exporter.durations import non_negative_duration
 
 _URL = re.compile(r"^https?://[^\s/]+")
 
 
-def _duration(value: Any) -> float:
-    # Imported here: exporter.config imports this module while it is being initialised.
-    from exporter.config import parse_duration
-
-    seconds = parse_duration(value)
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
+_duration = non_negative_duration
 
 
 class RemediationConfig(BaseModel):

@@ -23,18 +23,9 @@ from pydantic import (
     model_validator,
 )
 
+from exporter.durations import non_negative_duration
 
-def _seconds(value: Any) -> float:
-    # Imported here: exporter.config imports this module for its Settings field.
-    from exporter.config import parse_duration
-
-    seconds = parse_duration(value)
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
-
-
-Seconds = Annotated[float, BeforeValidator(_seconds), Field(json_schema_extra={"format": "duration"})]
+Seconds = Annotated[float, BeforeValidator(non_negative_duration), Field(json_schema_extra={"format": "duration"})]
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
 
 

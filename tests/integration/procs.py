@@ -102,6 +102,7 @@ def agent_config(path: Path, sandbox_url: str, state_path: Path, *, interval: fl
                             run_at_start=run_at_start,
                             http={"rate_limit_per_second": 5000, "rate_limit_burst": 500,
                                   "backoff_base": 0.05, "backoff_max": 0.5})
+    config.setdefault("health", {})["refresh_lag_interval"] = "2s"
     path.write_text(yaml.safe_dump(config))
     return path
 

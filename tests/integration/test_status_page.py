@@ -134,6 +134,22 @@ def _run(stack: MonitoredSandbox, tmp_path: Path) -> None:
             assert keys[where] == key, where
         status = (p["declared"] or {}).get("status")
         assert status == declared.get(where), where
+    # The refresh lag per institution (read from the state database every 2 s here) counts
+    # the same accounts as /metrics.
+    def lag_matches() -> bool:
+        body = httpx.get(f"{agent.url}/api/v1/institutions", timeout=30).json()
+        samples = scrape(agent.url)
+        totals: dict[tuple[str, str], float] = {}
+        for labels, value in samples.get("openfinance_institution_refresh_accounts", []):
+            k = (labels["source"], labels["institution_id"])
+            totals[k] = totals.get(k, 0) + value
+        lags = [p["refresh"] for i in body["institutions"] for p in i["providers"]]
+        return (totals == accounts and all(r["scope"] == "institution" for r in lags)
+                and all(sum(r["accounts"].values()) == accounts[(p["source"], p["institution_id"])]
+                        for i in body["institutions"] for p in i["providers"]
+                        for r in [p["refresh"]]))
+    wait_for(lag_matches, 30, what="the refresh lag per institution", interval=0.5)
+
     states = {("finicity", p["institution_id"]): p["state"] for _, p in entries
               if p["provider"] == "finicity"}
     assert all(states[k] == "down" for k in online), states

@@ -5,7 +5,8 @@ import textwrap
 import pytest
 
 from exporter.cli import main
-from exporter.config import ConfigError, load_config, parse_duration
+from exporter.config import ConfigError, load_config
+from exporter.durations import parse_duration
 
 GOOD = """
 sources:

@@ -52,7 +52,8 @@ def test_institution_lookups_feed_keys_and_declared_statuses():
     fin.institution_seen("4222", "Chase", {"institution": {
         "status": "online", "urlHomeApp": "https://www.chase.com", "productionStatus": 5}})
     mx.institution_seen("chase", "Chase", {"institution": {"url": "https://chase.com"}})
-    declared, keys = wiring.rows()
+    declared, keys, refresh = wiring.rows()
+    assert refresh == [], "no refresh rows before the state was read"
     assert declared == [("fin", "finicity", "4222", "Chase", "institution", "online")]
     assert keys == [("fin", "finicity", "4222", "chase.com"), ("mx", "mx", "chase", "chase.com")]
     assert problems.seen == [("fin", "invalid_declared_status")]
