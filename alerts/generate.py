@@ -96,6 +96,14 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "fix_dead_for": ("0s", "for: of OpenFinanceFixRequestsDeadLettered."),
     "fix_delivery_window": ("30m", "Window with retried fix requests and none delivered."),
     "fix_delivery_failing_for": ("15m", "for: of OpenFinanceFixDeliveryFailing."),
+    # Push (aggregator webhooks).
+    "webhook_rejected_window": ("15m", "Window over which refused webhook deliveries are counted."),
+    "webhook_rejected_min": (5, "Deliveries refused for a bad signature or wrong credentials in that window."),
+    "webhook_rejected_for": ("5m", "for: of OpenFinanceWebhookDeliveriesRejected."),
+    "webhook_silent_window": ("6h", "A webhook source with no verified delivery for this long is silent."),
+    "webhook_silent_for": ("15m", "for: of OpenFinanceWebhooksSilent."),
+    "push_given_up_window": ("1h", "Window in which any webhook event given up (not applied) counts."),
+    "push_given_up_for": ("0s", "for: of OpenFinancePushEventsGivenUp."),
 }
 
 DEFAULTS: dict[str, Any] = {name: default for name, (default, _) in PARAMETERS.items()}
@@ -128,6 +136,12 @@ SHORT_DURATIONS: dict[str, Any] = {
     "fix_dead_for": "0s",
     "fix_delivery_window": "1m",
     "fix_delivery_failing_for": "0s",
+    "webhook_rejected_window": "1m",
+    "webhook_rejected_for": "0s",
+    "webhook_silent_window": "2m",
+    "webhook_silent_for": "0s",
+    "push_given_up_window": "1m",
+    "push_given_up_for": "0s",
 }
 
 PLACEHOLDER_RE = re.compile(r"\[\[ ([a-z0-9_]+) \]\]")
@@ -598,6 +612,79 @@ sum by (source) (increase(openfinance_fix_requests_total{{result="delivered"}}[{
     ]
 
 
+def _webhook_count(results: str, window: str) -> str:
+    """Go template: deliveries of the alert's source with these results in the window."""
+    return (
+        "{{ with printf `sum(increase(openfinance_webhook_events_total{source=%q,result=~\"" + results
+        + "\"}[" + window + "]))` $labels.source | query }}{{ . | first | value | printf \"%.0f\" }}"
+        "{{ else }}0{{ end }}"
+    )
+
+
+def _push_alerts(v: _Values) -> list[dict[str, Any]]:
+    """Group openfinance.push.alerts: webhook deliveries and the re-reads they trigger."""
+    agent_dash = _source_dashboard(v, DASHBOARD_AGENT)
+    verified = "accepted|duplicate|ignored"
+    return [
+        _alert(
+            v,
+            "OpenFinanceWebhookDeliveriesRejected",
+            f"""
+sum by (source) (increase(openfinance_webhook_events_total{{result=~"bad_signature|unauthorized"}}[{v.webhook_rejected_window}]))
+>=
+{v.webhook_rejected_min}
+""",
+            v.webhook_rejected_for,
+            "warning",
+            "Webhook deliveries are refused for a bad signature or wrong credentials.",
+            "About {{ $value | printf \"%.0f\" }} webhook deliveries to source {{ $labels.source }} "
+            f"were refused in the last {v.webhook_rejected_window} (bad signature: "
+            f"{_webhook_count('bad_signature', v.webhook_rejected_window)}, wrong Basic credentials: "
+            f"{_webhook_count('unauthorized', v.webhook_rejected_window)}); verified deliveries meanwhile: "
+            f"{_webhook_count(verified, v.webhook_rejected_window)}. None verified: the partner secret "
+            "or webhook password probably rotated without the agent knowing, and real events are "
+            "being lost to the poll. Some verified: someone is probing the webhook endpoint.",
+            agent_dash,
+        ),
+        _alert(
+            v,
+            "OpenFinanceWebhooksSilent",
+            f"""
+sum by (source) (increase(openfinance_webhook_events_total{{result=~"{verified}"}}[{v.webhook_silent_window}])) == 0
+and on (source)
+sum by (source) (openfinance_webhook_events_total offset {v.webhook_silent_window})
+""",
+            v.webhook_silent_for,
+            "warning",
+            "A source with webhooks configured has received no verified delivery for long.",
+            f"Source {{{{ $labels.source }}}} takes webhooks but received no verified delivery in the last "
+            f"{v.webhook_silent_window}; refused deliveries in that time: "
+            f"{_webhook_count('bad_signature|unauthorized|too_large|malformed', v.webhook_silent_window)}. "
+            "The aggregator's webhook registration, the Ingress or the TLS in front of the listener "
+            "may be broken: changes reach /metrics only at the next sweep.",
+            agent_dash,
+        ),
+        _alert(
+            v,
+            "OpenFinancePushEventsGivenUp",
+            f"""
+sum by (source) (increase(openfinance_push_refresh_failures_total{{result="given_up"}}[{v.push_given_up_window}])) > 0
+""",
+            v.push_given_up_for,
+            "warning",
+            "Accepted webhook events were given up: their re-reads kept failing.",
+            "About {{ $value | printf \"%.0f\" }} webhook events of source {{ $labels.source }} were "
+            f"given up in the last {v.push_given_up_window}: the agent acknowledged them, but re-reading "
+            "their owners failed until webhooks.give_up_after. Those owners' changes reach /metrics "
+            "only at the next sweep. Failed re-reads retried in that time: "
+            "{{ with printf `sum(increase(openfinance_push_refresh_failures_total{source=%q,"
+            f"result=\"retried\"}}[{v.push_given_up_window}]))` $labels.source | query }}}}"
+            "{{ . | first | value | printf \"%.0f\" }}{{ else }}0{{ end }}.",
+            agent_dash,
+        ),
+    ]
+
+
 # (group name, builder), in file order.
 GROUPS: tuple[tuple[str, Callable[[_Values], list[dict[str, Any]]]], ...] = (
     ("openfinance.institution.rules", _recording_rules),
@@ -606,6 +693,7 @@ GROUPS: tuple[tuple[str, Callable[[_Values], list[dict[str, Any]]]], ...] = (
     ("openfinance.health.rules", lambda v: health_rules.recording_rules(sys.modules[__name__], v)),
     ("openfinance.health.alerts", lambda v: health_rules.alerting_rules(sys.modules[__name__], v)),
     ("openfinance.repair.alerts", _repair_alerts),
+    ("openfinance.push.alerts", _push_alerts),
 )
 
 

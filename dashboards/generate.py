@@ -45,6 +45,9 @@ OUTAGE_MIN_ACCOUNTS = int(ALERT_DEFAULTS["outage_min_accounts"])  # … and at l
 OTP_SUSPECTED_MIN = int(ALERT_DEFAULTS["otp_min_accounts"])
 # OpenFinanceDataStale: seconds since the last successful sweep.
 STALE_AFTER_SECONDS = int(ALERT_DEFAULTS["stale_after_seconds"])
+# OpenFinanceWebhookDeliveriesRejected: refused deliveries in its window.
+WEBHOOK_REJECTED_MIN = int(ALERT_DEFAULTS["webhook_rejected_min"])
+WEBHOOK_REJECTED_WINDOW = str(ALERT_DEFAULTS["webhook_rejected_window"])
 
 
 def _duration_text(seconds: int) -> str:
@@ -82,8 +85,17 @@ DEFAULT_VARIABLE_VALUES: dict[str, str] = {
 
 # A panel shows data when at least one of its queries returns a series: breakdowns of events
 # that may not have happened yet (retries by reason, webhooks by kind) come with a total that
-# always answers. These panels may legitimately be empty (nothing is firing).
-MAY_BE_EMPTY = frozenset({"Firing OpenFinance alerts"})
+# always answers. These panels may legitimately be empty: nothing is firing, or a quantile of
+# events that have not happened (no webhook applied, no fix request delivered and fixed).
+MAY_BE_EMPTY = frozenset({"Firing OpenFinance alerts", "Webhook event to /metrics latency",
+                          "Time to fix by category", "Median time to fix by category",
+                          "Repair funnel by institution and code"})
+# Panels about push or the repair loop: off, they show their zero fallback only.
+PUSH_AND_REPAIR = frozenset({
+    "Webhook events", "Rejected webhook deliveries", "Failed webhook re-reads",
+    "Fix requests", "Fix requests created", "Fix requests delivered", "Fixed logins",
+    "Rebroke within 7 days", "Abandoned episodes", "Pending / held", "Repair funnel per hour",
+    "Pending and held fix requests"})
 
 
 # --- Status-code knowledge for descriptions (from the catalog data, not repeated here) -----
@@ -372,6 +384,117 @@ HEALTH_BY_KEY = (
 )
 
 
+# --- Repair funnel (fleet overview) -----------------------------------------------------------
+FIX_INSTITUTION = "openfinance_fix_institution_outcomes_total"
+HELD_FILTER = 'source=~"$source", institution=~"$institution", institution_id=~"$institution_id"'
+_FUNNEL_BY = f"{INSTITUTION}, code"
+_REPAIR_OFF = ("Zero (or empty) unless the repair loop is switched on "
+               "(`remediation.enabled`).")
+
+
+def funnel_step(outcome: str, by: str = "", window: str = "$__range") -> str:
+    """Steps of the per-institution repair funnel in ``window`` (requested, fixed, abandoned)."""
+    agg = f"sum by ({by})" if by else "sum"
+    return (f"{agg} (increase({FIX_INSTITUTION}{{{FLEET}, outcome=\"{outcome}\"}}"
+            f"[{window}]))")
+
+
+def _repair_funnel(d: dash.Dashboard) -> dash.Dashboard:
+    """The "Repair funnel" row: requests out, outcomes back, time to fix, per institution."""
+    none = f"0 * sum({accounts()})"
+    requests = f"openfinance_fix_requests_total{{{SOURCE_PROVIDER}"
+    outcomes = f"openfinance_fix_outcomes_total{{{SOURCE_PROVIDER}"
+    d = d.with_row(dash.Row("Repair funnel"))
+    for title, description, expr, w in (
+        ("Fix requests created", "Fix requests the repair loop created in the time range "
+         "(one per login and breakage episode; held ones included). Follows every filter.",
+         f"{funnel_step('requested')} or {none}", 4),
+        ("Fix requests delivered", "Fix requests the partner's endpoint accepted (2xx) in the time range.",
+         f'sum(increase({requests}, result="delivered"}}[$__range])) or {none}', 4),
+        ("Fixed logins", "Episodes whose request was delivered and whose login is back at ok, in "
+         "the time range.", f'sum(increase({outcomes}, outcome="fixed"}}[$__range])) or {none}',
+         4),
+        ("Rebroke within 7 days", "Fixed logins that broke again within 7 days, in the time range.",
+         f'sum(increase({outcomes}, outcome="rebroke"}}[$__range])) or {none}', 4),
+        ("Abandoned episodes", "Episodes still broken after remediation.retry_for plus abandon_after "
+         "although their request was delivered: the user did not act.",
+         f'sum(increase({outcomes}, outcome="abandoned"}}[$__range])) or {none}', 4),
+    ):
+        d = d.with_panel(_stat(title, f"{description} {_REPAIR_OFF}", "short",
+                               [_target(expr)], w=w, graph=False))
+    d = d.with_panel(_stat(
+        "Pending / held", "Fix requests waiting for delivery (retries included) and requests "
+        "held by the storm guard until an operator releases them (`openfinance-exporter "
+        f"remediation release`). {_REPAIR_OFF}", "short",
+        [_target(f"sum(openfinance_fix_requests_pending{{{AGENT}}}) or {none}", "pending"),
+         _target(f"sum(openfinance_fix_requests_held{{{HELD_FILTER}}}) or {none}", "held")],
+        thresholds=_steps((None, "text")), w=4, graph=False).text_mode(
+            common_model.BigValueTextMode.VALUE_AND_NAME))
+    d = d.with_panel(_timeseries(
+        "Repair funnel per hour", "Fix requests created and delivered, and the outcomes of "
+        f"delivered ones, per hour. {_REPAIR_OFF}", "short",
+        [_target(f"{funnel_step('requested', window='1h')} or {none}", "created"),
+         _target(f'sum(increase({requests}, result="delivered"}}[1h]))', "delivered"),
+         _target(f"sum by (outcome) (increase({outcomes}}}[1h]))", "{{outcome}}")]))
+    d = d.with_panel(_timeseries(
+        "Pending and held fix requests", "Requests waiting for delivery per source, and "
+        f"requests held by the storm guard per institution. {_REPAIR_OFF}", "short",
+        [_target(f"sum by (source) (openfinance_fix_requests_pending{{{AGENT}}}) "
+                 f"or 0 * sum by (source) ({accounts()})", "{{source}} pending"),
+         _target(f"sum by (source, institution) (openfinance_fix_requests_held{{{HELD_FILTER}}})",
+                 "{{source}} held at {{institution}}")]))
+    resolution = f"openfinance_fix_resolution_seconds_bucket{{{SOURCE_PROVIDER}}}"
+    d = d.with_panel(_table(
+        "Time to fix by category", "From a fix request's delivery to its login being back at "
+        "ok, over the time range: median, 90th percentile and the number fixed, by the "
+        "category the request was made for (credentials, user_action, mfa, oauth). Buckets "
+        f"run from 1 h to 30 d. Filtered by source and provider only. {_REPAIR_OFF}", "s",
+        [_table_target("histogram_quantile(0.5, sum by (provider, category, le) "
+                       f"(increase({resolution}[$__range])))"),
+         _table_target("histogram_quantile(0.9, sum by (provider, category, le) "
+                       f"(increase({resolution}[$__range])))"),
+         _table_target("sum by (provider, category) (increase(openfinance_fix_resolution_seconds"
+                       f"_count{{{SOURCE_PROVIDER}}}[$__range]))")],
+        rename={"Value #A": "Median", "Value #B": "p90", "Value #C": "Fixed",
+                "provider": "Provider", "category": "Category"},
+        order=["Provider", "Category", "Median", "p90", "Fixed"], sort_by="Fixed",
+        overrides={"Fixed": [_unit("short")]}))
+    d = d.with_panel(_timeseries(
+        "Median time to fix by category", "Median (p50) and p90 of request delivered → back "
+        "at ok over the trailing day, by category. Filtered by source and provider only. "
+        + _REPAIR_OFF, "s",
+        [_target("histogram_quantile(0.5, sum by (category, le) "
+                 f"(increase({resolution}[1d])))", "p50 {{category}}"),
+         _target("histogram_quantile(0.9, sum by (category, le) "
+                 f"(increase({resolution}[1d])))", "p90 {{category}}")]))
+    fixed_share = (f"{funnel_step('fixed', _FUNNEL_BY)} / ({funnel_step('requested', _FUNNEL_BY)}"
+                   " > 0)")
+    d = d.with_panel(_table(
+        "Repair funnel by institution and code", "Per institution and fixable code, over the "
+        "time range: fix requests created, episodes fixed and abandoned after a delivered "
+        "request, and the fixed share. Sorted by abandoned: the institutions and codes whose "
+        "users never fix their connection (the link may be broken for that bank, or the code "
+        "needs the user at the bank's own site). Code: the request's code for created, the "
+        "login's latest fixable code for fixed and abandoned. Small institutions folded by "
+        f"`tracker.institution_min_accounts` appear as `other`. {_REPAIR_OFF}", "short",
+        [_table_target(funnel_step("requested", _FUNNEL_BY)),
+         _table_target(funnel_step("fixed", _FUNNEL_BY)),
+         _table_target(funnel_step("abandoned", _FUNNEL_BY)),
+         _table_target(fixed_share)],
+        rename={"Value #A": "Created", "Value #B": "Fixed", "Value #C": "Abandoned",
+                "Value #D": "Fixed share", "institution": "Institution",
+                "institution_id": "Institution ID", "provider": "Provider", "source": "Source",
+                "code": "Code"},
+        order=["Institution", "Institution ID", "Provider", "Source", "Code", "Created",
+               "Fixed", "Abandoned", "Fixed share"],
+        sort_by="Abandoned", w=24,
+        overrides={"Fixed share": [
+            _unit("percentunit"),
+            _thresholds_value((None, "red"), (0.25, "orange"), (0.5, "green")),
+            _cell_color(common_model.TableCellDisplayMode.COLOR_TEXT)]}))
+    return d
+
+
 # --- Fleet overview ------------------------------------------------------------------------
 def fleet_overview() -> dash.Dashboard:
     guide = _code_guide()
@@ -531,6 +654,8 @@ def fleet_overview() -> dash.Dashboard:
         [_target("sum by (le) (openfinance_account_last_success_age_seconds_bucket"
                  f"{{{SOURCE_PROVIDER}}})", "{{le}}", instant=True, fmt=PromQueryFormat.HEATMAP)],
         thresholds=_steps((None, "blue"))))
+
+    d = _repair_funnel(d)
 
     d = d.with_row(dash.Row("Transitions and alerts"))
     d = d.with_panel(_timeseries(
@@ -820,21 +945,60 @@ def agent_health() -> dash.Dashboard:
          _target("sum by (source) (increase(openfinance_unknown_codes_total"
                  f"{{{AGENT}}}[$window])) or {up_fallback}", "{{source}} unknown codes")]))
 
-    d = d.with_row(dash.Row("Webhooks and fix requests"))
-    d = d.with_panel(_timeseries(
-        "Webhook events", "Webhook events received per sweep window, by kind and result.",
-        "short",
-        [_target("sum by (source, kind, result) (increase(openfinance_webhook_events_total"
-                 f"{{{AGENT}}}[$window]))", "{{source}} {{kind}} {{result}}"),
-         _target("sum by (source) (increase(openfinance_webhook_events_total"
-                 f"{{{AGENT}}}[$window])) or {up_fallback}", "{{source}} all events")]))
+    d = _push(d, up_fallback)
+
+    d = d.with_row(dash.Row("Repair loop"))
     d = d.with_panel(_timeseries(
         "Fix requests", "Repair-loop fix requests per sweep window, by result (delivered, "
         "retried, failed, held, dead). Zero unless remediation is switched on.", "short",
         [_target("sum by (source, result) (increase(openfinance_fix_requests_total"
                  f"{{{AGENT}}}[$window]))", "{{source}} {{result}}"),
          _target("sum by (source) (increase(openfinance_fix_requests_total"
-                 f"{{{AGENT}}}[$window])) or {up_fallback}", "{{source}} all")]))
+                 f"{{{AGENT}}}[$window])) or {up_fallback}", "{{source}} all")], w=24))
+    return d
+
+
+def _push(d: dash.Dashboard, up_fallback: str) -> dash.Dashboard:
+    """The "Push" row of the agent-health dashboard: webhook deliveries and their re-reads."""
+    events = f"openfinance_webhook_events_total{{{AGENT}"
+    off = "Zero unless the source has `webhooks:` configured."
+    d = d.with_row(dash.Row("Push"))
+    d = d.with_panel(_timeseries(
+        "Webhook events", "Webhook deliveries answered per sweep window, by kind and result "
+        "(accepted, duplicate, ignored; refused: bad_signature, unauthorized, too_large, "
+        f"malformed). {off}", "short",
+        [_target(f"sum by (source, kind, result) (increase({events}}}[$window]))",
+                 "{{source}} {{kind}} {{result}}"),
+         _target(f"sum by (source) (increase({events}}}[$window])) or {up_fallback}",
+                 "{{source}} all events")], legend_table=True))
+    d = d.with_panel(_timeseries(
+        "Rejected webhook deliveries", "Deliveries refused for a bad signature or wrong "
+        f"credentials in the alert's window ({WEBHOOK_REJECTED_WINDOW}); the dashed line is "
+        f"the OpenFinanceWebhookDeliveriesRejected threshold ({WEBHOOK_REJECTED_MIN}). With "
+        "no accepted events beside them, a secret rotated on one side only; with accepted "
+        f"events going on, someone probes the endpoint. {off}", "short",
+        [_target(f'sum by (source, result) (increase({events}, '
+                 f'result=~"bad_signature|unauthorized"}}[{WEBHOOK_REJECTED_WINDOW}])) '
+                 f"or {up_fallback}", "{{source}} {{result}}"),
+         _target(f'sum by (source) (increase({events}, result="accepted"}}'
+                 f"[{WEBHOOK_REJECTED_WINDOW}])) or {up_fallback}", "{{source}} accepted")],
+        threshold_line=_steps((None, "green"), (WEBHOOK_REJECTED_MIN, "red"))))
+    refresh = f"openfinance_push_refresh_duration_seconds_bucket{{{AGENT}}}"
+    d = d.with_panel(_timeseries(
+        "Webhook event to /metrics latency", "p50 and p99 over the sweep window of the time "
+        "from a webhook event's arrival to its owner's re-read applied to /metrics (target: "
+        f"p99 under 2 s). Empty while no event was applied. {off}", "s",
+        [_target(f"histogram_quantile(0.5, sum by (source, le) (rate({refresh}[$window])))",
+                 "p50 {{source}}"),
+         _target(f"histogram_quantile(0.99, sum by (source, le) (rate({refresh}[$window])))",
+                 "p99 {{source}}")]))
+    d = d.with_panel(_timeseries(
+        "Failed webhook re-reads", "Events whose owner re-read failed per sweep window: "
+        "retried (another attempt is scheduled) or given_up (still failing after "
+        "webhooks.give_up_after: acknowledged but not applied; the next sweep sees the owner). "
+        f"{off}", "short",
+        [_target("sum by (source, result) (increase(openfinance_push_refresh_failures_total"
+                 f"{{{AGENT}}}[$window])) or {up_fallback}", "{{source}} {{result}}")]))
     return d
 
 

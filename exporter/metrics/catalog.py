@@ -176,6 +176,17 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("state_accounts", "gauge", ("source",),
        "Accounts held in the state database.", "agent", from_snapshot=True),
     _m("build_info", "gauge", ("version",), "Build information; value 1.", "agent"),
+    _m("push_refresh_failures", "counter", ("source", "result"),
+       "Webhook events whose owner re-read failed, by result: retried (another attempt is "
+       "scheduled) or given_up (still failing after webhooks.give_up_after: acknowledged but "
+       "not applied; the next poll sees the owner).", "agent"),
+    _m("fix_institution_outcomes", "counter", (*FLEET_LABELS, "code", "outcome"),
+       "The repair funnel per institution and fixable code: requested (a fix request was "
+       "created, held ones included), fixed and abandoned (episodes whose request was "
+       "delivered, as in openfinance_fix_outcomes_total). code: the request's code for "
+       "requested, the login's latest fixable code for the outcomes. Institutions the fleet "
+       "metrics fold (tracker.institution_min_accounts) count as institution_id=\"other\".",
+       "agent"),
 )
 
 BY_NAME = {m.name: m for m in METRICS}

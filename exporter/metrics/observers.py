@@ -29,6 +29,8 @@ STATE_WRITE_REASONS = ("disk_full", "read_only", "locked", "corrupt", "io_error"
 FIX_KINDS = ("fix", "otp_each_refresh")
 FIX_RESULTS = ("delivered", "retried", "failed", "held", "dead")
 FIX_OUTCOMES = ("fixed", "rebroke", "abandoned")
+FIX_INSTITUTION_OUTCOMES = ("requested", "fixed", "abandoned")
+PUSH_FAILURE_RESULTS = ("retried", "given_up")
 
 
 def _instrument(s: MetricSpec, registry: CollectorRegistry) -> MetricWrapperBase:
@@ -44,6 +46,7 @@ class AgentMetrics:
                              for s in METRICS if not s.from_snapshot}
         self._held: set[tuple[str, str, str]] = set()
         self._pending_sources: set[str] = set()
+        self._funnel: set[tuple[str, str, str, str, str]] = set()
         self.instrument("build_info").labels(__version__).set(1)
 
     def instrument(self, short: str) -> MetricWrapperBase:
@@ -123,14 +126,19 @@ class AgentMetrics:
     # WebhookObserver (exporter.webhooks.observer)
     def webhooks_enabled(self, source: str) -> None:
         """Create a source's rejection series at zero so rate() and alerts work from the start."""
-        for result in ("bad_signature", "unauthorized"):
+        for result in ("bad_signature", "unauthorized", "accepted"):
             self._instruments["webhook_events"].labels(source, "unknown", result)
+        for result in PUSH_FAILURE_RESULTS:
+            self._instruments["push_refresh_failures"].labels(source, result)
 
     def webhook_event(self, source: str, kind: str, result: str) -> None:
         self._inc("webhook_events", source, kind, result)
 
     def push_refresh(self, source: str, seconds: float) -> None:
         self._instruments["push_refresh_duration_seconds"].labels(source).observe(seconds)
+
+    def push_refresh_failed(self, source: str, result: str, events: int) -> None:
+        self._instruments["push_refresh_failures"].labels(source, result).inc(events)
 
     # RemediationObserver (exporter.remediation.observer)
     def remediation_source(self, source: str, provider: str) -> None:
@@ -169,3 +177,16 @@ class AgentMetrics:
 
     def fix_event_ignored(self, source: str, reason: str) -> None:
         self._inc("fix_events_ignored", source, reason)
+
+    def fix_institution(self, source: str, provider: str, institution_id: str,
+                        institution: str, code: str, outcome: str | None) -> None:
+        """Count one step of an institution's repair funnel; ``None`` only creates its
+        series at zero (an episode opened), so increase() sees the first request."""
+        counter = self._instruments["fix_institution_outcomes"]
+        labels = (source, provider, institution_id, institution, code)
+        if labels not in self._funnel:
+            for each in FIX_INSTITUTION_OUTCOMES:
+                counter.labels(*labels, each)
+            self._funnel.add(labels)
+        if outcome is not None:
+            counter.labels(*labels, outcome).inc()

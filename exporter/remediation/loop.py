@@ -52,6 +52,8 @@ _PRUNE_AFTER = REBROKE_WINDOW + 86400.0
 _WRITE_BATCH = 1000
 _PRUNE_EVERY = 3600.0
 _QUEUE_BATCHES = 64
+FOLDED = "other"
+"""The tracker's institution_id (and name) for institutions folded below its size cap."""
 Effect = tuple[Any, ...]
 
 
@@ -59,6 +61,37 @@ class FixLinkSource(Protocol):
     """The part of ``exporter.sources.base.Source`` the loop uses."""
 
     async def fix_link(self, owner_id: str, login_id: str) -> str: ...
+
+
+class InstitutionLabels:
+    """The (institution_id, institution) labels the fleet metrics show for an institution,
+    read from the tracker's snapshot, so the per-institution funnel folds small institutions
+    into ``other`` exactly where ``openfinance_accounts`` does (bounded like it). A source
+    whose snapshot folds nothing (or that it does not hold yet) keeps the episode's labels."""
+
+    def __init__(self, snapshot: Callable[[], Any]):
+        self._snapshot = snapshot
+        self._seen: Any = None
+        self._shown: dict[str, dict[str, str]] = {}
+
+    def __call__(self, source: str, institution_id: str, institution: str) -> tuple[str, str]:
+        snap = self._snapshot()
+        if snap is not self._seen:
+            self._shown = {name: {row[0]: row[1] for row in agg.accounts}
+                           for name, agg in getattr(snap, "sources", {}).items()}
+            self._seen = snap
+        shown = self._shown.get(source, {})
+        if institution_id in shown:
+            return institution_id, shown[institution_id]
+        if FOLDED in shown:
+            return FOLDED, FOLDED
+        return institution_id, institution
+
+
+def funnel(ep: Episode, outcome: str | None) -> Effect:
+    """A step of the per-institution repair funnel (``None``: the series are created)."""
+    return ("funnel", ep.source, ep.provider, ep.institution_id, ep.institution, str(ep.code),
+            outcome)
 
 
 class RepairLoop:
@@ -75,6 +108,7 @@ class RepairLoop:
         self.snapshot = snapshot
         self.clock = clock
         self.observer = observer or NullRemediationObserver()
+        self.institution_labels = InstitutionLabels(snapshot)
         self.new_id = new_id
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="remediation")
         self.store = RemediationStore(db_path)
@@ -182,6 +216,11 @@ class RepairLoop:
                     o.fix_pending(counts)
                 case ("held", counts):
                     o.fix_held(counts)
+                case ("funnel", source, provider, institution_id, institution, code, outcome):
+                    o.fix_institution(source, provider,
+                                      *self.institution_labels(source, institution_id,
+                                                               institution),
+                                      code, outcome)
         for (source, reason), n in ignored.items():
             log.warning("account events that cannot open an episode source=%s reason=%s count=%d",
                         source, reason, n)
@@ -251,6 +290,7 @@ class RepairLoop:
             current[key] = ep
             by_account[(ev.source, ev.account_key)] = key
             if what == "opened":
+                effects.append(funnel(ep, None))
                 effects += self._rebroke(key, ev.at, fixed_here.get(key),
                                          fixed_before.get(key), rebroke_ids)
             elif what == "closed":
@@ -286,7 +326,7 @@ class RepairLoop:
         if ep.close_reason != "fixed" or ep.delivered_at is None or ep.outcome is not None:
             return []
         ep.outcome = "fixed"
-        return [("outcome", ep.source, ep.provider, "fixed"),
+        return [("outcome", ep.source, ep.provider, "fixed"), funnel(ep, "fixed"),
                 ("resolution", ep.source, ep.provider, ep.request_category or ep.category,
                  max(now - ep.delivered_at, 0.0))]
 
@@ -333,6 +373,7 @@ class RepairLoop:
             body = json.dumps(request_body(ep, request_id, kind), separators=(",", ":"),
                               ensure_ascii=False)
             batch.append((ep, request_id, kind, body, held))
+            effects.append(funnel(ep, "requested"))
             if held:
                 effects.append(("request", ep.source, ep.provider, kind, "held"))
             if len(batch) >= _WRITE_BATCH:
@@ -347,6 +388,7 @@ class RepairLoop:
         if gone:
             store.set_outcomes([ep.id for ep in gone], "abandoned")
             effects += [("outcome", ep.source, ep.provider, "abandoned") for ep in gone]
+            effects += [funnel(ep, "abandoned") for ep in gone]
         if now - self._pruned_at >= _PRUNE_EVERY:
             store.prune(now - _PRUNE_AFTER)
             self._pruned_at = now

@@ -5,7 +5,9 @@ Metrics (DESIGN.md): ``openfinance_fix_requests_total{source,provider,kind,resul
 ``openfinance_fix_requests_pending{source}``, ``openfinance_fix_requests_held{source,
 institution_id,institution}``, ``openfinance_fix_outcomes_total{source,provider,outcome}``,
 ``openfinance_fix_resolution_seconds{source,provider,category}``,
-``openfinance_fix_events_ignored_total{source,reason}``.
+``openfinance_fix_events_ignored_total{source,reason}``,
+``openfinance_fix_institution_outcomes_total{source,provider,institution_id,institution,code,
+outcome}``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Protocol
 REQUEST_RESULTS = ("delivered", "retried", "failed", "held", "dead")
 OUTCOMES = ("fixed", "rebroke", "abandoned")
 IGNORE_REASONS = ("no_login_id", "no_owner_id")
+INSTITUTION_OUTCOMES = ("requested", "fixed", "abandoned")
 
 
 class RemediationObserver(Protocol):
@@ -38,6 +41,12 @@ class RemediationObserver(Protocol):
     def fix_event_ignored(self, source: str, reason: str) -> None:
         """An account event that could not open an episode (``no_login_id`` …)."""
 
+    def fix_institution(self, source: str, provider: str, institution_id: str,
+                        institution: str, code: str, outcome: str | None) -> None:
+        """A step of one institution's repair funnel (:data:`INSTITUTION_OUTCOMES`), with
+        the labels the fleet metrics show (folded ones as ``other``); ``None``: an episode
+        opened there, its series can be created at zero."""
+
 
 class NullRemediationObserver:
     """Drops everything (tests, tools)."""
@@ -58,4 +67,8 @@ class NullRemediationObserver:
         pass
 
     def fix_event_ignored(self, source: str, reason: str) -> None:
+        pass
+
+    def fix_institution(self, source: str, provider: str, institution_id: str,
+                        institution: str, code: str, outcome: str | None) -> None:
         pass

@@ -1,7 +1,8 @@
 """What the push side reports, as a Protocol the metrics implement (no Prometheus here).
 
-``openfinance_webhook_events_total{source,kind,result}`` and
-``openfinance_push_refresh_duration_seconds{source}`` (DESIGN.md, "Push").
+``openfinance_webhook_events_total{source,kind,result}``,
+``openfinance_push_refresh_duration_seconds{source}`` (DESIGN.md, "Push") and
+``openfinance_push_refresh_failures_total{source,result}``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from typing import Protocol
 RESULTS = ("accepted", "duplicate", "bad_signature", "unauthorized", "too_large", "malformed",
            "ignored")
 """Every value of the ``result`` label."""
+
+REFRESH_FAILURES = ("retried", "given_up")
+"""Every value of the ``result`` label of push_refresh_failures."""
 
 
 class WebhookObserver(Protocol):
@@ -24,6 +28,10 @@ class WebhookObserver(Protocol):
     def push_refresh(self, source: str, seconds: float) -> None:
         """An event's re-read was applied, ``seconds`` after the event arrived."""
 
+    def push_refresh_failed(self, source: str, result: str, events: int) -> None:
+        """A re-read failed for ``events`` events: ``retried`` later, or ``given_up`` after
+        ``give_up_after`` (:data:`REFRESH_FAILURES`)."""
+
 
 class NullWebhookObserver:
     """Drops everything (tests, tools)."""
@@ -35,4 +43,7 @@ class NullWebhookObserver:
         pass
 
     def push_refresh(self, source: str, seconds: float) -> None:
+        pass
+
+    def push_refresh_failed(self, source: str, result: str, events: int) -> None:
         pass

@@ -196,12 +196,14 @@ class PushProcessor:
         if now - min(r.received_at for r in rows) >= self.give_up_after:
             log.warning("push: source=%s giving up on an owner's re-read after %d attempts "
                         "(the poll will see it): %s", key[0], attempts, type(exc).__name__)
+            self.observer.push_refresh_failed(key[0], "given_up", len(rows))
             await self.inbox.mark_done([r.id for r in rows], now)
             return
         delay = min(self.backoff_max, self.backoff * 2 ** (attempts - 1))
         at = now + delay * random.uniform(0.5, 1.0)
         log.warning("push: source=%s re-read failed (%s), retrying in %.1fs", key[0],
                     type(exc).__name__, at - now)
+        self.observer.push_refresh_failed(key[0], "retried", len(rows))
         retry = [PendingEvent(r.id, r.source, r.owner, r.kind, r.received_at, attempts, at)
                  for r in rows]
         self._pending[key] = retry + self._pending.get(key, [])

@@ -355,6 +355,10 @@ PARAMETERS_OF = {
     "OpenFinanceFixRequestsHeld": ("fix_held_for", [], []),
     "OpenFinanceFixRequestsDeadLettered": ("fix_dead_for", [], ["fix_dead_window"]),
     "OpenFinanceFixDeliveryFailing": ("fix_delivery_failing_for", [], ["fix_delivery_window"]),
+    "OpenFinanceWebhookDeliveriesRejected": (
+        "webhook_rejected_for", ["webhook_rejected_min"], ["webhook_rejected_window"]),
+    "OpenFinanceWebhooksSilent": ("webhook_silent_for", [], ["webhook_silent_window"]),
+    "OpenFinancePushEventsGivenUp": ("push_given_up_for", [], ["push_given_up_window"]),
     # Institution health: the state's thresholds live in its recording rules.
     "OpenFinanceInstitutionDownWhileDeclaredOnline": ("declared_online_down_for", [], []),
     "OpenFinanceInstitutionOutageDuringMaintenance": (
@@ -402,3 +406,11 @@ def test_exporter_down_watches_the_configured_job():
     assert selectors
     for vs in selectors:
         assert [(m.name, m.value) for m in vs.matchers.matchers] == [("job", DEFAULTS["exporter_job"])]
+
+
+def test_webhooks_silent_looks_back_exactly_its_window_for_a_configured_source():
+    """The offset that proves the source took webhooks a whole window ago is that window."""
+    nodes = _walk(RULES["OpenFinanceWebhooksSilent"]["expr"])
+    offsets = {n.offset.total_seconds() for n in nodes
+               if isinstance(n, pq.VectorSelector) and n.offset is not None}
+    assert offsets == {_duration(DEFAULTS["webhook_silent_window"]).total_seconds()}

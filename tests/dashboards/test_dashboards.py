@@ -373,6 +373,7 @@ def _panel(name: str, title: str) -> dict:
     ("openfinance-institution.json", "OTP suspects", "otp_min_accounts"),
     ("openfinance-agent-health.json", "Time since last successful sweep", "stale_after_seconds"),
     ("openfinance-agent-health.json", "Since last successful sweep", "stale_after_seconds"),
+    ("openfinance-agent-health.json", "Rejected webhook deliveries", "webhook_rejected_min"),
 ])
 def test_thresholds_match_the_alert_defaults(name, title, parameter):
     assert ALERT_DEFAULTS[parameter] in _threshold_values(_panel(name, title))
@@ -451,3 +452,11 @@ def test_iter_queries_lists_every_target():
     targets = sum(len(p["targets"]) for p in generate.iter_panels(data))
     assert len(generate.iter_queries(data)) == targets
     assert all(title and expr for title, expr in generate.iter_queries(data))
+
+
+def test_push_and_repair_panel_lists_name_existing_panels():
+    """The live test skips these panels' real-series check (push and remediation are off
+    there), so a renamed panel must not silently leave the list."""
+    titles = {p["title"] for name in DASHBOARD_FILES for p in generate.iter_panels(COMMITTED[name])}
+    assert titles >= generate.PUSH_AND_REPAIR
+    assert titles >= generate.MAY_BE_EMPTY

@@ -35,8 +35,8 @@ DASHBOARD_FILES = sorted(p.name for p in DASHBOARDS_DIR.glob("*.json"))
 _PROVIDER = {"units": 120, "institutions": 8, "otp": {"loop_share": 0.12, "relapse_share": 0.08}}
 SCENARIO: dict[str, Any] = {"finicity": _PROVIDER, "mx": _PROVIDER}
 GRAFANA_REGEX_SPECIAL = set("$^*{}[]'+?.()|\\")
-# Panels about events this run never produces: the agent here receives no webhooks.
-NOT_IN_THIS_RUN = frozenset({"Webhook events", "Fix requests"})  # push, repair loop: off here
+# Panels about events this run never produces: push and the repair loop are off here.
+NOT_IN_THIS_RUN = generate.PUSH_AND_REPAIR
 
 
 def grafana_regex(value: str) -> str:

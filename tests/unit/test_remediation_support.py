@@ -86,6 +86,7 @@ class Recorder:
         self.pending_now: dict = {}
         self.held_now: dict = {}
         self.ignored_events: list[tuple[str, str]] = []
+        self.funnel: list[tuple[str, str, str, str, str, str | None]] = []
 
     def fix_request(self, source, provider, kind, result):
         self.requests.append((source, provider, kind, result))
@@ -104,6 +105,14 @@ class Recorder:
 
     def fix_event_ignored(self, source, reason):
         self.ignored_events.append((source, reason))
+
+    def fix_institution(self, source, provider, institution_id, institution, code, outcome):
+        self.funnel.append((source, provider, institution_id, institution, code, outcome))
+
+    def steps(self, outcome: str | None = None) -> list[tuple[str, str, str]]:
+        """(institution_id, code, outcome) of the funnel steps counted (not created)."""
+        return [(f[2], f[4], f[5]) for f in self.funnel
+                if f[5] is not None and (outcome is None or f[5] == outcome)]
 
     def results(self, result: str) -> int:
         return sum(1 for r in self.requests if r[3] == result)

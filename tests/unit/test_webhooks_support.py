@@ -27,6 +27,7 @@ class RecordingObserver:
         self.events: Counter[tuple[str, str, str]] = Counter()
         self.refreshes: list[tuple[str, float]] = []
         self.enabled: list[str] = []
+        self.failures: Counter[tuple[str, str]] = Counter()
 
     def webhooks_enabled(self, source: str) -> None:
         self.enabled.append(source)
@@ -36,6 +37,9 @@ class RecordingObserver:
 
     def push_refresh(self, source: str, seconds: float) -> None:
         self.refreshes.append((source, seconds))
+
+    def push_refresh_failed(self, source: str, result: str, events: int) -> None:
+        self.failures[(source, result)] += events
 
 
 class FakeSource:
