@@ -767,7 +767,16 @@ def institution() -> dash.Dashboard:
         "across aggregators by its institution key (home-page domain or name; "
         "`openfinance_institution_key_info`). Under 50 % is down, under 90 % degraded.",
         "percentunit", [_target(HEALTH_BY_KEY, "{{provider}} {{source}} ({{key}})")], max_val=1,
-        threshold_line=_steps((None, "red"), (0.5, "orange"), (0.9, "green")), w=24))
+        threshold_line=_steps((None, "red"), (0.5, "orange"), (0.9, "green"))))
+    d = d.with_panel(_timeseries(
+        "Refresh lag: age of the last successful aggregation", "The bank's accounts by how "
+        "long ago they last aggregated successfully, per aggregator (source): normal (within "
+        "2 days), delayed (within 7 days), stopped (older), never. When normal is under half "
+        "the accounts, refresh is delayed (Plaid's refresh interval); "
+        "`institution_state:openfinance_refresh_state:info` records it. Read from the agent's "
+        "state every `health.refresh_lag_interval` (5 min).", "short",
+        [_target(f"sum by (source, refresh) (openfinance_institution_refresh_accounts{{{FLEET}}})",
+                 "{{source}} {{refresh}}")], stack=True))
 
     d = d.with_row(dash.Row("Transitions"))
     d = d.with_panel(_timeseries(
