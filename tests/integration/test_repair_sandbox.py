@@ -40,6 +40,8 @@ SCENARIO = {
     "finicity": {"units": 300, "outage": {"share": 0.5}, "maintenance": {"enabled": False}},
     "mx": {"units": 200, "outage": {"share": 0.5}},
     "rates": {"noise": 0.08},
+    # when the sandbox plays the partner's receiver: every user fixes, a night later
+    "users": {"fix_share": 1.0, "fix_after_nights": 1, "request_secret": SECRET},
 }
 
 Login = tuple[str, str, str]  # provider, owner, login
@@ -167,6 +169,11 @@ def test_one_request_per_login_and_episode_against_the_sandboxs_truth(rig):
                     and value(agent, "openfinance_fix_requests_pending") == 0)
         next_sweeps(agent)
         wait_for(delivered, 90, f"night {night}'s requests")
+        # Requests the test did not predict (a login moving from one broken code to a
+        # fixable one) are created at the evaluation after a sweep: two more sweeps, so that
+        # every one of this night's requests has arrived before the next night.
+        next_sweeps(agent)
+        wait_for(delivered, 90, f"night {night}'s requests")
         if night == KILL_NIGHT:
             resent_after_kill = len(received(receiver)) - killed_at
     next_sweeps(agent)
@@ -210,21 +217,24 @@ def test_the_storm_guard_holds_above_its_limit_until_released(rig):
     receiver.night = 1
     sandbox.advance(1)
     next_sweeps(agent)
-    wait_for(lambda: value(agent, "openfinance_fix_requests_total", result="held") > 0
-             and value(agent, "openfinance_fix_requests_pending") == 0, 60, "held requests")
 
     def per_institution() -> dict[tuple[str, str], int]:
         out: dict[tuple[str, str], int] = defaultdict(int)
         for _night, body in received(receiver).values():
             out[(body["source"], body["institution_id"])] += 1
         return out
-    sent = per_institution()
+
+    def held_now() -> dict[tuple[str, str], float]:
+        return {(labels["source"], labels["institution_id"]): v
+                for labels, v in agent.scrape().get("openfinance_fix_requests_held", []) if v}
+    # Held only above the limit: two sent for every institution with held requests.
+    wait_for(lambda: held_now() and all(per_institution().get(at) == 2 for at in held_now())
+             and value(agent, "openfinance_fix_requests_pending") == 0, 60, "held requests")
+    next_sweeps(agent)
+    sent, held = per_institution(), held_now()
     assert sent and max(sent.values()) <= 2, sent
-    held = {(labels["source"], labels["institution_id"]): v
-            for labels, v in agent.scrape().get("openfinance_fix_requests_held", []) if v}
-    assert held and sum(held.values()) == value(agent, "openfinance_fix_requests_total",
-                                                result="held")
-    assert all(sent.get(at) == 2 for at in held), "held only above the limit"
+    assert all(sent.get(at) == 2 for at in held), (sent, held)
+    assert sum(held.values()) == value(agent, "openfinance_fix_requests_total", result="held")
 
     listing = subprocess.run([*EXPORTER, "remediation", "held", "--config.file", str(config)],
                              capture_output=True, text=True, cwd=REPO, timeout=60)
@@ -240,3 +250,41 @@ def test_the_storm_guard_holds_above_its_limit_until_released(rig):
              "the released requests delivered")
     others = {at: n for at, n in per_institution().items() if at != (source, institution)}
     assert others == {at: n for at, n in sent.items() if at != (source, institution)}
+
+
+def test_outcomes_counted_as_the_sandboxs_users_fix_with_generated_links(rig):
+    """The sandbox as the partner's receiver (it checks the signature); links generated at
+    delivery (Finicity Connect Fix URL, MX widget URL); its users follow them a night later."""
+    sandbox, new_receiver, start, tmp_path = rig
+    receiver = new_receiver()  # not used: the endpoint is the sandbox's
+    config = write_config(tmp_path, sandbox, receiver, link="generate", storm_min=10_000)
+    doc = yaml.safe_load(config.read_text())
+    doc["remediation"]["endpoint"] = f"{sandbox.url}/sandbox/partner/fix-requests"
+    config.write_text(yaml.safe_dump(doc))
+    agent = start(config, "agent")
+    agent.wait_sweeps({name: 1 for name in SOURCES})
+    next_sweeps(agent)
+
+    def users() -> dict:
+        return httpx.get(f"{sandbox.url}/sandbox/partner/fix-requests", timeout=30).json()
+    sandbox.advance(1)
+    next_sweeps(agent)
+    wait_for(lambda: users()["counts"].get("accepted", 0) > 0
+             and value(agent, "openfinance_fix_requests_pending") == 0, 60, "requests received")
+    for _ in range(2):
+        sandbox.advance(1)
+        next_sweeps(agent)
+    wait_for(lambda: users()["results"]["fixed"] > 0, 60, "the users' repairs")
+    got = users()
+    assert got["counts"].get("bad_signature", 0) == 0 and got["counts"].get("malformed", 0) == 0
+    assert got["counts"]["accepted"] == value(agent, "openfinance_fix_requests_total",
+                                              result="delivered")
+    fixed_by_users = got["results"]["fixed"]
+    assert {r["provider"] for r in got["requests"]
+            if r["result"] and r["result"].get("fixed")} == {"finicity", "mx"}
+    # Every user's repair is an episode back at ok: counted fixed (so are self-healed ones).
+    wait_for(lambda: value(agent, "openfinance_fix_outcomes_total", outcome="fixed")
+             >= fixed_by_users, 60, "the users' repairs counted")
+    assert value(agent, "openfinance_fix_resolution_seconds_count") >= fixed_by_users
+    print(f"delivered {got['counts']['accepted']}, users fixed {fixed_by_users}, agent counted "
+          f"{value(agent, 'openfinance_fix_outcomes_total', outcome='fixed'):.0f} fixed")
