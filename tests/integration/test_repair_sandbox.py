@@ -1,7 +1,7 @@
 """The repair loop against the sandbox's truth, night by night (real agent, real sandbox, a
 real local receiver; the sandbox's per-login truth is ``GET /sandbox/truth/logins``).
 
-- Over eight nights, including a SIGKILL of the agent while it is delivering a night's
+- Over five nights, including a SIGKILL of the agent while it is delivering a night's
   requests: every login that goes from ok to a fixable code gets its request that night;
   every request names a login the sandbox shows at a fixable code then; a login gets a
   second request only after the sandbox showed it healed in between (one per episode);
@@ -30,15 +30,16 @@ from tests.integration.test_repair_loop import SECRET, SOURCES, Receiver, signat
 
 pytestmark = pytest.mark.integration
 
-NIGHTS = 8
-KILL_NIGHT = 2
+NIGHTS = 5
+KILL_NIGHT = 1
 CLOSED = {"finicity": "913", "mx": "CLOSED"}
 OK = {"finicity": "0", "mx": "CONNECTED"}
 # Half of the outage institution's logins fail (still an outage by the alert's rule), and
 # more noise than usual, so that some of its other logins break with fixable codes meanwhile.
+OUTAGE = {"share": 0.5, "start_night": 2, "nights": 2}  # down on nights 2 and 3
 SCENARIO = {
-    "finicity": {"units": 300, "outage": {"share": 0.5}, "maintenance": {"enabled": False}},
-    "mx": {"units": 200, "outage": {"share": 0.5}},
+    "finicity": {"units": 300, "outage": OUTAGE, "maintenance": {"enabled": False}},
+    "mx": {"units": 200, "outage": OUTAGE},
     "rates": {"noise": 0.08},
     # when the sandbox plays the partner's receiver: every user fixes, a night later
     "users": {"fix_share": 1.0, "fix_after_nights": 1, "request_secret": SECRET},
