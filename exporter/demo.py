@@ -2,7 +2,10 @@
 
 The demo runs the sandbox and the real agent in one process and one event loop, talking
 over real HTTP on loopback, so it exercises the same client code as production. No
-credentials are needed: the sandbox's fixed, public ones are used.
+credentials are needed: the sandbox's fixed, public ones are used. Both directions are
+wired (:class:`DemoWiring`): the sandbox pushes its webhooks to the agent's webhook
+listener, and the agent's repair loop sends its fix requests to the sandbox, whose users
+fix some of the logins on later nights.
 """
 
 from __future__ import annotations
