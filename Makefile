@@ -1,5 +1,6 @@
 # One command each, doing all of its own set-up on a fresh machine with Python 3.11+:
-#   make demo   - the built-in sandbox plus the agent (no credentials): http://127.0.0.1:9877/metrics
+#   make demo   - the built-in sandbox plus the agent, push and the repair loop wired (no
+#                 credentials): http://127.0.0.1:9877/metrics, webhooks on 127.0.0.1:9879
 #   make test   - installs Python packages, Prometheus, Alertmanager and helm, then runs every test
 PYTHON ?= python3
 VENV   := .venv

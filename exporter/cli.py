@@ -68,8 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
                       help="scenario YAML (default: the built-in one)")
     demo.add_argument("--sandbox.night-seconds", dest="night_seconds", type=float,
                       default=None, metavar="S", help="real seconds per sandbox night")
-    demo.add_argument("--sweep.interval", dest="sweep_interval", type=float, default=5.0,
-                      metavar="S", help="seconds between sweeps (default 5)")
+    demo.add_argument("--sweep.interval", dest="sweep_interval", type=float, default=60.0,
+                      metavar="S", help="seconds between sweeps (default 60: the sandbox's "
+                                        "webhooks move /metrics in between)")
+    demo.add_argument("--webhooks.listen-address", dest="webhook_address",
+                      default="127.0.0.1:9879", metavar="ADDR",
+                      help="the agent's webhook listener, where the sandbox pushes its events "
+                           "and fix links (/fix/<token>) are served")
+    demo.add_argument("--remediation.link", dest="remediation_link", default="redirect",
+                      choices=("redirect", "generate", "none"),
+                      help="links in the fix requests sent to the sandbox's users")
+    demo.add_argument("--sandbox.fix-share", dest="fix_share", type=float, default=None,
+                      metavar="SHARE", help="share of users who fix after a fix request "
+                                            "(default: the scenario's users.fix_share)")
+    demo.add_argument("--sandbox.fix-after-nights", dest="fix_after_nights", type=int,
+                      default=None, metavar="N",
+                      help="nights after its fix request a user fixes (default: the "
+                           "scenario's users.fix_after_nights)")
     demo.add_argument("--state.path", dest="state_path", default=None, metavar="PATH",
                       help="state database (default: a temporary file)")
 

@@ -2,18 +2,23 @@
 
 The demo runs the sandbox and the real agent in one process and one event loop, talking
 over real HTTP on loopback, so it exercises the same client code as production. No
-credentials are needed: the sandbox's fixed, public ones are used.
+credentials are needed: the sandbox's fixed, public ones are used. Both directions are
+wired (:class:`DemoWiring`): the sandbox pushes its webhooks to the agent's webhook
+listener, and the agent's repair loop sends its fix requests to the sandbox, whose users
+fix some of the logins on later nights.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter.config import Settings
-from exporter.sandbox import credentials
+from exporter.sandbox import credentials, runtime_of
 from exporter.server import http_server, serve_until_signal, split_listen_address
 
 log = logging.getLogger(__name__)
@@ -49,19 +54,90 @@ def sandbox_config(sandbox_url: str, *, state_path: Path, interval: float,
     }
 
 
+DEMO_MX_WEBHOOK_USERNAME = "demo-mx"
+
+
+@dataclass(frozen=True)
+class DemoWiring:
+    """How the demo connects the sandbox and the agent both ways: the sandbox pushes its
+    webhooks to the agent's webhook listener (``hooks_url``), and the agent's repair loop
+    sends its fix requests to the sandbox, which plays the partner's receiver and its users.
+    The two secrets are fresh for every run and shared by both sides only."""
+
+    sandbox_url: str  # how the agent reaches the sandbox
+    hooks_url: str  # how the sandbox (and users' browsers) reach the agent's webhook listener
+    webhook_address: str  # the agent's webhook listener (listen address)
+    link: str = "redirect"  # remediation.link
+    mx_password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    request_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+
+    def scenario_overrides(self, fix_share: float | None = None,
+                           fix_after_nights: int | None = None) -> dict:
+        """The sandbox's side: where its webhooks go (the Finicity ones signed with its
+        partner secret, which is the agent's source secret too; MX with HTTP Basic) and the
+        secret its users' receiver checks on every fix request."""
+        users: dict = {"request_secret": self.request_secret}
+        if fix_share is not None:
+            users["fix_share"] = fix_share
+        if fix_after_nights is not None:
+            users["fix_after_nights"] = fix_after_nights
+        return {
+            "webhooks": {"finicity_url": f"{self.hooks_url}/webhooks/finicity-sandbox",
+                         "mx_url": f"{self.hooks_url}/webhooks/mx-sandbox",
+                         "mx_username": DEMO_MX_WEBHOOK_USERNAME,
+                         "mx_password": self.mx_password},
+            "users": users,
+        }
+
+    def agent_config(self, config: dict) -> dict:
+        """The agent's side, added to a :func:`sandbox_config`: the webhook listener, each
+        source's webhook credentials, and the repair loop pointed at the sandbox's users.
+
+        Sandbox nights are short, so a real hour holds many nights' worth of new breakages:
+        the storm guard's floor is raised to match (about a month of demo nights)."""
+        out = {**config, "webhooks": {"listen_address": self.webhook_address}}
+        out["sources"] = [
+            {**src, "webhooks": ({} if src["provider"] == "finicity" else
+                                 {"webhook_username": DEMO_MX_WEBHOOK_USERNAME,
+                                  "webhook_password": self.mx_password})}
+            for src in config["sources"]]
+        out["remediation"] = {
+            "enabled": True, "endpoint": f"{self.sandbox_url}/sandbox/partner/fix-requests",
+            "secret": self.request_secret, "link": self.link,
+            "public_url": self.hooks_url, "evaluate_interval": "2s",
+            "backoff_base": "1s", "backoff_max": "30s", "storm_min": 2000,
+            # the sandbox's users all click at the night boundary
+            "click_rate_global": 500,
+        }
+        return out
+
+
 def sandbox_settings(sandbox_url: str, *, state_path: Path, interval: float,
-                     listen_address: str, telemetry_path: str = "/metrics") -> Settings:
-    """The demo's agent settings: :func:`sandbox_config` served on ``listen_address``."""
+                     listen_address: str, telemetry_path: str = "/metrics",
+                     wiring: DemoWiring | None = None) -> Settings:
+    """The demo's agent settings: :func:`sandbox_config` served on ``listen_address``, with
+    push and the repair loop when ``wiring`` is given."""
     config = sandbox_config(sandbox_url, state_path=state_path, interval=interval)
+    if wiring is not None:
+        config = wiring.agent_config(config)
     return Settings(**config,
                     web={"listen_address": listen_address, "telemetry_path": telemetry_path})
 
 
-def _sandbox_app(scenario_path: str | None, night_seconds: float | None):
+def _local(address: str) -> str:
+    """``http://host:port`` for a listen address, as a local client reaches it."""
+    host, port = split_listen_address(address)
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _sandbox_app(scenario_path: str | None, night_seconds: float | None,
+                 extra: dict | None = None):
     from exporter.sandbox.app import create_app
     from exporter.sandbox.scenario import load_scenario
 
     overrides = {} if night_seconds is None else {"night_seconds": night_seconds}
+    overrides.update(extra or {})
     scenario = load_scenario(scenario_path, overrides)
     return create_app(scenario), scenario
 
@@ -85,56 +161,78 @@ async def run_demo(args) -> int:
     from exporter.agent import Agent
 
     night_seconds = DEMO_NIGHT_SECONDS if args.night_seconds is None else args.night_seconds
-    app, _scenario = _sandbox_app(args.scenario, night_seconds)
-    sandbox_address = args.sandbox_address
-    s_host, s_port = split_listen_address(sandbox_address)
-    connect_host = "127.0.0.1" if s_host in ("0.0.0.0", "::") else s_host
+    sandbox_url = _local(args.sandbox_address)
     listen = args.listen_address or "127.0.0.1:9877"
+    hooks_address = args.webhook_address
+    wiring = DemoWiring(sandbox_url, _local(hooks_address), hooks_address,
+                        link=args.remediation_link)
+    app, scenario = _sandbox_app(args.scenario, night_seconds, wiring.scenario_overrides(
+        args.fix_share, args.fix_after_nights))
     with tempfile.TemporaryDirectory(prefix="openfinance-demo-") as tmp:
         state_path = Path(args.state_path) if args.state_path else Path(tmp) / "state.db"
-        settings = sandbox_settings(f"http://{connect_host}:{s_port}", state_path=state_path,
+        settings = sandbox_settings(sandbox_url, state_path=state_path,
                                     interval=args.sweep_interval, listen_address=listen,
-                                    telemetry_path=args.telemetry_path or "/metrics")
-        sandbox = http_server(app, sandbox_address)
+                                    telemetry_path=args.telemetry_path or "/metrics",
+                                    wiring=wiring)
+        sandbox = http_server(app, args.sandbox_address)
         agent = Agent(settings)
-        server = agent.http_server(listen)
-        a_host, a_port = split_listen_address(listen)
-        shown = "127.0.0.1" if a_host in ("0.0.0.0", "::") else a_host
-        banner = _banner(f"http://{shown}:{a_port}", f"http://{connect_host}:{s_port}",
-                         settings, night_seconds)
+        servers = [sandbox, *agent.http_servers(listen)]
+        banner = _banner(_local(listen), sandbox_url, wiring, settings, scenario)
 
         async def start_agent_once_sandbox_is_up() -> None:
-            while not sandbox.started:
+            while not all(s.started for s in servers):
                 await asyncio.sleep(0.05)
             await agent.start()
             print(banner, flush=True)
 
         starter = asyncio.create_task(start_agent_once_sandbox_is_up())
         try:
-            await serve_until_signal([sandbox, server])
+            await serve_until_signal(servers)
         finally:
             starter.cancel()
             await asyncio.gather(starter, return_exceptions=True)
             await agent.stop()
+            await runtime_of(app).close()
     return 0
 
 
-def _banner(agent_url: str, sandbox_url: str, settings: Settings, night_seconds: float) -> str:
+def _banner(agent_url: str, sandbox_url: str, wiring: DemoWiring, settings: Settings,
+            scenario) -> str:
     path = settings.web.telemetry_path
+    users = scenario.users
+    interval = settings.sources[0].schedule.interval
+    nights = (f"a new sandbox night every {scenario.night_seconds:g} s" if scenario.night_seconds
+              else f"nights advance only with curl -X POST {sandbox_url}/sandbox/advance")
+    after = ("the same night" if users.fix_after_nights == 0 else
+             f"{users.fix_after_nights} night(s) later" if users.fix_after_max_nights is None
+             else f"{users.fix_after_nights} to {users.fix_after_max_nights} nights later")
     return f"""
 openfinance-exporter demo: the built-in sandbox plus the agent, no credentials needed.
 
-  metrics        {agent_url}{path}
-  sandbox        {sandbox_url}/sandbox/state   (ground truth: {sandbox_url}/sandbox/truth)
-  schedule       a sweep of each source every {settings.sources[0].schedule.interval:g} s;
-                 a new sandbox night every {night_seconds:g} s
+  metrics          {agent_url}{path}
+  status page      {agent_url}/status
+  webhook listener {wiring.hooks_url}/webhooks/finicity-sandbox, …/webhooks/mx-sandbox
+                   (the sandbox pushes its Finicity and MX webhooks here; fix links:
+                   {wiring.hooks_url}/fix/<token>)
+  sandbox          {sandbox_url}/sandbox/state   (ground truth: {sandbox_url}/sandbox/truth)
+  partner's users  {sandbox_url}/sandbox/partner/fix-requests (fix requests received)
+  sandbox webhooks {sandbox_url}/sandbox/webhooks (events sent to the agent)
+  schedule         a sweep of each source every {interval:g} s; {nights}
+  repair loop      link: {wiring.link}; {users.fix_share:.0%} of users fix {after}
 
-What to look at (curl -s {agent_url}{path} | grep …), within a couple of minutes:
+What to look at (curl -s {agent_url}{path} | grep …):
+  openfinance_webhook_events_total            webhooks pushed by the sandbox: each moves
+                                               its owner's series within seconds, between
+                                               sweeps (openfinance_push_refresh_duration_seconds)
+  openfinance_fix_requests_total{{result="delivered"}}
+                                               one fix request per broken login, sent to the
+                                               sandbox's users after the first night
+  openfinance_fix_outcomes_total{{outcome="fixed"}}
+                                               the users who fixed (their `done` webhook
+                                               closes the episode at once)
   openfinance_accounts{{category="institution"}}  an institution outage (9xx / DEGRADED)
-                                                   starts on a later night
-  openfinance_otp_suspected_accounts               accounts stuck in a repeated-185 loop
-                                                   (three nights of MFA in a row)
-  openfinance_fixable_accounts                     what Connect Fix could repair now
-  openfinance_sweeps_total                         the agent's own health
+                                               starts on a later night
+  openfinance_otp_suspected_accounts           accounts stuck in a repeated-185 loop
+  openfinance_sweeps_total                     the agent's own health
 Stop with Ctrl-C.
 """

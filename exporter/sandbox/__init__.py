@@ -50,7 +50,7 @@ HTTP API (client base URLs: ``http://HOST:PORT/finicity`` and ``http://HOST:PORT
   :mod:`exporter.sandbox.connect`).
 - Control (no auth, never faulted): ``GET /sandbox/state`` (night, mode, outages, OTP
   institutions, fleet and institutions, refresh_calls, credentials), ``POST
-  /sandbox/advance?nights=N`` (→ state), ``GET /sandbox/truth?observed_from=K`` (per
+  /sandbox/advance?nights=N`` (→ state), ``GET /sandbox/truth?observed_from=K`` and ``GET /sandbox/truth/logins?provider=`` (per
   (provider, institution_id, institution, code, category): accounts and fixable; OTP
   suspects per (provider, institution_id); totals), ``GET /sandbox/stats`` (requests and
   responses by route template, refresh calls, injected faults, auth failures), ``POST

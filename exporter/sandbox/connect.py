@@ -178,6 +178,14 @@ def _user_acts(request_id: str, share: float) -> bool:
     return h / 2 ** 64 < share
 
 
+def _user_delay(request_id: str, least: int, most: int | None) -> int:
+    """How many nights after the request this user acts (deterministic per request id)."""
+    if most is None or most <= least:
+        return least
+    h = int.from_bytes(hashlib.sha256(b"delay:" + request_id.encode()).digest()[:8], "big")
+    return least + h % (most - least + 1)
+
+
 async def receive_fix_request(rt: SandboxRuntime, request: Request) -> Response:
     """``POST /sandbox/partner/fix-requests``: the partner's receiver of fix requests."""
     raw = await request.body()
@@ -210,26 +218,32 @@ async def receive_fix_request(rt: SandboxRuntime, request: Request) -> Response:
                             status_code=422)
     night, users = rt.clock.night, rt.scenario.users
     acts = _user_acts(request_id, users.fix_share)
+    delay = _user_delay(request_id, users.fix_after_nights, users.fix_after_max_nights)
     fix_request = FixRequest(request_id, sim.provider, k, link if isinstance(link, str) else None,
-                             night, night + users.fix_after_nights if acts else None)
+                             night, night + delay if acts else None,
+                             owner_id=owner_id(sim, k), login_id=connection_id(sim, k),
+                             institution_id=sim.institutions[sim.conn_inst[k]].id,
+                             kind=str(body.get("kind")), code=str(body.get("code")))
     rt.fix_requests.add(fix_request)
     rt.fix_request_counts["accepted"] += 1
-    if acts and users.fix_after_nights == 0:
+    if acts and delay == 0:
         rt.background(users_act(rt))
     return JSONResponse({"accepted": True, **fix_request.public()})
 
 
-async def _follow(rt: SandboxRuntime, url: str, http: httpx.AsyncClient) -> ConnectLink | None:
-    """The sandbox link a fix request's ``link`` leads to, through at most 5 redirects."""
+async def _follow(rt: SandboxRuntime, url: str, http: httpx.AsyncClient
+                  ) -> ConnectLink | str:
+    """The sandbox link a fix request's ``link`` leads to, through at most 5 redirects, or
+    why not (e.g. ``HTTP 410``: the agent found nothing left to fix)."""
     for _ in range(6):
         match = _PAGE_RE.fullmatch(urlsplit(url).path)
         if match is not None:
-            return rt.links.get(match.group(1))
+            return rt.links.get(match.group(1)) or "an unknown sandbox link"
         response = await http.get(url, follow_redirects=False)
         if not response.is_redirect:
-            return None
+            return f"HTTP {response.status_code} instead of a redirect to a repair page"
         url = urljoin(url, response.headers["location"])
-    return None
+    return "too many redirects"
 
 
 async def users_act(rt: SandboxRuntime) -> int:
@@ -248,14 +262,12 @@ async def users_act(rt: SandboxRuntime) -> int:
             try:
                 link = await _follow(rt, fix_request.link, http)
             except httpx.HTTPError as exc:
-                link, error = None, type(exc).__name__
-            else:
-                error = "the link does not lead to a repair page"
-            usable = link is not None and link.unusable(rt.clock.now()) is None
-            if link is None or not usable:
+                link = type(exc).__name__
+            if isinstance(link, ConnectLink) and link.unusable(rt.clock.now()) is not None:
+                link = f"link {link.unusable(rt.clock.now())}"
+            if isinstance(link, str):
                 rt.fix_request_counts["link_failed"] += 1
-                fix_request.result = {"fixed": False, "error": error if link is None
-                                      else f"link {link.unusable(rt.clock.now())}"}
+                fix_request.result = {"fixed": False, "error": link}
                 continue
             fix_request.result = complete(rt, link)
     return len(due)
@@ -268,7 +280,16 @@ async def new_night(rt: SandboxRuntime) -> None:
 
 
 async def list_fix_requests(rt: SandboxRuntime, request: Request) -> Response:
+    results: dict[str, int] = {"fixed": 0, "nothing_to_fix": 0, "waiting": 0, "never": 0}
+    for r in rt.fix_requests.all():
+        if r.due_night is None:
+            results["never"] += 1
+        elif r.result is None or r.result.get("in_progress"):
+            results["waiting"] += 1
+        else:
+            results["fixed" if r.result.get("fixed") else "nothing_to_fix"] += 1
     return JSONResponse({"counts": dict(sorted(rt.fix_request_counts.items())),
+                         "results": results,
                          "requests": [r.public() for r in rt.fix_requests.all()[-1000:]]})
 
 

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from exporter.sandbox import connect, credentials
 from exporter.sandbox.fleet import ROLE_NAMES, ProviderSim
+from exporter.sandbox.ids import connection_id, owner_id
 from exporter.sandbox.runtime import SandboxRuntime
 from exporter.sandbox.scenario import DeclaredStatus, WebhooksConfig
 
@@ -129,6 +130,30 @@ async def truth(rt: SandboxRuntime, request: Request) -> Response:
     return JSONResponse(result)
 
 
+def login_truth(rt: SandboxRuntime, provider: str) -> list[dict[str, Any]]:
+    """Every login (Finicity institution login, MX member) as it reads now: its accounts'
+    codes, whether one of them is fixable, whether all are ok."""
+    sim, catalog, night = rt.fleet.sim(provider), rt.fleet.catalog, rt.clock.night
+    out = []
+    for k in range(sim.connections):
+        codes = [rt.fleet.current_code_on(sim, k, night, role) for role in sim.account_roles(k)]
+        out.append({
+            "provider": provider, "owner_id": owner_id(sim, k), "login_id": connection_id(sim, k),
+            "institution_id": sim.institutions[sim.conn_inst[k]].id, "codes": codes,
+            "fixable": any(catalog.lookup(provider, c).fixable for c in codes),
+            "ok": all(c == sim.ok_code for c in codes)})
+    return out
+
+
+async def truth_logins(rt: SandboxRuntime, request: Request) -> Response:
+    """``GET /sandbox/truth/logins?provider=finicity|mx``: :func:`login_truth` tonight."""
+    provider = request.query_params.get("provider")
+    if provider not in ("finicity", "mx"):
+        return JSONResponse({"error": "provider must be finicity or mx"}, status_code=400)
+    logins = await asyncio.to_thread(login_truth, rt, provider)
+    return JSONResponse({"night": rt.clock.night, "logins": logins})
+
+
 async def stats(rt: SandboxRuntime, request: Request) -> Response:
     return JSONResponse(rt.stats_json())
 
@@ -197,6 +222,7 @@ ROUTES = [
     (["GET"], "/state", get_state),
     (["POST"], "/advance", advance),
     (["GET"], "/truth", truth),
+    (["GET"], "/truth/logins", truth_logins),
     (["GET"], "/stats", stats),
     (["POST"], "/expire-tokens", expire_tokens),
     (["POST"], "/unlock", unlock),

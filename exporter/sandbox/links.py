@@ -106,9 +106,17 @@ class FixRequest:
     received_night: int
     due_night: int | None  # None: this user never acts on it
     result: dict[str, Any] | None = None
+    # What the request named (the sandbox's own synthetic ids), for tests and the curious.
+    owner_id: str | None = None
+    login_id: str | None = None
+    institution_id: str | None = None
+    kind: str | None = None
+    code: str | None = None
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "provider": self.provider, "link": self.link is not None,
+                "owner_id": self.owner_id, "login_id": self.login_id,
+                "institution_id": self.institution_id, "kind": self.kind, "code": self.code,
                 "received_night": self.received_night, "due_night": self.due_night,
                 "result": self.result}
 

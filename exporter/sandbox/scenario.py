@@ -274,7 +274,16 @@ class UsersConfig(_Strict):
 
     fix_share: float = Field(0.6, ge=0, le=1)
     fix_after_nights: int = Field(1, ge=0)
+    fix_after_max_nights: int | None = Field(
+        None, ge=0, description="spread: each user acts from fix_after_nights to this many "
+        "nights after the request (decided per request id); None: exactly fix_after_nights")
     request_secret: str | None = None
+
+    @model_validator(mode="after")
+    def _spread(self) -> UsersConfig:
+        if self.fix_after_max_nights is not None and self.fix_after_max_nights < self.fix_after_nights:
+            raise ValueError("fix_after_max_nights must be at least fix_after_nights")
+        return self
 
 
 class Scenario(_Strict):

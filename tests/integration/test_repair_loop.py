@@ -32,16 +32,21 @@ SECRET = "integration-test-secret"
 
 
 class Receiver:
-    """The partner's endpoint: stores every POST as received, answers 200."""
+    """The partner's endpoint: stores every POST as received (and the sandbox night it came
+    in, as the test sets ``night``), then answers 200 after ``delay`` seconds."""
 
-    def __init__(self):
+    def __init__(self, delay: float = 0.0):
         self.requests: list[tuple[dict[str, str], bytes]] = []
-        received = self.requests
+        self.night = 0
+        received, receiver = self.requests, self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append(({k.lower(): v for k, v in self.headers.items()}, raw))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                received.append(({**headers, "x-test-night": str(receiver.night)}, raw))
+                if delay:
+                    time.sleep(delay)
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

@@ -1,0 +1,166 @@
+"""Push driven by the sandbox's own webhook emitter (no hand-signed posts): the real agent
+and the real sandbox as two processes over HTTP, sweeps an hour apart so that only push can
+move /metrics.
+
+A user who fixes a login in the sandbox (control API) makes the sandbox send the event the
+real aggregator would send (Finicity ``done`` signed with the partner secret; MX member
+webhook with HTTP Basic); within 5 s exactly that owner's series show what the sandbox now
+serves. Every event is delivered twice, byte for byte (``redeliver_once``): the agent
+processes it once and counts the second as a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, defaultdict
+
+import httpx
+import pytest
+import yaml
+
+from exporter.config import Settings
+from exporter.sources import build_source
+from exporter.sources.base import NullObserver
+from tests.integration.procs import AgentProc, Sandbox, agent_config, free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+FIN, MX = "finicity-sandbox", "mx-sandbox"
+SOURCE = {"finicity": FIN, "mx": MX}
+MX_USER, MX_PASSWORD = "mx-hooks", "mx-hooks-password-123"
+
+
+class Collect:
+    def __init__(self):
+        self.records = []
+
+    async def add(self, records):
+        self.records.extend(records)
+
+    def progress(self, done, total):
+        pass
+
+
+def owners_now(config_path, source: str) -> dict[str, Counter]:
+    """What the sandbox serves now, per owner: (institution_id, code) counts, read with the
+    agent's own source class (so codes are normalised the same way)."""
+    settings = Settings(**yaml.safe_load(config_path.read_text()))
+    cfg = next(s for s in settings.sources if s.name == source)
+
+    async def run():
+        src = build_source(cfg, NullObserver())
+        sink = Collect()
+        try:
+            await src.sweep(sink)
+        finally:
+            await src.aclose()
+        return sink.records
+
+    out: dict[str, Counter] = defaultdict(Counter)
+    for r in asyncio.run(run()):
+        out[r.owner_id][(r.institution_id, r.code)] += 1
+    return dict(out)
+
+
+def fleet(agent: AgentProc, source: str) -> Counter:
+    got: Counter = Counter()
+    for labels, value in agent.scrape().get("openfinance_accounts", []):
+        if labels["source"] == source and value:
+            got[(labels["institution_id"], labels["code"])] += int(value)
+    return +got
+
+
+def sample(agent: AgentProc, name: str, **labels) -> float:
+    return sum(v for lab, v in agent.scrape().get(name, [])
+               if all(lab.get(k) == val for k, val in labels.items()))
+
+
+@pytest.fixture
+def stack(tmp_path):
+    hook_port = free_port()
+    hooks = f"http://127.0.0.1:{hook_port}/webhooks"
+    scenario = tmp_path / "scenario.yml"
+    scenario.write_text(yaml.safe_dump({
+        "finicity": {"units": 200}, "mx": {"units": 100},
+        # the sandbox's emitter, as the aggregators would be configured
+        "webhooks": {"finicity_url": f"{hooks}/{FIN}", "mx_url": f"{hooks}/{MX}",
+                     "mx_username": MX_USER, "mx_password": MX_PASSWORD,
+                     "redeliver_once": True, "retry_seconds": 0.5},
+    }))
+    sandbox = Sandbox(tmp_path, scenario, night_seconds=0)
+    config = agent_config(tmp_path / "agent.yml", sandbox.url, tmp_path / "state.db",
+                          interval=3600)
+    doc = yaml.safe_load(config.read_text())
+    doc["webhooks"] = {"listen_address": f"127.0.0.1:{hook_port}"}
+    for src in doc["sources"]:
+        src["webhooks"] = ({} if src["provider"] == "finicity" else
+                           {"webhook_username": MX_USER, "webhook_password": MX_PASSWORD})
+    config.write_text(yaml.safe_dump(doc))
+    agent = AgentProc(tmp_path, config)
+    try:
+        agent.wait_sweeps({FIN: 1, MX: 1})
+        yield sandbox, agent, config
+    finally:
+        agent.stop()
+        sandbox.stop()
+
+
+def fix_one(sandbox: Sandbox, provider: str) -> dict:
+    """A user of the sandbox repairs one login that has a fixable code (control API)."""
+    logins = httpx.get(f"{sandbox.url}/sandbox/truth/logins", params={"provider": provider},
+                       timeout=30).json()["logins"]
+    for login in (x for x in logins if x["fixable"]):
+        fixed = httpx.post(f"{sandbox.url}/sandbox/fix", timeout=10, params={
+            "provider": provider, "owner_id": login["owner_id"],
+            "login_id": login["login_id"]}).json()
+        if fixed["fixed"]:
+            return fixed
+    raise AssertionError(f"no {provider} login could be fixed")
+
+
+def sandbox_webhooks(sandbox: Sandbox) -> dict:
+    return httpx.get(f"{sandbox.url}/sandbox/webhooks", timeout=10).json()
+
+
+@pytest.mark.parametrize("provider,kind", [("finicity", "done"), ("mx", "member")])
+def test_a_users_fix_in_the_sandbox_reaches_metrics_within_seconds_once(stack, provider, kind):
+    sandbox, agent, config = stack
+    source = SOURCE[provider]
+    before_owners = owners_now(config, source)
+    before = fleet(agent, source)
+    assert before == sum(before_owners.values(), Counter()), "the first sweep is the baseline"
+    sweeps = agent.sweeps(source)
+    assert sandbox_webhooks(sandbox)["counters"].get("queued", 0) == 0
+
+    sent = time.monotonic()
+    owner = fix_one(sandbox, provider)["owner_id"]
+
+    after_owners = owners_now(config, source)
+    assert after_owners[owner] != before_owners[owner], "the fix changed what the sandbox serves"
+    assert all(after_owners[o] == before_owners[o] for o in before_owners if o != owner)
+    expected = before - before_owners[owner] + after_owners[owner]
+    wait_for(lambda: fleet(agent, source) == +expected, timeout=5, interval=0.05,
+             what="the owner's re-read in /metrics")
+    print(f"{provider} fix in the sandbox to /metrics: {time.monotonic() - sent:.2f}s")
+    assert agent.sweeps(source) == sweeps, "no sweep did it"
+
+    # The sandbox delivered the event twice, byte for byte; the agent processed it once.
+    wait_for(lambda: sandbox_webhooks(sandbox)["pending"] == 0, timeout=10,
+             what="the sandbox's deliveries")
+    hooks = sandbox_webhooks(sandbox)
+    assert hooks["counters"]["redelivered"] >= 1
+    ours = [e for e in hooks["recent"] if e["owner_id"] == owner]
+    assert ours and all(e["deliveries"] == 2 and e["status"] == "delivered" for e in ours)
+    wait_for(lambda: sample(agent, "openfinance_webhook_events_total", source=source,
+                            result="duplicate") == len(ours), timeout=5,
+             what="the redeliveries counted as duplicates")
+    assert sample(agent, "openfinance_webhook_events_total", source=source, kind=kind,
+                  result="accepted") == 1
+    assert sample(agent, "openfinance_webhook_events_total", source=source,
+                  result="accepted") == len(ours)
+    assert sample(agent, "openfinance_push_refresh_duration_seconds_count", source=source) == 1
+    for refused in ("bad_signature", "unauthorized", "malformed"):
+        assert sample(agent, "openfinance_webhook_events_total", result=refused) == 0
+    assert fleet(agent, source) == +expected
+    assert agent.sweeps(source) == sweeps
