@@ -118,6 +118,12 @@ class SweepRunner:
         try:
             # Cancelling the caller (the scheduler's job) cancels the sweep too.
             return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._closed and current is not None and not current.cancelling():
+                # Stopped by stop() (shutdown), not by our caller: the job ends quietly.
+                return "cancelled"
+            raise
         finally:
             self._running.pop(name, None)
 
