@@ -186,12 +186,21 @@ async def run_demo(args) -> int:
             print(banner, flush=True)
 
         starter = asyncio.create_task(start_agent_once_sandbox_is_up())
-        try:
-            await serve_until_signal(servers)
-        finally:
+        stopped = False
+
+        async def stop_agent() -> None:
+            # The agent first, while the sandbox still answers its last deliveries.
+            nonlocal stopped
             starter.cancel()
             await asyncio.gather(starter, return_exceptions=True)
-            await agent.stop()
+            if not stopped:
+                stopped = True
+                await agent.stop()
+
+        try:
+            await serve_until_signal(servers, before_stop=stop_agent)
+        finally:
+            await stop_agent()
             await runtime_of(app).close()
     return 0
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import html
 import signal
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import uvicorn
 from starlette.applications import Starlette
@@ -96,8 +96,10 @@ def http_server(app, listen_address: str, web_config: WebConfigFile | None = Non
     return server
 
 
-async def serve_until_signal(servers: list[uvicorn.Server]) -> None:
-    """Run servers together until SIGINT/SIGTERM (or one of them stops), then stop them all."""
+async def serve_until_signal(servers: list[uvicorn.Server],
+                             before_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Run servers together until SIGINT/SIGTERM (or one of them stops), then stop them all;
+    ``before_stop`` runs first, while every server still answers."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -107,6 +109,8 @@ async def serve_until_signal(servers: list[uvicorn.Server]) -> None:
     waiter = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        if before_stop is not None:
+            await before_stop()
     finally:
         for s in servers:
             s.should_exit = True
