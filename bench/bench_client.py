@@ -124,6 +124,7 @@ def main() -> None:
                 run_target("sandbox", sandbox.url, sandbox.popen.pid, args.concurrency)
             finally:
                 sandbox.stop()
+    print(f"reference: sum(i*i for i in range(10**7)) takes {reference_loop():.2f} s here")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_tracker import reference_loop
 from exporter.config import FinicitySourceConfig
 from exporter.sandbox import credentials
 from exporter.sources import build_source
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--page-size", type=int, default=1000)
     args = parser.parse_args()
+    print(f"reference: sum(i*i for i in range(10**7)) takes {reference_loop():.2f} s here")
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         scenario = tmp / "scenario.yml"
@@ -104,6 +106,7 @@ def main() -> None:
         print(f"    {n:>9,}  {endpoint}")
     print(f"  agent CPU {agent_cpu:.1f} s vs sandbox CPU {sandbox_cpu:.1f} s; "
           f"agent peak RSS {peak:.0f} MB")
+    print(f"reference: sum(i*i for i in range(10**7)) takes {reference_loop():.2f} s here")
 
 
 if __name__ == "__main__":
