@@ -23,6 +23,7 @@ import asyncio
 import json as _json
 import logging
 import random as _random
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -166,7 +167,7 @@ class UpstreamClient:
         template = self._templates.get(route)
         if template is None:
             template = self._templates[route] = self._prefix + route
-        raw_path = template.format_map({k: quote(str(v), safe="") for k, v in path.items()}) if path else template
+        raw_path = template.format_map({k: _quote(v) for k, v in path.items()}) if path else template
         query = urlencode({k: v for k, v in params.items() if v is not None}) if params else ""
         return f"{raw_path}?{query}" if query else raw_path
 
@@ -271,6 +272,15 @@ def _fast_urls_work(base: httpx.URL) -> bool:
         return fast == base.copy_with(raw_path=b"/a%2Fb/c?x=1&y=%C3%A9") and fast.path == "/a/b/c"
     except Exception:  # httpx internals moved: parse every URL instead
         return False
+
+
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def _quote(value: object) -> str:
+    """A path segment, percent-encoded; ids that need none (most) skip ``quote``."""
+    text = str(value)
+    return text if _UNRESERVED.fullmatch(text) else quote(text, safe="")
 
 
 def decode_json(content: bytes) -> Any:
