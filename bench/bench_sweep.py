@@ -6,7 +6,7 @@ against the sandbox's, and the number of upstream requests next to the minimum a
 needs: customer pages + one accounts call per customer + uncached institution lookups +
 token calls.
 
-Run: ``python bench/bench_sweep.py [--customers 100000]`` (the issue's size; ~250,000
+Run: ``python bench/bench_sweep.py [--customers 100000] [--loop asyncio|uvloop]`` (the issue's size; ~250,000
 accounts). Smaller runs give the same per-request picture faster.
 """
 
@@ -31,6 +31,7 @@ from exporter.config import FinicitySourceConfig
 from exporter.sandbox import credentials
 from exporter.sources import build_source
 from exporter.sources.base import NullObserver
+from exporter.sources.transport import event_loop_factory
 from exporter.state import StateStore
 from exporter.tracker import Tracker
 from tests.integration.procs import Sandbox
@@ -73,6 +74,8 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--page-size", type=int, default=1000)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the agent's event loop (the sandbox keeps its own)")
     args = parser.parse_args()
     print(f"reference: sum(i*i for i in range(10**7)) takes {reference_loop():.2f} s here")
     with tempfile.TemporaryDirectory() as tmp_dir:
@@ -87,8 +90,9 @@ def main() -> None:
             institutions = len(fleet["institutions"])
             sandbox_cpu0 = cpu_seconds(sandbox.popen.pid)
             self_cpu0 = time.process_time()
-            elapsed, report, records, requests, _tracker = asyncio.run(
-                sweep(sandbox.url, tmp, args.concurrency, args.page_size))
+            with asyncio.Runner(loop_factory=event_loop_factory(args.loop)) as runner:
+                elapsed, report, records, requests, _tracker = runner.run(
+                    sweep(sandbox.url, tmp, args.concurrency, args.page_size))
             agent_cpu = time.process_time() - self_cpu0
             sandbox_cpu = cpu_seconds(sandbox.popen.pid) - sandbox_cpu0
         finally:
@@ -97,6 +101,7 @@ def main() -> None:
     total = sum(requests.values())
     minimum = math.ceil(customers / args.page_size) + customers + institutions + 1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"loop: {args.loop}")
     print(f"sweep of {customers:,} customers / {records:,} accounts "
           f"(complete={report.complete}, failed={report.units_failed}) in {elapsed:.1f} s")
     print(f"  accounts/s: {records / elapsed:,.0f}   requests/s: {total / elapsed:,.0f}")

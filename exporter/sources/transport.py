@@ -12,7 +12,7 @@ import asyncio
 import collections
 import ssl
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
 import httptools
@@ -391,3 +391,19 @@ def _decompress(encoding: str, content: bytes) -> bytes:
     except zlib.error as exc:
         raise httpx.DecodingError(f"{encoding} body does not decompress: {exc}") from exc
     raise httpx.DecodingError(f"unexpected Content-Encoding {encoding!r}")
+
+
+def event_loop_factory(name: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop to run the agent on: uvloop's when installed ("auto") or asked for,
+    else asyncio's. uvloop's loop is C: socket reads, writes and timers of each request
+    cost less CPU (``bench/bench_client.py --loop``). Use with ``asyncio.Runner(loop_factory=…)``.
+    """
+    if name == "asyncio":
+        return asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError:
+        if name == "uvloop":
+            raise
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
