@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import ssl
 import zlib
 from collections.abc import Callable, Mapping
@@ -125,7 +126,7 @@ class _Connection(asyncio.Protocol):
         self.headers_done = False
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
-        self.timer: asyncio.TimerHandle | None = None
+        self.read: float | None = None
 
     # asyncio callbacks
     def connection_made(self, transport) -> None:
@@ -187,30 +188,29 @@ class _Connection(asyncio.Protocol):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(exc)
 
-    def _check_read(self, read: float) -> None:
+    def check_read(self, now: float) -> bool:
+        """Fail the exchange if nothing was read for ``read`` seconds; True while it waits."""
         if self.waiter is None or self.waiter.done():
-            return
-        quiet = self.loop.time() - self.last_read
-        if quiet >= read:
+            return False
+        if self.read is not None and now - self.last_read >= self.read:
             self._fail(httpx.ReadTimeout("read timed out"))
-        else:
-            self.timer = self.loop.call_later(read - quiet, self._check_read, read)
+            return False
+        return True
 
     async def exchange(self, data: bytes, read: float | None) -> Answer:
+        """Write the request, wait for the whole answer; the pool's watchdog enforces ``read``."""
         if self.closed or self.transport is None or self.transport.is_closing():
             raise _StaleConnection()
         self.began = self.headers_done = False
         self.headers, self.body = {}, []
         self.waiter = waiter = self.loop.create_future()
+        self.read = read
         self.last_read = self.loop.time()
-        self.transport.write(data)  # type: ignore[union-attr]
-        self.timer = None if read is None else self.loop.call_later(read, self._check_read, read)
+        self.transport.write(data)
         try:
             return await waiter
         finally:
             self.waiter = None
-            if self.timer is not None:
-                self.timer.cancel()
 
     def close(self) -> None:
         self.closed = True
@@ -252,6 +252,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._opened = 0
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
         self._closed = False
+        self._busy: set[_Connection] = set()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._tick = math.inf
 
     async def exchange(self, method: str, target: str, headers: Mapping[str, str],
                        content: bytes | None, timeout: Mapping[str, float | None]) -> Answer:
@@ -259,8 +262,11 @@ class Http11Transport(httpx.AsyncBaseTransport):
         data = self._head(method, target, headers, content)
         for attempt in (1, 2):
             connection, reused = await self._acquire(timeout)
+            read = timeout.get("read")
+            if read is not None:
+                self._watch(connection, read)
             try:
-                answer = await connection.exchange(data, timeout.get("read"))
+                answer = await connection.exchange(data, read)
             except _StaleConnection:
                 self._discard(connection)
                 if reused and attempt == 1 and method in IDEMPOTENT:
@@ -270,6 +276,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
             except BaseException:
                 self._discard(connection)
                 raise
+            finally:
+                self._busy.discard(connection)
             self._release(connection)
             encoding = answer.headers.pop("content-encoding", "identity")
             if encoding != "identity":  # decoded here: the headers describe what is returned
@@ -277,6 +285,27 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 answer.headers.pop("content-length", None)
             return answer
         raise AssertionError("unreachable")
+
+    def _watch(self, connection: _Connection, read: float) -> None:
+        """Read timeouts without a timer per request: one watchdog checks the busy
+        connections every ``min(read, 1 s) / 2`` (a timeout fires up to that much late)."""
+        self._busy.add(connection)
+        tick = min(read, 1.0) / 2
+        if self._watchdog is None or tick < self._tick:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._tick = tick
+            self._watchdog = connection.loop.call_later(tick, self._check_reads)
+
+    def _check_reads(self) -> None:
+        self._watchdog = None
+        if not self._busy:
+            return
+        loop = next(iter(self._busy)).loop
+        now = loop.time()
+        waiting = [c for c in self._busy if c.check_read(now)]
+        if waiting:
+            self._watchdog = loop.call_later(self._tick, self._check_reads)
 
     def _head(self, method: str, target: str, headers: Mapping[str, str],
               content: bytes | None) -> bytes:
@@ -374,6 +403,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         while self._idle:
             self._discard(self._idle.pop())
 
