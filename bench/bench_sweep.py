@@ -1,7 +1,7 @@
 """A full sweep of a large fleet against the local sandbox, over real HTTP on loopback.
 
-The sandbox runs as its own process (``openfinance-exporter sandbox``); the Finicity source
-and the tracker run here. Reports accounts/s, requests/s, peak RSS, the agent's CPU time
+The sandbox runs as its own process (``openfinance-exporter sandbox``); the Finicity source,
+the agent's upstream metrics and the tracker run here. Reports accounts/s, requests/s, peak RSS, the agent's CPU time
 against the sandbox's, and the number of upstream requests next to the minimum a sweep
 needs: customer pages + one accounts call per customer + uncached institution lookups +
 token calls.
@@ -23,11 +23,13 @@ from pathlib import Path
 
 import httpx
 import yaml
+from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_tracker import reference_loop
 from exporter.config import FinicitySourceConfig
+from exporter.metrics import AgentMetrics
 from exporter.sandbox import credentials
 from exporter.sources import build_source
 from exporter.sources.base import NullObserver
@@ -38,11 +40,25 @@ from tests.integration.procs import Sandbox
 
 
 class CountingObserver(NullObserver):
-    def __init__(self):
+    """Counts requests per route and passes every event on to ``forward`` (the agent's
+    metrics in ``bench_sweep``, so that their cost per request is in the agent's CPU)."""
+
+    def __init__(self, forward=None):
         self.requests: dict[str, int] = {}
+        self.forward = forward or NullObserver()
 
     def request(self, source, endpoint, status_code, duration):
         self.requests[endpoint] = self.requests.get(endpoint, 0) + 1
+        self.forward.request(source, endpoint, status_code, duration)
+
+    def retry(self, source, reason):
+        self.forward.retry(source, reason)
+
+    def invalid_record(self, source, reason):
+        self.forward.invalid_record(source, reason)
+
+    def auth_failure(self, source):
+        self.forward.auth_failure(source)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -51,7 +67,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def sweep(url: str, tmp: Path, concurrency: int, page_size: int) -> tuple:
-    observer = CountingObserver()
+    observer = CountingObserver(AgentMetrics(CollectorRegistry()))
     config = FinicitySourceConfig(
         name="bench", provider="finicity", base_url=f"{url}/finicity", customer_type="all",
         app_key=credentials.FINICITY_APP_KEY, partner_id=credentials.FINICITY_PARTNER_ID,
