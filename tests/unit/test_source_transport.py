@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import ssl
 
 import httpx
 import pytest
 
 from exporter.sources.transport import AiohttpTransport, Http11Transport
+from tests.tls_support import CA
 
 TIMEOUT = httpx.Timeout(5.0).as_dict()
 
@@ -28,14 +30,16 @@ class LoopbackServer:
     (None: close the connection without answering; "hang": never answer; ``(bytes,
     "close")``: answer, then close)."""
 
-    def __init__(self, answer):
+    def __init__(self, answer, tls: ssl.SSLContext | None = None):
         self.answer = answer
+        self.tls = tls
         self.connections = 0
         self.requests: list[bytes] = []
 
     async def __aenter__(self) -> LoopbackServer:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0, ssl=self.tls)
+        scheme = "https" if self.tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -235,3 +239,19 @@ def test_the_host_header_names_the_port_only_when_it_is_not_the_scheme_default()
         == "\r\nHost: api.finicity.com\r\n"
     assert Http11Transport("http://127.0.0.1:8080", max_connections=1)._host_line \
         == "\r\nHost: 127.0.0.1:8080\r\n"
+
+
+async def test_tls_is_verified_unless_verification_is_turned_off(tmp_path):
+    ca = CA(tmp_path)
+    issued = ca.issue("upstream")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(issued.cert, issued.key)
+    async with LoopbackServer(lambda raw: reply(200, b'{"ok": 1}'), tls) as server:
+        checked = Http11Transport(server.url, max_connections=1)
+        with pytest.raises(httpx.ConnectError):  # signed by a CA nobody trusts
+            await exchange(checked)
+        await checked.aclose()
+        unchecked = Http11Transport(server.url, max_connections=1, verify=False)
+        answer = await exchange(unchecked)
+        await unchecked.aclose()
+    assert json.loads(answer.content) == {"ok": 1}
