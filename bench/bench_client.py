@@ -26,12 +26,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_sweep import CountingObserver, cpu_seconds
+from bench.bench_sweep import CountingObserver, cpu_seconds, event_loop_factory
 from bench.bench_tracker import reference_loop
 from exporter.config import FinicitySourceConfig, MxSourceConfig
 from exporter.demo import sandbox_config
 from exporter.sources import build_source, finicity, mx  # noqa: F401 - imported before timing
-from exporter.sources.transport import event_loop_factory
 from tests.integration.procs import Sandbox
 
 

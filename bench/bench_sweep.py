@@ -19,6 +19,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -33,7 +34,6 @@ from exporter.metrics import AgentMetrics
 from exporter.sandbox import credentials
 from exporter.sources import build_source
 from exporter.sources.base import NullObserver
-from exporter.sources.transport import event_loop_factory
 from exporter.state import StateStore
 from exporter.tracker import Tracker
 from tests.integration.procs import Sandbox
@@ -59,6 +59,15 @@ class CountingObserver(NullObserver):
 
     def auth_failure(self, source):
         self.forward.auth_failure(source)
+
+
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """asyncio's loop (what the agent runs on) or uvloop's (``pip install uvloop``), to compare."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 def cpu_seconds(pid: int) -> float:

@@ -1,9 +1,11 @@
-"""HTTP/1.1 keep-alive through aiohttp's connection pool, behind the httpx transport API.
+"""The sources' HTTP/1.1 transports, answers read whole, under the httpx transport API.
 
-httpcore's pool spends more CPU on connection bookkeeping than the agent spends on a
-request; aiohttp's pool is mostly C. Answers come back fully read (the agent reads every
-body whole), which skips httpx's streaming machinery. Unit tests swap this for an
-``httpx.MockTransport``; the client code above is the same.
+:class:`Http11Transport` (the default): keep-alive connections to one origin on asyncio
+protocols, answers parsed by httptools (C), called by the client without httpx's request
+and response objects. :class:`AiohttpTransport`: aiohttp's pool, for HTTP proxies. Both
+beat httpcore's pool, which spends more CPU on connection bookkeeping than the agent spends
+on a request (``bench/bench_client.py``). Unit tests swap them for an ``httpx.MockTransport``;
+the client code above is the same.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import collections
 import math
 import ssl
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import aiohttp
 import httptools
@@ -22,7 +24,7 @@ from yarl import URL
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
-    """``max_connections`` connections at most, all kept alive ``keepalive`` seconds.
+    """aiohttp's pool (used behind an HTTP proxy). ``max_connections`` connections at most, all kept alive ``keepalive`` seconds.
 
     Timeouts come from the request's ``timeout`` extension (``connect``, ``read``, ``pool``)
     as httpx's own transports read them; aiohttp's errors become httpx's.
@@ -424,18 +426,3 @@ def _decompress(encoding: str, content: bytes) -> bytes:
         raise httpx.DecodingError(f"{encoding} body does not decompress: {exc}") from exc
     raise httpx.DecodingError(f"unexpected Content-Encoding {encoding!r}")
 
-
-def event_loop_factory(name: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
-    """The event loop to run the agent on: uvloop's when installed ("auto") or asked for,
-    else asyncio's. uvloop's loop is C: socket reads, writes and timers of each request
-    cost less CPU (``bench/bench_client.py --loop``). Use with ``asyncio.Runner(loop_factory=…)``.
-    """
-    if name == "asyncio":
-        return asyncio.new_event_loop
-    try:
-        import uvloop
-    except ImportError:
-        if name == "uvloop":
-            raise
-        return asyncio.new_event_loop
-    return uvloop.new_event_loop
