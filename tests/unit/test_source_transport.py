@@ -217,7 +217,7 @@ async def test_no_connection_free_within_the_pool_timeout_is_an_httpx_pool_timeo
     async with LoopbackServer(lambda raw: "hang") as server:
         transport = Http11Transport(server.url, max_connections=1)
         hung = asyncio.create_task(exchange(transport))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.35)
         with pytest.raises(httpx.PoolTimeout):
             await exchange(transport, timeout=httpx.Timeout(5.0, pool=0.05).as_dict())
         hung.cancel()
@@ -255,3 +255,23 @@ async def test_tls_is_verified_unless_verification_is_turned_off(tmp_path):
         answer = await exchange(unchecked)
         await unchecked.aclose()
     assert json.loads(answer.content) == {"ok": 1}
+
+
+async def test_a_slow_answer_that_keeps_arriving_is_not_a_read_timeout():
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
+        for piece in (b"{\"", b"a\"", b":1", b"}\n"):  # 1.4 s in all, never 1 s quiet
+            await asyncio.sleep(0.35)
+            writer.write(piece)
+            await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    transport = Http11Transport(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+                                max_connections=1)
+    answer = await exchange(transport, timeout=httpx.Timeout(5.0, read=1.0).as_dict())
+    await transport.aclose()
+    server.close()
+    assert json.loads(answer.content) == {"a": 1}
