@@ -8,7 +8,7 @@ loop time of ``bench/bench_tracker.py`` so that machines can be compared. The ma
 be shared: repeat a run before trusting a difference of less than ~15 %.
 
 Run: ``python bench/bench_client.py [--customers 10000] [--users 1000] [--concurrency 16 64]
-[--targets plain sandbox]``.
+[--targets plain sandbox] [--loop asyncio|uvloop]``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_sweep import CountingObserver, cpu_seconds
+from bench.bench_sweep import CountingObserver, cpu_seconds, event_loop_factory
 from bench.bench_tracker import reference_loop
 from exporter.config import FinicitySourceConfig, MxSourceConfig
 from exporter.demo import sandbox_config
@@ -82,16 +82,18 @@ def source_configs(url: str, concurrency: int) -> list[FinicitySourceConfig | Mx
     return [FinicitySourceConfig(**config["sources"][0]), MxSourceConfig(**config["sources"][1])]
 
 
-def run_target(name: str, url: str, server_pid: int, concurrencies: list[int]) -> None:
+def run_target(name: str, url: str, server_pid: int, concurrencies: list[int],
+               loop: str) -> None:
     for concurrency in concurrencies:
         for config in source_configs(url, concurrency):
             server0, agent0 = cpu_seconds(server_pid), resource.getrusage(resource.RUSAGE_SELF)
-            requests, records, elapsed = asyncio.run(sweep_once(config))
+            with asyncio.Runner(loop_factory=event_loop_factory(loop)) as runner:
+                requests, records, elapsed = runner.run(sweep_once(config))
             agent1 = resource.getrusage(resource.RUSAGE_SELF)
             user, system = agent1.ru_utime - agent0.ru_utime, agent1.ru_stime - agent0.ru_stime
             server = cpu_seconds(server_pid) - server0
             per = 1000 / requests
-            print(f"  {name:8} {config.provider:8} c={concurrency:<3} {requests:>7,} requests "
+            print(f"  {name:8} {config.provider:8} {loop:7} c={concurrency:<3} {requests:>7,} requests "
                   f"{records:>7,} records {elapsed:6.1f} s wall  agent {(user + system) * per:5.2f} "
                   f"ms/request (user {user * per:4.2f}, system {system * per:4.2f})  server "
                   f"{server * per:5.2f} ms/request  agent/server {(user + system) / max(server, 1e-9):4.2f}",
@@ -105,12 +107,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--targets", nargs="+", choices=("plain", "sandbox"),
                         default=["plain", "sandbox"])
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the agent's event loop (the sandbox keeps its own)")
     args = parser.parse_args()
     print(f"reference: sum(i*i for i in range(10**7)) takes {reference_loop():.2f} s here")
     if "plain" in args.targets:
         plain = PlainUpstream(args.customers, args.users)
         try:
-            run_target("plain", plain.url, plain.popen.pid, args.concurrency)
+            run_target("plain", plain.url, plain.popen.pid, args.concurrency, args.loop)
         finally:
             plain.stop()
     if "sandbox" in args.targets:
@@ -121,9 +125,10 @@ def main() -> None:
                                                 "mx": {"units": args.users}}))
             sandbox = Sandbox(tmp, scenario)
             try:
-                run_target("sandbox", sandbox.url, sandbox.popen.pid, args.concurrency)
+                run_target("sandbox", sandbox.url, sandbox.popen.pid, args.concurrency, args.loop)
             finally:
                 sandbox.stop()
+    print(f"reference: sum(i*i for i in range(10**7)) takes {reference_loop():.2f} s here")
 
 
 if __name__ == "__main__":

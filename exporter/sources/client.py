@@ -6,11 +6,15 @@ retries transient failures with exponential backoff and full jitter, honouring
 no customer or account id ever reaches a metric label. Sleep, clock and random are injected
 so that tests run without real waiting.
 
-The client drives an httpx transport directly (``httpx.Request`` in, ``httpx.Response`` out)
-instead of going through ``httpx.AsyncClient``, whose per-request URL merging, cookie
-extraction and auth flow cost more CPU than the exchange itself (``bench/bench_client.py``).
-What the client would add that the agent needs is done here once: default headers, the
-timeout, a proxy from the environment.
+The client drives a transport directly instead of going through ``httpx.AsyncClient``,
+whose per-request URL merging, cookie extraction and auth flow cost more CPU than the
+exchange itself (``bench/bench_client.py``). What the client would add that the agent needs
+is done here once: default headers, the timeout, a proxy from the environment. The default
+transport (:class:`~exporter.sources.transport.Http11Transport`) is called with the path and
+headers as they are, without ``httpx.Request``/``httpx.Response`` objects; any other httpx
+transport (``MockTransport`` in unit tests, httpcore for HTTP/2, aiohttp behind a proxy) gets
+an ``httpx.Request``. Both answer with what the client reads: ``status_code``, ``headers``,
+``content``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import asyncio
 import json as _json
 import logging
 import random as _random
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -40,7 +45,7 @@ from exporter.sources.errors import (
 from exporter.sources.payloads import ErrorPayload
 from exporter.sources.ratelimit import TokenBucket
 from exporter.sources.retry import RetryPolicy, parse_retry_after
-from exporter.sources.transport import AiohttpTransport
+from exporter.sources.transport import AiohttpTransport, Answer, Http11Transport
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +100,9 @@ class UpstreamClient:
         self._timeout = httpx.Timeout(
             http.timeout, connect=http.connect_timeout, pool=http.timeout).as_dict()
         self._transport = transport if transport is not None else default_transport(
-            http, env_proxy(str(self._base)))
+            http, str(self._base), env_proxy(str(self._base)))
+        self._exchange = (self._transport.exchange if isinstance(self._transport, Http11Transport)
+                          else self._exchange_httpx)
 
     async def aclose(self) -> None:
         await self._transport.aclose()
@@ -121,11 +128,11 @@ class UpstreamClient:
         json: Any = None,
     ) -> Any:
         """Send, retrying transient failures, and return the decoded JSON body (None if empty)."""
-        url = self._url(route, path, params)
+        target = self._url(route, path, params)
         attempt = 0
         while True:
             try:
-                response = await self._send_once(method, route, url, headers, json)
+                response = await self._send_once(method, route, target, headers, json)
             except httpx.TimeoutException as exc:
                 error: UpstreamError = UpstreamUnavailable(
                     f"{route} timed out", route=route, status="timeout")
@@ -144,7 +151,7 @@ class UpstreamClient:
                 reason = self._retry.reason(response.status_code, body.code)
                 if reason is None:
                     raise error
-                delay_hint = parse_retry_after(response.headers.get("Retry-After"), now=self._clock())
+                delay_hint = parse_retry_after(response.headers.get("retry-after"), now=self._clock())
             if attempt >= self._retry.max_retries:
                 raise error from cause
             attempt += 1
@@ -154,32 +161,36 @@ class UpstreamClient:
             await self._sleep(delay)
 
     def _url(self, route: str, path: Mapping[str, object] | None,
-             params: Mapping[str, object] | None) -> httpx.URL:
-        """The absolute URL: the route's path (built once) with ids and query filled in."""
+             params: Mapping[str, object] | None) -> str:
+        """The request target (percent-encoded path and query): the route's path, built once,
+        with ids and the query filled in."""
         template = self._templates.get(route)
         if template is None:
             template = self._templates[route] = self._prefix + route
-        raw_path = template.format_map({k: quote(str(v), safe="") for k, v in path.items()}) if path else template
+        raw_path = template.format_map({k: _quote(v) for k, v in path.items()}) if path else template
         query = urlencode({k: v for k, v in params.items() if v is not None}) if params else ""
-        if self._fast_urls:
-            return _url_from_parts(self._base, raw_path, query or None)
-        return self._base.copy_with(raw_path=(f"{raw_path}?{query}" if query else raw_path).encode())
+        return f"{raw_path}?{query}" if query else raw_path
 
-    async def _send_once(self, method, route, url, headers, json) -> httpx.Response:
+    def _absolute(self, target: str) -> httpx.URL:
+        """The target on the base URL, as an ``httpx.URL`` (for httpx transports)."""
+        if self._fast_urls:
+            raw_path, _, query = target.partition("?")
+            return _url_from_parts(self._base, raw_path, query or None)
+        return self._base.copy_with(raw_path=target.encode("ascii"))
+
+    async def _send_once(self, method, route, target, headers, json) -> Answer | httpx.Response:
         """One exchange under the concurrency bound and the rate limit, reported to the observer."""
-        request = httpx.Request(
-            method, url, headers={**self._headers, **headers} if headers else self._headers,
-            json=json, extensions={"timeout": self._timeout})
+        headers = {**self._headers, **headers} if headers else self._headers
+        content = None
+        if json is not None:
+            content = orjson.dumps(json)
+            headers = {**headers, "Content-Type": "application/json"}
         async with self._semaphore:
             await self._bucket.acquire()
             started = self._monotonic()
             status = "connect_error"
             try:
-                response = await self._transport.handle_async_request(request)
-                try:
-                    await response.aread()  # a no-op for our transport: it answers read
-                finally:
-                    await response.aclose()
+                response = await self._exchange(method, target, headers, content, self._timeout)
                 status = str(response.status_code)
                 return response
             except httpx.TimeoutException:
@@ -188,7 +199,19 @@ class UpstreamClient:
             finally:
                 self._observer.request(self.source, route, status, max(0.0, self._monotonic() - started))
 
-    def _decode(self, route: str, response: httpx.Response) -> Any:
+    async def _exchange_httpx(self, method: str, target: str, headers: Mapping[str, str],
+                              content: bytes | None, timeout: dict) -> httpx.Response:
+        """The same exchange through any httpx transport, answered read."""
+        request = httpx.Request(method, self._absolute(target), headers=headers, content=content,
+                                extensions={"timeout": timeout})
+        response = await self._transport.handle_async_request(request)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
+
+    def _decode(self, route: str, response: Answer | httpx.Response) -> Any:
         content = response.content
         if not content.strip():
             return None
@@ -201,20 +224,24 @@ class UpstreamClient:
                 route=route, status=str(response.status_code)) from None
 
 
-def default_transport(http: HttpConfig, proxy: str | None = None) -> httpx.AsyncBaseTransport:
-    """aiohttp's connection pool under the httpx API for HTTP/1.1; httpcore's for HTTP/2.
+def default_transport(http: HttpConfig, base_url: str,
+                      proxy: str | None = None) -> httpx.AsyncBaseTransport:
+    """Our HTTP/1.1 keep-alive pool; aiohttp's behind a proxy; httpcore's for HTTP/2.
 
-    Measured with ``bench/bench_client.py``: httpcore's pool costs the agent ~2.4 ms of CPU
-    per request (most of it in connection bookkeeping), aiohttp's a fraction of that.
-    Connections: one per concurrent request, all kept alive between requests.
+    Measured with ``bench/bench_client.py`` (agent CPU per request, same machine):
+    httpcore's pool ~2.4 ms (most of it connection bookkeeping), aiohttp's under the httpx
+    API ~0.4 ms, :class:`Http11Transport` a fraction of that. Connections: one per
+    concurrent request, all kept alive between requests.
     """
     if http.http2 and _h2_available():
         limits = httpx.Limits(max_connections=http.max_concurrency,
                               max_keepalive_connections=http.max_concurrency)
         return httpx.AsyncHTTPTransport(verify=http.verify_tls, http2=True, limits=limits,
                                         proxy=proxy)
-    return AiohttpTransport(max_connections=http.max_concurrency, verify=http.verify_tls,
-                            proxy=proxy)
+    if proxy is not None:
+        return AiohttpTransport(max_connections=http.max_concurrency, verify=http.verify_tls,
+                                proxy=proxy)
+    return Http11Transport(base_url, max_connections=http.max_concurrency, verify=http.verify_tls)
 
 
 def env_proxy(base_url: str) -> str | None:
@@ -247,6 +274,15 @@ def _fast_urls_work(base: httpx.URL) -> bool:
         return False
 
 
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def _quote(value: object) -> str:
+    """A path segment, percent-encoded; ids that need none (most) skip ``quote``."""
+    text = str(value)
+    return text if _UNRESERVED.fullmatch(text) else quote(text, safe="")
+
+
 def decode_json(content: bytes) -> Any:
     """orjson (about twice as fast), falling back to the standard library for what orjson
     refuses but JSON allows (lone surrogate escapes), so that one odd id costs one record."""
@@ -256,7 +292,7 @@ def decode_json(content: bytes) -> Any:
         return _json.loads(content)
 
 
-def _json_or_none(response: httpx.Response) -> Any:
+def _json_or_none(response: Answer | httpx.Response) -> Any:
     try:
         return decode_json(response.content)
     except ValueError:

@@ -337,10 +337,9 @@ class FinicitySource(Source):
         while True:
             body = await self._call("GET", CUSTOMERS_ROUTE, params={**params, "start": walk.start()})
             page = self.payloads.body(FinicityCustomersPage, body, CUSTOMERS_ROUTE)
-            customers = [self.payloads.item(FinicityCustomer, c) for c in page.customers]
-            ids = [c.id for c in customers if c is not None]
+            ids = [c.id for c in self.payloads.items(FinicityCustomer, page.customers)]
             if not walk.accept(ids, page.moreAvailable is True, page.found, limit,
-                               len(customers) - len(ids)):
+                               len(page.customers) - len(ids)):
                 break
         if walk.switched and walk.confirmed_switch:
             log.info("%s: the server reads start as a %s", self.name, walk.meaning.value)
@@ -358,19 +357,20 @@ class FinicitySource(Source):
             raise
         page = self.payloads.body(FinicityAccountsPage, body, self._accounts_route)
         records = []
-        for raw in page.accounts:
-            account = self.payloads.item(FinicityAccount, raw)
-            if account is not None:
-                records.append(await self._record(account, customer_id))
+        for account in self.payloads.items(FinicityAccount, page.accounts):
+            name = self._institutions.fresh(account.institutionId)
+            if name is None:
+                name = await self._institutions.get(account.institutionId)
+            records.append(self._record(account, customer_id, name))
         return records
 
-    async def _record(self, account: FinicityAccount, customer_id: str) -> AccountStatus:
+    def _record(self, account: FinicityAccount, customer_id: str, institution: str) -> AccountStatus:
         return AccountStatus(
             source=self.name,
             provider=self.provider,
             account_key=account.id,
             institution_id=account.institutionId,
-            institution=await self._institutions.get(account.institutionId),
+            institution=institution,
             code=account.aggregationStatusCode,
             attempt_ts=account.aggregationAttemptDate,
             success_ts=account.aggregationSuccessDate,

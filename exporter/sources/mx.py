@@ -164,7 +164,7 @@ class MxSource(Source):
                 params={"page": page, "records_per_page": self._records_per_page})
             parsed = self.payloads.body(page_model, body, route)
             raw_items = parsed.items
-            items = [i for i in (self.payloads.item(item_model, r) for r in raw_items) if i is not None]
+            items = self.payloads.items(item_model, raw_items)
             guids = {i.guid for i in items}  # type: ignore[attr-defined]
             fresh = guids - seen
             seen |= guids
@@ -192,7 +192,10 @@ class MxSource(Source):
             async for members in self._pages(MEMBERS_ROUTE, MxMembersPage, MxMember,
                                              {"user_guid": user_guid}):
                 for member in members:
-                    records.append(await self._record(member, user_guid))
+                    name = self._institutions.fresh(member.institution_code)
+                    if name is None:
+                        name = await self._institutions.get(member.institution_code)
+                    records.append(self._record(member, user_guid, name))
         except UpstreamStatusError as exc:
             if exc.http_status != 404:
                 raise
@@ -200,13 +203,13 @@ class MxSource(Source):
             return []
         return records
 
-    async def _record(self, member: MxMember, user_guid: str) -> AccountStatus:
+    def _record(self, member: MxMember, user_guid: str, institution: str) -> AccountStatus:
         return AccountStatus(
             source=self.name,
             provider=self.provider,
             account_key=member.guid,
             institution_id=member.institution_code,
-            institution=await self._institutions.get(member.institution_code),
+            institution=institution,
             code=member.connection_status,
             attempt_ts=member.aggregated_at if member.is_being_aggregated is False else None,
             success_ts=member.successfully_aggregated_at,

@@ -35,6 +35,11 @@ class TtlCache(Generic[K, V]):
         self._values: dict[K, tuple[V, float]] = {}
         self._inflight: dict[K, asyncio.Future[V]] = {}
 
+    def fresh(self, key: K) -> V | None:
+        """The cached value while it is fresh, else None; no coroutine, for the per-record path."""
+        hit = self._values.get(key)
+        return hit[0] if hit is not None and hit[1] > self._clock() else None
+
     async def get(self, key: K) -> V:
         hit = self._values.get(key)
         if hit is not None and hit[1] > self._clock():

@@ -105,6 +105,21 @@ def test_a_rejected_record_is_counted_once_even_with_a_bad_date_too():
     assert observer.invalid == ["missing_field"]
 
 
+def test_a_page_validated_at_once_counts_repaired_dates_like_item_by_item():
+    parse, observer = reader()
+    page = [account(id="1", aggregationAttemptDate=0), account(id="2"), account(id=3)]
+    assert [a.id for a in parse.items(FinicityAccount, page)] == ["1", "2", "3"]
+    assert observer.invalid == ["invalid_timestamp"]
+
+
+def test_one_bad_item_in_a_page_costs_only_itself_and_each_reason_is_counted_once():
+    parse, observer = reader()
+    page = [account(id="1", aggregationAttemptDate=0), "not an object",
+            account(id="3", aggregationStatusCode="x"), account(id="4")]
+    assert [a.id for a in parse.items(FinicityAccount, page)] == ["1", "4"]
+    assert sorted(observer.invalid) == ["invalid_code", "invalid_timestamp", "missing_field"]
+
+
 def test_a_page_without_its_list_is_counted_and_raised_without_ids():
     parse, observer = reader()
     with pytest.raises(MalformedResponse, match="accounts"):
