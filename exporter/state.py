@@ -77,41 +77,21 @@ AFTER_FIX = 4
 """``flags`` bit: its last distinct attempt succeeded after an MFA streak."""
 
 
-class AccountRow(NamedTuple):
-    """The stored state of one account, as :meth:`StateStore.load_accounts` and
-    :meth:`StateStore.rows_after` return it: the flags bits come split into three 0/1
-    columns, so the tracker builds its ``AccountState`` without unpacking bits."""
-
-    id: int
-    account_key: str
-    institution_id: str
-    code: str
-    broken_since: float | None
-    mfa_streak: int
-    otp_suspect: int
-    relapsed: int
-    after_fix: int
-    attempt_ts: float | None
-    success_ts: float | None
-
-
 _STATE_COLUMNS = ("institution_id", "code", "broken_since", "mfa_streak", "flags",
                   "attempt_ts", "success_ts")
-"""What :meth:`StateStore.write_chunk` takes for an account, in this order."""
-_READ = (
-    "{p}institution_id, {p}code, {p}broken_since, {p}mfa_streak, "
-    f"({{p}}flags & {OTP}) <> 0, ({{p}}flags & {RELAPSED}) <> 0, ({{p}}flags & {AFTER_FIX}) <> 0, "
-    "{p}attempt_ts, {p}success_ts"
-)
+"""The stored state of an account, in this order: what :meth:`StateStore.write_chunk`
+takes and, after ``(id, account_key)``, what :meth:`StateStore.load_accounts` and
+:meth:`StateStore.rows_after` return (the order of the tracker's ``AccountState``, so a
+row becomes a state by slicing)."""
 _LOAD = (
-    "SELECT a.id, a.account_key, " + _READ.format(p="a.")
+    "SELECT a.id, a.account_key, " + ", ".join(f"a.{c}" for c in _STATE_COLUMNS)
     # the chunk's keys drive the loop (CROSS JOIN keeps that order): a probe of the key
     # index each, then the rows, which sit in about the order the sweep asks for them
     + " FROM json_each(?) AS k CROSS JOIN accounts AS a "
     "ON a.source = ? AND a.account_key = k.value"
 )
 _AHEAD = (
-    "SELECT id, account_key, " + _READ.format(p="")
+    "SELECT id, account_key, " + ", ".join(_STATE_COLUMNS)
     + " FROM accounts NOT INDEXED WHERE id > ? AND id <= ? AND source = ? ORDER BY id LIMIT ?"
 )
 # Whole-source reads walk the table in row order: through the key index they would visit
@@ -178,7 +158,7 @@ class StateStore:
         return self._db.execute("SELECT coalesce(max(id), 0) FROM accounts").fetchone()[0]
 
     def load_accounts(self, source: str, keys: list[str]) -> dict[str, tuple]:
-        """The stored rows of ``keys`` (unique), as ``key → AccountRow``-shaped tuples.
+        """The stored rows of ``keys`` (unique), as ``key → (id, key, *_STATE_COLUMNS)``.
 
         The keys travel as one JSON array joined in SQLite: one bound parameter, no
         host-parameter limit, no per-key statement.
