@@ -213,7 +213,6 @@ class SweepSession:
                 delta.success.append(success // MINUTE)
         if unknown:
             tracker.note_unknown(source, self.provider, unknown)
-        inserts.sort()  # in key order: neighbouring inserts share index pages
         tracker.store.write_chunk(source, updates, stamps, inserts, transitions, names)
         # only once the chunk is committed:
         tracker.fleet(source).apply(delta)
@@ -227,6 +226,9 @@ class SweepSession:
         if self._pending:
             chunk, self._pending = self._pending, []
             events = self._apply(chunk)
+        if self._read_ahead or self.tracker.store.staged > self.tracker.batch_size:
+            # a sweep (not a pushed re-read of a few accounts): index what it saw first
+            self.tracker.store.merge_keys()
         if report.complete and self._seen_count < self._stored:
             events += self.tracker.drop_unseen(self, self._seen, self._upto)
         self.tracker.publish_sync(self.source, self.provider)
