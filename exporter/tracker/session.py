@@ -42,6 +42,8 @@ class SweepSession:
         self._seen = bytearray((last_id >> 3) + 1)
         """one bit per account id that existed when the sweep began: set once it is read"""
         self._stored = stored
+        self._sweep = read_ahead
+        """a sweep, not a pushed re-read of a few accounts"""
         self._read_ahead = read_ahead and stored > 0
         self._seen_count = 0
         self._ahead: dict[str, tuple] = {}
@@ -226,8 +228,8 @@ class SweepSession:
         if self._pending:
             chunk, self._pending = self._pending, []
             events = self._apply(chunk)
-        if self._read_ahead or self.tracker.store.staged > self.tracker.batch_size:
-            # a sweep (not a pushed re-read of a few accounts): index what it saw first
+        if self._sweep or self.tracker.store.staged > self.tracker.batch_size:
+            # index the accounts first seen (a pushed re-read leaves a few to the next sweep)
             self.tracker.store.merge_keys()
         if report.complete and self._seen_count < self._stored:
             events += self.tracker.drop_unseen(self, self._seen, self._upto)
