@@ -6,10 +6,13 @@ the chunk it is applying and writes the new ones back in one transaction per chu
 aggregates the tracker keeps in memory are derived data: :func:`read_contributions` rebuilds
 them from the rows (at start-up, and for the rows a complete sweep drops).
 
-Layout: accounts live in a rowid table numbered in the order they were first seen, with a
-unique index on ``(source, account_key)``. Sweeps revisit accounts in about the order they
-page through them every night, so a chunk's updates land on neighbouring pages whatever the
-keys look like (MX member guids are random); only first sightings touch the index.
+Layout: accounts live in a rowid table numbered in the order they were first seen; the key
+index ``account_keys`` maps ``(source, account_key)`` to that id. Sweeps revisit accounts in
+about the order they page through them every night, so a chunk's updates land on
+neighbouring pages whatever the keys look like (MX member guids are random). First
+sightings are appended by id only and found meanwhile through an in-memory hash lookup;
+the sweep's end merges them into the key index in key order (one pass over its pages
+instead of a random insert per key per batch).
 """
 
 from __future__ import annotations
