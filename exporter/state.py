@@ -272,11 +272,21 @@ class StateStore:
                                   "keys_merged)) FROM accounts").fetchone()[0]
                 ids = range(base + 1, base + 1 + len(inserts))
                 db.executemany(_INSERT, [(i, *row) for i, row in zip(ids, inserts, strict=True)])
-                added = db.executemany(
-                    "INSERT OR IGNORE INTO staging.keys (h, id) VALUES (?, ?)",
-                    [(hash(row[1]), i) for i, row in zip(ids, inserts, strict=True)]).rowcount
-                if added != len(inserts):  # two keys of one hash: index them all now
-                    staged = STAGE_LIMIT + 1
+                keys = [row[1] for row in inserts]
+                if not self._staged and self._appends(db, source, keys):
+                    # increasing keys above the index's last (numeric ids): appended to the
+                    # key index at once, which costs no more than staging them
+                    db.executemany("INSERT INTO account_keys (source, account_key, id) "
+                                   "VALUES (?, ?, ?)",
+                                   [(source, k, i) for k, i in zip(keys, ids, strict=True)])
+                    db.execute("UPDATE keys_merged SET upto = ?", (ids[-1],))
+                    staged = 0
+                else:
+                    added = db.executemany(
+                        "INSERT OR IGNORE INTO staging.keys (h, id) VALUES (?, ?)",
+                        [(hash(k), i) for k, i in zip(keys, ids, strict=True)]).rowcount
+                    if added != len(inserts):  # two keys of one hash: index them all now
+                        staged = STAGE_LIMIT + 1
             db.executemany(
                 "INSERT INTO transitions (source, provider, institution_id, from_category, "
                 "to_category, count) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
@@ -295,6 +305,16 @@ class StateStore:
                 self._merge(db)
         if inserts:
             self._staged = staged if staged <= STAGE_LIMIT else 0
+
+    @staticmethod
+    def _appends(db: sqlite3.Connection, source: str, keys: list[str]) -> bool:
+        """Whether ``keys`` (in arrival order) increase and all sort after the key index's
+        last key of ``source``: then inserting them only appends to the index."""
+        if keys != sorted(keys):  # (unique keys: sorted means increasing)
+            return False
+        top = db.execute("SELECT max(account_key) FROM account_keys WHERE source = ?",
+                         (source,)).fetchone()[0]
+        return top is None or keys[0] > top
 
     def drop_unseen(self, source: str, seen: bytearray, upto: int, *,
                     rows: bool = False) -> tuple[Contributions, list[tuple]] | None:

@@ -342,33 +342,39 @@ async def test_first_sightings_are_found_before_and_after_the_key_merge(tmp_path
     store = StateStore(path)
     tracker = Tracker(store, clock=clock, batch_size=2)
     session = await tracker.begin("fin", "finicity")
-    await session.add([acct("m1", 185), acct("m2", 185), acct("m3", 0),
-                       acct("m1", 185, attempt=clock.now)])  # m1 again, in the next chunk
+    await session.add([acct("m9", 185), acct("m8", 185), acct("m7", 0),
+                       acct("m9", 185, attempt=clock.now)])  # m1 again, in the next chunk
     assert store.staged == 3
     # a push finds m2 staged; more staged than a batch: its end merges them
-    await tracker.apply_records("fin", "finicity", [acct("m2", 185, attempt=clock.now)])
+    await tracker.apply_records("fin", "finicity", [acct("m8", 185, attempt=clock.now)])
     assert store.staged == 0
-    await session.add([acct("m2", 185, attempt=clock.now), acct("m4", 0)])  # m2 again
+    await session.add([acct("m8", 185, attempt=clock.now), acct("m6", 0)])  # m2 again
     await session.add([acct("m5", 0)])
     assert store.staged == 1
     await session.finish(SweepReport(complete=True))
     assert store.staged == 0
     assert {k: s for k, (_i, _c, s) in stored(store).items()} == {
-        "m1": 2, "m2": 2, "m3": 0, "m4": 0, "m5": 0}
+        "m9": 2, "m8": 2, "m7": 0, "m6": 0, "m5": 0}
     assert store.connection.execute("SELECT count(*) FROM account_keys").fetchone()[0] == 5
+    session = await tracker.begin("fin", "finicity")
+    await session.add([acct("p1", 0), acct("p2", 0)])  # increasing, after the index's last
+    assert store.staged == 0
+    assert store.connection.execute("SELECT count(*) FROM account_keys").fetchone()[0] == 7
+    await session.finish(SweepReport(complete=False))
 
     session = await tracker.begin("fin", "finicity")
-    await session.add([acct("n1", 0), acct("n2", 0)])  # committed, never merged: "killed"
+    await session.add([acct("n2", 0), acct("n1", 0)])  # committed, never merged: "killed"
+    assert store.staged == 2
     store.connection.close()  # (no checkpoint, no merge)
     tracker._writer.shutdown(wait=True)
 
     again = StateStore(path)
     assert again.staged == 0
-    assert again.connection.execute("SELECT count(*) FROM account_keys").fetchone()[0] == 7
+    assert again.connection.execute("SELECT count(*) FROM account_keys").fetchone()[0] == 9
     tracker = Tracker(again, clock=clock)
     await tracker.apply_records("fin", "finicity", [acct("n1", 185)])
     assert stored(again)["n1"][1:] == ("185", 0)
-    assert len(stored(again)) == 7
+    assert len(stored(again)) == 9
     await tracker.close()
 
 
@@ -381,7 +387,7 @@ async def test_two_new_keys_of_one_hash_are_indexed_at_once(tmp_path, acct, cloc
     tracker = Tracker(store, clock=clock, batch_size=2)
     monkeypatch.setattr(state, "hash", lambda key: 7, raising=False)
     session = await tracker.begin("fin", "finicity")
-    await session.add([acct("x1", 0), acct("x2", 910)])
+    await session.add([acct("x2", 910), acct("x1", 0)])  # (not increasing: staged)
     assert store.staged == 0  # merged at once
     await session.add([acct("x1", 185), acct("x3", 0)])
     await session.finish(SweepReport(complete=True))
