@@ -276,9 +276,8 @@ class StateStore:
                 if not self._staged and self._appends(db, source, keys):
                     # increasing keys above the index's last (numeric ids): appended to the
                     # key index at once, which costs no more than staging them
-                    db.executemany("INSERT INTO account_keys (source, account_key, id) "
-                                   "VALUES (?, ?, ?)",
-                                   [(source, k, i) for k, i in zip(keys, ids, strict=True)])
+                    db.execute("INSERT INTO account_keys (source, account_key, id) SELECT "
+                               "source, account_key, id FROM accounts WHERE id > ?", (base,))
                     db.execute("UPDATE keys_merged SET upto = ?", (ids[-1],))
                     staged = 0
                 else:
