@@ -6,10 +6,13 @@ the chunk it is applying and writes the new ones back in one transaction per chu
 aggregates the tracker keeps in memory are derived data: :func:`read_contributions` rebuilds
 them from the rows (at start-up, and for the rows a complete sweep drops).
 
-Layout: accounts live in a rowid table numbered in the order they were first seen, with a
-unique index on ``(source, account_key)``. Sweeps revisit accounts in about the order they
-page through them every night, so a chunk's updates land on neighbouring pages whatever the
-keys look like (MX member guids are random); only first sightings touch the index.
+Layout: accounts live in a rowid table numbered in the order they were first seen; the key
+index ``account_keys`` maps ``(source, account_key)`` to that id. Sweeps revisit accounts in
+about the order they page through them every night, so a chunk's updates land on
+neighbouring pages whatever the keys look like (MX member guids are random). First
+sightings are appended by id only and found meanwhile through an in-memory hash lookup;
+the sweep's end merges them into the key index in key order (one pass over its pages
+instead of a random insert per key per batch).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -37,7 +40,15 @@ CREATE TABLE IF NOT EXISTS accounts (
     mfa_streak INTEGER NOT NULL,
     flags INTEGER NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS accounts_by_key ON accounts (source, account_key);
+CREATE TABLE IF NOT EXISTS account_keys (
+    source TEXT NOT NULL,
+    account_key TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    PRIMARY KEY (source, account_key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keys_merged (upto INTEGER NOT NULL);
+INSERT INTO keys_merged SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM keys_merged);
+CREATE TRIGGER IF NOT EXISTS accounts_forget_key AFTER DELETE ON accounts BEGIN DELETE FROM account_keys WHERE source = old.source AND account_key = old.account_key AND id = old.id; END;
 CREATE TABLE IF NOT EXISTS institutions (
     source TEXT NOT NULL,
     institution_id TEXT NOT NULL,
@@ -69,6 +80,15 @@ INSERT INTO accounts (source, account_key, institution_id, code, attempt_ts, suc
 DROP TABLE accounts_v1;
 DROP TABLE IF EXISTS sweeps;
 """
+# Schema 2 kept the key index as a unique index on accounts, updated by every first
+# sighting (random inserts for random keys); schema 3 keeps it as its own table, merged in
+# key order from the rows first seen since the last merge (ids above keys_merged.upto).
+_MIGRATE_FROM_2 = """
+INSERT INTO account_keys (source, account_key, id)
+    SELECT source, account_key, id FROM accounts ORDER BY source, account_key;
+UPDATE keys_merged SET upto = (SELECT coalesce(max(id), 0) FROM accounts);
+DROP INDEX IF EXISTS accounts_by_key;
+"""
 
 OTP = 1
 """``flags`` bit: the account is an OTP-loop suspect."""
@@ -80,41 +100,32 @@ AFTER_FIX = 4
 log = logging.getLogger(__name__)
 
 
-class AccountRow(NamedTuple):
-    """The stored state of one account, as :meth:`StateStore.load_accounts` and
-    :meth:`StateStore.rows_after` return it: the flags bits come split into three 0/1
-    columns, so the tracker builds its ``AccountState`` without unpacking bits."""
-
-    id: int
-    account_key: str
-    institution_id: str
-    code: str
-    broken_since: float | None
-    mfa_streak: int
-    otp_suspect: int
-    relapsed: int
-    after_fix: int
-    attempt_ts: float | None
-    success_ts: float | None
-
-
 _STATE_COLUMNS = ("institution_id", "code", "broken_since", "mfa_streak", "flags",
                   "attempt_ts", "success_ts")
-"""What :meth:`StateStore.write_chunk` takes for an account, in this order."""
-_READ = (
-    "{p}institution_id, {p}code, {p}broken_since, {p}mfa_streak, "
-    f"({{p}}flags & {OTP}) <> 0, ({{p}}flags & {RELAPSED}) <> 0, ({{p}}flags & {AFTER_FIX}) <> 0, "
-    "{p}attempt_ts, {p}success_ts"
-)
+"""The stored state of an account, in this order: what :meth:`StateStore.write_chunk`
+takes and, after ``(id, account_key)``, what :meth:`StateStore.load_accounts` and
+:meth:`StateStore.rows_after` return (the order of the tracker's ``AccountState``, so a
+row becomes a state by slicing)."""
 _LOAD = (
-    "SELECT a.id, a.account_key, " + _READ.format(p="a.")
+    "SELECT a.id, a.account_key, " + ", ".join(f"a.{c}" for c in _STATE_COLUMNS)
     # the chunk's keys drive the loop (CROSS JOIN keeps that order): a probe of the key
     # index each, then the rows, which sit in about the order the sweep asks for them
-    + " FROM json_each(?) AS k CROSS JOIN accounts AS a "
-    "ON a.source = ? AND a.account_key = k.value"
+    + " FROM json_each(?) AS k CROSS JOIN account_keys AS x CROSS JOIN accounts AS a "
+    "WHERE x.source = ? AND x.account_key = k.value AND a.id = x.id"
 )
+_LOAD_STAGED = (
+    "SELECT a.id, a.account_key, " + ", ".join(f"a.{c}" for c in _STATE_COLUMNS)
+    + " FROM json_each(?) AS k CROSS JOIN staging.keys AS s CROSS JOIN accounts AS a "
+    "WHERE s.h = k.value AND a.id = s.id AND a.source = ?"
+)
+_MERGE = (
+    "INSERT INTO account_keys (source, account_key, id) SELECT source, account_key, id "
+    "FROM accounts WHERE id > (SELECT upto FROM keys_merged) ORDER BY 1, 2"
+)
+STAGE_LIMIT = 1 << 20
+"""First sightings kept out of the key index at most (about 25 bytes of memory each)."""
 _AHEAD = (
-    "SELECT id, account_key, " + _READ.format(p="")
+    "SELECT id, account_key, " + ", ".join(_STATE_COLUMNS)
     + " FROM accounts NOT INDEXED WHERE id > ? AND id <= ? AND source = ? ORDER BY id LIMIT ?"
 )
 # Whole-source reads walk the table in row order: through the key index they would visit
@@ -124,8 +135,8 @@ _UPDATE = (
     "UPDATE accounts SET " + ", ".join(f"{c} = ?" for c in _STATE_COLUMNS) + " WHERE id = ?"
 )
 _INSERT = (
-    f"INSERT INTO accounts (source, account_key, {', '.join(_STATE_COLUMNS)}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO accounts (id, source, account_key, {', '.join(_STATE_COLUMNS)}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -141,6 +152,32 @@ class StateStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA cache_size=-32768")  # 32 MiB of pages, bounded
         self._migrate()
+        self._staged = 0
+        """rows first seen since the last merge of the key index (in ``pending_keys``)"""
+        self._attach_staging()
+        if self._db.execute("SELECT 1 FROM accounts WHERE id > (SELECT upto FROM keys_merged) "
+                            "LIMIT 1").fetchone():
+            self.merge_keys()  # first sightings of a run that ended before its merge
+
+    def _attach_staging(self) -> None:
+        """A fresh in-memory lookup of the rows not merged into the key index yet: their
+        key's hash (this process's ``hash()``: the lookup never outlives it) → id."""
+        self._db.execute("ATTACH DATABASE ':memory:' AS staging")
+        self._db.execute("CREATE TABLE staging.keys (h INTEGER PRIMARY KEY, id INTEGER NOT NULL)")
+
+    def merge_keys(self) -> None:
+        """Merge the rows first seen since the last merge into the key index, in key order
+        (each index page is written once, however random the keys), in one transaction."""
+        with self.transaction() as db:
+            self._merge(db)
+        self._staged = 0
+        self._db.execute("DETACH DATABASE staging")  # hands its memory back
+        self._attach_staging()
+
+    def _merge(self, db: sqlite3.Connection) -> None:
+        db.execute(_MERGE)
+        db.execute("UPDATE keys_merged SET upto = (SELECT coalesce(max(id), 0) FROM accounts)")
+        db.execute("DELETE FROM staging.keys")
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -153,11 +190,18 @@ class StateStore:
         with self.transaction() as db:
             script = _SCHEMA if version != 1 else _MIGRATE_FROM_1.format(
                 schema=_SCHEMA, otp=OTP, relapsed=RELAPSED, after_fix=AFTER_FIX)
+            if version in (1, 2):
+                script += _MIGRATE_FROM_2
             # statement by statement: executescript would commit half-way
             for statement in script.split(";\n"):
                 if statement.strip():
                     db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @property
+    def staged(self) -> int:
+        """Rows first seen since the last merge of the key index."""
+        return self._staged
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -186,12 +230,19 @@ class StateStore:
         return self._db.execute("SELECT coalesce(max(id), 0) FROM accounts").fetchone()[0]
 
     def load_accounts(self, source: str, keys: list[str]) -> dict[str, tuple]:
-        """The stored rows of ``keys`` (unique), as ``key → AccountRow``-shaped tuples.
+        """The stored rows of ``keys`` (unique), as ``key → (id, key, *_STATE_COLUMNS)``.
 
         The keys travel as one JSON array joined in SQLite: one bound parameter, no
         host-parameter limit, no per-key statement.
         """
-        return {row[1]: row for row in self._db.execute(_LOAD, (json.dumps(keys), source))}
+        found = {row[1]: row for row in self._db.execute(_LOAD, (json.dumps(keys), source))}
+        if self._staged and len(found) < len(keys):  # first seen since the last merge
+            rest = {k for k in keys if k not in found}
+            for row in self._db.execute(_LOAD_STAGED,
+                                        (json.dumps([hash(k) for k in rest]), source)):
+                if row[1] in rest:  # (not another key of the same hash)
+                    found[row[1]] = row
+        return found
 
     def rows_after(self, source: str, after_id: int, upto: int, limit: int) -> list[tuple]:
         """Up to ``limit`` rows of ``source`` with ids in (``after_id``, ``upto``], in id
@@ -212,13 +263,37 @@ class StateStore:
         ``updates`` are ``(*_STATE_COLUMNS, id)`` for stored accounts whose state changed,
         ``stamps`` ``(attempt_ts, success_ts, id)`` for those where only these two moved
         (the usual night: a narrower statement), ``inserts`` ``(source, account_key,
-        *state columns)`` for first sightings.
+        *state columns)`` for first sightings (in the order they were seen: ids follow it).
+
+        First sightings get the next ids and stay out of the key index until
+        :meth:`merge_keys` (found meanwhile through the in-memory staging lookup), unless
+        more than :data:`STAGE_LIMIT` wait: then they are merged in this transaction.
         """
         with self.transaction() as db:
             db.executemany(_UPDATE, updates)
             db.executemany("UPDATE accounts SET attempt_ts = ?, success_ts = ? WHERE id = ?",
                            stamps)
-            db.executemany(_INSERT, inserts)
+            staged = self._staged + len(inserts)
+            if inserts:
+                # ids above every merged one (a deleted tail's ids are not reused below it)
+                base = db.execute("SELECT max(coalesce(max(id), 0), (SELECT upto FROM "
+                                  "keys_merged)) FROM accounts").fetchone()[0]
+                ids = range(base + 1, base + 1 + len(inserts))
+                db.executemany(_INSERT, [(i, *row) for i, row in zip(ids, inserts, strict=True)])
+                keys = [row[1] for row in inserts]
+                if not self._staged and self._appends(db, source, keys):
+                    # increasing keys above the index's last (numeric ids): appended to the
+                    # key index at once, which costs no more than staging them
+                    db.execute("INSERT INTO account_keys (source, account_key, id) SELECT "
+                               "source, account_key, id FROM accounts WHERE id > ?", (base,))
+                    db.execute("UPDATE keys_merged SET upto = ?", (ids[-1],))
+                    staged = 0
+                else:
+                    added = db.executemany(
+                        "INSERT OR IGNORE INTO staging.keys (h, id) VALUES (?, ?)",
+                        [(hash(k), i) for k, i in zip(keys, ids, strict=True)]).rowcount
+                    if added != len(inserts):  # two keys of one hash: index them all now
+                        staged = STAGE_LIMIT + 1
             db.executemany(
                 "INSERT INTO transitions (source, provider, institution_id, from_category, "
                 "to_category, count) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
@@ -233,6 +308,20 @@ class StateStore:
                 "WHERE excluded.name <> excluded.institution_id",
                 ((source, i, n) for i, n in institutions.items()),
             )
+            if staged > STAGE_LIMIT:
+                self._merge(db)
+        if inserts:
+            self._staged = staged if staged <= STAGE_LIMIT else 0
+
+    @staticmethod
+    def _appends(db: sqlite3.Connection, source: str, keys: list[str]) -> bool:
+        """Whether ``keys`` (in arrival order) increase and all sort after the key index's
+        last key of ``source``: then inserting them only appends to the index."""
+        if keys != sorted(keys):  # (unique keys: sorted means increasing)
+            return False
+        top = db.execute("SELECT max(account_key) FROM account_keys WHERE source = ?",
+                         (source,)).fetchone()[0]
+        return top is None or keys[0] > top
 
     def drop_unseen(self, source: str, seen: bytearray, upto: int, *,
                     rows: bool = False) -> tuple[Contributions, list[tuple]] | None:

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 from exporter.records import AccountStatus
 from exporter.sources.base import SweepReport
-from exporter.state import MINUTE
+from exporter.state import MINUTE, OTP
 from exporter.tracker.aggregates import ChunkDelta
 from exporter.tracker.events import AccountEvent
-from exporter.tracker.transition import STABLE_FIELDS, AccountState, transition
+from exporter.tracker.transition import STABLE_FIELDS, STORED_FIELDS, AccountState, transition
 
 if TYPE_CHECKING:
     from exporter.tracker.tracker import Tracker
@@ -42,6 +42,8 @@ class SweepSession:
         self._seen = bytearray((last_id >> 3) + 1)
         """one bit per account id that existed when the sweep began: set once it is read"""
         self._stored = stored
+        self._sweep = read_ahead
+        """a sweep, not a pushed re-read of a few accounts"""
         self._read_ahead = read_ahead and stored > 0
         self._seen_count = 0
         self._ahead: dict[str, tuple] = {}
@@ -152,13 +154,12 @@ class SweepSession:
                                             steady=steady)
                 if changes:
                     events += changes
-                (_i, code, category, fixable, broken, streak, otp, relapsed, after_fix,
-                 attempt, success) = state
-                inserts.append((source, key, inst_id, code, broken, streak,
-                                otp | relapsed << 1 | after_fix << 2, attempt, success))
-                delta.accounts.append((inst_id, code, category, fixable))
-                if otp:
+                inserts.append((source, key, *state[:STORED_FIELDS]))
+                category = state.category
+                delta.accounts.append((inst_id, state.code, category, state.fixable))
+                if state.flags & OTP:
                     delta.otp.append(inst_id)
+                broken, success = state.broken_since, state.success_ts
                 if broken is not None:
                     delta.broken.append((category, broken // MINUTE))
                 if success is None:
@@ -166,8 +167,8 @@ class SweepSession:
                 else:
                     delta.success.append(success // MINUTE)
                 continue
-            row_id, p_code = row[0], row[3]
-            prev = _new_state(AccountState, row[2:4] + classes[p_code] + row[4:])
+            row_id = row[0]
+            prev = _new_state(AccountState, row[2:] + classes[row[3]])
             state, changes = transition(prev, rec, facts, now, threshold, emit=emit,
                                         steady=steady)
             if changes:
@@ -177,27 +178,25 @@ class SweepSession:
                 if not seen[row_id >> 3] & bit:
                     seen[row_id >> 3] |= bit
                     self._seen_count += 1
-            if state == prev:  # a re-poll: the same attempt seen again
+            if state is prev:  # a re-poll: the same attempt seen again
                 continue
-            success = state.success_ts
-            p_success = prev.success_ts
+            success, p_success = state.success_ts, prev.success_ts
             if state[:STABLE_FIELDS] == prev[:STABLE_FIELDS]:
                 # the usual night: at most the attempt and the success moved
                 if state.attempt_ts != prev.attempt_ts or p_success != success:
                     stamps.append((state.attempt_ts, success, row_id))
             else:
-                (_i, code, category, fixable, broken, streak, otp, relapsed, after_fix,
-                 attempt, success) = state
-                updates.append((inst_id, code, broken, streak,
-                                otp | relapsed << 1 | after_fix << 2, attempt, success, row_id))
+                updates.append((*state[:STORED_FIELDS], row_id))
                 # what the aggregates lose from the old row and gain from the new one
-                p_inst, p_category, p_broken = prev.institution_id, prev.category, prev.broken_since
+                (p_inst, p_code, p_broken, _s, p_flags, _a, _s, p_category,
+                 p_fixable) = prev
+                (_i, code, broken, _s, flags, _a, _s, category, fixable) = state
                 if p_code != code or p_inst != inst_id:
-                    delta.gone_accounts.append((p_inst, p_code, p_category, prev.fixable))
+                    delta.gone_accounts.append((p_inst, p_code, p_category, p_fixable))
                     delta.accounts.append((inst_id, code, category, fixable))
                     if p_category != category:
                         transitions[(self.provider, inst_id, p_category, category)] += 1
-                p_otp = prev.otp_suspect
+                otp, p_otp = flags & OTP, p_flags & OTP
                 if p_otp != otp or (otp and p_inst != inst_id):
                     if p_otp:
                         delta.gone_otp.append(p_inst)
@@ -216,7 +215,6 @@ class SweepSession:
                 delta.success.append(success // MINUTE)
         if unknown:
             tracker.note_unknown(source, self.provider, unknown)
-        inserts.sort()  # in key order: neighbouring inserts share index pages
         tracker.store.write_chunk(source, updates, stamps, inserts, transitions, names)
         # only once the chunk is committed:
         tracker.fleet(source).apply(delta)
@@ -230,6 +228,9 @@ class SweepSession:
         if self._pending:
             chunk, self._pending = self._pending, []
             events = self._apply(chunk)
+        if self._sweep or self.tracker.store.staged > self.tracker.batch_size:
+            # index the accounts first seen (a pushed re-read leaves a few to the next sweep)
+            self.tracker.store.merge_keys()
         if report.complete and self._seen_count < self._stored:
             events += self.tracker.drop_unseen(self, self._seen, self._upto)
         self.tracker.publish_sync(self.source, self.provider)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from exporter.records import AccountStatus
+from exporter.state import AFTER_FIX, OTP, RELAPSED
 from exporter.tracker.events import AccountEvent, EventKind
 
 OK = "ok"
@@ -38,28 +39,46 @@ class CodeFacts(NamedTuple):
 
 
 class AccountState(NamedTuple):
-    """The tracker's state of one account. ``category`` and ``fixable`` derive from the code
-    (they are not stored); the fields before ``attempt_ts`` change rarely, the last two
-    nightly — the session relies on that order to spot "only the times moved"."""
+    """The tracker's state of one account.
+
+    The first seven fields are what the store keeps, in the order it keeps them (a stored
+    row becomes a state, and a state a row, by slicing: nothing per field); ``category``
+    and ``fixable`` derive from the code and come last. Of the stored fields, those before
+    ``attempt_ts`` change rarely and the two times nightly: the session relies on that order
+    to spot "only the times moved". The three MFA marks share one ``flags`` field (bits
+    :data:`OTP`, :data:`RELAPSED`, :data:`AFTER_FIX`) and read as booleans by name.
+    """
 
     institution_id: str
     code: str
-    category: str
-    fixable: bool
     broken_since: float | None
     mfa_streak: int
-    otp_suspect: bool
-    relapsed: bool
-    """fell back to MFA right after a fix (and is still there)"""
-    after_fix: bool
-    """the last distinct attempt succeeded after an MFA streak"""
+    flags: int
     attempt_ts: float | None
     """the newest aggregation attempt seen"""
     success_ts: float | None
     """the last successful aggregation"""
+    category: str
+    fixable: bool
+
+    @property
+    def otp_suspect(self) -> bool:
+        return bool(self.flags & OTP)
+
+    @property
+    def relapsed(self) -> bool:
+        """fell back to MFA right after a fix (and is still there)"""
+        return bool(self.flags & RELAPSED)
+
+    @property
+    def after_fix(self) -> bool:
+        """the last distinct attempt succeeded after an MFA streak"""
+        return bool(self.flags & AFTER_FIX)
 
 
 _new = tuple.__new__  # (AccountState, fields): a NamedTuple built in C
+STORED_FIELDS = AccountState._fields.index("category")
+"""``state[:STORED_FIELDS]`` is what the store keeps of a state."""
 STABLE_FIELDS = AccountState._fields.index("attempt_ts")
 """``state[:STABLE_FIELDS]`` equal ⇒ at most the attempt and success times moved."""
 
@@ -69,34 +88,55 @@ def transition(prev: AccountState | None, record: AccountStatus, facts: CodeFact
                steady: bool = False) -> tuple[AccountState, list[AccountEvent]]:
     """The account's next state and the events of the change. ``steady`` also emits
     STILL_BROKEN (only steady subscribers receive it); ``emit=False`` skips building events
-    nobody receives (the state is the same either way)."""
+    nobody receives (the state is the same either way).
+
+    When nothing moves (a re-poll: the same or an older attempt, same code, institution and
+    success) the result is ``prev`` itself, so a caller can tell by identity."""
     code, category, fixable, otp_code, ok, healthy = facts
     attempt, success = record.attempt_ts, record.success_ts
     if prev is None:
-        streak, relapsed, after_fix, prev_attempt = 0, False, False, None
+        streak = flags = 0
+        prev_attempt = None
         broken = None if healthy else (attempt or now)
     else:
-        (_i, p_code, p_category, p_fixable, p_broken, streak, p_otp, p_relapsed, after_fix,
-         prev_attempt, p_success) = prev
-        relapsed = p_relapsed
+        (p_inst, p_code, p_broken, streak, p_flags, prev_attempt, p_success, p_category,
+         p_fixable) = prev
+        # no new attempt (streak and marks stay), and nothing else moved either
+        if ((attempt is None or (prev_attempt is not None and attempt <= prev_attempt))
+                and p_code == code and p_inst == record.institution_id
+                and (success is None or success == p_success)
+                and (p_broken is None) == healthy
+                and bool(p_flags & OTP) == bool(
+                    otp_code and (streak >= otp_threshold or p_flags & RELAPSED))
+                and p_category == category and p_fixable == fixable):
+            if emit and steady and fixable and category != OK:
+                return prev, _events([EventKind.STILL_BROKEN], record, prev, prev, p_broken,
+                                     now)
+            return prev, []
+        flags = p_flags
         if success is None:
             success = p_success
         broken = None if healthy else (p_broken or attempt or now)
     if attempt is not None and (prev_attempt is None or attempt > prev_attempt):
         if otp_code:  # a new attempt, MFA again
-            relapsed, after_fix = bool(relapsed or after_fix), False
+            flags = RELAPSED if flags & (AFTER_FIX | RELAPSED) else 0
             streak += 1
         elif ok:
-            relapsed, after_fix, streak = False, streak > 0, 0
+            flags = AFTER_FIX if streak else 0
+            streak = 0
         else:
-            relapsed, after_fix, streak = False, False, 0
+            streak = flags = 0
     elif prev_attempt is not None:
         attempt = prev_attempt  # the same or an older attempt: keep the newest seen
-    otp = otp_code and (streak >= otp_threshold or relapsed)
-    state = _new(AccountState, (record.institution_id, code, category, fixable, broken, streak,
-                                otp, relapsed, after_fix, attempt, success))
+    if otp_code and (streak >= otp_threshold or flags & RELAPSED):
+        flags |= OTP
+    else:
+        flags &= ~OTP
+    state = _new(AccountState, (record.institution_id, code, broken, streak, flags, attempt,
+                                success, category, fixable))
     if not emit:
         return state, []
+    otp, relapsed = flags & OTP, flags & RELAPSED
     if prev is None:
         if category == OK:
             return state, []
@@ -106,6 +146,7 @@ def transition(prev: AccountState | None, record: AccountStatus, facts: CodeFact
         if otp:
             kinds.append(EventKind.OTP_SUSPECT)
         return state, _events(kinds, record, state, None, broken, now)
+    p_otp, p_relapsed = p_flags & OTP, p_flags & RELAPSED
     if p_code == code and otp == p_otp and relapsed == p_relapsed:
         if steady and fixable and category != OK:
             return state, _events([EventKind.STILL_BROKEN], record, state, prev, broken, now)
@@ -132,6 +173,6 @@ def _events(kinds: list[EventKind], record: AccountStatus, state: AccountState,
     return [AccountEvent(kind, record.source, record.provider, record.account_key,
                          record.owner_id, record.login_id, state.institution_id,
                          record.institution, state.code, state.category, state.fixable,
-                         bool(state.otp_suspect), prev.code if prev else None,
+                         state.otp_suspect, prev.code if prev else None,
                          prev.category if prev else None, broken_since, now)
             for kind in kinds]

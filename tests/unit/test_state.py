@@ -281,3 +281,117 @@ async def test_a_new_source_beside_a_big_one_reads_ahead_within_bounds(
     for source in ("new", "big"):
         assert as_dict(tracker.fleet(source)) == as_dict(rebuilt(tracker, source))
     await tracker.close()
+
+
+V2_SCHEMA = """
+CREATE TABLE accounts (id INTEGER PRIMARY KEY, source TEXT NOT NULL, account_key TEXT NOT NULL,
+    institution_id TEXT NOT NULL, code TEXT NOT NULL, attempt_ts REAL, success_ts REAL,
+    broken_since REAL, mfa_streak INTEGER NOT NULL, flags INTEGER NOT NULL);
+CREATE UNIQUE INDEX accounts_by_key ON accounts (source, account_key);
+CREATE TABLE institutions (source TEXT NOT NULL, institution_id TEXT NOT NULL,
+    name TEXT NOT NULL, PRIMARY KEY (source, institution_id)) WITHOUT ROWID;
+CREATE TABLE transitions (source TEXT NOT NULL, provider TEXT NOT NULL,
+    institution_id TEXT NOT NULL, from_category TEXT NOT NULL, to_category TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (source, provider, institution_id, from_category, to_category)) WITHOUT ROWID;
+PRAGMA user_version=2;
+"""
+
+
+def stored(store: StateStore) -> dict[str, tuple]:
+    """key → (id, code, streak), and the key index agrees with the rows."""
+    db = store.connection
+    rows = {k: (i, c, s) for i, k, c, s in db.execute(
+        "SELECT id, account_key, code, mfa_streak FROM accounts")}
+    assert len(rows) == db.execute("SELECT count(*) FROM accounts").fetchone()[0]
+    return rows
+
+
+async def test_schema_2_state_is_migrated_to_a_key_table(tmp_path, acct, clock):
+    path = tmp_path / "s.db"
+    db = sqlite3.connect(path)
+    db.executescript(V2_SCHEMA)
+    attempt = clock.now - DAY - 3600
+    db.executemany("INSERT INTO accounts VALUES (?,?,?,?,?,?,?,?,?,?)",
+                   [(1, "fin", "b", "4222", "185", attempt, None, attempt, 2, 0),
+                    (2, "fin", "a", "4222", "0", attempt, attempt, None, 0, 4)])
+    db.commit()
+    db.close()
+
+    store = StateStore(path)
+    assert store.connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert store.connection.execute("SELECT * FROM account_keys").fetchall() == [
+        ("fin", "a", 2), ("fin", "b", 1)]
+    indexes = {r[0] for r in store.connection.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "accounts_by_key" not in indexes
+    tracker = Tracker(store, clock=clock)
+    await tracker.load({"fin": "finicity"})
+    session = await tracker.begin("fin", "finicity", read_ahead=False)  # through the key index
+    await session.add([acct("b", 185), acct("c", 0)])
+    await session.finish(SweepReport(complete=False))
+    assert stored(store) == {"b": (1, "185", 3), "a": (2, "0", 0), "c": (3, "0", 0)}
+    await tracker.close()
+
+
+async def test_first_sightings_are_found_before_and_after_the_key_merge(tmp_path, acct, clock):
+    """A key seen twice in one sweep, or pushed while the sweep runs, is one account: found
+    through the staging lookup before the sweep's end merges it into the key index, and
+    through the key index after; a run killed before the merge merges on the next start."""
+    path = tmp_path / "s.db"
+    store = StateStore(path)
+    tracker = Tracker(store, clock=clock, batch_size=2)
+    session = await tracker.begin("fin", "finicity")
+    await session.add([acct("m9", 185), acct("m8", 185), acct("m7", 0),
+                       acct("m9", 185, attempt=clock.now)])  # m1 again, in the next chunk
+    assert store.staged == 3
+    # a push finds m2 staged; more staged than a batch: its end merges them
+    await tracker.apply_records("fin", "finicity", [acct("m8", 185, attempt=clock.now)])
+    assert store.staged == 0
+    await session.add([acct("m8", 185, attempt=clock.now), acct("m6", 0)])  # m2 again
+    await session.add([acct("m5", 0)])
+    assert store.staged == 1
+    await session.finish(SweepReport(complete=True))
+    assert store.staged == 0
+    assert {k: s for k, (_i, _c, s) in stored(store).items()} == {
+        "m9": 2, "m8": 2, "m7": 0, "m6": 0, "m5": 0}
+    assert store.connection.execute("SELECT count(*) FROM account_keys").fetchone()[0] == 5
+    session = await tracker.begin("fin", "finicity")
+    await session.add([acct("p1", 0), acct("p2", 0)])  # increasing, after the index's last
+    assert store.staged == 0
+    assert store.connection.execute("SELECT count(*) FROM account_keys").fetchone()[0] == 7
+    await session.finish(SweepReport(complete=False))
+
+    session = await tracker.begin("fin", "finicity")
+    await session.add([acct("n2", 0), acct("n1", 0)])  # committed, never merged: "killed"
+    assert store.staged == 2
+    store.connection.close()  # (no checkpoint, no merge)
+    tracker._writer.shutdown(wait=True)
+
+    again = StateStore(path)
+    assert again.staged == 0
+    assert again.connection.execute("SELECT count(*) FROM account_keys").fetchone()[0] == 9
+    tracker = Tracker(again, clock=clock)
+    await tracker.apply_records("fin", "finicity", [acct("n1", 185)])
+    assert stored(again)["n1"][1:] == ("185", 0)
+    assert len(stored(again)) == 9
+    await tracker.close()
+
+
+async def test_two_new_keys_of_one_hash_are_indexed_at_once(tmp_path, acct, clock, monkeypatch):
+    """The staging lookup holds one id per hash: a second key of the same hash makes the
+    chunk merge into the key index in its own transaction (nothing is lost or doubled)."""
+    import exporter.state as state
+
+    store = StateStore(tmp_path / "s.db")
+    tracker = Tracker(store, clock=clock, batch_size=2)
+    monkeypatch.setattr(state, "hash", lambda key: 7, raising=False)
+    session = await tracker.begin("fin", "finicity")
+    await session.add([acct("x2", 910), acct("x1", 0)])  # (not increasing: staged)
+    assert store.staged == 0  # merged at once
+    await session.add([acct("x1", 185), acct("x3", 0)])
+    await session.finish(SweepReport(complete=True))
+    assert {k: c for k, (_i, c, _s) in stored(store).items()} == {
+        "x1": "185", "x2": "910", "x3": "0"}
+    assert store.connection.execute("SELECT count(*) FROM account_keys").fetchone()[0] == 3
+    await tracker.close()

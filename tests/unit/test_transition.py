@@ -6,6 +6,8 @@ One table of cases; each runs a sequence of polls of one account through
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from exporter.records import AccountStatus
@@ -132,3 +134,19 @@ def test_back_to_ok_carries_when_the_episode_began():
     state, events = transition(state, fixed, FACTS["0"], NOW + DAY, 3)
     assert state.broken_since is None
     assert {e.kind: e.broken_since for e in events} == {K.LEFT: NOW, K.BACK_TO_OK: NOW}
+
+
+@pytest.mark.parametrize("code", ["0", "103", "185", "910", "NONE"])
+def test_a_re_poll_returns_the_previous_state_itself(code):
+    """Nothing moved: the very same object comes back (the session skips it by identity),
+    and it equals what the full rule computes."""
+    record = AccountStatus("fin", "finicity", "a1", "4222", "FinBank", code, NOW,
+                           NOW if code == "0" else None)
+    state, _ = transition(None, record, FACTS[code], NOW, 1)
+    again, events = transition(state, record, FACTS[code], NOW + 60, 1)
+    assert again is state and events == []
+    older = dataclasses.replace(record, attempt_ts=NOW - DAY, success_ts=None)
+    assert transition(state, older, FACTS[code], NOW + 60, 1)[0] is state
+    moved = dataclasses.replace(record, institution_id="4223")
+    assert transition(state, moved, FACTS[code], NOW + 60, 1)[0] == state._replace(
+        institution_id="4223")
