@@ -30,6 +30,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_tracker import reference_loop
 from exporter.records import AccountStatus
 from exporter.remediation.config import RemediationConfig
 from exporter.remediation.loop import RepairLoop
@@ -192,6 +193,7 @@ if __name__ == "__main__":
     parser.add_argument("--episodes", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
+    print(f"reference: sum(i*i for i in range(10**7)) takes {reference_loop():.2f} s here")
     asyncio.run(sweep_cost(args.episodes))
     asyncio.run(sweep_cost(args.episodes * 10, 0.01))
     asyncio.run(main(args.episodes, args.concurrency))
