@@ -70,9 +70,18 @@ async def serve(config_path: str) -> None:
                        {s.name: Source(s.name, s.provider) for s in settings.sources},
                        Tracker(), NullWebhookObserver(), settings.state.path)
     await push.start()
+    profile = None
+    if os.environ.get("BENCH_PROFILE"):
+        import cProfile
+
+        profile = cProfile.Profile()
+        profile.enable()
     try:
         await serve_until_signal([http_server(push.app, settings.webhooks.listen_address)])
     finally:
+        if profile is not None:
+            profile.disable()
+            profile.dump_stats(os.environ["BENCH_PROFILE"])
         await push.stop()
 
 
@@ -214,13 +223,7 @@ def main() -> None:
         run_agent(args)
         return
     if args.serve:
-        if os.environ.get("BENCH_PROFILE"):
-            import cProfile
-
-            cProfile.runctx("asyncio.run(serve(args.serve))", globals(), locals(),
-                            os.environ["BENCH_PROFILE"])
-        else:
-            asyncio.run(serve(args.serve))
+        asyncio.run(serve(args.serve))
         return
     with tempfile.TemporaryDirectory() as tmp, socket.socket() as s:
         s.bind(("127.0.0.1", 0))
