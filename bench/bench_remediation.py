@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_tracker import reference_loop
 from exporter.records import AccountStatus
 from exporter.remediation.config import RemediationConfig
+from exporter.remediation.delivery import delivery_client
 from exporter.remediation.loop import RepairLoop
 from exporter.sources.base import SweepReport
 from exporter.state import StateStore
@@ -82,8 +83,7 @@ async def main(n: int, concurrency: int) -> None:
             cfg = RemediationConfig(enabled=True, endpoint=f"http://127.0.0.1:{port}/fix",
                                     secret="bench", max_concurrency=concurrency,
                                     storm_min=10**9)
-            limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-            async with httpx.AsyncClient(limits=limits) as client:
+            async with delivery_client(cfg) as client:
                 loop = RepairLoop(cfg, db, sources={}, snapshot=lambda: None,
                                   clock=lambda: NOW, client=client)
                 loop.sweep_finished("fin", True)
