@@ -192,8 +192,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--episodes", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--part", choices=("all", "sweep", "burst"), default="all")
     args = parser.parse_args()
     print(f"reference: sum(i*i for i in range(10**7)) takes {reference_loop():.2f} s here")
-    asyncio.run(sweep_cost(args.episodes))
-    asyncio.run(sweep_cost(args.episodes * 10, 0.01))
-    asyncio.run(main(args.episodes, args.concurrency))
+    if args.part in ("all", "sweep"):
+        asyncio.run(sweep_cost(args.episodes))
+        asyncio.run(sweep_cost(args.episodes * 10, 0.01))
+    if args.part in ("all", "burst"):
+        asyncio.run(main(args.episodes, args.concurrency))
