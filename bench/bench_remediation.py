@@ -98,9 +98,17 @@ async def main(n: int, concurrency: int) -> None:
                 started = time.perf_counter()
                 await loop.evaluate()
                 created = time.perf_counter() - started
+                tracker = Tracker(StateStore(Path(tmp) / "tracker.db"), clock=lambda: NOW)
+                await tracker.load({"fin": "finicity"})
+                accounts = records(n, "0", 0)
+                await timed_sweep(tracker, accounts)  # first: inserts; the next ones compare
+                quiet = await timed_sweep(tracker, accounts)
                 started = time.perf_counter()
-                sent = await loop.worker.run_once()
+                sending = asyncio.create_task(loop.worker.run_once())
+                busy = await timed_sweep(tracker, accounts)
+                sent = await sending
                 delivered = time.perf_counter() - started
+                await tracker.close()
                 states = loop.store.outbox_states()
                 await loop.stop()
             size = sum(os.path.getsize(p) for p in Path(tmp).glob("state.db*"))
@@ -108,6 +116,8 @@ async def main(n: int, concurrency: int) -> None:
         print(f"events folded into episodes: {2 * n / folded:,.0f} events/s ({n / folded:,.0f} logins/s)")
         print(f"requests created: {n / created:,.0f}/s ({created:.1f} s)")
         print(f"requests delivered: {sent / delivered:,.0f}/s ({delivered:.1f} s), outbox {states}")
+        print(f"sweep of {n} unchanged accounts: {quiet:.2f} s with the outbox idle, {busy:.2f} s "
+              f"while it delivers ({(busy / quiet - 1) * 100:+.0f} %)")
         print(f"database: {size / 1e6:.1f} MB for {n} episodes = "
               f"{size / n * 1e6 / 1e9:.2f} GB per 1,000,000 episodes")
     finally:
