@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import httpx
 
 from exporter.remediation.config import RemediationConfig
-from exporter.remediation.delivery import DeliveryWorker, wait_for_event
+from exporter.remediation.delivery import DeliveryWorker, delivery_client, wait_for_event
 from exporter.remediation.episodes import (
     BACKFILL_WINDOW,
     REBROKE_WINDOW,
@@ -114,7 +114,7 @@ class RepairLoop:
         self.store = RemediationStore(db_path)
         self._baselines: dict[str, float] = self.store.baselines()
         self._own_client = client is None
-        self.client = client or httpx.AsyncClient(follow_redirects=False)
+        self.client = client or delivery_client(cfg)
         self.worker = DeliveryWorker(cfg, self.secret, self.call, self.client, clock,
                                      self.observer, self.link_for, rand)
         self._tasks: list[asyncio.Task] = []

@@ -366,26 +366,32 @@ class RemediationStore:
 
     def settle(self, settled: list) -> set[str]:
         """Write back a batch of attempts (``delivery.Settlement``) in one transaction;
-        returns the ids newly marked delivered (a row cancelled meanwhile is not)."""
-        delivered: set[str] = set()
+        returns the ids newly marked delivered (a row cancelled meanwhile is not).
+
+        Set-wise: one statement per kind of outcome (a burst settles hundreds at a time)."""
+        retried = [(s.at, s.error, s.row.id) for s in settled if s.result == "retried"]
+        finished = [s for s in settled if s.result != "retried"]
+        still: set[str] = set()
         with self._tx():
-            for s in settled:
-                row = s.row
-                if s.result == "retried":
-                    self.db.execute(
-                        "UPDATE fix_outbox SET attempts = attempts + 1, next_attempt_at = ?, "
-                        "last_error = ? WHERE id = ? AND state = 'pending'", (s.at, s.error, row.id))
-                    continue
-                cur = self.db.execute(
-                    "UPDATE fix_outbox SET state = ?, attempts = attempts + 1, finished_at = ?, "
-                    "last_error = ? WHERE id = ? AND state = 'pending'",
-                    (s.result, s.at, s.error or None, row.id))
-                if s.result == DELIVERED and cur.rowcount:
-                    delivered.add(row.id)
-                    # The body served its purpose; the episode keeps what outcomes need.
-                    self.db.execute("UPDATE fix_outbox SET body = '' WHERE id = ?", (row.id,))
-                    self.db.execute("UPDATE fix_episodes SET delivered_at = ? WHERE id = ? "
-                                    "AND delivered_at IS NULL", (s.at, row.episode_id))
+            if retried:
+                self.db.executemany(
+                    "UPDATE fix_outbox SET attempts = attempts + 1, next_attempt_at = ?, "
+                    "last_error = ? WHERE id = ? AND state = 'pending'", retried)
+            for chunk in _chunks([s.row.id for s in finished]):
+                still.update(r[0] for r in self.db.execute(
+                    f"SELECT id FROM fix_outbox WHERE state = 'pending' AND id IN "
+                    f"({','.join('?' * len(chunk))})", chunk))
+            pending = [s for s in finished if s.row.id in still]
+            delivered = {s.row.id for s in pending if s.result == DELIVERED}
+            # A delivered body served its purpose; the episode keeps what outcomes need.
+            self.db.executemany(
+                "UPDATE fix_outbox SET state = ?, attempts = attempts + 1, finished_at = ?, "
+                "last_error = ?, body = CASE WHEN ? THEN '' ELSE body END WHERE id = ?",
+                [(s.result, s.at, s.error or None, s.result == DELIVERED, s.row.id)
+                 for s in pending])
+            self.db.executemany(
+                "UPDATE fix_episodes SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL",
+                [(s.at, s.row.episode_id) for s in pending if s.result == DELIVERED])
         return delivered
 
     def pending_counts(self) -> dict[str, int]:
