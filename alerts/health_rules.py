@@ -68,6 +68,21 @@ def _labelled(g: ModuleType, name: str, expr: str, **labels: str) -> dict[str, A
     return {**g._record(name, expr), "labels": labels}
 
 
+def _bands(expr: str, low: Any, high: Any, names: tuple[str, str, str], *,
+           low_first: bool = False) -> dict[str, str]:
+    """Three conditions that split ``expr`` at ``low`` and ``high``: below/within/above for a
+    share (``low_first``: the lower bound counts as within), at-or-below/within/above for an
+    age (the expressions the rules have always had; the generated file stays byte-identical)."""
+    below, within, above = names
+    if low_first:
+        return {below: f"{expr} < {low}",
+                within: f"{expr} >= {low}\n  and\n  {expr} < {high}",
+                above: f"{expr} >= {high}"}
+    return {below: f"{expr} <= {low}",
+            within: f"{expr} > {low} <= {high}",
+            above: f"{expr} > {high}"}
+
+
 def recording_rules(g: ModuleType, v: Any) -> list[dict[str, Any]]:
     """Group openfinance.health.rules; ``g`` is alerts/generate.py (its rule helpers), ``v``
     its parameter values."""
@@ -75,18 +90,10 @@ def recording_rules(g: ModuleType, v: Any) -> list[dict[str, Any]]:
     health = "|".join(HEALTH_SIDES)
     success = "institution:openfinance_health_success:ratio"
     down, degraded = v.health_down_below, v.health_degraded_below
-    states = {
-        "down": f"{success} < {down}",
-        "degraded": f"{success} >= {down}\n  and\n  {success} < {degraded}",
-        "healthy": f"{success} >= {degraded}",
-    }
+    states = _bands(success, down, degraded, ("down", "degraded", "healthy"), low_first=True)
     median = "source:openfinance_account_last_success_age_seconds:median"
     delayed, stopped = v.refresh_delayed_after_seconds, v.refresh_stopped_after_seconds
-    refresh = {
-        "normal": f"{median} <= {delayed}",
-        "delayed": f"{median} > {delayed} <= {stopped}",
-        "stopped": f"{median} > {stopped}",
-    }
+    refresh = _bands(median, delayed, stopped, ("normal", "delayed", "stopped"))
 
     recording = [_labelled(g, "institution_side:openfinance_accounts:sum", _side_sum(side, inst),
                            side=side) for side in SIDES]

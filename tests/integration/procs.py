@@ -5,12 +5,14 @@ Every process listens on a free port on 127.0.0.1 and is stopped (by pid) when t
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,6 +109,50 @@ def agent_config(path: Path, sandbox_url: str, state_path: Path, *, interval: fl
     return path
 
 
+def with_webhooks(config: Path, port: int, mx_user: str, mx_password: str) -> Path:
+    """Turn on the agent's webhook listener at ``port`` for every source of ``config``
+    (MX with HTTP Basic credentials)."""
+    doc = yaml.safe_load(config.read_text())
+    doc["webhooks"] = {"listen_address": f"127.0.0.1:{port}"}
+    for src in doc["sources"]:
+        src["webhooks"] = ({} if src["provider"] == "finicity" else
+                           {"webhook_username": mx_user, "webhook_password": mx_password})
+    config.write_text(yaml.safe_dump(doc))
+    return config
+
+
+def served_owners(config: Path, source: str) -> dict[str, Counter]:
+    """What the sandbox serves now, per owner: (institution_id, code) counts, read with the
+    agent's own source class (so codes are normalised the same way)."""
+    from exporter.config import Settings
+    from exporter.sources import build_source
+    from exporter.sources.base import NullObserver
+
+    settings = Settings(**yaml.safe_load(config.read_text()))
+    cfg = next(s for s in settings.sources if s.name == source)
+    records: list = []
+
+    class Collect:
+        async def add(self, batch):
+            records.extend(batch)
+
+        def progress(self, done, total):
+            pass
+
+    async def run():
+        src = build_source(cfg, NullObserver())
+        try:
+            await src.sweep(Collect())
+        finally:
+            await src.aclose()
+
+    asyncio.run(run())
+    out: dict[str, Counter] = defaultdict(Counter)
+    for r in records:
+        out[r.owner_id][(r.institution_id, r.code)] += 1
+    return dict(out)
+
+
 class AgentProc(Proc):
     def __init__(self, log_dir: Path, config: Path, name: str = "agent"):
         self.port = free_port()
@@ -125,6 +171,24 @@ class AgentProc(Proc):
             for s in family.samples:
                 out.setdefault(s.name, []).append((s.labels, s.value))
         return out
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of the samples of ``name`` whose labels include ``labels``."""
+        return sum(v for got, v in self.scrape().get(name, [])
+                   if all(got.get(k) == want for k, want in labels.items()))
+
+    def accounts(self, source: str) -> Counter:
+        """(institution_id, code) → accounts of one source, as /metrics shows them now."""
+        got: Counter = Counter()
+        for labels, value in self.scrape().get("openfinance_accounts", []):
+            if labels["source"] == source and value:
+                got[(labels["institution_id"], labels["code"])] += int(value)
+        return +got
+
+    def next_sweeps(self, sources) -> None:
+        """Wait until a sweep of every source has started and finished after this call."""
+        now = {name: self.sweeps(name) for name in sources}
+        self.wait_sweeps({name: n + 2 for name, n in now.items()})
 
     def sweeps(self, source: str, result: str = "success") -> float:
         for labels, value in self.scrape().get("openfinance_sweeps_total", []):

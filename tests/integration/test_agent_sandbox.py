@@ -55,12 +55,6 @@ def fleet_from_truth(truth: dict) -> tuple[dict, dict]:
     return accounts, {k: v for k, v in otp.items() if v}
 
 
-def next_sweeps(agent: AgentProc) -> None:
-    """Wait until a sweep of every source has started and finished after this call."""
-    now = {name: agent.sweeps(name) for name in SOURCES.values()}
-    agent.wait_sweeps({name: n + 2 for name, n in now.items()})
-
-
 def assert_matches_truth(agent: AgentProc, sandbox: Sandbox) -> None:
     got_accounts, got_otp = fleet_from_metrics(agent.scrape())
     want_accounts, want_otp = fleet_from_truth(sandbox.truth())
@@ -85,11 +79,11 @@ def test_metrics_equal_the_sandbox_truth_night_by_night(live):
     state = sandbox.state()
     outage_night = min(o["start_night"] for o in state["outages"])
     last = max(outage_night, min(o["start_night"] for o in state["otp"]) + 3)
-    next_sweeps(agent)
+    agent.next_sweeps(SOURCES.values())
     assert_matches_truth(agent, sandbox)
     for _night in range(last):
         sandbox.advance(1)
-        next_sweeps(agent)
+        agent.next_sweeps(SOURCES.values())
         assert_matches_truth(agent, sandbox)
     # the outage is visible for exactly the outage institutions, in category institution
     got, suspects = fleet_from_metrics(agent.scrape())
@@ -107,8 +101,8 @@ def test_metrics_equal_the_sandbox_truth_night_by_night(live):
 def test_extra_polls_within_a_night_change_nothing(live):
     sandbox, agent = live
     before = fleet_from_metrics(agent.scrape())
-    next_sweeps(agent)
-    next_sweeps(agent)
+    agent.next_sweeps(SOURCES.values())
+    agent.next_sweeps(SOURCES.values())
     assert fleet_from_metrics(agent.scrape()) == before
     assert_matches_truth(agent, sandbox)
 

@@ -8,72 +8,31 @@ before SIGKILL is processed after the restart, once.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import sqlite3
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 
 import httpx
 import pytest
 import yaml
 
-from exporter.config import Settings
 from exporter.sandbox import credentials
-from exporter.sources import build_source
-from exporter.sources.base import NullObserver
 from exporter.webhooks.verify import finicity_signature
-from tests.integration.procs import AgentProc, Sandbox, agent_config, free_port, wait_for
+from tests.integration.procs import (
+    AgentProc,
+    Sandbox,
+    agent_config,
+    free_port,
+    served_owners,
+    wait_for,
+    with_webhooks,
+)
 
 pytestmark = pytest.mark.integration
 
 FIN, MX = "finicity-sandbox", "mx-sandbox"
 MX_USER, MX_PASSWORD = "mx-hooks", "mx-hooks-password-123"
-
-
-class Collect:
-    def __init__(self):
-        self.records = []
-
-    async def add(self, records):
-        self.records.extend(records)
-
-    def progress(self, done, total):
-        pass
-
-
-def owners_now(config_path) -> dict[str, Counter]:
-    """What the sandbox serves now, per Finicity customer: (institution_id, code) counts,
-    read with the agent's own source class (so codes are normalised the same way)."""
-    settings = Settings(**yaml.safe_load(config_path.read_text()))
-    cfg = next(s for s in settings.sources if s.name == FIN)
-
-    async def run():
-        source = build_source(cfg, NullObserver())
-        sink = Collect()
-        try:
-            await source.sweep(sink)
-        finally:
-            await source.aclose()
-        return sink.records
-
-    out: dict[str, Counter] = defaultdict(Counter)
-    for r in asyncio.run(run()):
-        out[r.owner_id][(r.institution_id, r.code)] += 1
-    return dict(out)
-
-
-def fleet(agent: AgentProc, source: str) -> Counter:
-    got: Counter = Counter()
-    for labels, value in agent.scrape().get("openfinance_accounts", []):
-        if labels["source"] == source and value:
-            got[(labels["institution_id"], labels["code"])] += int(value)
-    return +got
-
-
-def sample(agent: AgentProc, name: str, **labels) -> float:
-    return sum(v for lab, v in agent.scrape().get(name, [])
-               if all(lab.get(k) == val for k, val in labels.items()))
 
 
 def signed_post(url: str, body: bytes, secret: str = credentials.FINICITY_PARTNER_SECRET):
@@ -95,12 +54,7 @@ def stack(tmp_path):
     config = agent_config(tmp_path / "agent.yml", sandbox.url, tmp_path / "state.db",
                           interval=3600)
     hook_port = free_port()
-    doc = yaml.safe_load(config.read_text())
-    doc["webhooks"] = {"listen_address": f"127.0.0.1:{hook_port}"}
-    for src in doc["sources"]:
-        src["webhooks"] = ({} if src["provider"] == "finicity" else
-                           {"webhook_username": MX_USER, "webhook_password": MX_PASSWORD})
-    config.write_text(yaml.safe_dump(doc))
+    with_webhooks(config, hook_port, MX_USER, MX_PASSWORD)
     agent = AgentProc(tmp_path, config)
     hooks = f"http://127.0.0.1:{hook_port}/webhooks"
     try:
@@ -113,13 +67,13 @@ def stack(tmp_path):
 
 def test_an_event_moves_exactly_its_customers_series_within_seconds(stack):
     sandbox, agent, config, hooks, _ = stack
-    before_owners = owners_now(config)
-    before = fleet(agent, FIN)
+    before_owners = served_owners(config, FIN)
+    before = agent.accounts(FIN)
     assert before == sum(before_owners.values(), Counter())
     changed = []
     for _ in range(4):
         sandbox.advance(1)
-        after_owners = owners_now(config)
+        after_owners = served_owners(config, FIN)
         changed = [o for o in after_owners if after_owners[o] != before_owners.get(o)]
         if changed:
             break
@@ -130,17 +84,17 @@ def test_an_event_moves_exactly_its_customers_series_within_seconds(stack):
     sent = time.monotonic()
     assert signed_post(f"{hooks}/{FIN}", connect_event(owner, "1-aaaa")).status_code == 200
     expected = before - before_owners[owner] + after_owners[owner]
-    wait_for(lambda: fleet(agent, FIN) == +expected, timeout=5, interval=0.05,
+    wait_for(lambda: agent.accounts(FIN) == +expected, timeout=5, interval=0.05,
              what="the customer's re-read in /metrics")
     print(f"event to /metrics: {time.monotonic() - sent:.2f}s")
     assert agent.sweeps(FIN) == sweeps  # no sweep did it
-    assert sample(agent, "openfinance_webhook_events_total", source=FIN, kind="done",
+    assert agent.value("openfinance_webhook_events_total", source=FIN, kind="done",
                   result="accepted") == 1
-    assert sample(agent, "openfinance_push_refresh_duration_seconds_count", source=FIN) == 1
+    assert agent.value("openfinance_push_refresh_duration_seconds_count", source=FIN) == 1
 
     # a replay of the same eventId: answered, counted, not processed again
     assert signed_post(f"{hooks}/{FIN}", connect_event(owner, "1-aaaa")).status_code == 200
-    assert sample(agent, "openfinance_webhook_events_total", source=FIN,
+    assert agent.value("openfinance_webhook_events_total", source=FIN,
                   result="duplicate") == 1
 
     # refused deliveries change nothing
@@ -158,20 +112,20 @@ def test_an_event_moves_exactly_its_customers_series_within_seconds(stack):
     wrong = httpx.post(f"{hooks}/{MX}", content=mx_status, auth=(MX_USER, "wrong"), timeout=10)
     assert wrong.status_code == 401
     assert httpx.post(f"{hooks}/nope", content=b"{}", timeout=10).status_code == 404
-    wait_for(lambda: sample(agent, "openfinance_webhook_events_total",
+    wait_for(lambda: agent.value("openfinance_webhook_events_total",
                             result="too_large") == 1, timeout=5, what="too_large counted")
-    assert sample(agent, "openfinance_webhook_events_total", source=FIN,
+    assert agent.value("openfinance_webhook_events_total", source=FIN,
                   result="bad_signature") == 1
-    assert sample(agent, "openfinance_webhook_events_total", source=MX,
+    assert agent.value("openfinance_webhook_events_total", source=MX,
                   result="unauthorized") == 1
-    assert sample(agent, "openfinance_push_refresh_duration_seconds_count", source=FIN) == 1
-    assert fleet(agent, FIN) == +expected
+    assert agent.value("openfinance_push_refresh_duration_seconds_count", source=FIN) == 1
+    assert agent.accounts(FIN) == +expected
     assert agent.sweeps(FIN) == sweeps
 
 
 def test_an_event_acknowledged_right_before_sigkill_is_processed_once_after_restart(stack):
     _sandbox, agent, config, hooks, tmp_path = stack
-    owner = next(iter(owners_now(config)))
+    owner = next(iter(served_owners(config, FIN)))
     assert signed_post(f"{hooks}/{FIN}", connect_event(owner, "3-cccc")).status_code == 200
     agent.stop(signal.SIGKILL)
 
@@ -193,7 +147,7 @@ def test_an_event_acknowledged_right_before_sigkill_is_processed_once_after_rest
                 db.close()
         wait_for(done, timeout=10, what="the acknowledged event processed after restart")
         assert signed_post(f"{hooks}/{FIN}", connect_event(owner, "3-cccc")).status_code == 200
-        assert sample(restarted, "openfinance_webhook_events_total", source=FIN,
+        assert restarted.value("openfinance_webhook_events_total", source=FIN,
                       result="duplicate") == 1
         db = sqlite3.connect(tmp_path / "state.db")
         try:

@@ -11,69 +11,28 @@ processes it once and counts the second as a duplicate.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 
 import httpx
 import pytest
 import yaml
 
-from exporter.config import Settings
-from exporter.sources import build_source
-from exporter.sources.base import NullObserver
-from tests.integration.procs import AgentProc, Sandbox, agent_config, free_port, wait_for
+from tests.integration.procs import (
+    AgentProc,
+    Sandbox,
+    agent_config,
+    free_port,
+    served_owners,
+    wait_for,
+    with_webhooks,
+)
 
 pytestmark = pytest.mark.integration
 
 FIN, MX = "finicity-sandbox", "mx-sandbox"
 SOURCE = {"finicity": FIN, "mx": MX}
 MX_USER, MX_PASSWORD = "mx-hooks", "mx-hooks-password-123"
-
-
-class Collect:
-    def __init__(self):
-        self.records = []
-
-    async def add(self, records):
-        self.records.extend(records)
-
-    def progress(self, done, total):
-        pass
-
-
-def owners_now(config_path, source: str) -> dict[str, Counter]:
-    """What the sandbox serves now, per owner: (institution_id, code) counts, read with the
-    agent's own source class (so codes are normalised the same way)."""
-    settings = Settings(**yaml.safe_load(config_path.read_text()))
-    cfg = next(s for s in settings.sources if s.name == source)
-
-    async def run():
-        src = build_source(cfg, NullObserver())
-        sink = Collect()
-        try:
-            await src.sweep(sink)
-        finally:
-            await src.aclose()
-        return sink.records
-
-    out: dict[str, Counter] = defaultdict(Counter)
-    for r in asyncio.run(run()):
-        out[r.owner_id][(r.institution_id, r.code)] += 1
-    return dict(out)
-
-
-def fleet(agent: AgentProc, source: str) -> Counter:
-    got: Counter = Counter()
-    for labels, value in agent.scrape().get("openfinance_accounts", []):
-        if labels["source"] == source and value:
-            got[(labels["institution_id"], labels["code"])] += int(value)
-    return +got
-
-
-def sample(agent: AgentProc, name: str, **labels) -> float:
-    return sum(v for lab, v in agent.scrape().get(name, [])
-               if all(lab.get(k) == val for k, val in labels.items()))
 
 
 @pytest.fixture
@@ -91,12 +50,7 @@ def stack(tmp_path):
     sandbox = Sandbox(tmp_path, scenario, night_seconds=0)
     config = agent_config(tmp_path / "agent.yml", sandbox.url, tmp_path / "state.db",
                           interval=3600)
-    doc = yaml.safe_load(config.read_text())
-    doc["webhooks"] = {"listen_address": f"127.0.0.1:{hook_port}"}
-    for src in doc["sources"]:
-        src["webhooks"] = ({} if src["provider"] == "finicity" else
-                           {"webhook_username": MX_USER, "webhook_password": MX_PASSWORD})
-    config.write_text(yaml.safe_dump(doc))
+    with_webhooks(config, hook_port, MX_USER, MX_PASSWORD)
     agent = AgentProc(tmp_path, config)
     try:
         agent.wait_sweeps({FIN: 1, MX: 1})
@@ -127,8 +81,8 @@ def sandbox_webhooks(sandbox: Sandbox) -> dict:
 def test_a_users_fix_in_the_sandbox_reaches_metrics_within_seconds_once(stack, provider, kind):
     sandbox, agent, config = stack
     source = SOURCE[provider]
-    before_owners = owners_now(config, source)
-    before = fleet(agent, source)
+    before_owners = served_owners(config, source)
+    before = agent.accounts(source)
     assert before == sum(before_owners.values(), Counter()), "the first sweep is the baseline"
     sweeps = agent.sweeps(source)
     assert sandbox_webhooks(sandbox)["counters"].get("queued", 0) == 0
@@ -136,11 +90,11 @@ def test_a_users_fix_in_the_sandbox_reaches_metrics_within_seconds_once(stack, p
     sent = time.monotonic()
     owner = fix_one(sandbox, provider)["owner_id"]
 
-    after_owners = owners_now(config, source)
+    after_owners = served_owners(config, source)
     assert after_owners[owner] != before_owners[owner], "the fix changed what the sandbox serves"
     assert all(after_owners[o] == before_owners[o] for o in before_owners if o != owner)
     expected = before - before_owners[owner] + after_owners[owner]
-    wait_for(lambda: fleet(agent, source) == +expected, timeout=5, interval=0.05,
+    wait_for(lambda: agent.accounts(source) == +expected, timeout=5, interval=0.05,
              what="the owner's re-read in /metrics")
     print(f"{provider} fix in the sandbox to /metrics: {time.monotonic() - sent:.2f}s")
     assert agent.sweeps(source) == sweeps, "no sweep did it"
@@ -152,15 +106,15 @@ def test_a_users_fix_in_the_sandbox_reaches_metrics_within_seconds_once(stack, p
     assert hooks["counters"]["redelivered"] >= 1
     ours = [e for e in hooks["recent"] if e["owner_id"] == owner]
     assert ours and all(e["deliveries"] == 2 and e["status"] == "delivered" for e in ours)
-    wait_for(lambda: sample(agent, "openfinance_webhook_events_total", source=source,
+    wait_for(lambda: agent.value("openfinance_webhook_events_total", source=source,
                             result="duplicate") == len(ours), timeout=5,
              what="the redeliveries counted as duplicates")
-    assert sample(agent, "openfinance_webhook_events_total", source=source, kind=kind,
+    assert agent.value("openfinance_webhook_events_total", source=source, kind=kind,
                   result="accepted") == 1
-    assert sample(agent, "openfinance_webhook_events_total", source=source,
+    assert agent.value("openfinance_webhook_events_total", source=source,
                   result="accepted") == len(ours)
-    assert sample(agent, "openfinance_push_refresh_duration_seconds_count", source=source) == 1
+    assert agent.value("openfinance_push_refresh_duration_seconds_count", source=source) == 1
     for refused in ("bad_signature", "unauthorized", "malformed"):
-        assert sample(agent, "openfinance_webhook_events_total", result=refused) == 0
-    assert fleet(agent, source) == +expected
+        assert agent.value("openfinance_webhook_events_total", result=refused) == 0
+    assert agent.accounts(source) == +expected
     assert agent.sweeps(source) == sweeps

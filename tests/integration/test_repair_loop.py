@@ -76,16 +76,6 @@ def signature_ok(headers: dict[str, str], raw: bytes) -> bool:
             and hmac.compare_digest(mac.hexdigest(), fields["v1"]))
 
 
-def value(agent: AgentProc, name: str, **labels: str) -> float:
-    return sum(v for got, v in agent.scrape().get(name, [])
-               if all(got.get(k) == want for k, want in labels.items()))
-
-
-def next_sweeps(agent: AgentProc) -> None:
-    now = {name: agent.sweeps(name) for name in SOURCES}
-    agent.wait_sweeps({name: n + 2 for name, n in now.items()})
-
-
 @pytest.fixture
 def rig(tmp_path):
     scenario = tmp_path / "scenario.yml"
@@ -123,15 +113,15 @@ def test_one_signed_request_per_broken_login_survives_sigkill_and_ends_fixed(rig
     catalog = Catalog.default()
     agent = start("agent-1")
     agent.wait_sweeps({name: 1 for name in SOURCES})
-    next_sweeps(agent)
+    agent.next_sweeps(SOURCES)
     assert receiver.requests == [], "logins broken before the first sweep are backlog"
 
     sandbox.advance(1)
-    next_sweeps(agent)
-    wait_for(lambda: receiver.requests and value(agent, "openfinance_fix_requests_pending") == 0,
+    agent.next_sweeps(SOURCES)
+    wait_for(lambda: receiver.requests and agent.value("openfinance_fix_requests_pending") == 0,
              60, "fix requests delivered")
     before_kill = receiver.bodies()
-    delivered = value(agent, "openfinance_fix_requests_total", result="delivered")
+    delivered = agent.value("openfinance_fix_requests_total", result="delivered")
     assert delivered == len(before_kill) > 0
     for headers, raw in receiver.requests:
         assert signature_ok(headers, raw)
@@ -146,8 +136,8 @@ def test_one_signed_request_per_broken_login_survives_sigkill_and_ends_fixed(rig
 
     assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
     agent = start("agent-2")
-    next_sweeps(agent)
-    next_sweeps(agent)
+    agent.next_sweeps(SOURCES)
+    agent.next_sweeps(SOURCES)
     assert receiver.bodies().keys() == before_kill.keys(), "no new request after a restart"
 
     # The user clicks: the agent's redirect mints a fresh sandbox link on each click
@@ -170,8 +160,8 @@ def test_one_signed_request_per_broken_login_survives_sigkill_and_ends_fixed(rig
     tampered = httpx.get(clicked[0]["link"][:-3] + "AAA", follow_redirects=False)
     assert tampered.status_code == 400 and "not valid" in tampered.text
 
-    wait_for(lambda: value(agent, "openfinance_fix_outcomes_total", outcome="fixed")
+    wait_for(lambda: agent.value("openfinance_fix_outcomes_total", outcome="fixed")
              >= len(clicked), 60, "the fixed episodes to be counted")
-    assert value(agent, "openfinance_fix_resolution_seconds_count") >= len(clicked)
+    assert agent.value("openfinance_fix_resolution_seconds_count") >= len(clicked)
     after_fix = httpx.get(clicked[0]["link"], follow_redirects=False)
     assert after_fix.status_code == 410 and "Nothing to fix" in after_fix.text

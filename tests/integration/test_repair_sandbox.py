@@ -26,7 +26,7 @@ import yaml
 
 from exporter.catalog import Catalog
 from tests.integration.procs import EXPORTER, REPO, AgentProc, Sandbox, agent_config, wait_for
-from tests.integration.test_repair_loop import SECRET, SOURCES, Receiver, signature_ok, value
+from tests.integration.test_repair_loop import SECRET, SOURCES, Receiver, signature_ok
 
 pytestmark = pytest.mark.integration
 
@@ -91,11 +91,6 @@ def write_config(tmp_path, sandbox: Sandbox, receiver: Receiver, **remediation) 
     return path
 
 
-def next_sweeps(agent: AgentProc) -> None:
-    now = {name: agent.sweeps(name) for name in SOURCES}
-    agent.wait_sweeps({name: n + 2 for name, n in now.items()})
-
-
 @pytest.fixture
 def rig(tmp_path):
     scenario = tmp_path / "scenario.yml"
@@ -127,7 +122,7 @@ def test_one_request_per_login_and_episode_against_the_sandboxs_truth(rig):
     config = write_config(tmp_path, sandbox, receiver, max_concurrency=1, storm_min=10_000)
     agent = start(config, "agent-1")
     agent.wait_sweeps({name: 1 for name in SOURCES})
-    next_sweeps(agent)
+    agent.next_sweeps(SOURCES)
     truth = {0: logins(sandbox)}
     down: dict[int, set] = {0: outages(sandbox)}
     assert receiver.requests == [], "logins broken before the first sweep are backlog"
@@ -167,17 +162,17 @@ def test_one_request_per_login_and_episode_against_the_sandboxs_truth(rig):
         def delivered(night=night, agent=agent) -> bool:
             got = {login_of(b) for n, b in received(receiver).values() if n == night}
             return (expected[night] <= got
-                    and value(agent, "openfinance_fix_requests_pending") == 0)
-        next_sweeps(agent)
+                    and agent.value("openfinance_fix_requests_pending") == 0)
+        agent.next_sweeps(SOURCES)
         wait_for(delivered, 90, f"night {night}'s requests")
         # Requests the test did not predict (a login moving from one broken code to a
         # fixable one) are created at the evaluation after a sweep: two more sweeps, so that
         # every one of this night's requests has arrived before the next night.
-        next_sweeps(agent)
+        agent.next_sweeps(SOURCES)
         wait_for(delivered, 90, f"night {night}'s requests")
         if night == KILL_NIGHT:
             resent_after_kill = len(received(receiver)) - killed_at
-    next_sweeps(agent)
+    agent.next_sweeps(SOURCES)
 
     requests = received(receiver)
     assert resent_after_kill > 0, "the SIGKILL interrupted the night's deliveries"
@@ -205,7 +200,7 @@ def test_one_request_per_login_and_episode_against_the_sandboxs_truth(rig):
     total = sum(len(ns) for ns in by_login.values())
     print(f"requests: {total} over {NIGHTS} nights, held back by outages: {len(held_back)}, "
           f"re-sent or sent after the kill: {resent_after_kill}")
-    assert value(agent, "openfinance_fix_requests_total", result="held") == 0
+    assert agent.value("openfinance_fix_requests_total", result="held") == 0
 
 
 def test_the_storm_guard_holds_above_its_limit_until_released(rig):
@@ -214,10 +209,10 @@ def test_the_storm_guard_holds_above_its_limit_until_released(rig):
     config = write_config(tmp_path, sandbox, receiver, storm_min=2, storm_share=0.0)
     agent = start(config, "agent")
     agent.wait_sweeps({name: 1 for name in SOURCES})
-    next_sweeps(agent)
+    agent.next_sweeps(SOURCES)
     receiver.night = 1
     sandbox.advance(1)
-    next_sweeps(agent)
+    agent.next_sweeps(SOURCES)
 
     def per_institution() -> dict[tuple[str, str], int]:
         out: dict[tuple[str, str], int] = defaultdict(int)
@@ -230,12 +225,12 @@ def test_the_storm_guard_holds_above_its_limit_until_released(rig):
                 for labels, v in agent.scrape().get("openfinance_fix_requests_held", []) if v}
     # Held only above the limit: two sent for every institution with held requests.
     wait_for(lambda: held_now() and all(per_institution().get(at) == 2 for at in held_now())
-             and value(agent, "openfinance_fix_requests_pending") == 0, 60, "held requests")
-    next_sweeps(agent)
+             and agent.value("openfinance_fix_requests_pending") == 0, 60, "held requests")
+    agent.next_sweeps(SOURCES)
     sent, held = per_institution(), held_now()
     assert sent and max(sent.values()) <= 2, sent
     assert all(sent.get(at) == 2 for at in held), (sent, held)
-    assert sum(held.values()) == value(agent, "openfinance_fix_requests_total", result="held")
+    assert sum(held.values()) == agent.value("openfinance_fix_requests_total", result="held")
 
     listing = subprocess.run([*EXPORTER, "remediation", "held", "--config.file", str(config)],
                              capture_output=True, text=True, cwd=REPO, timeout=60)
@@ -264,28 +259,28 @@ def test_outcomes_counted_as_the_sandboxs_users_fix_with_generated_links(rig):
     config.write_text(yaml.safe_dump(doc))
     agent = start(config, "agent")
     agent.wait_sweeps({name: 1 for name in SOURCES})
-    next_sweeps(agent)
+    agent.next_sweeps(SOURCES)
 
     def users() -> dict:
         return httpx.get(f"{sandbox.url}/sandbox/partner/fix-requests", timeout=30).json()
     sandbox.advance(1)
-    next_sweeps(agent)
+    agent.next_sweeps(SOURCES)
     wait_for(lambda: users()["counts"].get("accepted", 0) > 0
-             and value(agent, "openfinance_fix_requests_pending") == 0, 60, "requests received")
+             and agent.value("openfinance_fix_requests_pending") == 0, 60, "requests received")
     for _ in range(2):
         sandbox.advance(1)
-        next_sweeps(agent)
+        agent.next_sweeps(SOURCES)
     wait_for(lambda: users()["results"]["fixed"] > 0, 60, "the users' repairs")
     got = users()
     assert got["counts"].get("bad_signature", 0) == 0 and got["counts"].get("malformed", 0) == 0
-    assert got["counts"]["accepted"] == value(agent, "openfinance_fix_requests_total",
+    assert got["counts"]["accepted"] == agent.value("openfinance_fix_requests_total",
                                               result="delivered")
     fixed_by_users = got["results"]["fixed"]
     assert {r["provider"] for r in got["requests"]
             if r["result"] and r["result"].get("fixed")} == {"finicity", "mx"}
     # Every user's repair is an episode back at ok: counted fixed (so are self-healed ones).
-    wait_for(lambda: value(agent, "openfinance_fix_outcomes_total", outcome="fixed")
+    wait_for(lambda: agent.value("openfinance_fix_outcomes_total", outcome="fixed")
              >= fixed_by_users, 60, "the users' repairs counted")
-    assert value(agent, "openfinance_fix_resolution_seconds_count") >= fixed_by_users
+    assert agent.value("openfinance_fix_resolution_seconds_count") >= fixed_by_users
     print(f"delivered {got['counts']['accepted']}, users fixed {fixed_by_users}, agent counted "
-          f"{value(agent, 'openfinance_fix_outcomes_total', outcome='fixed'):.0f} fixed")
+          f"{agent.value('openfinance_fix_outcomes_total', outcome='fixed'):.0f} fixed")

@@ -24,24 +24,11 @@ from exporter.sandbox import (
     load_scenario,
     runtime_of,
 )
+from tests.unit.conftest import Clock as FakeTime
 
 SPECS = Path(__file__).resolve().parents[2].parent / "shared/reference/openapi"
-T0 = 1_763_700_000.0
 MX_ACCEPT = "application/vnd.mx.api.v1+json"
 MX_AUTH = "Basic " + base64.b64encode(f"{MX_CLIENT_ID}:{MX_API_KEY}".encode()).decode()
-
-
-class FakeTime:
-    """A hand-driven time source: tests move time, nothing sleeps."""
-
-    def __init__(self, now: float = T0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 SMALL = {"finicity": {"units": 300, "institutions": 8, "hostile_names": 3},
