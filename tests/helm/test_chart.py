@@ -52,6 +52,7 @@ from exporter.config import (  # noqa: E402
     TrackerConfig,
     WebConfig,
 )
+from exporter.health.config import HealthConfig  # noqa: E402
 
 
 def _helm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -274,6 +275,30 @@ def _props(schema: dict, *path: str) -> set[str]:
     if "$ref" in node:
         node = schema["definitions"][node["$ref"].rsplit("/", 1)[-1]]
     return set(node["properties"])
+
+
+def test_the_agents_health_thresholds_are_the_rule_parameters(tmp_path):
+    """Set once in prometheusRule.params, the thresholds reach the agent's config too (its page
+    and per-institution refresh classes then agree with the rules); a different value set
+    in config.health fails the render with both names."""
+    params = {"health_degraded_below": 0.8, "refresh_delayed_after_seconds": 86400}
+    health = rendered_config(render(typo_file(tmp_path, {"prometheusRule": {"params": params}}),
+                                    crds=False))["health"]
+    defaults = params_defaults()
+    assert health == {"min_accounts": defaults["health_min_accounts"], "degraded_below": 0.8,
+                      "down_below": defaults["health_down_below"],
+                      "refresh_delayed_after": 86400,
+                      "refresh_stopped_after": defaults["refresh_stopped_after_seconds"]}
+    assert HealthConfig(**health).thresholds().refresh_delayed_after == 86400
+
+    same = {"prometheusRule": {"params": params}, "config": {"health": {"degraded_below": 0.8}}}
+    assert _helm("template", "ofe", str(CHART), "-f", str(typo_file(tmp_path, same))
+                 ).returncode == 0
+    clash = {"prometheusRule": {"params": params}, "config": {"health": {"down_below": 0.3}}}
+    proc = _helm("template", "ofe", str(CHART), "-f", str(typo_file(tmp_path, clash)))
+    assert proc.returncode != 0
+    assert "config.health.down_below" in proc.stderr
+    assert "prometheusRule.params.health_down_below" in proc.stderr
 
 
 def test_schema_of_config_matches_the_agents_config_model():

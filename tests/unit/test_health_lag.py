@@ -6,7 +6,9 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from pydantic import ValidationError
 
+from exporter.health.config import HealthConfig
 from exporter.health.directory import InstitutionDirectory
 from exporter.health.lag import AgeCounts, InstitutionAges, read_age_counts
 from exporter.health.report import build_report, refresh_series
@@ -47,6 +49,28 @@ async def test_one_grouped_read_of_the_state_database(harness, acct, clock):
         "4222": AgeCounts(normal=3, delayed=1),
         "5555": AgeCounts(stopped=2, never=1),
         "6666": AgeCounts(normal=1)}}
+
+
+async def test_configured_thresholds_move_the_split(harness, acct, clock):
+    """health.refresh_delayed_after / refresh_stopped_after (the rules' parameters) are the
+    bounds of the grouped read: 1 day / 20 days turn the 3-day-old account delayed → still
+    delayed, the 10-day ones delayed and only the 30-day one stopped."""
+    await _fleet(harness, acct, clock)
+    config = HealthConfig(refresh_delayed_after="1d", refresh_stopped_after="20d")
+    counts = read_age_counts(harness.path, clock.now, config.thresholds())
+    assert counts["fin"]["5555"] == AgeCounts(delayed=1, stopped=1, never=1)
+    assert counts["fin"]["4222"] == AgeCounts(normal=3, delayed=1)
+
+
+@pytest.mark.parametrize("bad", [
+    {"refresh_delayed_after": "7d", "refresh_stopped_after": "2d"},
+    {"refresh_delayed_after": "3d", "refresh_stopped_after": "3d"},
+    {"refresh_delayed_after": "0s"},
+    {"refresh_stopped_after": "soon"},
+])
+def test_refresh_thresholds_are_checked(bad):
+    with pytest.raises(ValidationError):
+        HealthConfig(**bad)
 
 
 async def test_the_report_and_series_show_each_institution_and_fold_the_small_ones(

@@ -100,6 +100,18 @@ address) and, for every secret the chart mounts, the matching `<field>_file`.
 {{- else }}
 {{- $_ := unset $cfg "webhooks" }}
 {{- end }}
+{{- /* The agent's health thresholds are the rules' parameters: set them once, in prometheusRule.params. */}}
+{{- $ruleParams := merge (deepCopy (.Values.prometheusRule.params | default dict)) (.Files.Get "files/params.yml" | fromYaml) }}
+{{- $health := $cfg.health | default dict }}
+{{- $shared := dict "min_accounts" "health_min_accounts" "degraded_below" "health_degraded_below" "down_below" "health_down_below" "refresh_delayed_after" "refresh_delayed_after_seconds" "refresh_stopped_after" "refresh_stopped_after_seconds" }}
+{{- range $key, $param := $shared }}
+{{- $value := index $ruleParams $param }}
+{{- if and (hasKey $health $key) (ne (toString (index $health $key)) (toString $value)) }}
+{{- fail (printf "config.health.%s (%v) differs from prometheusRule.params.%s (%v): set it once, in prometheusRule.params (the chart copies it into the agent's config)" $key (index $health $key) $param $value) }}
+{{- end }}
+{{- $_ := set $health $key $value }}
+{{- end }}
+{{- $_ := set $cfg "health" $health }}
 {{- $names := list }}
 {{- $sharded := include "openfinance-exporter.sharded" . }}
 {{- range $i, $src := $cfg.sources | default list }}
