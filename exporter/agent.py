@@ -155,8 +155,9 @@ class Agent:
 
 
 class _RepairSweepObserver:
-    """The sweep observer while the repair loop runs: the self-metrics, and each complete
-    sweep also to the loop (its first one ends the backlog)."""
+    """The sweep observer while the repair loop runs: the self-metrics, and each sweep also to
+    the loop (no requests for a source while its sweep runs; the first complete one ends the
+    backlog)."""
 
     def __init__(self, metrics: AgentMetrics, repair: RepairLoop):
         self._metrics = metrics
@@ -165,8 +166,17 @@ class _RepairSweepObserver:
     def __getattr__(self, name: str):
         return getattr(self._metrics, name)
 
+    def sweep_started(self, source: str) -> None:
+        self._metrics.sweep_started(source)
+        self._repair.sweep_started(source)
+
+    def sweep_cancelled(self, source: str, duration: float) -> None:
+        self._metrics.sweep_cancelled(source, duration)
+        self._repair.sweep_ended(source, published=False)
+
     def sweep_finished(self, source: str, result: str, duration: float, *,
                        records: int | None = None, completed_at: float | None = None) -> None:
         self._metrics.sweep_finished(source, result, duration, records=records,
                                      completed_at=completed_at)
+        self._repair.sweep_ended(source, published=result != "failed")
         self._repair.sweep_finished(source, completed_at is not None)

@@ -109,6 +109,9 @@ class RepairLoop:
         self.clock = clock
         self.observer = observer or NullRemediationObserver()
         self.institution_labels = InstitutionLabels(snapshot)
+        self._sweeping: dict[str, int] = {}
+        self._sweeps_begun: dict[str, int] = {}
+        self._stale: set[str] = set()
         self.new_id = new_id
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="remediation")
         self.store = RemediationStore(db_path)
@@ -332,20 +335,52 @@ class RepairLoop:
 
     # --- evaluation -------------------------------------------------------------------------
 
+    def sweep_started(self, source: str) -> None:
+        """A sweep of ``source`` began: until it has published its snapshot, the outage facts
+        are older than the episodes it opens, so none of that source's requests is created."""
+        self._sweeping[source] = self._sweeping.get(source, 0) + 1
+        self._sweeps_begun[source] = self._sweeps_begun.get(source, 0) + 1
+
+    def sweep_ended(self, source: str, published: bool) -> None:
+        """The sweep ended; ``published``: its snapshot is out. A failed or cancelled sweep
+        may have stored records the snapshot does not show yet: the source stays unsettled
+        until a sweep publishes."""
+        left = self._sweeping.get(source, 0) - 1
+        if left > 0:
+            self._sweeping[source] = left
+        else:
+            self._sweeping.pop(source, None)
+        if published:
+            self._stale.discard(source)
+            self._evaluate_soon.set()  # what waited for this snapshot is evaluated now
+        else:
+            self._stale.add(source)
+
+    def _unsettled(self, begun: dict[str, int]) -> set[str]:
+        """Sources sweeping now, left unpublished by their last sweep, or whose sweep began
+        since ``begun`` was taken."""
+        return set(self._sweeping) | self._stale | {
+            s for s, n in self._sweeps_begun.items() if begun.get(s) != n}
+
     async def evaluate(self) -> None:
+        begun = dict(self._sweeps_begun)
         facts = fleet_facts(self.snapshot())
-        effects = await self._run(self._evaluate, self.clock(), facts)
+        effects = await self._run(self._evaluate, self.clock(), facts, begun)
         self._report(effects)
         self.worker.wake()
 
-    def _evaluate(self, now: float, facts: FleetFacts) -> list[Effect]:
+    def _evaluate(self, now: float, facts: FleetFacts,
+                  begun: dict[str, int] | None = None) -> list[Effect]:
         cfg, store = self.cfg, self.store
         effects: list[Effect] = []
+        unsettled = self._unsettled(begun if begun is not None else dict(self._sweeps_begun))
         backfill_left: dict[str, int] = {}
         storm_left: dict[tuple[str, str], int] = {}
         held_now: Counter[tuple[str, str]] = Counter()
         batch: list[tuple[Episode, str, str, str, bool]] = []
         for ep in store.waiting_episodes(cfg.backfill):
+            if ep.source in unsettled:
+                continue  # evaluated again once its sweep's snapshot is published
             if ep.backlog and ep.source not in backfill_left:
                 backfill_left[ep.source] = cfg.backfill_per_hour - store.backfill_count(
                     ep.source, now - BACKFILL_WINDOW)

@@ -1,0 +1,78 @@
+"""No request is created from a source's sweep before that sweep's snapshot is published:
+the outage facts come from the snapshot, the episodes from the events of each chunk, so an
+institution whose outage this sweep reveals would otherwise get requests."""
+
+from __future__ import annotations
+
+import json
+
+from tests.unit.test_remediation_support import Clock, Receiver, broke, build_loop, feed, snapshot
+
+
+async def _cycle(loop, receiver):
+    before = len(receiver.seen)
+    await loop.evaluate()
+    await loop.worker.run_once()
+    return [json.loads(r.content) for r in receiver.seen[before:]]
+
+
+async def _past_backlog(tmp_path, receiver):
+    """A loop after one complete, published sweep of each source (past the backlog)."""
+    loop = build_loop(tmp_path, Clock(), receiver)
+    for source in ("fin", "mxs"):
+        loop.sweep_started(source)
+        loop.sweep_ended(source, published=True)
+        loop.sweep_finished(source, True)
+    await loop.drained()
+    return loop
+
+
+async def test_requests_wait_for_the_sweeps_snapshot_then_respect_its_outage(tmp_path):
+    receiver = Receiver()
+    loop = await _past_backlog(tmp_path, receiver)
+    try:
+
+        # Sweep 2 of "fin": its chunks open episodes at two institutions; the published
+        # snapshot is still sweep 1's, with no outage anywhere.
+        loop.sweep_started("fin")
+        await feed(loop, broke("103", key="a1", login="l1", inst="4222")
+                   + broke("103", key="b1", owner="c2", login="l2", inst="5555"))
+        assert await _cycle(loop, receiver) == [], "nothing while the sweep runs"
+
+        # The sweep publishes: 4222 is in an outage, 5555 is not.
+        loop.test_snapshot["snap"] = snapshot({("fin", "4222"): {"institution": 40, "ok": 60},
+                                               ("fin", "5555"): {"ok": 100}})
+        loop.sweep_ended("fin", published=True)
+        sent = await _cycle(loop, receiver)
+        assert [b["institution_id"] for b in sent] == ["5555"]
+    finally:
+        await loop.stop()
+
+
+async def test_a_sweep_that_began_during_an_evaluation_holds_its_source(tmp_path):
+    receiver = Receiver()
+    loop = await _past_backlog(tmp_path, receiver)
+    try:
+        await feed(loop, broke("103"))
+        begun = dict(loop._sweeps_begun)
+        loop.sweep_started("fin")          # began after the facts were taken...
+        loop.sweep_ended("fin", published=True)  # ...and even ended before the evaluation
+        assert "fin" in loop._unsettled(begun)
+        assert "fin" not in loop._unsettled(dict(loop._sweeps_begun))
+    finally:
+        await loop.stop()
+
+
+async def test_a_failed_sweep_leaves_its_source_unsettled_until_one_publishes(tmp_path):
+    receiver = Receiver()
+    loop = await _past_backlog(tmp_path, receiver)
+    try:
+        loop.sweep_started("fin")
+        await feed(loop, broke("103"))
+        loop.sweep_ended("fin", published=False)  # failed: its records are not in the snapshot
+        assert await _cycle(loop, receiver) == []
+        loop.sweep_started("fin")
+        loop.sweep_ended("fin", published=True)
+        assert len(await _cycle(loop, receiver)) == 1
+    finally:
+        await loop.stop()
