@@ -178,5 +178,5 @@ class _RepairSweepObserver:
                        records: int | None = None, completed_at: float | None = None) -> None:
         self._metrics.sweep_finished(source, result, duration, records=records,
                                      completed_at=completed_at)
-        self._repair.sweep_ended(source, published=result != "failed")
-        self._repair.sweep_finished(source, completed_at is not None)
+        self._repair.sweep_finished(source, completed_at is not None,
+                                    published=result != "failed")

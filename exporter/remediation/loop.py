@@ -239,9 +239,11 @@ class RepairLoop:
             await self._room.acquire()
             self._queue.put_nowait(("events", list(events)))
 
-    def sweep_finished(self, source: str, complete: bool) -> None:
-        """After the first complete sweep of ``source``, new episodes are no longer backlog.
-        Queued behind that sweep's events (called by the sweep runner's observer)."""
+    def sweep_finished(self, source: str, complete: bool, published: bool = True) -> None:
+        """A sweep of ``source`` ended (``published``: its snapshot is out, i.e. it did not
+        fail). After the first complete one, new episodes are no longer backlog: queued
+        behind that sweep's events (called by the sweep runner's observer)."""
+        self.sweep_ended(source, published)
         if complete and source not in self._baselines:
             self._consumer()
             self._queue.put_nowait(("baseline", source))
@@ -341,7 +343,7 @@ class RepairLoop:
         self._sweeping[source] = self._sweeping.get(source, 0) + 1
         self._sweeps_begun[source] = self._sweeps_begun.get(source, 0) + 1
 
-    def sweep_ended(self, source: str, published: bool) -> None:
+    def sweep_ended(self, source: str, published: bool = False) -> None:
         """The sweep ended; ``published``: its snapshot is out. A failed or cancelled sweep
         may have stored records the snapshot does not show yet: the source stays unsettled
         until a sweep publishes."""

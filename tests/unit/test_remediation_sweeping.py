@@ -21,7 +21,6 @@ async def _past_backlog(tmp_path, receiver):
     loop = build_loop(tmp_path, Clock(), receiver)
     for source in ("fin", "mxs"):
         loop.sweep_started(source)
-        loop.sweep_ended(source, published=True)
         loop.sweep_finished(source, True)
     await loop.drained()
     return loop
@@ -42,7 +41,7 @@ async def test_requests_wait_for_the_sweeps_snapshot_then_respect_its_outage(tmp
         # The sweep publishes: 4222 is in an outage, 5555 is not.
         loop.test_snapshot["snap"] = snapshot({("fin", "4222"): {"institution": 40, "ok": 60},
                                                ("fin", "5555"): {"ok": 100}})
-        loop.sweep_ended("fin", published=True)
+        loop.sweep_finished("fin", True)
         sent = await _cycle(loop, receiver)
         assert [b["institution_id"] for b in sent] == ["5555"]
     finally:
@@ -56,7 +55,7 @@ async def test_a_sweep_that_began_during_an_evaluation_holds_its_source(tmp_path
         await feed(loop, broke("103"))
         begun = dict(loop._sweeps_begun)
         loop.sweep_started("fin")          # began after the facts were taken...
-        loop.sweep_ended("fin", published=True)  # ...and even ended before the evaluation
+        loop.sweep_finished("fin", True)  # ...and even ended before the evaluation
         assert "fin" in loop._unsettled(begun)
         assert "fin" not in loop._unsettled(dict(loop._sweeps_begun))
     finally:
@@ -69,10 +68,10 @@ async def test_a_failed_sweep_leaves_its_source_unsettled_until_one_publishes(tm
     try:
         loop.sweep_started("fin")
         await feed(loop, broke("103"))
-        loop.sweep_ended("fin", published=False)  # failed: its records are not in the snapshot
+        loop.sweep_finished("fin", False, published=False)  # failed: not in the snapshot
         assert await _cycle(loop, receiver) == []
         loop.sweep_started("fin")
-        loop.sweep_ended("fin", published=True)
+        loop.sweep_finished("fin", True)
         assert len(await _cycle(loop, receiver)) == 1
     finally:
         await loop.stop()
