@@ -89,8 +89,10 @@ class InstitutionLabels:
 
 
 def funnel(ep: Episode, outcome: str | None) -> Effect:
-    """A step of the per-institution repair funnel (``None``: the series are created)."""
-    return ("funnel", ep.source, ep.provider, ep.institution_id, ep.institution, str(ep.code),
+    """A step of the per-institution repair funnel (``None``: the series are created),
+    labelled with the code the request was made for (before the request: the current one)."""
+    code = ep.request_code if ep.request_code is not None else ep.code
+    return ("funnel", ep.source, ep.provider, ep.institution_id, ep.institution, str(code),
             outcome)
 
 
