@@ -155,8 +155,9 @@ class Agent:
 
 
 class _RepairSweepObserver:
-    """The sweep observer while the repair loop runs: the self-metrics, and each complete
-    sweep also to the loop (its first one ends the backlog)."""
+    """The sweep observer while the repair loop runs: the self-metrics, and to the loop when
+    a sweep starts and ends (deliveries are paced meanwhile) and each complete sweep (its
+    first one ends the backlog)."""
 
     def __init__(self, metrics: AgentMetrics, repair: RepairLoop):
         self._metrics = metrics
@@ -164,6 +165,14 @@ class _RepairSweepObserver:
 
     def __getattr__(self, name: str):
         return getattr(self._metrics, name)
+
+    def sweep_started(self, source: str) -> None:
+        self._metrics.sweep_started(source)
+        self._repair.sweep_started(source)
+
+    def sweep_cancelled(self, source: str, duration: float) -> None:
+        self._metrics.sweep_cancelled(source, duration)
+        self._repair.sweep_ended(source)
 
     def sweep_finished(self, source: str, result: str, duration: float, *,
                        records: int | None = None, completed_at: float | None = None) -> None:

@@ -5,7 +5,8 @@ are re-announced every sweep, so an episode missed by a crash is opened on the n
 ``evaluate`` creates the requests that are due (minimum age, no outage, backfill pacing,
 storm guard), counts abandoned episodes and refreshes the gauges; it runs every
 ``evaluate_interval`` and soon after each batch of events. The delivery worker sends the
-outbox. All SQLite work runs on one thread of its own, in order.
+outbox, paced while a sweep runs (``sweep_started`` … ``sweep_finished``). All SQLite work
+runs on one thread of its own, in order.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 import httpx
 
 from exporter.remediation.config import RemediationConfig
-from exporter.remediation.delivery import DeliveryWorker, delivery_client, wait_for_event
+from exporter.remediation.delivery import DeliveryWorker, Endpoint, wait_for_event
 from exporter.remediation.episodes import (
     BACKFILL_WINDOW,
     REBROKE_WINDOW,
@@ -115,10 +116,10 @@ class RepairLoop:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="remediation")
         self.store = RemediationStore(db_path)
         self._baselines: dict[str, float] = self.store.baselines()
-        self._own_client = client is None
-        self.client = client or delivery_client(cfg)
-        self.worker = DeliveryWorker(cfg, self.secret, self.call, self.client, clock,
-                                     self.observer, self.link_for, rand)
+        self.endpoint = Endpoint(cfg, client)
+        self._sweeping: set[str] = set()
+        self.worker = DeliveryWorker(cfg, self.secret, self.call, self.endpoint, clock,
+                                     self.observer, self.link_for, rand, pace=self.pace)
         self._tasks: list[asyncio.Task] = []
         self._queue: asyncio.Queue = asyncio.Queue()
         self._room = asyncio.Semaphore(_QUEUE_BATCHES)
@@ -157,8 +158,7 @@ class RepairLoop:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         self._consuming = None
-        if self._own_client:
-            await self.client.aclose()
+        await self.endpoint.aclose()
         await self._run(self.store.close)
         self._executor.shutdown(wait=True)
 
@@ -238,9 +238,27 @@ class RepairLoop:
             await self._room.acquire()
             self._queue.put_nowait(("events", list(events)))
 
+    def sweep_started(self, source: str) -> None:
+        """A sweep of this agent began: deliveries are paced until it ends (:meth:`pace`)."""
+        self._sweeping.add(source)
+
+    def sweep_ended(self, source: str) -> None:
+        """A sweep ended without finishing (cancelled): deliveries go at full speed again
+        once no other sweep runs."""
+        self._sweeping.discard(source)
+        if not self._sweeping:
+            self.worker.wake()
+
+    def pace(self) -> float | None:
+        """Deliveries per second allowed now: ``sweep_deliveries_per_second`` while a sweep
+        of this agent runs (a sweep and the deliveries share one event loop, and a burst
+        delivered at full speed slowed a sweep several-fold), else no limit."""
+        return self.cfg.sweep_deliveries_per_second if self._sweeping else None
+
     def sweep_finished(self, source: str, complete: bool) -> None:
         """After the first complete sweep of ``source``, new episodes are no longer backlog.
         Queued behind that sweep's events (called by the sweep runner's observer)."""
+        self.sweep_ended(source)
         if complete and source not in self._baselines:
             self._consumer()
             self._queue.put_nowait(("baseline", source))
