@@ -8,8 +8,10 @@
    agent), against the same sweep with the outbox idle: ``--sweep memory`` (the tracker
    alone, records from memory: the worst case, nothing to wait on) or ``--sweep sandbox``
    (the Finicity source sweeping the sandbox over HTTP, another process, as in
-   ``bench_sweep.py``). The delivery rate is printed before, during and after the sweep
-   (during it, the loop paces itself to ``sweep_deliveries_per_second``).
+   ``bench_sweep.py``). Each is timed ``--repeat`` times (medians compared); between the
+   busy ones the outbox runs a second at full speed. The delivery rate is printed between,
+   during and after the sweeps (during them, the loop paces itself to
+   ``sweep_deliveries_per_second``).
 3. Database growth per 1,000,000 episodes with their delivered requests (measured on N and
    scaled, or at N = 1,000,000 with ``--episodes 1000000``).
 4. What the loop costs a sweep (``--part sweep``): the real tracker sweeps N accounts that
@@ -33,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from statistics import median
 
 import httpx
 import yaml
@@ -124,7 +127,7 @@ def sandbox_sweep(url: str, concurrency: int = 16) -> tuple[Sweep, Callable[[], 
 
 
 async def main(n: int, concurrency: int, transport: str, sweep_kind: str, pace: float,
-               customers: int) -> None:
+               customers: int, repeat: int = 3, gap_seconds: float = 1.0) -> None:
     port = free_port()
     receiver = subprocess.Popen([sys.executable, "-c", RECEIVER % port])
     sandbox = None
@@ -179,18 +182,21 @@ async def main(n: int, concurrency: int, transport: str, sweep_kind: str, pace: 
             await tracker.load({"fin": "finicity", "sbx": "finicity"})
             tracker.subscribe(loop.on_events, steady=True)
             await sweep(tracker)  # first: inserts; the next ones compare
-            quiet = await sweep(tracker)
+            quiet = [await sweep(tracker) for _ in range(repeat)]
             await loop.drained()
             started = time.perf_counter()
             sending = asyncio.create_task(loop.worker.run_once())
-            await asyncio.sleep(3.0)
-            before = counted.count / (time.perf_counter() - started)
-            at_sweep, sweep_started = counted.count, time.perf_counter()
-            if hasattr(loop, "sweep_started"):
-                loop.sweep_started("sbx")
-            busy = await sweep(tracker)
-            loop.sweep_finished("sbx", True)
-            during = (counted.count - at_sweep) / (time.perf_counter() - sweep_started)
+            busy, during, between = [], [], []
+            for _ in range(repeat):  # full speed for a while, then a sweep
+                at_gap, gap = counted.count, time.perf_counter()
+                await asyncio.sleep(gap_seconds)
+                between.append((counted.count - at_gap) / (time.perf_counter() - gap))
+                at_sweep, sweep_started = counted.count, time.perf_counter()
+                if hasattr(loop, "sweep_started"):
+                    loop.sweep_started("sbx")
+                busy.append(await sweep(tracker))
+                loop.sweep_finished("sbx", True)
+                during.append((counted.count - at_sweep) / (time.perf_counter() - sweep_started))
             at_end, ended = counted.count, time.perf_counter()
             sent = await sending
             finished = time.perf_counter()
@@ -209,11 +215,15 @@ async def main(n: int, concurrency: int, transport: str, sweep_kind: str, pace: 
               f"paced to {extra.get('sweep_deliveries_per_second', 'unpaced')}/s during a sweep")
         print(f"events folded into episodes: {2 * n / folded:,.0f} events/s ({n / folded:,.0f} logins/s)")
         print(f"requests created: {n / created:,.0f}/s ({created:.1f} s)")
-        print(f"requests delivered: {sent / delivered:,.0f}/s overall ({delivered:.1f} s), "
-              f"{before:,.0f}/s before the sweep, {during:,.0f}/s during it, {after:,.0f}/s "
-              f"after it; outbox {states}")
-        print(f"sweep of {size}: {quiet:.2f} s with the outbox idle, {busy:.2f} s "
-              f"while it delivers ({(busy / quiet - 1) * 100:+.1f} %)")
+        rates = ", ".join(f"{r:,.0f}" for r in between)
+        print(f"requests delivered: {sent / delivered:,.0f}/s overall ({delivered:.1f} s); "
+              f"{rates}/s between sweeps, {median(during):,.0f}/s during them "
+              f"({', '.join(f'{r:,.0f}' for r in during)}), {after:,.0f}/s after the last; "
+              f"outbox {states}")
+        print(f"sweep of {size}, median of {repeat}: {median(quiet):.2f} s with the outbox idle "
+              f"({', '.join(f'{q:.2f}' for q in quiet)}), {median(busy):.2f} s while it delivers "
+              f"({', '.join(f'{b:.2f}' for b in busy)}): "
+              f"{(median(busy) / median(quiet) - 1) * 100:+.1f} %")
         print(f"database: {size_db / 1e6:.1f} MB for {n} episodes (+ the swept accounts)")
     finally:
         if sandbox is not None:
@@ -308,6 +318,8 @@ if __name__ == "__main__":
                         help="deliveries through the loop's own pool or aiohttp under httpx")
     parser.add_argument("--pace", type=float, default=100.0,
                         help="remediation.sweep_deliveries_per_second")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="sweeps timed each way (medians compared)")
     args = parser.parse_args()
     print(f"reference: sum(i*i for i in range(10**7)) takes {reference_loop():.2f} s here")
     if args.part in ("all", "sweep"):
@@ -315,5 +327,5 @@ if __name__ == "__main__":
         asyncio.run(sweep_cost(args.episodes * 10, 0.01))
     if args.part in ("all", "burst"):
         asyncio.run(main(args.episodes, args.concurrency, args.transport, args.sweep, args.pace,
-                         args.customers))
+                         args.customers, args.repeat))
     print(f"reference: sum(i*i for i in range(10**7)) takes {reference_loop():.2f} s here")
