@@ -139,7 +139,8 @@ def judge(status: int | None, headers: Mapping[str, str] | None, now: float,
 
 
 PACE_STEP = 0.5
-"""While paced, a batch holds ``rate × PACE_STEP`` requests (one settle transaction)."""
+"""While paced, a batch holds ``rate × PACE_STEP`` requests (one settle transaction per
+``PACE_STEP`` seconds)."""
 
 
 class DeliveryWorker:
@@ -157,6 +158,8 @@ class DeliveryWorker:
         """deliveries per second allowed now (None: as fast as ``max_concurrency`` goes)"""
         self.monotonic = monotonic
         self.sleep = sleep
+        self._next_start = 0.0
+        """while paced: when the next request may start (on ``monotonic``'s clock)"""
         self.clock = clock
         self.observer = observer
         self.link_for = link_for
@@ -175,10 +178,10 @@ class DeliveryWorker:
 
         Outcomes are written back per batch, in one transaction: a crash before that
         re-sends the batch with the same idempotency keys, which receivers deduplicate.
-        While :attr:`pace` gives a rate, batches are sized and spaced to keep to it; at
-        rate 0 nothing is sent (``run`` tries again when woken or after ``poll``)."""
+        While :attr:`pace` gives a rate, batches hold ``rate × PACE_STEP`` requests and each
+        request waits for its turn (:meth:`_turn`); at rate 0 nothing new is fetched (``run``
+        tries again when woken or after ``poll``)."""
         total = 0
-        monotonic = self.monotonic or asyncio.get_running_loop().time
         while True:
             rate = self.pace()
             limit = self.cfg.max_concurrency * 4
@@ -186,7 +189,6 @@ class DeliveryWorker:
                 if rate <= 0:
                     return total
                 limit = max(1, min(limit, math.ceil(rate * PACE_STEP)))
-            started = monotonic()
             batch = await self.call("due", self.clock(), limit, tuple(self.in_flight))
             if not batch:
                 return total
@@ -199,8 +201,24 @@ class DeliveryWorker:
             finally:
                 self.in_flight.difference_update(row.id for row in batch)
             self._report(done, delivered)
-            if rate is not None:
-                await self.sleep(max(len(batch) / rate - (monotonic() - started), 0.0))
+
+    async def _turn(self) -> None:
+        """While paced, one request starts every ``1 / rate`` seconds, evenly (a sweep that
+        begins mid-batch paces the rest of that batch too); at rate 0, none until the rate
+        changes. Unpaced: at once."""
+        monotonic = self.monotonic or asyncio.get_running_loop().time
+        while True:
+            rate = self.pace()
+            if rate is None:
+                return
+            now = monotonic()
+            if rate > 0:
+                start = max(self._next_start, now)
+                self._next_start = start + 1.0 / rate
+                if start > now:
+                    await self.sleep(start - now)
+                return
+            await self.sleep(PACE_STEP)
 
     async def run(self) -> None:
         """Forever: send what is due, then sleep until the next due time, a wake-up, or
@@ -220,6 +238,7 @@ class DeliveryWorker:
     async def _guarded(self, row: OutboxRow) -> Settlement | None:
         try:
             async with self._slots:
+                await self._turn()
                 return await self.attempt(row)
         except Exception:
             log.exception("remediation delivery failed unexpectedly source=%s", row.source)

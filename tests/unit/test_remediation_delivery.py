@@ -275,11 +275,13 @@ async def _paced(tmp_path, clock, receiver, requests: int, **kw):
         await feed(loop, broke("103", login=f"l{i}", key=f"a{i}"))
     await loop.evaluate()
     pauses: list[float] = []
+    now = [0.0]
 
     async def pause(seconds: float) -> None:
         pauses.append(seconds)
+        now[0] += seconds
     loop.worker.sleep = pause
-    loop.worker.monotonic = lambda: 0.0  # sending takes no time
+    loop.worker.monotonic = lambda: now[0]  # sending takes no time
     return loop, pauses
 
 
@@ -288,8 +290,23 @@ async def test_while_a_sweep_runs_deliveries_keep_to_the_configured_rate(tmp_pat
                                 sweep_deliveries_per_second=4)
     loop.sweep_started("fin")
     assert await loop.worker.run_once() == 5
-    assert pauses == [0.5, 0.5, 0.25]  # batches of 2, 2 and 1 at 4 per second
+    assert pauses == [0.25] * 4  # one start every 1/4 s after the first
     assert len(receiver.seen) == 5
+    await loop.stop()
+
+
+async def test_a_sweep_that_begins_mid_batch_paces_the_rest_of_it(tmp_path, clock):
+    loop, pauses = await _paced(tmp_path, clock, Receiver(204), 6, max_concurrency=1,
+                                sweep_deliveries_per_second=2)
+    sent = 0
+
+    def pace():
+        nonlocal sent
+        sent += 1
+        return 2.0 if sent > 3 else None  # the sweep starts after the first requests went
+    loop.worker.pace = pace
+    assert await loop.worker.run_once() == 6
+    assert pauses and all(p == 0.5 for p in pauses)
     await loop.stop()
 
 
