@@ -138,9 +138,10 @@ def judge(status: int | None, headers: Mapping[str, str] | None, now: float,
     return Verdict("retry", wait if status in (429, 503) else None, f"HTTP {status}")
 
 
-PACE_STEP = 0.5
-"""While paced, a batch holds ``rate × PACE_STEP`` requests (one settle transaction per
-``PACE_STEP`` seconds)."""
+PACE_STEP = 5.0
+"""While paced, a batch holds ``rate × PACE_STEP`` requests: one settle transaction per
+``PACE_STEP`` seconds, as each commit to the state file makes the sweep's connection drop
+its page cache (SQLite does so when another connection wrote)."""
 
 
 class DeliveryWorker:
@@ -218,7 +219,7 @@ class DeliveryWorker:
                 if start > now:
                     await self.sleep(start - now)
                 return
-            await self.sleep(PACE_STEP)
+            await self.sleep(0.5)
 
     async def run(self) -> None:
         """Forever: send what is due, then sleep until the next due time, a wake-up, or
