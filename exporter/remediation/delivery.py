@@ -140,8 +140,8 @@ def judge(status: int | None, headers: Mapping[str, str] | None, now: float,
 
 PACE_STEP = 5.0
 """While paced, a batch holds ``rate × PACE_STEP`` requests: one settle transaction per
-``PACE_STEP`` seconds, as each commit to the state file makes the sweep's connection drop
-its page cache (SQLite does so when another connection wrote)."""
+``PACE_STEP`` seconds, few commits to the file the sweep writes (SQLite resets a
+connection's page cache when another one wrote; measured within noise, still cheaper)."""
 
 
 class DeliveryWorker:
