@@ -4,14 +4,23 @@
    1,000 accounts, ENTERED + BECAME_FIXABLE per account): events folded into episodes per
    second, requests created per second (``evaluate``), and requests delivered per second
    to a real local HTTP receiver (a separate uvicorn process answering 204).
-2. Database growth per 1,000,000 episodes with their delivered requests (measured on N and
+2. A sweep while that burst is delivered, on the same SQLite file as the loop (as in the
+   agent), against the same sweep with the outbox idle: ``--sweep memory`` (the tracker
+   alone, records from memory: the worst case, nothing to wait on) or ``--sweep sandbox``
+   (the Finicity source sweeping the sandbox over HTTP, another process, as in
+   ``bench_sweep.py``). Each is timed ``--repeat`` times (medians compared); between the
+   busy ones the outbox runs a second at full speed. The delivery rate is printed between,
+   during and after the sweeps (during them, the loop paces itself to
+   ``sweep_deliveries_per_second``).
+3. Database growth per 1,000,000 episodes with their delivered requests (measured on N and
    scaled, or at N = 1,000,000 with ``--episodes 1000000``).
-3. What the loop costs a sweep: the real tracker sweeps N accounts that are all newly at
-   103 (the burst), with and without the repair loop subscribed (``steady=True``), on the
-   same SQLite file as the loop; the sweep's own wall time, and how long the loop then needs
-   to fold the queued events.
+4. What the loop costs a sweep (``--part sweep``): the real tracker sweeps N accounts that
+   are all newly at 103 (the burst), with and without the repair loop subscribed
+   (``steady=True``), on the same SQLite file as the loop; the sweep's own wall time, and how
+   long the loop then needs to fold the queued events.
 
-Run: ``python bench/bench_remediation.py [--episodes 100000] [--concurrency 64]``.
+Run: ``python bench/bench_remediation.py [--episodes 100000] [--concurrency 64]
+[--part burst|sweep] [--sweep memory|sandbox] [--transport http11|aiohttp] [--pace 100]``.
 """
 
 from __future__ import annotations
@@ -24,18 +33,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from statistics import median
 
 import httpx
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_tracker import reference_loop
 from exporter.records import AccountStatus
 from exporter.remediation.config import RemediationConfig
-from exporter.remediation.delivery import delivery_client
 from exporter.remediation.loop import RepairLoop
+from exporter.remediation.observer import NullRemediationObserver
 from exporter.sources.base import SweepReport
+from exporter.sources.transport import AiohttpTransport
 from exporter.state import StateStore
 from exporter.tracker import Tracker
 from exporter.tracker.events import AccountEvent, EventKind
@@ -68,9 +81,56 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def main(n: int, concurrency: int) -> None:
+class Delivered(NullRemediationObserver):
+    """Counts delivered requests, so the rate can be read at any moment."""
+
+    def __init__(self):
+        self.count = 0
+
+    def fix_request(self, source, provider, kind, result):
+        if result == "delivered":
+            self.count += 1
+
+
+Sweep = Callable[[Tracker], Awaitable[float]]
+
+
+def memory_sweep(n: int) -> Sweep:
+    accounts = records(n, "0", 0)
+
+    async def sweep(tracker: Tracker) -> float:
+        return await timed_sweep(tracker, accounts)
+    return sweep
+
+
+def sandbox_sweep(url: str, concurrency: int = 16) -> tuple[Sweep, Callable[[], Awaitable]]:
+    """The Finicity source sweeping the sandbox (``bench_sweep.py``'s setup), source ``sbx``."""
+    from exporter.config import FinicitySourceConfig
+    from exporter.sandbox import credentials
+    from exporter.sources import build_source
+    from exporter.sources.base import NullObserver
+
+    config = FinicitySourceConfig(
+        name="sbx", provider="finicity", base_url=f"{url}/finicity", customer_type="all",
+        app_key=credentials.FINICITY_APP_KEY, partner_id=credentials.FINICITY_PARTNER_ID,
+        partner_secret=credentials.FINICITY_PARTNER_SECRET, page_size=1000,
+        http={"max_concurrency": concurrency, "rate_limit_per_second": 100000,
+              "rate_limit_burst": 1000})
+    source = build_source(config, NullObserver(), time.time)
+
+    async def sweep(tracker: Tracker) -> float:
+        started = time.perf_counter()
+        session = await tracker.begin("sbx", "finicity")
+        await session.finish(await source.sweep(session))
+        return time.perf_counter() - started
+    return sweep, source.aclose
+
+
+async def main(n: int, concurrency: int, transport: str, sweep_kind: str, pace: float,
+               customers: int, repeat: int = 3, gap_seconds: float = 1.0) -> None:
     port = free_port()
     receiver = subprocess.Popen([sys.executable, "-c", RECEIVER % port])
+    sandbox = None
     try:
         for _ in range(200):
             try:
@@ -80,47 +140,94 @@ async def main(n: int, concurrency: int) -> None:
                 time.sleep(0.05)
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp) / "state.db"
+            close_source = None
+            if sweep_kind == "sandbox":
+                from tests.integration.procs import Sandbox
+
+                scenario = Path(tmp) / "scenario.yml"
+                scenario.write_text(yaml.safe_dump({"finicity": {"units": customers},
+                                                    "mx": {"units": 10}}))
+                sandbox = Sandbox(Path(tmp), scenario)
+                sweep, close_source = sandbox_sweep(sandbox.url)
+                size = f"the sandbox's {customers:,} customers"
+            else:
+                sweep = memory_sweep(n)
+                size = f"{n:,} unchanged accounts from memory"
+            extra = {"sweep_deliveries_per_second": pace} if (
+                "sweep_deliveries_per_second" in RemediationConfig.model_fields) else {}
             cfg = RemediationConfig(enabled=True, endpoint=f"http://127.0.0.1:{port}/fix",
                                     secret="bench", max_concurrency=concurrency,
-                                    storm_min=10**9)
-            async with delivery_client(cfg) as client:
-                loop = RepairLoop(cfg, db, sources={}, snapshot=lambda: None,
-                                  clock=lambda: NOW, client=client)
-                loop.sweep_finished("fin", True)
-                started = time.perf_counter()
-                for lo in range(0, n, CHUNK):
-                    chunk = []
-                    for i in range(lo, min(lo + CHUNK, n)):
-                        chunk += [event(EventKind.ENTERED, i), event(EventKind.BECAME_FIXABLE, i)]
-                    await loop.on_events(chunk)
-                await loop.drained()
-                folded = time.perf_counter() - started
-                started = time.perf_counter()
-                await loop.evaluate()
-                created = time.perf_counter() - started
-                tracker = Tracker(StateStore(Path(tmp) / "tracker.db"), clock=lambda: NOW)
-                await tracker.load({"fin": "finicity"})
-                accounts = records(n, "0", 0)
-                await timed_sweep(tracker, accounts)  # first: inserts; the next ones compare
-                quiet = await timed_sweep(tracker, accounts)
-                started = time.perf_counter()
-                sending = asyncio.create_task(loop.worker.run_once())
-                busy = await timed_sweep(tracker, accounts)
-                sent = await sending
-                delivered = time.perf_counter() - started
-                await tracker.close()
-                states = loop.store.outbox_states()
-                await loop.stop()
-            size = sum(os.path.getsize(p) for p in Path(tmp).glob("state.db*"))
-        print(f"episodes: {n}, delivery concurrency {concurrency}")
+                                    storm_min=10**9, **extra)
+            client = None
+            if transport == "aiohttp":  # what deliveries used before: aiohttp under httpx
+                client = httpx.AsyncClient(
+                    transport=AiohttpTransport(max_connections=concurrency),
+                    follow_redirects=False)
+            counted = Delivered()
+            loop = RepairLoop(cfg, db, sources={}, snapshot=lambda: None,
+                              clock=lambda: NOW, client=client, observer=counted)
+            loop.sweep_finished("fin", True)
+            started = time.perf_counter()
+            for lo in range(0, n, CHUNK):
+                chunk = []
+                for i in range(lo, min(lo + CHUNK, n)):
+                    chunk += [event(EventKind.ENTERED, i), event(EventKind.BECAME_FIXABLE, i)]
+                await loop.on_events(chunk)
+            await loop.drained()
+            folded = time.perf_counter() - started
+            started = time.perf_counter()
+            await loop.evaluate()
+            created = time.perf_counter() - started
+            tracker = Tracker(StateStore(db), clock=lambda: NOW)  # the same file, as the agent
+            await tracker.load({"fin": "finicity", "sbx": "finicity"})
+            tracker.subscribe(loop.on_events, steady=True)
+            await sweep(tracker)  # first: inserts; the next ones compare
+            quiet = [await sweep(tracker) for _ in range(repeat)]
+            await loop.drained()
+            started = time.perf_counter()
+            sending = asyncio.create_task(loop.worker.run_once())
+            busy, during, between = [], [], []
+            for _ in range(repeat):  # full speed for a while, then a sweep
+                at_gap, gap = counted.count, time.perf_counter()
+                await asyncio.sleep(gap_seconds)
+                between.append((counted.count - at_gap) / (time.perf_counter() - gap))
+                at_sweep, sweep_started = counted.count, time.perf_counter()
+                if hasattr(loop, "sweep_started"):
+                    loop.sweep_started("sbx")
+                busy.append(await sweep(tracker))
+                loop.sweep_finished("sbx", True)
+                during.append((counted.count - at_sweep) / (time.perf_counter() - sweep_started))
+            at_end, ended = counted.count, time.perf_counter()
+            sent = await sending
+            finished = time.perf_counter()
+            after = (counted.count - at_end) / max(finished - ended, 1e-9)
+            delivered = finished - started
+            await loop.drained()
+            await tracker.close()
+            states = loop.store.outbox_states()
+            await loop.stop()
+            if client is not None:
+                await client.aclose()
+            if close_source is not None:
+                await close_source()
+            size_db = sum(os.path.getsize(p) for p in Path(tmp).glob("state.db*"))
+        print(f"episodes: {n}, delivery concurrency {concurrency}, transport {transport}, "
+              f"paced to {extra.get('sweep_deliveries_per_second', 'unpaced')}/s during a sweep")
         print(f"events folded into episodes: {2 * n / folded:,.0f} events/s ({n / folded:,.0f} logins/s)")
         print(f"requests created: {n / created:,.0f}/s ({created:.1f} s)")
-        print(f"requests delivered: {sent / delivered:,.0f}/s ({delivered:.1f} s), outbox {states}")
-        print(f"sweep of {n} unchanged accounts: {quiet:.2f} s with the outbox idle, {busy:.2f} s "
-              f"while it delivers ({(busy / quiet - 1) * 100:+.0f} %)")
-        print(f"database: {size / 1e6:.1f} MB for {n} episodes = "
-              f"{size / n * 1e6 / 1e9:.2f} GB per 1,000,000 episodes")
+        rates = ", ".join(f"{r:,.0f}" for r in between)
+        print(f"requests delivered: {sent / delivered:,.0f}/s overall ({delivered:.1f} s); "
+              f"{rates}/s between sweeps, {median(during):,.0f}/s during them "
+              f"({', '.join(f'{r:,.0f}' for r in during)}), {after:,.0f}/s after the last; "
+              f"outbox {states}")
+        print(f"sweep of {size}, median of {repeat}: {median(quiet):.2f} s with the outbox idle "
+              f"({', '.join(f'{q:.2f}' for q in quiet)}), {median(busy):.2f} s while it delivers "
+              f"({', '.join(f'{b:.2f}' for b in busy)}): "
+              f"{(median(busy) / median(quiet) - 1) * 100:+.1f} %")
+        print(f"database: {size_db / 1e6:.1f} MB for {n} episodes (+ the swept accounts)")
     finally:
+        if sandbox is not None:
+            sandbox.stop()
         receiver.terminate()
         receiver.wait()
 
@@ -203,10 +310,22 @@ if __name__ == "__main__":
     parser.add_argument("--episodes", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--part", choices=("all", "sweep", "burst"), default="all")
+    parser.add_argument("--sweep", choices=("memory", "sandbox"), default="memory",
+                        help="the sweep timed while the burst is delivered")
+    parser.add_argument("--customers", type=int, default=20_000,
+                        help="the sandbox's Finicity customers (--sweep sandbox)")
+    parser.add_argument("--transport", choices=("http11", "aiohttp"), default="http11",
+                        help="deliveries through the loop's own pool or aiohttp under httpx")
+    parser.add_argument("--pace", type=float, default=100.0,
+                        help="remediation.sweep_deliveries_per_second")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="sweeps timed each way (medians compared)")
     args = parser.parse_args()
     print(f"reference: sum(i*i for i in range(10**7)) takes {reference_loop():.2f} s here")
     if args.part in ("all", "sweep"):
         asyncio.run(sweep_cost(args.episodes))
         asyncio.run(sweep_cost(args.episodes * 10, 0.01))
     if args.part in ("all", "burst"):
-        asyncio.run(main(args.episodes, args.concurrency))
+        asyncio.run(main(args.episodes, args.concurrency, args.transport, args.sweep, args.pace,
+                         args.customers, args.repeat))
+    print(f"reference: sum(i*i for i in range(10**7)) takes {reference_loop():.2f} s here")

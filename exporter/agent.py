@@ -155,9 +155,10 @@ class Agent:
 
 
 class _RepairSweepObserver:
-    """The sweep observer while the repair loop runs: the self-metrics, and each sweep also to
-    the loop (no requests for a source while its sweep runs; the first complete one ends the
-    backlog)."""
+    """The sweep observer while the repair loop runs: the self-metrics, and to the loop when
+    a sweep starts and ends (deliveries are paced meanwhile, and no request is created for
+    that source until its snapshot is published) and each complete sweep (its first one ends
+    the backlog)."""
 
     def __init__(self, metrics: AgentMetrics, repair: RepairLoop):
         self._metrics = metrics

@@ -43,6 +43,9 @@ class RemediationConfig(BaseModel):
     storm_min: int = Field(50, ge=1)
     storm_share: float = Field(0.05, ge=0, le=1)
     max_concurrency: int = Field(8, ge=1, le=256)
+    sweep_deliveries_per_second: float = Field(
+        100.0, ge=0, description="deliveries started per second while a sweep of this agent "
+        "runs (0: none until it ends); no limit otherwise")
     timeout: float = 10.0
     backoff_base: float = 2.0
     backoff_max: float = 3600.0

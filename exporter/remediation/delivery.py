@@ -1,7 +1,9 @@
 """The delivery worker: sends due requests from the outbox to the partner's endpoint.
 
 Each POST carries ``Idempotency-Key: <request id>`` (the same on every retry and after a
-restart) and ``X-OpenFinance-Signature``. At most ``max_concurrency`` requests are in flight.
+restart) and ``X-OpenFinance-Signature``. At most ``max_concurrency`` requests are in flight;
+while a sweep of this agent runs, at most ``sweep_deliveries_per_second`` start per second
+(the sweep and the deliveries share one event loop and one CPU).
 A failure is retried after a full-jitter exponential backoff, or after ``Retry-After`` when
 the receiver sends one (429, 503); 410 Gone stops retries for that request; a request still
 undelivered ``retry_for`` after its creation is dead-lettered. A delivered request is marked
@@ -14,9 +16,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
@@ -28,7 +31,8 @@ from exporter.remediation.episodes import KIND_OTP
 from exporter.remediation.observer import RemediationObserver
 from exporter.remediation.signing import SIGNATURE_HEADER, sign
 from exporter.remediation.store import OutboxRow
-from exporter.sources.transport import AiohttpTransport
+from exporter.sources.client import env_proxy
+from exporter.sources.transport import AiohttpTransport, Http11Transport
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +48,44 @@ async def wait_for_event(event: asyncio.Event, timeout: float) -> None:
     event.clear()
 
 
-def delivery_client(cfg: RemediationConfig) -> httpx.AsyncClient:
-    """The partner endpoint's client: keep-alive through the sources' aiohttp pool (far less
-    CPU per request than httpcore's), one connection per concurrent delivery."""
-    return httpx.AsyncClient(transport=AiohttpTransport(max_connections=cfg.max_concurrency),
-                             follow_redirects=False)
+class Endpoint:
+    """The partner's endpoint: POSTs a raw body, returns (status, headers with lower-case
+    names). Our HTTP/1.1 keep-alive pool (the sources' :class:`Http11Transport`, called
+    without httpx's request and response objects), one connection per concurrent delivery;
+    aiohttp's pool behind an ``HTTPS_PROXY``/``HTTP_PROXY``; or a given httpx client (tests'
+    ``MockTransport``), which its owner closes."""
+
+    def __init__(self, cfg: RemediationConfig, client: httpx.AsyncClient | None = None):
+        self._url = str(cfg.endpoint)
+        self._timeout = httpx.Timeout(cfg.timeout).as_dict()
+        self._client = client
+        self._own = client is None
+        self._transport: Http11Transport | None = None
+        if client is None:
+            proxy = env_proxy(self._url)
+            if proxy is None:
+                self._transport = Http11Transport(self._url, max_connections=cfg.max_concurrency)
+                self._target = httpx.URL(self._url).raw_path.decode("ascii")
+            else:
+                self._client = httpx.AsyncClient(
+                    transport=AiohttpTransport(max_connections=cfg.max_concurrency, proxy=proxy),
+                    follow_redirects=False)
+
+    async def post(self, raw: bytes, headers: dict[str, str]) -> tuple[int, Mapping[str, str]]:
+        if self._transport is not None:
+            answer = await self._transport.exchange("POST", self._target, headers, raw,
+                                                    self._timeout)
+            return answer.status_code, answer.headers
+        assert self._client is not None
+        resp = await self._client.post(self._url, content=raw, headers=headers,
+                                       timeout=self._timeout["read"])
+        return resp.status_code, resp.headers
+
+    async def aclose(self) -> None:
+        if self._transport is not None:
+            await self._transport.aclose()
+        elif self._own and self._client is not None:
+            await self._client.aclose()
 
 
 def backoff_delay(failures: int, base: float, cap: float, rand: Callable[[], float]) -> float:
@@ -89,7 +126,8 @@ class Verdict:
     error: str = ""
 
 
-def judge(status: int | None, headers: httpx.Headers | None, now: float, error: str = "") -> Verdict:
+def judge(status: int | None, headers: Mapping[str, str] | None, now: float,
+          error: str = "") -> Verdict:
     if status is None:
         return Verdict("retry", None, error or "no response")
     if 200 <= status < 300:
@@ -100,14 +138,29 @@ def judge(status: int | None, headers: httpx.Headers | None, now: float, error: 
     return Verdict("retry", wait if status in (429, 503) else None, f"HTTP {status}")
 
 
+PACE_STEP = 5.0
+"""While paced, a batch holds ``rate × PACE_STEP`` requests: one settle transaction per
+``PACE_STEP`` seconds, few commits to the file the sweep writes (SQLite resets a
+connection's page cache when another one wrote; measured within noise, still cheaper)."""
+
+
 class DeliveryWorker:
-    def __init__(self, cfg: RemediationConfig, secret: bytes, call: Call, client: httpx.AsyncClient,
+    def __init__(self, cfg: RemediationConfig, secret: bytes, call: Call, endpoint: Endpoint,
                  clock: Callable[[], float], observer: RemediationObserver, link_for: LinkFor,
-                 rand: Callable[[], float] = random.random, poll: float = 5.0):
+                 rand: Callable[[], float] = random.random, poll: float = 5.0,
+                 pace: Callable[[], float | None] = lambda: None,
+                 monotonic: Callable[[], float] | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
         self.cfg = cfg
         self.secret = secret
         self.call = call
-        self.client = client
+        self.endpoint = endpoint
+        self.pace = pace
+        """deliveries per second allowed now (None: as fast as ``max_concurrency`` goes)"""
+        self.monotonic = monotonic
+        self.sleep = sleep
+        self._next_start = 0.0
+        """while paced: when the next request may start (on ``monotonic``'s clock)"""
         self.clock = clock
         self.observer = observer
         self.link_for = link_for
@@ -125,11 +178,19 @@ class DeliveryWorker:
         """Send every request due now (bounded concurrency); returns how many were tried.
 
         Outcomes are written back per batch, in one transaction: a crash before that
-        re-sends the batch with the same idempotency keys, which receivers deduplicate."""
+        re-sends the batch with the same idempotency keys, which receivers deduplicate.
+        While :attr:`pace` gives a rate, batches hold ``rate × PACE_STEP`` requests and each
+        request waits for its turn (:meth:`_turn`); at rate 0 nothing new is fetched (``run``
+        tries again when woken or after ``poll``)."""
         total = 0
         while True:
-            batch = await self.call("due", self.clock(), self.cfg.max_concurrency * 4,
-                                    tuple(self.in_flight))
+            rate = self.pace()
+            limit = self.cfg.max_concurrency * 4
+            if rate is not None:
+                if rate <= 0:
+                    return total
+                limit = max(1, min(limit, math.ceil(rate * PACE_STEP)))
+            batch = await self.call("due", self.clock(), limit, tuple(self.in_flight))
             if not batch:
                 return total
             total += len(batch)
@@ -141,6 +202,24 @@ class DeliveryWorker:
             finally:
                 self.in_flight.difference_update(row.id for row in batch)
             self._report(done, delivered)
+
+    async def _turn(self) -> None:
+        """While paced, one request starts every ``1 / rate`` seconds, evenly (a sweep that
+        begins mid-batch paces the rest of that batch too); at rate 0, none until the rate
+        changes. Unpaced: at once."""
+        monotonic = self.monotonic or asyncio.get_running_loop().time
+        while True:
+            rate = self.pace()
+            if rate is None:
+                return
+            now = monotonic()
+            if rate > 0:
+                start = max(self._next_start, now)
+                self._next_start = start + 1.0 / rate
+                if start > now:
+                    await self.sleep(start - now)
+                return
+            await self.sleep(0.5)
 
     async def run(self) -> None:
         """Forever: send what is due, then sleep until the next due time, a wake-up, or
@@ -160,6 +239,7 @@ class DeliveryWorker:
     async def _guarded(self, row: OutboxRow) -> Settlement | None:
         try:
             async with self._slots:
+                await self._turn()
                 return await self.attempt(row)
         except Exception:
             log.exception("remediation delivery failed unexpectedly source=%s", row.source)
@@ -182,9 +262,8 @@ class DeliveryWorker:
                    SIGNATURE_HEADER: sign(self.secret, raw, int(self.clock())),
                    "User-Agent": self._agent}
         try:
-            resp = await self.client.post(self.cfg.endpoint, content=raw, headers=headers,
-                                          timeout=self.cfg.timeout)
-            verdict = judge(resp.status_code, resp.headers, self.clock())
+            status, answer_headers = await self.endpoint.post(raw, headers)
+            verdict = judge(status, answer_headers, self.clock())
         except httpx.HTTPError as exc:
             verdict = judge(None, None, self.clock(), type(exc).__name__)
         return self._settle(row, verdict)

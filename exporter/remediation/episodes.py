@@ -71,6 +71,8 @@ class Episode:
     closed_at: float | None = None
     close_reason: str | None = None
     rebroke: bool = False
+    request_code: str | None = None
+    """the fixable code the request was made for (set with ``request_id``)"""
 
     @property
     def login(self) -> tuple[str, str, str]:

@@ -5,7 +5,8 @@ are re-announced every sweep, so an episode missed by a crash is opened on the n
 ``evaluate`` creates the requests that are due (minimum age, no outage, backfill pacing,
 storm guard), counts abandoned episodes and refreshes the gauges; it runs every
 ``evaluate_interval`` and soon after each batch of events. The delivery worker sends the
-outbox. All SQLite work runs on one thread of its own, in order.
+outbox, paced while a sweep runs (``sweep_started`` … ``sweep_finished``). All SQLite work
+runs on one thread of its own, in order.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 import httpx
 
 from exporter.remediation.config import RemediationConfig
-from exporter.remediation.delivery import DeliveryWorker, delivery_client, wait_for_event
+from exporter.remediation.delivery import DeliveryWorker, Endpoint, wait_for_event
 from exporter.remediation.episodes import (
     BACKFILL_WINDOW,
     REBROKE_WINDOW,
@@ -89,8 +90,10 @@ class InstitutionLabels:
 
 
 def funnel(ep: Episode, outcome: str | None) -> Effect:
-    """A step of the per-institution repair funnel (``None``: the series are created)."""
-    return ("funnel", ep.source, ep.provider, ep.institution_id, ep.institution, str(ep.code),
+    """A step of the per-institution repair funnel (``None``: the series are created),
+    labelled with the code the request was made for (before the request: the current one)."""
+    code = ep.request_code if ep.request_code is not None else ep.code
+    return ("funnel", ep.source, ep.provider, ep.institution_id, ep.institution, str(code),
             outcome)
 
 
@@ -116,10 +119,9 @@ class RepairLoop:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="remediation")
         self.store = RemediationStore(db_path)
         self._baselines: dict[str, float] = self.store.baselines()
-        self._own_client = client is None
-        self.client = client or delivery_client(cfg)
-        self.worker = DeliveryWorker(cfg, self.secret, self.call, self.client, clock,
-                                     self.observer, self.link_for, rand)
+        self.endpoint = Endpoint(cfg, client)
+        self.worker = DeliveryWorker(cfg, self.secret, self.call, self.endpoint, clock,
+                                     self.observer, self.link_for, rand, pace=self.pace)
         self._tasks: list[asyncio.Task] = []
         self._queue: asyncio.Queue = asyncio.Queue()
         self._room = asyncio.Semaphore(_QUEUE_BATCHES)
@@ -158,8 +160,7 @@ class RepairLoop:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         self._consuming = None
-        if self._own_client:
-            await self.client.aclose()
+        await self.endpoint.aclose()
         await self._run(self.store.close)
         self._executor.shutdown(wait=True)
 
@@ -238,6 +239,12 @@ class RepairLoop:
             self._consumer()
             await self._room.acquire()
             self._queue.put_nowait(("events", list(events)))
+
+    def pace(self) -> float | None:
+        """Deliveries per second allowed now: ``sweep_deliveries_per_second`` while a sweep
+        of this agent runs (a sweep and the deliveries share one event loop, and a burst
+        delivered at full speed slowed a sweep several-fold), else no limit."""
+        return self.cfg.sweep_deliveries_per_second if self._sweeping else None
 
     def sweep_finished(self, source: str, complete: bool, published: bool = True) -> None:
         """A sweep of ``source`` ended (``published``: its snapshot is out, i.e. it did not
@@ -338,8 +345,9 @@ class RepairLoop:
     # --- evaluation -------------------------------------------------------------------------
 
     def sweep_started(self, source: str) -> None:
-        """A sweep of ``source`` began: until it has published its snapshot, the outage facts
-        are older than the episodes it opens, so none of that source's requests is created."""
+        """A sweep of ``source`` began: deliveries are paced until no sweep runs
+        (:meth:`pace`), and until it has published its snapshot, the outage facts are older
+        than the episodes it opens, so none of that source's requests is created."""
         self._sweeping[source] = self._sweeping.get(source, 0) + 1
         self._sweeps_begun[source] = self._sweeps_begun.get(source, 0) + 1
 
@@ -352,6 +360,8 @@ class RepairLoop:
             self._sweeping[source] = left
         else:
             self._sweeping.pop(source, None)
+        if not self._sweeping:
+            self.worker.wake()  # full speed again
         if published:
             self._stale.discard(source)
             self._evaluate_soon.set()  # what waited for this snapshot is evaluated now

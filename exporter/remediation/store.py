@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS fix_episodes (
     request_id TEXT,
     kind TEXT,
     request_category TEXT,
+    request_code TEXT,
     requested_at REAL,
     delivered_at REAL,
     outcome TEXT,
@@ -97,7 +98,7 @@ CREATE TABLE IF NOT EXISTS fix_releases (
 _EPISODE_COLUMNS = (
     "id, source, provider, owner_id, login_id, institution_id, institution, code, category, "
     "opened_at, broken_since, backlog, accounts, any_fixed, request_id, kind, request_category, "
-    "requested_at, delivered_at, outcome, closed_at, close_reason")
+    "requested_at, delivered_at, outcome, closed_at, close_reason, request_code")
 
 _EPISODE_COLUMNS_OF_E = ", ".join(f"e.{c.strip()}" for c in _EPISODE_COLUMNS.split(","))
 
@@ -126,12 +127,12 @@ class OutboxRow:
 def _episode(row: tuple) -> Episode:
     (id_, source, provider, owner_id, login_id, institution_id, institution, code, category,
      opened_at, broken_since, backlog, accounts, any_fixed, request_id, kind, request_category,
-     requested_at, delivered_at, outcome, closed_at, close_reason) = row
+     requested_at, delivered_at, outcome, closed_at, close_reason, request_code) = row
     marks = {k: Mark(*v) for k, v in json.loads(accounts).items()}
     return Episode(source, provider, owner_id, login_id, institution_id, institution, code,
                    category, opened_at, broken_since, bool(backlog), marks, id_, bool(any_fixed),
                    request_id, kind, request_category, requested_at, delivered_at, outcome,
-                   closed_at, close_reason)
+                   closed_at, close_reason, request_code=request_code)
 
 
 def _mutable(ep: Episode) -> tuple:
@@ -168,11 +169,27 @@ class RemediationStore:
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA synchronous = NORMAL")
             self.db.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open the remediation tables ({exc})") from exc
 
     def close(self) -> None:
         self.db.close()
+
+    def _migrate(self) -> None:
+        """Bring tables an earlier version created up to this one (idempotent, one
+        transaction). ``request_code`` (the code a request was made for, the funnel's label):
+        for requests made before it existed, the code in the stored body while it is kept
+        (undelivered), else the episode's latest code, the best left to know."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(fix_episodes)")}
+        if "request_code" in columns:
+            return
+        with self._tx():
+            self.db.execute("ALTER TABLE fix_episodes ADD COLUMN request_code TEXT")
+            self.db.execute(
+                "UPDATE fix_episodes SET request_code = coalesce((SELECT json_extract(o.body, "
+                "'$.code') FROM fix_outbox o WHERE o.id = fix_episodes.request_id "
+                "AND json_valid(o.body)), code) WHERE request_id IS NOT NULL")
 
     def _tx(self):
         return _Transaction(self.db)
@@ -344,10 +361,12 @@ class RemediationStore:
                  for ep, rid, kind, body, held in requests])
             self.db.executemany(
                 "UPDATE fix_episodes SET request_id = ?, kind = ?, request_category = ?, "
-                "requested_at = ? WHERE id = ?",
-                [(rid, kind, ep.category, now, ep.id) for ep, rid, kind, _, _ in requests])
+                "request_code = ?, requested_at = ? WHERE id = ?",
+                [(rid, kind, ep.category, ep.code, now, ep.id)
+                 for ep, rid, kind, _, _ in requests])
         for ep, rid, kind, _, _ in requests:
-            ep.request_id, ep.kind, ep.requested_at, ep.request_category = rid, kind, now, ep.category
+            ep.request_id, ep.kind, ep.requested_at = rid, kind, now
+            ep.request_category, ep.request_code = ep.category, ep.code
 
     def due(self, now: float, limit: int, skip: Iterable[str] = ()) -> list[OutboxRow]:
         skip = set(skip)

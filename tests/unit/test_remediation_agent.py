@@ -48,3 +48,18 @@ async def test_with_push_on_the_webhook_listener_serves_fix_links(tmp_path):
         assert answer.status_code == 400 and "This link is not valid" in answer.text
     finally:
         await agent.stop()
+
+
+async def test_deliveries_are_paced_from_a_sweeps_start_to_its_end_or_cancellation(tmp_path):
+    agent = Agent(_settings(tmp_path, enabled=True, endpoint="http://127.0.0.1:9/", secret=SECRET,
+                            sweep_deliveries_per_second=50), sources=[])
+    observer = agent.runner.observer
+    assert agent.repair.pace() is None
+    observer.sweep_started("fin")
+    assert agent.repair.pace() == 50
+    observer.sweep_cancelled("fin", 1.0)
+    assert agent.repair.pace() is None
+    observer.sweep_started("fin")
+    observer.sweep_finished("fin", "failed", 1.0)
+    assert agent.repair.pace() is None
+    await agent.repair.stop()

@@ -265,3 +265,91 @@ async def test_a_real_http_receiver_gets_one_verifiable_request(tmp_path, clock)
     assert independent_verify(SECRET, raw, headers["x-openfinance-signature"], clock.now)
     assert json.loads(raw)["login_id"] == "l1"
     assert headers["idempotency-key"] == json.loads(raw)["id"]
+
+
+async def _paced(tmp_path, clock, receiver, requests: int, **kw):
+    """A loop with ``requests`` due and a worker whose pauses are recorded, not slept."""
+    loop = build_loop(tmp_path, clock, receiver, **kw)
+    await finished(loop, "fin", True)
+    for i in range(requests):
+        await feed(loop, broke("103", login=f"l{i}", key=f"a{i}"))
+    await loop.evaluate()
+    pauses: list[float] = []
+    now = [0.0]
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        now[0] += seconds
+    loop.worker.sleep = pause
+    loop.worker.monotonic = lambda: now[0]  # sending takes no time
+    return loop, pauses
+
+
+async def test_while_a_sweep_runs_deliveries_keep_to_the_configured_rate(tmp_path, clock):
+    loop, pauses = await _paced(tmp_path, clock, receiver := Receiver(204), 5,
+                                sweep_deliveries_per_second=4)
+    loop.sweep_started("fin")
+    assert await loop.worker.run_once() == 5
+    assert pauses == [0.25] * 4  # one start every 1/4 s after the first
+    assert len(receiver.seen) == 5
+    await loop.stop()
+
+
+async def test_a_sweep_that_begins_mid_batch_paces_the_rest_of_it(tmp_path, clock):
+    loop, pauses = await _paced(tmp_path, clock, Receiver(204), 6, max_concurrency=1,
+                                sweep_deliveries_per_second=2)
+    sent = 0
+
+    def pace():
+        nonlocal sent
+        sent += 1
+        return 2.0 if sent > 3 else None  # the sweep starts after the first requests went
+    loop.worker.pace = pace
+    assert await loop.worker.run_once() == 6
+    assert pauses and all(p == 0.5 for p in pauses)
+    await loop.stop()
+
+
+async def test_without_a_sweep_deliveries_are_not_paced(tmp_path, clock):
+    loop, pauses = await _paced(tmp_path, clock, Receiver(204), 5, sweep_deliveries_per_second=4)
+    loop.sweep_started("fin")
+    loop.sweep_finished("fin", True)
+    assert await loop.worker.run_once() == 5
+    assert pauses == []
+    await loop.stop()
+
+
+async def test_at_rate_zero_nothing_is_sent_until_the_sweep_ends(tmp_path, clock):
+    loop, _ = await _paced(tmp_path, clock, receiver := Receiver(204), 3,
+                           sweep_deliveries_per_second=0)
+    loop.sweep_started("mxs")
+    assert await loop.worker.run_once() == 0 and receiver.seen == []
+    loop.sweep_ended("mxs")  # cancelled
+    assert await loop.worker.run_once() == 3
+    await loop.stop()
+
+
+async def test_a_real_receivers_retry_after_is_honoured_through_the_loops_own_pool(
+        tmp_path, clock):
+    async def busy(request: Request) -> Response:
+        return Response(status_code=429, headers={"Retry-After": "120"})
+
+    port = free_port()
+    server: Server = http_server(Starlette(routes=[Route("/hook", busy, methods=["POST"])]),
+                                 f"127.0.0.1:{port}")
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    from exporter.remediation.loop import RepairLoop
+    from tests.unit.test_remediation_support import config
+
+    loop = RepairLoop(config(endpoint=f"http://127.0.0.1:{port}/hook?tenant=a"),
+                      tmp_path / "s.db", sources={}, snapshot=lambda: None, clock=clock)
+    await finished(loop, "fin", True)
+    await feed(loop, broke("103"))
+    await loop.evaluate()
+    await loop.worker.run_once()
+    server.should_exit = True
+    await task
+    assert await loop.call("next_due") == clock.now + 120
+    await loop.stop()

@@ -58,15 +58,41 @@ async def test_a_fixed_login_counts_requested_then_fixed_at_its_institution_and_
     await loop.stop()
 
 
-async def test_an_abandoned_login_counts_at_the_code_it_is_stuck_at(tmp_path, clock, obs):
+async def test_an_abandoned_login_counts_at_the_code_its_request_was_made_for(
+        tmp_path, clock, obs):
     loop = await _loop(tmp_path, clock, obs)
     await feed(loop, broke("103"))
     await _cycle(loop)
     await feed(loop, broke("185", at=clock.now))  # flaps to another fixable code
     clock.advance(8 * DAY)
     await _cycle(loop)
-    assert obs.steps() == [("4222", "103", "requested"), ("4222", "185", "abandoned")]
+    assert obs.steps() == [("4222", "103", "requested"), ("4222", "103", "abandoned")]
     await loop.stop()
+
+
+async def test_a_login_fixed_after_its_code_changed_counts_at_the_requests_code(
+        tmp_path, clock, obs):
+    loop = await _loop(tmp_path, clock, obs)
+    await feed(loop, broke("103"))
+    await _cycle(loop)
+    await feed(loop, broke("185", at=clock.now))
+    clock.advance(DAY)
+    await feed(loop, healed(at=clock.now))
+    assert obs.steps() == [("4222", "103", "requested"), ("4222", "103", "fixed")]
+    await loop.stop()
+
+
+async def test_the_requests_code_survives_a_restart(tmp_path, clock, obs):
+    loop = await _loop(tmp_path, clock, obs)
+    await feed(loop, broke("103"))
+    await _cycle(loop)
+    await feed(loop, broke("185", at=clock.now))
+    await loop.stop()
+    again = build_loop(tmp_path, clock, Receiver(), observer=obs)
+    clock.advance(DAY)
+    await feed(again, healed(at=clock.now))
+    assert obs.steps("fixed") == [("4222", "103", "fixed")]
+    await again.stop()
 
 
 async def test_a_held_request_counts_as_requested(tmp_path, clock, obs):

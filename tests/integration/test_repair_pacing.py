@@ -1,0 +1,60 @@
+"""Deliveries give way to sweeps: the real agent against the sandbox, a real local receiver,
+``remediation.sweep_deliveries_per_second: 0`` (nothing is sent while a sweep runs). The
+agent sweeps every second, so requests go out in the gaps between sweeps: every one of them,
+once, none lost to the gate."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import yaml
+
+from tests.integration.procs import AgentProc, Sandbox, agent_config, wait_for
+from tests.integration.test_repair_loop import (
+    SECRET,
+    SMALL,
+    SOURCES,
+    Receiver,
+    next_sweeps,
+    signature_ok,
+    value,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_requests_held_during_sweeps_all_go_out_once_between_them(tmp_path):
+    scenario = tmp_path / "scenario.yml"
+    scenario.write_text(yaml.safe_dump(SMALL))
+    sandbox = Sandbox(tmp_path, scenario)
+    receiver = Receiver()
+    (tmp_path / "secret").write_text(SECRET)
+    path = agent_config(tmp_path / "agent.yml", sandbox.url, tmp_path / "state.db", interval=1)
+    config = yaml.safe_load(path.read_text())
+    config["remediation"] = {
+        "enabled": True, "endpoint": receiver.url, "secret_file": str(tmp_path / "secret"),
+        "evaluate_interval": "1s", "sweep_deliveries_per_second": 0}
+    path.write_text(yaml.safe_dump(config))
+    agent = AgentProc(tmp_path, path)
+    try:
+        agent.wait_sweeps({name: 1 for name in SOURCES})
+        next_sweeps(agent)
+        sandbox.advance(1)
+        next_sweeps(agent)
+        wait_for(lambda: receiver.requests
+                 and value(agent, "openfinance_fix_requests_pending") == 0,
+                 90, "fix requests delivered between sweeps")
+        next_sweeps(agent)
+        bodies = receiver.bodies()
+        assert len(receiver.requests) == len(bodies), "each request sent once"
+        assert value(agent, "openfinance_fix_requests_total", result="delivered") == len(bodies)
+        assert all(signature_ok(h, raw) for h, raw in receiver.requests)
+        logins = Counter((b["provider"], b.get("customer_id") or b.get("user_guid"),
+                          b["login_id"]) for b in map(json.loads, (r for _, r in receiver.requests)))
+        assert max(logins.values()) == 1, "one request per login and episode"
+    finally:
+        agent.stop()
+        receiver.stop()
+        sandbox.stop()
