@@ -17,9 +17,7 @@ from tests.integration.test_repair_loop import (
     SMALL,
     SOURCES,
     Receiver,
-    next_sweeps,
     signature_ok,
-    value,
 )
 
 pytestmark = pytest.mark.integration
@@ -40,16 +38,16 @@ def test_requests_held_during_sweeps_all_go_out_once_between_them(tmp_path):
     agent = AgentProc(tmp_path, path)
     try:
         agent.wait_sweeps({name: 1 for name in SOURCES})
-        next_sweeps(agent)
+        agent.next_sweeps(SOURCES)
         sandbox.advance(1)
-        next_sweeps(agent)
+        agent.next_sweeps(SOURCES)
         wait_for(lambda: receiver.requests
-                 and value(agent, "openfinance_fix_requests_pending") == 0,
+                 and agent.value("openfinance_fix_requests_pending") == 0,
                  90, "fix requests delivered between sweeps")
-        next_sweeps(agent)
+        agent.next_sweeps(SOURCES)
         bodies = receiver.bodies()
         assert len(receiver.requests) == len(bodies), "each request sent once"
-        assert value(agent, "openfinance_fix_requests_total", result="delivered") == len(bodies)
+        assert agent.value("openfinance_fix_requests_total", result="delivered") == len(bodies)
         assert all(signature_ok(h, raw) for h, raw in receiver.requests)
         logins = Counter((b["provider"], b.get("customer_id") or b.get("user_guid"),
                           b["login_id"]) for b in map(json.loads, (r for _, r in receiver.requests)))
