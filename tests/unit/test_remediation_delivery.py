@@ -353,3 +353,34 @@ async def test_a_real_receivers_retry_after_is_honoured_through_the_loops_own_po
     await task
     assert await loop.call("next_due") == clock.now + 120
     await loop.stop()
+
+
+async def test_behind_an_http_proxy_deliveries_go_through_it(tmp_path, clock, monkeypatch):
+    seen: list[tuple[str, str]] = []
+
+    async def proxy(request: Request) -> Response:
+        seen.append((request.headers["host"], request.url.path))
+        return Response(status_code=204)
+
+    port = free_port()
+    server: Server = http_server(Starlette(routes=[Route("/fix", proxy, methods=["POST"])]),
+                                 f"127.0.0.1:{port}")
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    from exporter.remediation.loop import RepairLoop
+    from tests.unit.test_remediation_support import config
+
+    loop = RepairLoop(config(), tmp_path / "s.db", sources={}, snapshot=lambda: None,
+                      clock=clock, observer=(obs := Recorder()))
+    await finished(loop, "fin", True)
+    await feed(loop, broke("103"))
+    await loop.evaluate()
+    await loop.worker.run_once()
+    server.should_exit = True
+    await task
+    await loop.stop()
+    assert seen == [("partner.test", "/fix")] and obs.results("delivered") == 1
