@@ -3,7 +3,8 @@
 Each POST carries ``Idempotency-Key: <request id>`` (the same on every retry and after a
 restart) and ``X-OpenFinance-Signature``. At most ``max_concurrency`` requests are in flight;
 while a sweep of this agent runs, at most ``sweep_deliveries_per_second`` start per second
-(the sweep and the deliveries share one event loop and one CPU).
+(the sweep's writer thread waits for the GIL while the event loop runs deliveries:
+docs/remediation.md, "Benchmark").
 A failure is retried after a full-jitter exponential backoff, or after ``Retry-After`` when
 the receiver sends one (429, 503); 410 Gone stops retries for that request; a request still
 undelivered ``retry_for`` after its creation is dead-lettered. A delivered request is marked
