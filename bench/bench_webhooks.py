@@ -7,13 +7,23 @@ over HTTP by ``--clients`` concurrent connections from this process. Reported: w
 events per second, and events per CPU-second of the listener process (its own capacity on
 one core, whatever the load generator costs), plus answer latency p50/p99.
 
-With ``--agent``: the real agent (``openfinance-exporter run``, push on) against the real
-sandbox; events name the sandbox's customers, each re-read goes to the sandbox over HTTP,
-and the latency from an event's arrival to its re-read applied is read from the agent's
-``openfinance_push_refresh_duration_seconds`` histogram (p50/p99 interpolated in buckets).
+With ``--agent``: the real agent (``openfinance-exporter run``, info logging, push on, the
+Finicity source only) against the real sandbox, whose every provider answer waits
+``--upstream-latency`` (default 50 ms: the sandbox's ``faults.slow``). Events name the
+sandbox's customers; each re-read goes to the sandbox over HTTP. ``--rate R --seconds S``
+is an open loop, as an aggregator delivers: event ``i`` is due at ``i / R`` whether or not
+earlier answers came back, and every latency counts from that due time (a late send is the
+listener's fault, no coordinated omission). Without ``--rate``, a closed burst of
+``--events`` over ``--clients`` connections (its latency is mostly the burst's own queue).
+Per event, from the agent's inbox (``received_at``, ``done_at``): ``done_at`` is stamped
+after ``Tracker.apply_records`` returned, i.e. after the snapshot /metrics serves was
+swapped in, so it is an upper bound of when /metrics shows the event. ``--probes`` checks
+that from outside: a user's fix in the sandbox, its event posted, /metrics scraped every
+20 ms until the series change. Also printed: agent and sandbox CPU, the agent's threads,
+re-reads per event. ``BENCH_PROFILE=/tmp/prof`` runs the agent under cProfile.
 
-Run: ``python bench/bench_webhooks.py [--events 20000] [--clients 64] [--owners 500]
-[--agent]``.
+Run: ``python bench/bench_webhooks.py [--events 20000] [--clients 64] [--owners 500]``;
+``python bench/bench_webhooks.py --agent --rate 2000 --seconds 20 --concurrency 64``.
 """
 
 from __future__ import annotations
@@ -223,6 +233,69 @@ def inbox_times(db_path: Path) -> dict[str, tuple[float, float | None]]:
 SLOW_SANDBOX = "faults: {slow: 1.0, slow_seconds: %s}\n"
 
 
+def fleet_lines(agent_url: str) -> frozenset[str]:
+    """The Finicity source's ``openfinance_accounts`` series as /metrics serves them now."""
+    text = httpx.get(f"{agent_url}/metrics", timeout=30).text
+    return frozenset(line for line in text.splitlines()
+                     if line.startswith("openfinance_accounts{")
+                     and 'source="finicity-sandbox"' in line)
+
+
+class Probes:
+    """Event to /metrics, seen from outside: a user of the sandbox fixes a login of an owner
+    the load does not name (control API), a signed ``done`` for that owner is posted, and
+    /metrics is scraped every 20 ms until the Finicity account series change (nothing else
+    changes them: the sandbox's nights stand still). Runs in a thread beside the load."""
+
+    def __init__(self, sandbox_url: str, agent_url: str, hooks_url: str, busy: set[str]):
+        self.sandbox_url, self.agent_url, self.hooks_url = sandbox_url, agent_url, hooks_url
+        logins = httpx.get(f"{sandbox_url}/sandbox/truth/logins", timeout=60,
+                           params={"provider": "finicity"}).json()["logins"]
+        self.logins = [x for x in logins if x["fixable"] and x["owner_id"] not in busy]
+        self.latencies: list[float] = []
+
+    def one(self, n: int) -> None:
+        before = fleet_lines(self.agent_url)
+        while self.logins:
+            login = self.logins.pop(0)
+            fixed = httpx.post(f"{self.sandbox_url}/sandbox/fix", timeout=10, params={
+                "provider": "finicity", "owner_id": login["owner_id"],
+                "login_id": login["login_id"]}).json()
+            if fixed["fixed"]:
+                break
+        else:
+            raise SystemExit("no fixable login left for a probe")
+        body = json.dumps({"customerId": login["owner_id"], "eventType": "done",
+                           "eventId": f"probe-{n}", "payload": {}}).encode()
+        sig = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        posted = time.time()
+        answer = httpx.post(self.hooks_url, content=body, timeout=10, headers={
+            "Content-Type": "application/json", "X-Finicity-Signature": sig})
+        if answer.status_code != 200:
+            raise SystemExit(f"probe answered {answer.status_code}")
+        while fleet_lines(self.agent_url) == before:
+            if time.time() - posted > 60:
+                raise SystemExit("a probe's fix never reached /metrics")
+            time.sleep(0.02)
+        self.latencies.append(time.time() - posted)
+
+    def run(self, start: float, seconds: float, count: int) -> None:
+        for n in range(count):
+            time.sleep(max(0.0, start + seconds * (n + 1) / (count + 1) - time.time()))
+            self.one(n)
+
+
+async def with_probes(load, probes: Probes | None, seconds: float, count: int):
+    """Run the load (a coroutine) with the probes in a thread beside it."""
+    if probes is None:
+        return await load
+    side = asyncio.get_running_loop().run_in_executor(None, probes.run, time.time(),
+                                                       seconds, count)
+    result = await load
+    await side
+    return result
+
+
 def run_agent(args) -> None:
     """The real agent (info logging, as deployed) and the real sandbox, each upstream
     answer delayed by ``--upstream-latency`` (the sandbox's ``faults.slow``)."""
@@ -269,10 +342,14 @@ def run_agent(args) -> None:
             reads0 = accounts_reads(sandbox)
             threads0 = thread_cpu(agent.popen.pid)
             t0 = time.perf_counter()
+            probes = None
             if args.rate is None:
                 due, answered = asyncio.run(drive_burst(url, requests, args.clients))
             else:
-                due, answered = asyncio.run(drive_open(url, requests, args.rate, args.clients))
+                probes = Probes(sandbox.url, agent_url, url, set(customers))
+                due, answered = asyncio.run(with_probes(
+                    drive_open(url, requests, args.rate, args.clients), probes, args.seconds,
+                    args.probes))
             wall = time.perf_counter() - t0
             cpu1 = cpu_seconds(agent.popen.pid), cpu_seconds(sandbox.popen.pid)
             threads1 = thread_cpu(agent.popen.pid)
@@ -306,6 +383,9 @@ def run_agent(args) -> None:
     print(f"answer (from due time): {quantiles(answered)}; listener arrival: "
           f"{quantiles(arrival)}")
     print(f"event -> applied (snapshot /metrics serves swapped in): {quantiles(visible)}")
+    if probes is not None:
+        print("probes (a fix in the sandbox, its event posted, /metrics scraped every 20 ms "
+              "until it shows): " + ", ".join(f"{t:.2f}" for t in probes.latencies) + " s")
     half = events // 2
     print(f"  first half {quantiles(visible[:half])}; second half {quantiles(visible[half:])}")
 
@@ -337,6 +417,8 @@ def main() -> None:
     ap.add_argument("--owners", type=int, default=500)
     ap.add_argument("--rate", type=float, help="--agent: open loop at this many events/s")
     ap.add_argument("--seconds", type=float, default=20.0, help="--agent --rate: for this long")
+    ap.add_argument("--probes", type=int, default=5,
+                    help="--agent --rate: fixes followed from the event to /metrics")
     ap.add_argument("--concurrency", type=int, default=16,
                     help="--agent: webhooks.concurrency and the source's http.max_concurrency")
     ap.add_argument("--upstream-latency", default="0.05",
