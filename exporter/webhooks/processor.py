@@ -7,10 +7,11 @@ marked done only after that, so a crash in between re-reads the owner again afte
 (a re-read is idempotent). Re-reads of a source that finish while an apply is running are
 applied together in the next one (group apply: one transaction and one snapshot for all
 of them, not one per owner), so under load the tracker's cost per event falls instead of
-queueing the re-reads behind each other. A failed re-read is retried with exponential backoff until
-``give_up_after`` (the next poll still sees the owner). At most ``concurrency`` owners are
-re-read at once; an owner with a re-read in flight waits for it, so an event that arrived
-during a re-read gets a fresh one.
+queueing the re-reads behind each other; if that apply fails, each of its owners is
+retried. A failed re-read is retried with exponential backoff until ``give_up_after``
+(the next poll still sees the owner). At most ``concurrency`` owners are re-read at once;
+an owner with a re-read in flight waits for it, so an event that arrived during a re-read
+gets a fresh one.
 
 The queue lives in memory, loaded from the inbox at start and fed by the listener after
 each commit: the database is written (done, retry) but never polled.
