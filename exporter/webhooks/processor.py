@@ -221,6 +221,8 @@ class PushProcessor:
                     if not future.done():
                         future.set_exception(exc)
             else:
+                log.debug("push: source=%s applied %d re-reads together (%d records)",
+                          source.name, len(waiting), len(records))
                 for _r, future in waiting:
                     if not future.done():
                         future.set_result(None)
