@@ -53,9 +53,9 @@ async def test_events_of_one_owner_are_coalesced_into_one_reread(inbox, clock):
     p = await processor(inbox, clock)
     await p.drain()
     assert sorted(p.sources[SRC].calls) == ["1001", "2002"]
-    assert [(s, pr, [r.owner_id for r in recs]) for s, pr, recs in p.tracker.applied] \
-        in ([(SRC, "finicity", ["1001"]), (SRC, "finicity", ["2002"])],
-            [(SRC, "finicity", ["2002"]), (SRC, "finicity", ["1001"])])
+    # the two re-reads finished together: one apply (one transaction, one snapshot)
+    assert [(s, pr, sorted(r.owner_id for r in recs)) for s, pr, recs in p.tracker.applied] \
+        == [(SRC, "finicity", ["1001", "2002"])]
     assert await inbox.counts() == (0, 6)
     assert p.observer.refreshes == [(SRC, 1.5)] * 6
 
@@ -73,6 +73,71 @@ async def test_rows_stay_pending_when_applying_fails_and_are_retried_with_backof
     await p.drain()
     assert await inbox.counts() == (0, 1)
     assert len(tracker.applied) == 1
+
+
+def owners_applied(tracker: FakeTracker) -> list[list[str]]:
+    return [sorted(r.owner_id for r in records) for _s, _p, records in tracker.applied]
+
+
+async def wait_until(check) -> None:
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not reached")
+
+
+async def test_rereads_finishing_during_an_apply_are_applied_together_next(inbox, clock):
+    tracker = FakeTracker()
+    tracker.gate = asyncio.Event()
+    await inbox.put(SRC, event("a", owner="1"), clock())
+    p = await processor(inbox, clock, tracker=tracker, concurrency=8)
+    assert p.dispatch() == 1
+    await wait_until(lambda: tracker.applying == 1)  # owner 1's apply holds the tracker
+    for owner in ("2", "3", "4"):
+        p.add(await inbox.put(SRC, event(f"e{owner}", owner=owner), clock()))
+    assert p.dispatch() == 3
+    await wait_until(lambda: len(p.sources[SRC].calls) == 4)
+    await asyncio.sleep(0)
+    assert await inbox.counts() == (4, 0)  # nothing is done before it is applied
+    tracker.gate.set()
+    await p.drain()
+    assert owners_applied(tracker) == [["1"], ["2", "3", "4"]]
+    assert await inbox.counts() == (0, 4)
+    assert len(p.observer.refreshes) == 4
+
+
+async def test_a_failed_group_apply_leaves_each_of_its_owners_pending_for_a_retry(inbox, clock):
+    for owner in ("1", "2", "3"):
+        await inbox.put(SRC, event(f"e{owner}", owner=owner), clock())
+    tracker = FakeTracker()
+    tracker.fail_next = 1
+    p = await processor(inbox, clock, tracker=tracker, backoff=10.0)
+    await p.drain()
+    assert await inbox.counts() == (3, 0)
+    assert p.observer.failures == {(SRC, "retried"): 3}
+    clock.advance(10.0)
+    await p.drain()
+    assert await inbox.counts() == (0, 3)
+    assert sorted(o for batch in owners_applied(tracker) for o in batch) == ["1", "2", "3"]
+
+
+async def test_stop_during_an_apply_leaves_its_rows_pending(inbox, clock):
+    tracker = FakeTracker()
+    tracker.gate = asyncio.Event()
+    p = await processor(inbox, clock, tracker=tracker)
+    await p.start()
+    try:
+        p.add(await inbox.put(SRC, event("a"), clock()))
+        for _ in range(200):
+            if tracker.applying:
+                break
+            await asyncio.sleep(0.01)
+        assert tracker.applying == 1
+    finally:
+        await p.stop()
+    assert await inbox.counts() == (1, 0)
+    assert tracker.applied == []
 
 
 async def test_failed_reread_is_given_up_after_the_limit(inbox, clock):

@@ -76,12 +76,22 @@ class FakeSource:
 
 
 class FakeTracker:
+    """Records each apply; ``gate`` holds applies until set, ``applying`` counts those held."""
+
     def __init__(self):
         self.applied: list[tuple[str, str, list[AccountStatus]]] = []
         self.fail_next = 0
+        self.gate: asyncio.Event | None = None
+        self.applying = 0
 
     async def apply_records(self, source: str, provider: str,
                             records: Sequence[AccountStatus]) -> None:
+        if self.gate is not None:
+            self.applying += 1
+            try:
+                await self.gate.wait()
+            finally:
+                self.applying -= 1
         if self.fail_next:
             self.fail_next -= 1
             raise RuntimeError("database is locked")

@@ -1,0 +1,134 @@
+"""Push under load, with the real agent over HTTP against the real sandbox (no sweep runs).
+
+A signed event for every customer arrives at once, each also redelivered, and the sandbox
+answers in 50 ms: re-reads of many owners finish together and are applied in shared
+tracker sessions (group apply; the agent's debug log shows it happened). Every user's fix
+made in the sandbox beforehand must reach /metrics (one event per customer: a re-read
+dropped from a group apply would not be made up by a later one), the other customers'
+series must not move, each event must be applied exactly once and each redelivery counted
+as a duplicate. No timing is asserted (the benchmark,
+``bench/bench_webhooks.py --agent --rate``, measures the latency).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections import Counter
+
+import httpx
+import pytest
+import yaml
+
+from exporter.sandbox import credentials
+from exporter.webhooks.verify import finicity_signature
+from tests.integration.procs import AgentProc, Sandbox, agent_config, free_port, wait_for
+from tests.integration.test_push import FIN, connect_event, fleet, owners_now, sample
+
+pytestmark = pytest.mark.integration
+
+FIXES = 10
+GROUP_APPLY = re.compile(r"applied (\d+) re-reads together")
+
+
+@pytest.fixture
+def stack(tmp_path):
+    scenario = tmp_path / "scenario.yml"
+    scenario.write_text(yaml.safe_dump({"finicity": {"units": 200}, "mx": {"units": 20},
+                                        "faults": {"slow": 1.0, "slow_seconds": 0.05}}))
+    sandbox = Sandbox(tmp_path, scenario, night_seconds=0)
+    config = agent_config(tmp_path / "agent.yml", sandbox.url, tmp_path / "state.db",
+                          interval=3600)
+    hook_port = free_port()
+    doc = yaml.safe_load(config.read_text())
+    doc["webhooks"] = {"listen_address": f"127.0.0.1:{hook_port}", "concurrency": 8}
+    doc["sources"] = [s for s in doc["sources"] if s["name"] == FIN]
+    doc["sources"][0]["webhooks"] = {}
+    config.write_text(yaml.safe_dump(doc))
+    agent = AgentProc(tmp_path, config)
+    try:
+        agent.wait_sweeps({FIN: 1})
+        yield sandbox, agent, config, f"http://127.0.0.1:{hook_port}/webhooks/{FIN}", tmp_path
+    finally:
+        agent.stop()
+        sandbox.stop()
+
+
+def fix_logins(sandbox: Sandbox, count: int) -> set[str]:
+    """Users of the sandbox repair ``count`` logins of distinct customers (control API)."""
+    logins = httpx.get(f"{sandbox.url}/sandbox/truth/logins", params={"provider": "finicity"},
+                       timeout=30).json()["logins"]
+    fixed: set[str] = set()
+    for login in logins:
+        if len(fixed) == count:
+            break
+        if not login["fixable"] or login["owner_id"] in fixed:
+            continue
+        answer = httpx.post(f"{sandbox.url}/sandbox/fix", timeout=10, params={
+            "provider": "finicity", "owner_id": login["owner_id"],
+            "login_id": login["login_id"]}).json()
+        if answer["fixed"]:
+            fixed.add(login["owner_id"])
+    assert len(fixed) == count, "not enough fixable logins in the sandbox"
+    return fixed
+
+
+async def post_all(url: str, bodies: list[bytes]) -> Counter:
+    """Post every body at once over 32 connections; returns the answers' status counts."""
+    secret = credentials.FINICITY_PARTNER_SECRET.encode()
+    gate = asyncio.Semaphore(32)
+    limits = httpx.Limits(max_connections=32)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        async def post(body: bytes) -> int:
+            async with gate:
+                answer = await client.post(url, content=body, headers={
+                    "Content-Type": "application/json",
+                    "X-Finicity-Signature": finicity_signature(secret, body)})
+                return answer.status_code
+        return Counter(await asyncio.gather(*(post(b) for b in bodies)))
+
+
+def test_many_owners_at_once_each_fix_reaches_metrics_and_each_event_applies_once(stack):
+    sandbox, agent, config, url, tmp_path = stack
+    before_owners = owners_now(config)
+    assert fleet(agent, FIN) == sum(before_owners.values(), Counter())
+    sweeps = agent.sweeps(FIN)
+    fixed = fix_logins(sandbox, FIXES)
+    after_owners = owners_now(config)
+    assert {o for o in after_owners if after_owners[o] != before_owners.get(o)} == fixed
+    owners = sorted(after_owners)
+    reads_before = sandbox.stats()["requests"]
+
+    events = [connect_event(owner, f"e-{owner}") for owner in owners]
+    redeliveries = list(events)
+    statuses = asyncio.run(post_all(url, events + redeliveries))
+    assert statuses == {200: len(events) + len(redeliveries)}
+
+    wait_for(lambda: fleet(agent, FIN) == sum(after_owners.values(), Counter()), timeout=60,
+             interval=0.1, what="every fix in /metrics")
+
+    def inbox() -> tuple[int, int]:
+        db = sqlite3.connect(tmp_path / "state.db")
+        try:
+            return db.execute("SELECT count(*) - count(done_at), count(done_at) "
+                              "FROM webhook_inbox").fetchone()
+        finally:
+            db.close()
+    wait_for(lambda: inbox() == (0, len(events)), timeout=60, what="every event done")
+    assert sample(agent, "openfinance_webhook_events_total", source=FIN, kind="done",
+                  result="accepted") == len(events)
+    assert sample(agent, "openfinance_webhook_events_total", source=FIN,
+                  result="duplicate") == len(redeliveries)
+    # each event observed applied exactly once, none failed
+    assert sample(agent, "openfinance_push_refresh_duration_seconds_count",
+                  source=FIN) == len(events)
+    assert sample(agent, "openfinance_push_refresh_failures_total", source=FIN) == 0
+    reads = sum(n - reads_before.get(route, 0)
+                for route, n in sandbox.stats()["requests"].items() if "accounts" in route)
+    assert reads == len(owners)  # one re-read per customer
+    groups = [int(n) for n in GROUP_APPLY.findall(agent.log())]
+    assert sum(groups) == len(owners)
+    assert max(groups) > 1, "no re-reads were applied together"
+    assert fleet(agent, FIN) == sum(after_owners.values(), Counter())
+    assert agent.sweeps(FIN) == sweeps, "no sweep did it"
