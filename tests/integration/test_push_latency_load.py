@@ -23,8 +23,15 @@ import yaml
 
 from exporter.sandbox import credentials
 from exporter.webhooks.verify import finicity_signature
-from tests.integration.procs import AgentProc, Sandbox, agent_config, free_port, wait_for
-from tests.integration.test_push import FIN, connect_event, fleet, owners_now, sample
+from tests.integration.procs import (
+    AgentProc,
+    Sandbox,
+    agent_config,
+    free_port,
+    served_owners,
+    wait_for,
+)
+from tests.integration.test_push import FIN, connect_event
 
 pytestmark = pytest.mark.integration
 
@@ -91,11 +98,11 @@ async def post_all(url: str, bodies: list[bytes]) -> Counter:
 
 def test_many_owners_at_once_each_fix_reaches_metrics_and_each_event_applies_once(stack):
     sandbox, agent, config, url, tmp_path = stack
-    before_owners = owners_now(config)
-    assert fleet(agent, FIN) == sum(before_owners.values(), Counter())
+    before_owners = served_owners(config, FIN)
+    assert agent.accounts(FIN) == sum(before_owners.values(), Counter())
     sweeps = agent.sweeps(FIN)
     fixed = fix_logins(sandbox, FIXES)
-    after_owners = owners_now(config)
+    after_owners = served_owners(config, FIN)
     assert {o for o in after_owners if after_owners[o] != before_owners.get(o)} == fixed
     owners = sorted(after_owners)
     reads_before = sandbox.stats()["requests"]
@@ -105,7 +112,7 @@ def test_many_owners_at_once_each_fix_reaches_metrics_and_each_event_applies_onc
     statuses = asyncio.run(post_all(url, events + redeliveries))
     assert statuses == {200: len(events) + len(redeliveries)}
 
-    wait_for(lambda: fleet(agent, FIN) == sum(after_owners.values(), Counter()), timeout=60,
+    wait_for(lambda: agent.accounts(FIN) == sum(after_owners.values(), Counter()), timeout=60,
              interval=0.1, what="every fix in /metrics")
 
     def inbox() -> tuple[int, int]:
@@ -116,19 +123,19 @@ def test_many_owners_at_once_each_fix_reaches_metrics_and_each_event_applies_onc
         finally:
             db.close()
     wait_for(lambda: inbox() == (0, len(events)), timeout=60, what="every event done")
-    assert sample(agent, "openfinance_webhook_events_total", source=FIN, kind="done",
+    assert agent.value("openfinance_webhook_events_total", source=FIN, kind="done",
                   result="accepted") == len(events)
-    assert sample(agent, "openfinance_webhook_events_total", source=FIN,
+    assert agent.value("openfinance_webhook_events_total", source=FIN,
                   result="duplicate") == len(redeliveries)
     # each event observed applied exactly once, none failed
-    assert sample(agent, "openfinance_push_refresh_duration_seconds_count",
+    assert agent.value("openfinance_push_refresh_duration_seconds_count",
                   source=FIN) == len(events)
-    assert sample(agent, "openfinance_push_refresh_failures_total", source=FIN) == 0
+    assert agent.value("openfinance_push_refresh_failures_total", source=FIN) == 0
     reads = sum(n - reads_before.get(route, 0)
                 for route, n in sandbox.stats()["requests"].items() if "accounts" in route)
     assert reads == len(owners)  # one re-read per customer
     groups = [int(n) for n in GROUP_APPLY.findall(agent.log())]
     assert sum(groups) == len(owners)
     assert max(groups) > 1, "no re-reads were applied together"
-    assert fleet(agent, FIN) == sum(after_owners.values(), Counter())
+    assert agent.accounts(FIN) == sum(after_owners.values(), Counter())
     assert agent.sweeps(FIN) == sweeps, "no sweep did it"
