@@ -62,6 +62,17 @@ def clock() -> Clock:
 
 
 @pytest.fixture
+async def inbox(tmp_path):
+    """The webhook inbox on a temporary state database."""
+    from exporter.webhooks.inbox import WebhookInbox
+
+    box = WebhookInbox(tmp_path / "state.db")
+    await box.open()
+    yield box
+    await box.close()
+
+
+@pytest.fixture
 def harness(tmp_path, clock) -> Harness:
     h = Harness(tmp_path / "state.db", clock)
     yield h

@@ -3,12 +3,10 @@ failed owner re-reads are counted as retried, then given up."""
 
 from __future__ import annotations
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.metrics.observers import AgentMetrics
 from exporter.webhooks.events import FINICITY_KEEP, Delivery
-from exporter.webhooks.inbox import WebhookInbox
 from exporter.webhooks.processor import PushProcessor
 from tests.unit.test_webhooks_support import Clock, FakeSource, FakeTracker, RecordingObserver
 
@@ -35,14 +33,6 @@ def test_failed_rereads_count_their_events():
         "source": SRC, "result": "retried"}) == 3
     assert registry.get_sample_value("openfinance_push_refresh_failures_total", {
         "source": SRC, "result": "given_up"}) == 2
-
-
-@pytest.fixture
-async def inbox(tmp_path):
-    box = WebhookInbox(tmp_path / "state.db")
-    await box.open()
-    yield box
-    await box.close()
 
 
 async def test_a_reread_that_keeps_failing_is_counted_retried_then_given_up(inbox):

@@ -9,7 +9,6 @@ import json
 import socket
 
 import httpx
-import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,7 +21,6 @@ from tests.unit.test_remediation_support import (
     HOUR,
     SECRET,
     T0,
-    Clock,
     FakeSource,
     Receiver,
     Recorder,
@@ -39,11 +37,6 @@ def independent_verify(secret: str, raw: bytes, header: str, now: float) -> bool
     t = int(fields["t"])
     mac = hmac.new(secret.encode(), str(t).encode() + b"." + raw, hashlib.sha256).hexdigest()
     return abs(now - t) <= 300 and hmac.compare_digest(mac, fields["v1"])
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 async def one_request(tmp_path, clock, receiver, **kw):

@@ -11,7 +11,6 @@ from exporter.remediation.loop import InstitutionLabels
 from tests.unit.test_remediation_support import (
     DAY,
     Agg,
-    Clock,
     Receiver,
     Recorder,
     Snap,
@@ -23,11 +22,6 @@ from tests.unit.test_remediation_support import (
 )
 
 FUNNEL = "openfinance_fix_institution_outcomes_total"
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture

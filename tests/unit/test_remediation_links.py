@@ -68,11 +68,6 @@ def test_the_click_limiter_limits_per_token_and_overall():
 
 
 @pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
 async def site(tmp_path, clock):
     source = FakeSource()
     loop = build_loop(tmp_path, clock, link="redirect", public_url="https://fix.test",

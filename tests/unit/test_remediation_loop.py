@@ -10,7 +10,6 @@ from tests.unit.test_remediation_support import (
     DAY,
     HOUR,
     T0,
-    Clock,
     Receiver,
     Recorder,
     broke,
@@ -21,11 +20,6 @@ from tests.unit.test_remediation_support import (
     healed,
     snapshot,
 )
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture

@@ -82,11 +82,6 @@ class Listener:
         return {(k, r): n for (s, k, r), n in self.observer.events.items() if s == source}
 
 
-@pytest.fixture
-def clock():
-    return Clock()
-
-
 async def test_signed_event_is_persisted_then_answered_200(tmp_path, clock):
     async with Listener(tmp_path, clock) as hooks:
         body = connect_event()

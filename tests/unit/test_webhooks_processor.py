@@ -10,7 +10,6 @@ from exporter.webhooks.events import FINICITY_KEEP, MX_KEEP, Delivery
 from exporter.webhooks.inbox import WebhookInbox
 from exporter.webhooks.processor import PushProcessor
 from tests.unit.test_webhooks_support import (
-    Clock,
     FakeSource,
     FakeTracker,
     RecordingObserver,
@@ -21,19 +20,6 @@ SRC = "finicity-prod"
 
 def event(key: str, owner: str = "1001", keep: float = FINICITY_KEEP) -> Delivery:
     return Delivery("unableToConnect", (owner,), f"e:{key}", keep)
-
-
-@pytest.fixture
-async def inbox(tmp_path):
-    box = WebhookInbox(tmp_path / "state.db")
-    await box.open()
-    yield box
-    await box.close()
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 async def processor(inbox, clock, source=None, tracker=None, **kw):
