@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -221,10 +222,38 @@ async def test_redirect_links_are_stable_across_retries(tmp_path, clock):
     await loop.stop()
 
 
-def free_port() -> int:
+@contextlib.asynccontextmanager
+async def real_receiver(path: str, handler):
+    """A real local HTTP server (the agent's own quiet uvicorn) answering POST ``path``;
+    yields its base URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+    server: Server = http_server(Starlette(routes=[Route(path, handler, methods=["POST"])]),
+                                 f"127.0.0.1:{port}")
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def deliver_one(tmp_path, clock, endpoint: str | None = None, **kw):
+    """A real RepairLoop (its own delivery pool) that creates one request and delivers it."""
+    from exporter.remediation.loop import RepairLoop
+    from tests.unit.test_remediation_support import config
+
+    cfg = config(endpoint=endpoint) if endpoint else config()
+    loop = RepairLoop(cfg, tmp_path / "s.db", sources={}, snapshot=lambda: None, clock=clock,
+                      **kw)
+    await finished(loop, "fin", True)
+    await feed(loop, broke("103", at=clock.now))
+    await loop.evaluate()
+    await loop.worker.run_once()
+    return loop
 
 
 async def test_a_real_http_receiver_gets_one_verifiable_request(tmp_path, clock):
@@ -234,25 +263,10 @@ async def test_a_real_http_receiver_gets_one_verifiable_request(tmp_path, clock)
         got.append((await request.body(), dict(request.headers)))
         return Response(status_code=202)
 
-    port = free_port()
-    server: Server = http_server(Starlette(routes=[Route("/hook", receive, methods=["POST"])]),
-                                 f"127.0.0.1:{port}")
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    from exporter.remediation.loop import RepairLoop
-    from tests.unit.test_remediation_support import config
-
     clock.now = __import__("time").time()
-    loop = RepairLoop(config(endpoint=f"http://127.0.0.1:{port}/hook"), tmp_path / "s.db",
-                      sources={}, snapshot=lambda: None, clock=clock)
-    await finished(loop, "fin", True)
-    await feed(loop, broke("103", at=clock.now))
-    await loop.evaluate()
-    await loop.worker.run_once()
-    await loop.worker.run_once()
-    server.should_exit = True
-    await task
+    async with real_receiver("/hook", receive) as url:
+        loop = await deliver_one(tmp_path, clock, f"{url}/hook")
+        await loop.worker.run_once()
     await loop.stop()
     (raw, headers), = got
     assert independent_verify(SECRET, raw, headers["x-openfinance-signature"], clock.now)
@@ -327,23 +341,8 @@ async def test_a_real_receivers_retry_after_is_honoured_through_the_loops_own_po
     async def busy(request: Request) -> Response:
         return Response(status_code=429, headers={"Retry-After": "120"})
 
-    port = free_port()
-    server: Server = http_server(Starlette(routes=[Route("/hook", busy, methods=["POST"])]),
-                                 f"127.0.0.1:{port}")
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    from exporter.remediation.loop import RepairLoop
-    from tests.unit.test_remediation_support import config
-
-    loop = RepairLoop(config(endpoint=f"http://127.0.0.1:{port}/hook?tenant=a"),
-                      tmp_path / "s.db", sources={}, snapshot=lambda: None, clock=clock)
-    await finished(loop, "fin", True)
-    await feed(loop, broke("103"))
-    await loop.evaluate()
-    await loop.worker.run_once()
-    server.should_exit = True
-    await task
+    async with real_receiver("/hook", busy) as url:
+        loop = await deliver_one(tmp_path, clock, f"{url}/hook?tenant=a")
     assert await loop.call("next_due") == clock.now + 120
     await loop.stop()
 
@@ -355,25 +354,10 @@ async def test_behind_an_http_proxy_deliveries_go_through_it(tmp_path, clock, mo
         seen.append((request.headers["host"], request.url.path))
         return Response(status_code=204)
 
-    port = free_port()
-    server: Server = http_server(Starlette(routes=[Route("/fix", proxy, methods=["POST"])]),
-                                 f"127.0.0.1:{port}")
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
-    from exporter.remediation.loop import RepairLoop
-    from tests.unit.test_remediation_support import config
-
-    loop = RepairLoop(config(), tmp_path / "s.db", sources={}, snapshot=lambda: None,
-                      clock=clock, observer=(obs := Recorder()))
-    await finished(loop, "fin", True)
-    await feed(loop, broke("103"))
-    await loop.evaluate()
-    await loop.worker.run_once()
-    server.should_exit = True
-    await task
+    async with real_receiver("/fix", proxy) as url:
+        for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", url)
+        loop = await deliver_one(tmp_path, clock, observer=(obs := Recorder()))
     await loop.stop()
     assert seen == [("partner.test", "/fix")] and obs.results("delivered") == 1
