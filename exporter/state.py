@@ -136,9 +136,11 @@ _UPDATE = (
     "UPDATE accounts SET " + ", ".join(f"{c} = ?" for c in _STATE_COLUMNS) + " WHERE id = ?"
 )
 _INSERT = (
-    f"INSERT INTO accounts (id, source, account_key, {', '.join(_STATE_COLUMNS)}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO accounts (source, account_key, {', '.join(_STATE_COLUMNS)}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+"""a first sighting: its id is the next rowid (one above the highest), not bound per row"""
+_INSERT_AT = _INSERT.replace("(source,", "(id, source,").replace("VALUES (", "VALUES (?, ")
 
 
 class StateStore:
@@ -155,6 +157,8 @@ class StateStore:
         self._migrate()
         self._staging = _Staging()
         """the rows first seen since the last merge of the key index"""
+        self._indexed: dict[str, bool] = {}
+        """source → whether the key index holds any of its keys (learnt on first use)"""
         if self._db.execute("SELECT 1 FROM accounts WHERE id > (SELECT upto FROM keys_merged) "
                             "LIMIT 1").fetchone():
             self.merge_keys()  # first sightings of a run that ended before its merge
@@ -166,8 +170,8 @@ class StateStore:
             self._merge(db)
         self._staging = _Staging()  # hands its memory back
 
-    @staticmethod
-    def _merge(db: sqlite3.Connection) -> None:
+    def _merge(self, db: sqlite3.Connection) -> None:
+        self._indexed.clear()
         db.execute(_MERGE)
         db.execute("UPDATE keys_merged SET upto = (SELECT coalesce(max(id), 0) FROM accounts)")
 
@@ -241,10 +245,16 @@ class StateStore:
     def load_accounts(self, source: str, keys: list[str]) -> dict[str, tuple]:
         """The stored rows of ``keys`` (unique), as ``key → (id, key, *_STATE_COLUMNS)``.
 
-        The keys travel as one JSON array joined in SQLite: one bound parameter, no
-        host-parameter limit, no per-key statement.
+        The keys travel as one JSON array joined in SQLite, in key order (the index's
+        pages in turn): one bound parameter, no host-parameter limit, no per-key statement.
+        A source none of whose keys is indexed yet (its first sweep) skips the index.
         """
-        found = {row[1]: row for row in self._db.execute(_LOAD, (_json(keys), source))}
+        indexed = self._indexed.get(source)
+        if indexed is None:
+            indexed = self._indexed[source] = self._db.execute(
+                "SELECT 1 FROM account_keys WHERE source = ? LIMIT 1", (source,)).fetchone() is not None
+        found = {row[1]: row for row in self._db.execute(
+            _LOAD, (_json(sorted(keys)), source))} if indexed else {}
         if self._staging and len(found) < len(keys):  # first seen since the last merge
             staged = self._staging.find(k for k in keys if k not in found)
             if staged:
@@ -294,11 +304,19 @@ class StateStore:
             db.executemany("UPDATE accounts SET attempt_ts = ?, success_ts = ? WHERE id = ?",
                            stamps)
             if inserts:
-                # ids above every merged one (a deleted tail's ids are not reused below it)
-                base = db.execute("SELECT max(coalesce(max(id), 0), (SELECT upto FROM "
-                                  "keys_merged)) FROM accounts").fetchone()[0]
-                ids = range(base + 1, base + 1 + len(inserts))
-                db.executemany(_INSERT, [(i, *row) for i, row in zip(ids, inserts, strict=True)])
+                top, merged = db.execute("SELECT coalesce(max(id), 0), (SELECT upto FROM "
+                                         "keys_merged) FROM accounts").fetchone()
+                base = max(top, merged)
+                if merged > top:  # ids above every merged one (a deleted tail's ids are not
+                    # reused below it): the first row placed, the others follow it
+                    db.execute(_INSERT_AT, (base + 1, *inserts[0]))
+                    db.executemany(_INSERT, inserts[1:])
+                else:
+                    db.executemany(_INSERT, inserts)
+                last = base + len(inserts)
+                if db.execute("SELECT max(id) FROM accounts").fetchone()[0] != last:
+                    raise sqlite3.DatabaseError("first sightings not numbered in a row")
+                ids = range(base + 1, last + 1)
                 keys = [row[1] for row in inserts]
                 if not self._staging and self._appends(db, source, keys):
                     # increasing keys above the index's last (numeric ids): appended to the
@@ -306,6 +324,7 @@ class StateStore:
                     db.execute("INSERT INTO account_keys (source, account_key, id) SELECT "
                                "source, account_key, id FROM accounts WHERE id > ?", (base,))
                     db.execute("UPDATE keys_merged SET upto = ?", (ids[-1],))
+                    self._indexed.pop(source, None)
                 else:
                     # two keys of one hash, or too many waiting: index them all now
                     merge = (not self._staging.add(keys, base + 1)

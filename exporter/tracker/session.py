@@ -104,7 +104,7 @@ class SweepSession:
             while len(ahead) > bound:  # skipped over: found through the index if they come
                 del ahead[next(iter(ahead))]
         if missing:
-            found.update(store.load_accounts(self.source, sorted(missing)))
+            found.update(store.load_accounts(self.source, missing))
         return found
 
     def _take(self, keys: Iterable[str], found: dict[str, tuple]) -> list[str]:
