@@ -421,3 +421,40 @@ async def test_ids_after_a_deleted_tail_stay_above_the_merged_ones(tmp_path, acc
         "SELECT account_key, id FROM account_keys ORDER BY 1").fetchall() == [
         ("k1", 4), ("k3", 1), ("k4", 7), ("k5", 6), ("k9", 5)]
     await tracker.close()
+
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.text(min_size=1, max_size=6), max_size=700), max_size=6),
+       st.booleans())
+def test_the_staging_table_finds_what_it_was_given(batches, tiny_hashes):
+    """The staging lookup (open addressing over machine integers) against a dict: every key
+    entered is found with its id through growth; a key whose hash is already taken is
+    refused (``add`` says so: the store then merges); a key never entered is found only
+    if it shares an entered key's hash (the store then checks the row's key)."""
+    import exporter.state as state
+
+    def hashed(key: str) -> int:
+        return (len(key) * 7 + ord(key[0])) % 61 if tiny_hashes else hash(key)
+
+    state.hash = hashed  # (the module's name lookup: what the table calls)
+    try:
+        staging, model, taken, next_id = state._Staging(), {}, set(), 1
+        for batch in batches:
+            fresh = [k for k in dict.fromkeys(batch) if k not in model]
+            expected = True
+            for i, key in enumerate(fresh, next_id):
+                h = hashed(key) or 1
+                if h in taken:
+                    expected = False
+                else:
+                    model[key] = i
+                    taken.add(h)
+            assert staging.add(fresh, next_id) == expected
+            next_id += len(fresh)
+            assert len(staging) == len(model)
+            assert staging.find(model) == model
+            stranger = "\x00" * 7
+            assert stranger not in staging.find([stranger]) or (hashed(stranger) or 1) in taken
+    finally:
+        del state.hash
