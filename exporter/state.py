@@ -17,13 +17,15 @@ instead of a random insert per key per batch).
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import NamedTuple
+
+import orjson
 
 SCHEMA_VERSION = 3
 
@@ -113,17 +115,16 @@ _LOAD = (
     + " FROM json_each(?) AS k CROSS JOIN account_keys AS x CROSS JOIN accounts AS a "
     "WHERE x.source = ? AND x.account_key = k.value AND a.id = x.id"
 )
-_LOAD_STAGED = (
+_LOAD_IDS = (
     "SELECT a.id, a.account_key, " + ", ".join(f"a.{c}" for c in _STATE_COLUMNS)
-    + " FROM json_each(?) AS k CROSS JOIN staging.keys AS s CROSS JOIN accounts AS a "
-    "WHERE s.h = k.value AND a.id = s.id AND a.source = ?"
+    + " FROM json_each(?) AS k CROSS JOIN accounts AS a WHERE a.id = k.value AND a.source = ?"
 )
 _MERGE = (
     "INSERT INTO account_keys (source, account_key, id) SELECT source, account_key, id "
     "FROM accounts WHERE id > (SELECT upto FROM keys_merged) ORDER BY 1, 2"
 )
 STAGE_LIMIT = 1 << 20
-"""First sightings kept out of the key index at most (about 25 bytes of memory each)."""
+"""First sightings kept out of the key index at most (16 to 32 bytes of memory each)."""
 _AHEAD = (
     "SELECT id, account_key, " + ", ".join(_STATE_COLUMNS)
     + " FROM accounts NOT INDEXED WHERE id > ? AND id <= ? AND source = ? ORDER BY id LIMIT ?"
@@ -135,9 +136,11 @@ _UPDATE = (
     "UPDATE accounts SET " + ", ".join(f"{c} = ?" for c in _STATE_COLUMNS) + " WHERE id = ?"
 )
 _INSERT = (
-    f"INSERT INTO accounts (id, source, account_key, {', '.join(_STATE_COLUMNS)}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO accounts (source, account_key, {', '.join(_STATE_COLUMNS)}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+"""a first sighting: its id is the next rowid (one above the highest), not bound per row"""
+_INSERT_AT = _INSERT.replace("(source,", "(id, source,").replace("VALUES (", "VALUES (?, ")
 
 
 class StateStore:
@@ -152,32 +155,42 @@ class StateStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA cache_size=-32768")  # 32 MiB of pages, bounded
         self._migrate()
-        self._staged = 0
-        """rows first seen since the last merge of the key index (in ``pending_keys``)"""
-        self._attach_staging()
+        self._staging = _Staging()
+        """the rows first seen since the last merge of the key index"""
+        self._indexed: dict[str, bool] = {}
+        """source → whether the key index holds any of its keys (learnt on first use)"""
         if self._db.execute("SELECT 1 FROM accounts WHERE id > (SELECT upto FROM keys_merged) "
                             "LIMIT 1").fetchone():
             self.merge_keys()  # first sightings of a run that ended before its merge
-
-    def _attach_staging(self) -> None:
-        """A fresh in-memory lookup of the rows not merged into the key index yet: their
-        key's hash (this process's ``hash()``: the lookup never outlives it) → id."""
-        self._db.execute("ATTACH DATABASE ':memory:' AS staging")
-        self._db.execute("CREATE TABLE staging.keys (h INTEGER PRIMARY KEY, id INTEGER NOT NULL)")
 
     def merge_keys(self) -> None:
         """Merge the rows first seen since the last merge into the key index, in key order
         (each index page is written once, however random the keys), in one transaction."""
         with self.transaction() as db:
             self._merge(db)
-        self._staged = 0
-        self._db.execute("DETACH DATABASE staging")  # hands its memory back
-        self._attach_staging()
+        self._staging = _Staging()  # hands its memory back
 
     def _merge(self, db: sqlite3.Connection) -> None:
+        self._indexed.clear()
         db.execute(_MERGE)
         db.execute("UPDATE keys_merged SET upto = (SELECT coalesce(max(id), 0) FROM accounts)")
-        db.execute("DELETE FROM staging.keys")
+
+    def _restage(self) -> None:
+        """After a failed write: the staging lookup again holds exactly the committed rows
+        that wait for the merge (entries of the rolled back chunk would only cost a merge:
+        a lookup checks the key of the row it finds)."""
+        staging = _Staging()
+        try:
+            for first_id, key in self._db.execute(
+                    "SELECT id, account_key FROM accounts WHERE id > (SELECT upto FROM "
+                    "keys_merged) ORDER BY id"):
+                if not staging.add((key,), first_id):
+                    self.merge_keys()
+                    return
+        except sqlite3.Error as exc:
+            log.warning("state staging lookup not rebuilt path=%s error=%s", self.path, exc)
+            return
+        self._staging = staging
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -201,7 +214,7 @@ class StateStore:
     @property
     def staged(self) -> int:
         """Rows first seen since the last merge of the key index."""
-        return self._staged
+        return len(self._staging)
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -232,16 +245,22 @@ class StateStore:
     def load_accounts(self, source: str, keys: list[str]) -> dict[str, tuple]:
         """The stored rows of ``keys`` (unique), as ``key → (id, key, *_STATE_COLUMNS)``.
 
-        The keys travel as one JSON array joined in SQLite: one bound parameter, no
-        host-parameter limit, no per-key statement.
+        The keys travel as one JSON array joined in SQLite, in key order (the index's
+        pages in turn): one bound parameter, no host-parameter limit, no per-key statement.
+        A source none of whose keys is indexed yet (its first sweep) skips the index.
         """
-        found = {row[1]: row for row in self._db.execute(_LOAD, (json.dumps(keys), source))}
-        if self._staged and len(found) < len(keys):  # first seen since the last merge
-            rest = {k for k in keys if k not in found}
-            for row in self._db.execute(_LOAD_STAGED,
-                                        (json.dumps([hash(k) for k in rest]), source)):
-                if row[1] in rest:  # (not another key of the same hash)
-                    found[row[1]] = row
+        indexed = self._indexed.get(source)
+        if indexed is None:
+            indexed = self._indexed[source] = self._db.execute(
+                "SELECT 1 FROM account_keys WHERE source = ? LIMIT 1", (source,)).fetchone() is not None
+        found = {row[1]: row for row in self._db.execute(
+            _LOAD, (_json(sorted(keys)), source))} if indexed else {}
+        if self._staging and len(found) < len(keys):  # first seen since the last merge
+            staged = self._staging.find(k for k in keys if k not in found)
+            if staged:
+                for row in self._db.execute(_LOAD_IDS, (_json(list(staged.values())), source)):
+                    if staged.get(row[1]) == row[0]:  # (not another key of the same hash)
+                        found[row[1]] = row
         return found
 
     def rows_after(self, source: str, after_id: int, upto: int, limit: int) -> list[tuple]:
@@ -269,31 +288,47 @@ class StateStore:
         :meth:`merge_keys` (found meanwhile through the in-memory staging lookup), unless
         more than :data:`STAGE_LIMIT` wait: then they are merged in this transaction.
         """
+        try:
+            self._write_chunk(source, updates, stamps, inserts, transitions, institutions)
+        except BaseException:
+            if inserts:
+                self._restage()
+            raise
+
+    def _write_chunk(self, source: str, updates: list[tuple], stamps: list[tuple],
+                     inserts: list[tuple], transitions: dict[tuple[str, str, str, str], int],
+                     institutions: dict[str, str]) -> None:
+        merge = False
         with self.transaction() as db:
             db.executemany(_UPDATE, updates)
             db.executemany("UPDATE accounts SET attempt_ts = ?, success_ts = ? WHERE id = ?",
                            stamps)
-            staged = self._staged + len(inserts)
             if inserts:
-                # ids above every merged one (a deleted tail's ids are not reused below it)
-                base = db.execute("SELECT max(coalesce(max(id), 0), (SELECT upto FROM "
-                                  "keys_merged)) FROM accounts").fetchone()[0]
-                ids = range(base + 1, base + 1 + len(inserts))
-                db.executemany(_INSERT, [(i, *row) for i, row in zip(ids, inserts, strict=True)])
+                top, merged = db.execute("SELECT coalesce(max(id), 0), (SELECT upto FROM "
+                                         "keys_merged) FROM accounts").fetchone()
+                base = max(top, merged)
+                if merged > top:  # ids above every merged one (a deleted tail's ids are not
+                    # reused below it): the first row placed, the others follow it
+                    db.execute(_INSERT_AT, (base + 1, *inserts[0]))
+                    db.executemany(_INSERT, inserts[1:])
+                else:
+                    db.executemany(_INSERT, inserts)
+                last = base + len(inserts)
+                if db.execute("SELECT max(id) FROM accounts").fetchone()[0] != last:
+                    raise sqlite3.DatabaseError("first sightings not numbered in a row")
+                ids = range(base + 1, last + 1)
                 keys = [row[1] for row in inserts]
-                if not self._staged and self._appends(db, source, keys):
+                if not self._staging and self._appends(db, source, keys):
                     # increasing keys above the index's last (numeric ids): appended to the
                     # key index at once, which costs no more than staging them
                     db.execute("INSERT INTO account_keys (source, account_key, id) SELECT "
                                "source, account_key, id FROM accounts WHERE id > ?", (base,))
                     db.execute("UPDATE keys_merged SET upto = ?", (ids[-1],))
-                    staged = 0
+                    self._indexed.pop(source, None)
                 else:
-                    added = db.executemany(
-                        "INSERT OR IGNORE INTO staging.keys (h, id) VALUES (?, ?)",
-                        [(hash(k), i) for k, i in zip(keys, ids, strict=True)]).rowcount
-                    if added != len(inserts):  # two keys of one hash: index them all now
-                        staged = STAGE_LIMIT + 1
+                    # two keys of one hash, or too many waiting: index them all now
+                    merge = (not self._staging.add(keys, base + 1)
+                             or len(self._staging) > STAGE_LIMIT)
             db.executemany(
                 "INSERT INTO transitions (source, provider, institution_id, from_category, "
                 "to_category, count) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
@@ -308,10 +343,10 @@ class StateStore:
                 "WHERE excluded.name <> excluded.institution_id",
                 ((source, i, n) for i, n in institutions.items()),
             )
-            if staged > STAGE_LIMIT:
+            if merge:
                 self._merge(db)
-        if inserts:
-            self._staged = staged if staged <= STAGE_LIMIT else 0
+        if merge:
+            self._staging = _Staging()
 
     @staticmethod
     def _appends(db: sqlite3.Connection, source: str, keys: list[str]) -> bool:
@@ -340,7 +375,7 @@ class StateStore:
                 if not seen[i >> 3] & (1 << (i & 7))]
             if not gone:
                 return None
-            ids = json.dumps(gone)
+            ids = _json(gone)
             contributions = read_contributions(db, source, ids=ids)
             dropped = db.execute(
                 "SELECT account_key, institution_id, code, broken_since, flags FROM accounts "
@@ -357,6 +392,82 @@ class StateStore:
             "SELECT provider, institution_id, from_category, to_category, count "
             "FROM transitions WHERE source=?", (source,)).fetchall()
         return names, transitions
+
+
+def _json(values: list) -> str:
+    return orjson.dumps(values).decode()
+
+
+class _Staging:
+    """An in-memory lookup of the rows not merged into the key index yet: their key's hash
+    (this process's ``hash()``: the lookup never outlives it) → id, one hash per row.
+
+    Open addressing over two arrays of machine integers (16 bytes a slot, at most half of
+    the slots used): no Python object per entry, and no B-tree insert per first sighting.
+    """
+
+    __slots__ = ("_count", "_hashes", "_ids", "_mask")
+
+    def __init__(self) -> None:
+        self._hashes = self._ids = array("q")
+        self._mask = -1
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, keys: Iterable[str], first_id: int) -> bool:
+        """Enter ``keys`` with the ids from ``first_id`` on; False if a key's hash was taken
+        (that key is not entered, the others are: the caller merges them all)."""
+        keys = list(keys)
+        if 2 * (self._count + len(keys)) > self._mask:
+            self._resize(self._count + len(keys))
+        hashes, ids, mask = self._hashes, self._ids, self._mask
+        entered = True
+        for row_id, key in enumerate(keys, first_id):
+            h = hash(key) or 1  # 0 marks a free slot
+            i = h & mask
+            while taken := hashes[i]:
+                if taken == h:
+                    entered = False
+                    break
+                i = (i + 1) & mask
+            else:
+                hashes[i], ids[i] = h, row_id
+                self._count += 1
+        return entered
+
+    def find(self, keys: Iterable[str]) -> dict[str, int]:
+        """key → the id entered with its hash, for the keys whose hash is in (the caller
+        checks the row's key: another key may share the hash)."""
+        hashes, ids, mask = self._hashes, self._ids, self._mask
+        found = {}
+        if mask < 0:
+            return found
+        for key in keys:
+            h = hash(key) or 1
+            i = h & mask
+            while taken := hashes[i]:
+                if taken == h:
+                    found[key] = ids[i]
+                    break
+                i = (i + 1) & mask
+        return found
+
+    def _resize(self, count: int) -> None:
+        size = 1024
+        while size < 2 * count + 1:
+            size *= 2
+        old = zip(self._hashes, self._ids, strict=True)
+        hashes = self._hashes = array("q", bytes(8 * size))
+        ids = self._ids = array("q", bytes(8 * size))
+        mask = self._mask = size - 1
+        for h, row_id in old:
+            if h:
+                i = h & mask
+                while hashes[i]:
+                    i = (i + 1) & mask
+                hashes[i], ids[i] = h, row_id
 
 
 MINUTE = 60.0

@@ -16,7 +16,7 @@ from exporter.sources.base import SweepReport
 from exporter.state import MINUTE, OTP
 from exporter.tracker.aggregates import ChunkDelta
 from exporter.tracker.events import AccountEvent
-from exporter.tracker.transition import STABLE_FIELDS, STORED_FIELDS, AccountState, transition
+from exporter.tracker.transition import STORED_FIELDS, AccountState, transition
 
 if TYPE_CHECKING:
     from exporter.tracker.tracker import Tracker
@@ -104,7 +104,7 @@ class SweepSession:
             while len(ahead) > bound:  # skipped over: found through the index if they come
                 del ahead[next(iter(ahead))]
         if missing:
-            found.update(store.load_accounts(self.source, sorted(missing)))
+            found.update(store.load_accounts(self.source, missing))
         return found
 
     def _take(self, keys: Iterable[str], found: dict[str, tuple]) -> list[str]:
@@ -180,17 +180,20 @@ class SweepSession:
                     self._seen_count += 1
             if state is prev:  # a re-poll: the same attempt seen again
                 continue
-            success, p_success = state.success_ts, prev.success_ts
-            if state[:STABLE_FIELDS] == prev[:STABLE_FIELDS]:
-                # the usual night: at most the attempt and the success moved
-                if state.attempt_ts != prev.attempt_ts or p_success != success:
-                    stamps.append((state.attempt_ts, success, row_id))
+            # both sides by name at once (no slices, no attribute reads per record)
+            (p_inst, p_code, p_broken, p_streak, p_flags, p_attempt, p_success, p_category,
+             p_fixable) = prev
+            (inst_id, code, broken, streak, flags, attempt, success, category,
+             fixable) = state
+            if (p_code == code and p_inst == inst_id and p_streak == streak
+                    and p_flags == flags and p_broken == broken):
+                # the usual night: at most the attempt and the success moved (the fields
+                # before ``attempt_ts`` are the same)
+                if attempt != p_attempt or p_success != success:
+                    stamps.append((attempt, success, row_id))
             else:
                 updates.append((*state[:STORED_FIELDS], row_id))
                 # what the aggregates lose from the old row and gain from the new one
-                (p_inst, p_code, p_broken, _s, p_flags, _a, _s, p_category,
-                 p_fixable) = prev
-                (_i, code, broken, _s, flags, _a, _s, category, fixable) = state
                 if p_code != code or p_inst != inst_id:
                     delta.gone_accounts.append((p_inst, p_code, p_category, p_fixable))
                     delta.accounts.append((inst_id, code, category, fixable))

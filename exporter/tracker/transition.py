@@ -15,6 +15,7 @@ it returns; tests drive it as a table of cases.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from exporter.records import AccountStatus
@@ -44,8 +45,8 @@ class AccountState(NamedTuple):
     The first seven fields are what the store keeps, in the order it keeps them (a stored
     row becomes a state, and a state a row, by slicing: nothing per field); ``category``
     and ``fixable`` derive from the code and come last. Of the stored fields, those before
-    ``attempt_ts`` change rarely and the two times nightly: the session relies on that order
-    to spot "only the times moved". The three MFA marks share one ``flags`` field (bits
+    ``attempt_ts`` change rarely and the two times nightly: the session compares those to
+    spot "only the times moved". The three MFA marks share one ``flags`` field (bits
     :data:`OTP`, :data:`RELAPSED`, :data:`AFTER_FIX`) and read as booleans by name.
     """
 
@@ -79,13 +80,13 @@ class AccountState(NamedTuple):
 _new = tuple.__new__  # (AccountState, fields): a NamedTuple built in C
 STORED_FIELDS = AccountState._fields.index("category")
 """``state[:STORED_FIELDS]`` is what the store keeps of a state."""
-STABLE_FIELDS = AccountState._fields.index("attempt_ts")
-"""``state[:STABLE_FIELDS]`` equal ⇒ at most the attempt and success times moved."""
+_NO_EVENTS: tuple[AccountEvent, ...] = ()
+"""what most transitions return (shared: nothing allocated per record)"""
 
 
 def transition(prev: AccountState | None, record: AccountStatus, facts: CodeFacts,
                now: float, otp_threshold: int, *, emit: bool = True,
-               steady: bool = False) -> tuple[AccountState, list[AccountEvent]]:
+               steady: bool = False) -> tuple[AccountState, Sequence[AccountEvent]]:
     """The account's next state and the events of the change. ``steady`` also emits
     STILL_BROKEN (only steady subscribers receive it); ``emit=False`` skips building events
     nobody receives (the state is the same either way).
@@ -112,7 +113,7 @@ def transition(prev: AccountState | None, record: AccountStatus, facts: CodeFact
             if emit and steady and fixable and category != OK:
                 return prev, _events([EventKind.STILL_BROKEN], record, prev, prev, p_broken,
                                      now)
-            return prev, []
+            return prev, _NO_EVENTS
         flags = p_flags
         if success is None:
             success = p_success
@@ -135,11 +136,11 @@ def transition(prev: AccountState | None, record: AccountStatus, facts: CodeFact
     state = _new(AccountState, (record.institution_id, code, broken, streak, flags, attempt,
                                 success, category, fixable))
     if not emit:
-        return state, []
+        return state, _NO_EVENTS
     otp, relapsed = flags & OTP, flags & RELAPSED
     if prev is None:
         if category == OK:
-            return state, []
+            return state, _NO_EVENTS
         kinds = [EventKind.ENTERED]
         if fixable:
             kinds.append(EventKind.BECAME_FIXABLE)
@@ -150,7 +151,7 @@ def transition(prev: AccountState | None, record: AccountStatus, facts: CodeFact
     if p_code == code and otp == p_otp and relapsed == p_relapsed:
         if steady and fixable and category != OK:
             return state, _events([EventKind.STILL_BROKEN], record, state, prev, broken, now)
-        return state, []
+        return state, _NO_EVENTS
     kinds = []
     if p_category != category:
         if p_category != OK:
@@ -163,7 +164,7 @@ def transition(prev: AccountState | None, record: AccountStatus, facts: CodeFact
     if otp and not p_otp:
         kinds.append(EventKind.OTP_SUSPECT)
     if not kinds:
-        return state, []
+        return state, _NO_EVENTS
     return state, _events(kinds, record, state, prev, broken or p_broken, now)
 
 

@@ -395,3 +395,66 @@ async def test_two_new_keys_of_one_hash_are_indexed_at_once(tmp_path, acct, cloc
         "x1": "185", "x2": "910", "x3": "0"}
     assert store.connection.execute("SELECT count(*) FROM account_keys").fetchone()[0] == 3
     await tracker.close()
+
+
+async def test_ids_after_a_deleted_tail_stay_above_the_merged_ones(tmp_path, acct, clock):
+    """First sightings take the next ids in a row, above every id the key index has known
+    (a complete sweep that dropped the newest rows does not hand their ids out again), and
+    are found through the staging lookup until the merge."""
+    store = StateStore(tmp_path / "s.db")
+    tracker = Tracker(store, clock=clock, batch_size=2)
+    session = await tracker.begin("fin", "finicity")
+    await session.add([acct("k3", 0), acct("k1", 0), acct("k2", 0)])
+    await session.finish(SweepReport(complete=True))
+    session = await tracker.begin("fin", "finicity")
+    await session.add([acct("k3", 0)])
+    await session.finish(SweepReport(complete=True))  # k1 and k2 (ids 2, 3) dropped
+    assert {k: i for k, (i, _c, _s) in stored(store).items()} == {"k3": 1}
+    session = await tracker.begin("fin", "finicity")
+    await session.add([acct("k1", 185), acct("k9", 0), acct("k3", 0), acct("k5", 0)])
+    assert store.staged == 3
+    await session.add([acct("k1", 185, attempt=clock.now), acct("k4", 0)])  # k1 staged
+    await session.finish(SweepReport(complete=True))
+    assert stored(store) == {"k3": (1, "0", 0), "k1": (4, "185", 2), "k9": (5, "0", 0),
+                             "k5": (6, "0", 0), "k4": (7, "0", 0)}
+    assert store.connection.execute(
+        "SELECT account_key, id FROM account_keys ORDER BY 1").fetchall() == [
+        ("k1", 4), ("k3", 1), ("k4", 7), ("k5", 6), ("k9", 5)]
+    await tracker.close()
+
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.text(min_size=1, max_size=6), max_size=700), max_size=6),
+       st.booleans())
+def test_the_staging_table_finds_what_it_was_given(batches, tiny_hashes):
+    """The staging lookup (open addressing over machine integers) against a dict: every key
+    entered is found with its id through growth; a key whose hash is already taken is
+    refused (``add`` says so: the store then merges); a key never entered is found only
+    if it shares an entered key's hash (the store then checks the row's key)."""
+    import exporter.state as state
+
+    def hashed(key: str) -> int:
+        return (len(key) * 7 + ord(key[0])) % 61 if tiny_hashes else hash(key)
+
+    state.hash = hashed  # (the module's name lookup: what the table calls)
+    try:
+        staging, model, taken, next_id = state._Staging(), {}, set(), 1
+        for batch in batches:
+            fresh = [k for k in dict.fromkeys(batch) if k not in model]
+            expected = True
+            for i, key in enumerate(fresh, next_id):
+                h = hashed(key) or 1
+                if h in taken:
+                    expected = False
+                else:
+                    model[key] = i
+                    taken.add(h)
+            assert staging.add(fresh, next_id) == expected
+            next_id += len(fresh)
+            assert len(staging) == len(model)
+            assert staging.find(model) == model
+            stranger = "\x00" * 7
+            assert stranger not in staging.find([stranger]) or (hashed(stranger) or 1) in taken
+    finally:
+        del state.hash

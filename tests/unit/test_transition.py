@@ -144,7 +144,7 @@ def test_a_re_poll_returns_the_previous_state_itself(code):
                            NOW if code == "0" else None)
     state, _ = transition(None, record, FACTS[code], NOW, 1)
     again, events = transition(state, record, FACTS[code], NOW + 60, 1)
-    assert again is state and events == []
+    assert again is state and list(events) == []
     older = dataclasses.replace(record, attempt_ts=NOW - DAY, success_ts=None)
     assert transition(state, older, FACTS[code], NOW + 60, 1)[0] is state
     moved = dataclasses.replace(record, institution_id="4223")
