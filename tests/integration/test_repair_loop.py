@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -76,25 +77,30 @@ def signature_ok(headers: dict[str, str], raw: bytes) -> bool:
             and hmac.compare_digest(mac.hexdigest(), fields["v1"]))
 
 
+def repair_config(tmp_path, sandbox_url: str, receiver_url: str, **remediation) -> Path:
+    """The demo's agent configuration (sweeps every second) with the repair loop on,
+    signing with ``SECRET`` and sending to ``receiver_url``."""
+    (tmp_path / "secret").write_text(SECRET)
+    path = agent_config(tmp_path / "agent.yml", sandbox_url, tmp_path / "state.db", interval=1)
+    config = yaml.safe_load(path.read_text())
+    config["remediation"] = {"enabled": True, "endpoint": receiver_url,
+                             "secret_file": str(tmp_path / "secret"), "evaluate_interval": "1s",
+                             **remediation}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @pytest.fixture
 def rig(tmp_path):
     scenario = tmp_path / "scenario.yml"
     scenario.write_text(yaml.safe_dump(SMALL))
     sandbox = Sandbox(tmp_path, scenario)
-    if httpx.post(f"{sandbox.url}/finicity/connect/v2/generate/fix").status_code == 404:
-        sandbox.stop()
-        pytest.skip("this sandbox does not serve Connect Fix yet (the gens stream adds it)")
     receiver = Receiver()
     fix_port = free_port()
-    (tmp_path / "secret").write_text(SECRET)
-    path = agent_config(tmp_path / "agent.yml", sandbox.url, tmp_path / "state.db", interval=1)
-    config = yaml.safe_load(path.read_text())
-    config["remediation"] = {
-        "enabled": True, "endpoint": receiver.url, "secret_file": str(tmp_path / "secret"),
-        "link": "redirect", "public_url": f"http://127.0.0.1:{fix_port}",
-        "listen_address": f"127.0.0.1:{fix_port}", "evaluate_interval": "1s",
-        "backoff_base": "1s", "backoff_max": "2s"}
-    path.write_text(yaml.safe_dump(config))
+    path = repair_config(tmp_path, sandbox.url, receiver.url, link="redirect",
+                         public_url=f"http://127.0.0.1:{fix_port}",
+                         listen_address=f"127.0.0.1:{fix_port}",
+                         backoff_base="1s", backoff_max="2s")
     agents: list[AgentProc] = []
 
     def start(name: str) -> AgentProc:

@@ -11,12 +11,12 @@ from collections import Counter
 import pytest
 import yaml
 
-from tests.integration.procs import AgentProc, Sandbox, agent_config, wait_for
+from tests.integration.procs import AgentProc, Sandbox, wait_for
 from tests.integration.test_repair_loop import (
-    SECRET,
     SMALL,
     SOURCES,
     Receiver,
+    repair_config,
     signature_ok,
 )
 
@@ -28,13 +28,7 @@ def test_requests_held_during_sweeps_all_go_out_once_between_them(tmp_path):
     scenario.write_text(yaml.safe_dump(SMALL))
     sandbox = Sandbox(tmp_path, scenario)
     receiver = Receiver()
-    (tmp_path / "secret").write_text(SECRET)
-    path = agent_config(tmp_path / "agent.yml", sandbox.url, tmp_path / "state.db", interval=1)
-    config = yaml.safe_load(path.read_text())
-    config["remediation"] = {
-        "enabled": True, "endpoint": receiver.url, "secret_file": str(tmp_path / "secret"),
-        "evaluate_interval": "1s", "sweep_deliveries_per_second": 0}
-    path.write_text(yaml.safe_dump(config))
+    path = repair_config(tmp_path, sandbox.url, receiver.url, sweep_deliveries_per_second=0)
     agent = AgentProc(tmp_path, path)
     try:
         agent.wait_sweeps({name: 1 for name in SOURCES})

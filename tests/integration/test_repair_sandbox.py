@@ -25,8 +25,14 @@ import pytest
 import yaml
 
 from exporter.catalog import Catalog
-from tests.integration.procs import EXPORTER, REPO, AgentProc, Sandbox, agent_config, wait_for
-from tests.integration.test_repair_loop import SECRET, SOURCES, Receiver, signature_ok
+from tests.integration.procs import EXPORTER, REPO, AgentProc, Sandbox, wait_for
+from tests.integration.test_repair_loop import (
+    SECRET,
+    SOURCES,
+    Receiver,
+    repair_config,
+    signature_ok,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -80,15 +86,9 @@ def login_of(body: dict) -> Login:
 
 
 def write_config(tmp_path, sandbox: Sandbox, receiver: Receiver, **remediation) -> object:
-    (tmp_path / "secret").write_text(SECRET)
-    path = agent_config(tmp_path / "agent.yml", sandbox.url, tmp_path / "state.db", interval=1)
-    config = yaml.safe_load(path.read_text())
-    config["remediation"] = {
-        "enabled": True, "endpoint": receiver.url, "secret_file": str(tmp_path / "secret"),
-        "link": "none", "evaluate_interval": "1s", "backoff_base": "0.5s", "backoff_max": "1s",
-        **remediation}
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return repair_config(tmp_path, sandbox.url, receiver.url,
+                         **{"link": "none", "backoff_base": "0.5s", "backoff_max": "1s",
+                            **remediation})
 
 
 @pytest.fixture
