@@ -31,7 +31,9 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "declared_online_down_for": (
         "30m", "for: of OpenFinanceInstitutionDownWhileDeclaredOnline."),
 }
-SHORT_DURATIONS: dict[str, Any] = {"declared_online_down_for": "0s"}
+# Not 0s: the declared status is re-read on its own schedule (every sweep interval in the
+# tests), so for a second after a sweep reveals an outage it can still read "online".
+SHORT_DURATIONS: dict[str, Any] = {"declared_online_down_for": "5s"}
 
 DECLARED = "openfinance_institution_declared_status"
 DECLARED_MAINTENANCE = f'{DECLARED}{{product=~"institution|overall",status="maintenance"}}'
