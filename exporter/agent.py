@@ -103,10 +103,12 @@ class Agent:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         await self.runner.stop()
-        if self.repair is not None:
-            await self.repair.stop()
+        # Push first: its re-reads are applied through the tracker, whose events the repair
+        # loop folds; the loop stops once nothing can send it more.
         if self.push is not None:
             await self.push.stop()
+        if self.repair is not None:
+            await self.repair.stop()
         for s in self.sources:
             await s.aclose()
         await self.tracker.close()

@@ -115,6 +115,7 @@ class RepairLoop:
         self._sweeping: dict[str, int] = {}
         self._sweeps_begun: dict[str, int] = {}
         self._stale: set[str] = set()
+        self._stopping = False
         self.new_id = new_id
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="remediation")
         self.store = RemediationStore(db_path)
@@ -147,7 +148,9 @@ class RepairLoop:
         log.info("remediation started link=%s backfill=%s", self.cfg.link, self.cfg.backfill)
 
     async def stop(self, drain_for: float = 10.0) -> None:
-        """Fold what is queued (up to ``drain_for`` seconds), stop the tasks, close."""
+        """Fold what is queued (up to ``drain_for`` seconds), stop the tasks, close. Events
+        that arrive from now on are dropped (the next sweep re-announces them)."""
+        self._stopping = True
         if self._consuming is not None and not self._consuming.done():
             try:
                 await asyncio.wait_for(self._queue.join(), timeout=drain_for)
@@ -235,6 +238,10 @@ class RepairLoop:
         """The tracker subscriber: queue a committed chunk's events and return at once, so
         the sweep does not wait for the folding (it waits only when
         ``_QUEUE_BATCHES`` batches are already queued)."""
+        if events and self._stopping:
+            log.debug("remediation stopped, %d account events dropped (re-announced by the "
+                      "next sweep)", len(events))
+            return
         if events:
             self._consumer()
             await self._room.acquire()

@@ -75,3 +75,13 @@ async def test_a_failed_sweep_leaves_its_source_unsettled_until_one_publishes(tm
         assert len(await _cycle(loop, receiver)) == 1
     finally:
         await loop.stop()
+
+
+async def test_events_after_stop_are_dropped_not_folded(tmp_path):
+    """At shutdown the loop may still be sent a chunk's events: they are dropped (the next
+    sweep re-announces them), never folded on a closed store nor waited for."""
+    loop = await _past_backlog(tmp_path, Receiver())
+    await loop.stop()
+    await loop.on_events(broke("103"))
+    assert loop._consuming is None
+    assert loop._queue.qsize() == 0
