@@ -83,6 +83,7 @@ class Agent:
                 # The contract's place for fix links: the internet-facing webhook listener.
                 self.push.app.router.routes.append(fix_route(self.repair, clock))
         self.ready = False
+        self._stopped = False
         self.app = create_app(self.metrics.exposition, lambda: self.ready,
                               settings.web.telemetry_path, self.health.routes())
 
@@ -98,7 +99,10 @@ class Agent:
                  ",".join(s.name for s in self.sources) or "(none)", self.settings.state.path)
 
     async def stop(self) -> None:
-        """Stop scheduling, cancel running sweeps, close clients and flush state."""
+        """Stop scheduling, cancel running sweeps, close clients and flush state (once)."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.ready = False
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
@@ -151,7 +155,8 @@ class Agent:
         if self.settings.webhooks is not None:
             log.info("webhooks listening address=%s", self.settings.webhooks.listen_address)
         try:
-            await serve_until_signal(servers)
+            # Stop while the servers still answer: /metrics and /-/healthy during shutdown.
+            await serve_until_signal(servers, before_stop=self.stop)
         finally:
             await self.stop()
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 
@@ -21,6 +23,12 @@ from starlette.routing import Route
 from exporter import __version__
 from exporter.metrics import Exposition
 from exporter.webconfig import WebConfigFile
+
+log = logging.getLogger(__name__)
+
+#: After a stop signal, how long shutdown may take before the agent logs what it still
+#: waits for (a warning with each pending task's code location: no ids, no payloads).
+SHUTDOWN_REPORT_AFTER = 10.0
 
 
 def create_app(exposition: Exposition, ready: Callable[[], bool],
@@ -99,16 +107,28 @@ def http_server(app, listen_address: str, web_config: WebConfigFile | None = Non
 async def serve_until_signal(servers: list[uvicorn.Server],
                              before_stop: Callable[[], Awaitable[None]] | None = None) -> None:
     """Run servers together until SIGINT/SIGTERM (or one of them stops), then stop them all;
-    ``before_stop`` runs first, while every server still answers."""
+    ``before_stop`` runs first, while every server still answers. A shutdown that takes over
+    :data:`SHUTDOWN_REPORT_AFTER` logs what it waits for; a second signal exits at once
+    (the state store is crash-safe: what was committed stays, the rest is redone)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.warning("second stop signal: exiting without waiting for a clean stop")
+            logging.shutdown()
+            os._exit(1)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
     tasks = [asyncio.create_task(s.serve()) for s in servers]
     waiter = asyncio.create_task(stop.wait())
+    report = None
     try:
         await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        report = loop.call_later(SHUTDOWN_REPORT_AFTER, report_pending_tasks)
         if before_stop is not None:
             await before_stop()
     finally:
@@ -116,6 +136,31 @@ async def serve_until_signal(servers: list[uvicorn.Server],
             s.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
         waiter.cancel()
+        if report is not None:
+            report.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
+
+
+def report_pending_tasks() -> None:
+    """Log, at warning, every task still pending during a slow shutdown and where it waits."""
+    current = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    where = []
+    for task in pending:
+        where.append(f"{task.get_name()}: {' > '.join(_await_chain(task.get_coro())) or '-'}")
+    log.warning("shutdown still waiting after %gs pending=%d tasks=[%s]",
+                SHUTDOWN_REPORT_AFTER, len(pending), "; ".join(where))
+
+
+def _await_chain(coro) -> list[str]:
+    """Where a coroutine waits: its frame, then each coroutine it awaits, innermost last."""
+    out = []
+    while coro is not None and len(out) < 12:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            out.append(f"{frame.f_code.co_name}@"
+                       f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+    return out

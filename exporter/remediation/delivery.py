@@ -14,7 +14,6 @@ so before anything else, and is never sent again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -27,6 +26,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 
 from exporter import __version__
+from exporter.aio import wait_for_event
 from exporter.remediation.config import RemediationConfig
 from exporter.remediation.episodes import KIND_OTP
 from exporter.remediation.observer import RemediationObserver
@@ -40,13 +40,6 @@ log = logging.getLogger(__name__)
 Call = Callable[..., Awaitable]
 """Runs a store method by name on the loop's store thread: ``await call("due", now, 10, ())``."""
 LinkFor = Callable[[OutboxRow], Awaitable[str | None]]
-
-
-async def wait_for_event(event: asyncio.Event, timeout: float) -> None:
-    """Until ``event`` is set or ``timeout`` passes; clears it."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout=timeout)
-    event.clear()
 
 
 class Endpoint:

@@ -25,8 +25,9 @@ from typing import Any, Protocol
 
 import httpx
 
+from exporter.aio import wait_for_event
 from exporter.remediation.config import RemediationConfig
-from exporter.remediation.delivery import DeliveryWorker, Endpoint, wait_for_event
+from exporter.remediation.delivery import DeliveryWorker, Endpoint
 from exporter.remediation.episodes import (
     BACKFILL_WINDOW,
     REBROKE_WINDOW,

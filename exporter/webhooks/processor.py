@@ -20,13 +20,13 @@ each commit: the database is written (done, retry) but never polled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
+from exporter.aio import wait_for_event
 from exporter.records import AccountStatus
 from exporter.webhooks.inbox import InboxError, PendingEvent, WebhookInbox
 from exporter.webhooks.observer import WebhookObserver
@@ -78,6 +78,7 @@ class PushProcessor:
         self._to_apply: dict[str, list[tuple[Sequence[AccountStatus], asyncio.Future[None]]]] = {}
         self._appliers: dict[str, asyncio.Task[None]] = {}
         self._next_prune = 0.0
+        self._stopped = False
 
     def add(self, events: Iterable[PendingEvent]) -> None:
         """Queue committed inbox rows (the listener calls this after each new delivery)."""
@@ -101,6 +102,7 @@ class PushProcessor:
 
     async def stop(self) -> None:
         """Cancel re-reads in flight: their rows stay pending and are redone after restart."""
+        self._stopped = True
         tasks = [t for t in (self._loop, *self._running.values(), *self._appliers.values())
                  if t is not None]
         for t in tasks:
@@ -117,12 +119,11 @@ class PushProcessor:
         return sum(len(v) for v in self._pending.values())
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopped:
             self._wake.clear()
             await self._prune()
             self.dispatch()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._idle_delay())
+            await wait_for_event(self._wake, self._idle_delay(), clear=False)
 
     async def _prune(self) -> None:
         now = self.clock()
@@ -148,6 +149,8 @@ class PushProcessor:
         concurrency; returns how many were started."""
         now = self.clock()
         started = 0
+        if self._stopped:
+            return 0
         for key in list(self._pending):
             if len(self._running) >= self.concurrency:
                 break
