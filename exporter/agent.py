@@ -56,7 +56,6 @@ class Agent:
             sources = [build_source(cfg, self.metrics.agent, clock) for cfg in settings.sources]
         self.sources = sources
         self.repair: RepairLoop | None = None
-        sweep_observer = self.metrics.agent
         if settings.remediation.enabled:
             self.repair = RepairLoop(
                 settings.remediation, settings.state.path, sources={s.name: s for s in sources},
@@ -64,15 +63,15 @@ class Agent:
             self.tracker.subscribe(self.repair.on_events, steady=True)
             for s in sources:
                 self.metrics.agent.remediation_source(s.name, s.provider)
-            sweep_observer = _RepairSweepObserver(self.metrics.agent, self.repair)
-        self.runner = SweepRunner(sources, self.tracker, sweep_observer, clock,
-                                  on_snapshot=self.metrics.exposition.prerender)
+        self.health = HealthWiring(settings.health, sources, lambda: self.tracker.snapshot,
+                                   clock, self.metrics.agent, settings.state.path)
+        self.runner = SweepRunner(sources, self.tracker,
+                                  _SweepObservers(self.metrics.agent, self.repair, self.health),
+                                  clock, on_snapshot=self.metrics.exposition.prerender)
         self.scheduler = build_scheduler(
             self.runner, {cfg.name: cfg.schedule for cfg in settings.sources})
         self.web_config = (WebConfigFile(settings.web.config_file)
                            if settings.web.config_file else None)
-        self.health = HealthWiring(settings.health, sources, lambda: self.tracker.snapshot,
-                                   clock, self.metrics.agent, settings.state.path)
         self.health.schedule(self.scheduler)
         self.push: PushService | None = None
         if settings.webhooks is not None:
@@ -113,6 +112,7 @@ class Agent:
             await self.push.stop()
         if self.repair is not None:
             await self.repair.stop()
+        await self.health.close()
         for s in self.sources:
             await s.aclose()
         await self.tracker.close()
@@ -161,30 +161,37 @@ class Agent:
             await self.stop()
 
 
-class _RepairSweepObserver:
-    """The sweep observer while the repair loop runs: the self-metrics, and to the loop when
-    a sweep starts and ends (deliveries are paced meanwhile, and no request is created for
-    that source until its snapshot is published) and each complete sweep (its first one ends
-    the backlog)."""
+class _SweepObservers:
+    """The sweep observer: the self-metrics, then what follows sweeps. The repair loop hears
+    when a sweep starts and ends (deliveries are paced meanwhile, and no request is created
+    for that source until its snapshot is published) and each complete sweep (its first one
+    ends the backlog); institution health hears each published snapshot (institutions that
+    turned unhealthy have their declared status re-read at once)."""
 
-    def __init__(self, metrics: AgentMetrics, repair: RepairLoop):
+    def __init__(self, metrics: AgentMetrics, repair: RepairLoop | None, health: HealthWiring):
         self._metrics = metrics
         self._repair = repair
+        self._health = health
 
     def __getattr__(self, name: str):
         return getattr(self._metrics, name)
 
     def sweep_started(self, source: str) -> None:
         self._metrics.sweep_started(source)
-        self._repair.sweep_started(source)
+        if self._repair is not None:
+            self._repair.sweep_started(source)
 
     def sweep_cancelled(self, source: str, duration: float) -> None:
         self._metrics.sweep_cancelled(source, duration)
-        self._repair.sweep_ended(source, published=False)
+        if self._repair is not None:
+            self._repair.sweep_ended(source, published=False)
 
     def sweep_finished(self, source: str, result: str, duration: float, *,
                        records: int | None = None, completed_at: float | None = None) -> None:
         self._metrics.sweep_finished(source, result, duration, records=records,
                                      completed_at=completed_at)
-        self._repair.sweep_finished(source, completed_at is not None,
-                                    published=result != "failed")
+        if self._repair is not None:
+            self._repair.sweep_finished(source, completed_at is not None,
+                                        published=result != "failed")
+        if result != "failed":
+            self._health.sweep_published(source)

@@ -52,6 +52,21 @@ class DeclaredStatusRefresher:
             "source": self.source, "due": len(due), "read": read})
         return read
 
+    async def read_now(self, institution_ids: Iterable[str]) -> int:
+        """Look up these institutions at once, due or not (an institution that has just
+        turned unhealthy: whether the aggregator declares it in maintenance decides between
+        a page and a warning, and must not wait for the next run); returns how many read."""
+        names = dict(self._institutions())
+        wanted = [i for i in institution_ids if i in names]
+        if not wanted:
+            return 0
+        gate = asyncio.Semaphore(self._concurrency)
+        now = self._clock()
+        read = sum(await asyncio.gather(*(self._one(gate, i, names[i], now) for i in wanted)))
+        log.debug("declared statuses read for institutions turned unhealthy", extra={
+            "source": self.source, "wanted": len(wanted), "read": read})
+        return read
+
     async def _one(self, gate: asyncio.Semaphore, institution_id: str, name: str,
                    started: float) -> bool:
         """``started`` (the run's start) is the status's time, so the next run finds it due."""

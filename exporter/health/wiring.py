@@ -3,6 +3,7 @@ the declared-status refreshers, the collector and the routes (built by ``Agent``
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from exporter.health.report import (
     refresh_series,
 )
 from exporter.health.routes import health_routes
+from exporter.health.sides import HEALTH_SIDES, side_of
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,9 @@ class HealthWiring:
         self._clock = clock
         self._observer = observer
         self.refreshers: list[DeclaredStatusRefresher] = []
+        self._unhealthy: dict[str, set[str]] = {}
+        """per source: the institutions degraded or down in its last published snapshot"""
+        self._reads: set[asyncio.Task[int]] = set()
         for source in sources:
             source.institution_seen = self._recorder(source)
             every = getattr(getattr(source, "config", None), "institution_status_refresh", 0)
@@ -64,6 +69,42 @@ class HealthWiring:
                     source.name, source.institution, self.directory,
                     self._institutions(source.name), every, clock,
                     problem=self._problem))
+
+    def sweep_published(self, source: str) -> asyncio.Task[int] | None:
+        """A sweep of ``source`` published its snapshot: the institutions of a Finicity
+        source that have just turned degraded or down have their declared status re-read now
+        rather than at the next run, so that a declared maintenance holds the outage page
+        back from the first evaluation (one lookup per institution and change of state).
+        Returns the task reading them, if any."""
+        refresher = next((r for r in self.refreshers if r.source == source), None)
+        agg = self._snapshot().sources.get(source)
+        if refresher is None or agg is None:
+            return None
+        per_inst: dict[str, dict[str, int]] = {}
+        for inst_id, _name, _code, category, n in agg.accounts:
+            if inst_id != FOLDED:
+                sides = per_inst.setdefault(inst_id, dict.fromkeys(HEALTH_SIDES, 0))
+                side = side_of(category)
+                if side in sides:
+                    sides[side] += n
+        unhealthy = {i for i, sides in per_inst.items()
+                     if self.thresholds.state(sides["ok"], sum(sides.values()))
+                     in ("degraded", "down")}
+        turned = unhealthy - self._unhealthy.get(source, set())
+        self._unhealthy[source] = unhealthy
+        if not turned:
+            return None
+        task = asyncio.get_running_loop().create_task(
+            refresher.read_now(sorted(turned)), name=f"institution-status-now:{source}")
+        self._reads.add(task)
+        task.add_done_callback(self._reads.discard)
+        return task
+
+    async def close(self) -> None:
+        """Cancel the immediate re-reads still running (the scheduler's runs stop with it)."""
+        for task in list(self._reads):
+            task.cancel()
+        await asyncio.gather(*self._reads, return_exceptions=True)
 
     def _problem(self, source: str, reason: str) -> None:
         if reason != "lookup_failed":  # a failed request is counted by the client already

@@ -85,3 +85,36 @@ async def test_the_metrics_listener_serves_the_health_routes_and_rows():
         assert 'href="/status"' in (await client.get("/")).text
         body = (await client.get("/metrics")).text
     assert 'openfinance_institution_key_info{institution_id="4222",key="name:chase"' in body
+
+
+async def test_an_institution_that_turns_unhealthy_has_its_declared_status_read_at_once():
+    def snapshot(version: int, ok: int, down: int) -> Snapshot:
+        return Snapshot(version=version, sources={"fin": SourceAggregate("fin", "finicity", accounts=(
+            ("4222", "Chase", "0", "ok", ok), ("4222", "Chase", "910", "institution", down),
+            ("5555", "Wells", "0", "ok", 20),
+            ("5555", "Wells", "103", "credentials", 30)))})  # user side: not unhealthy
+    current = {"snap": snapshot(1, 20, 0)}
+    fin, mx = FakeSource("fin", "finicity"), FakeSource("mx", "mx")
+    wiring = HealthWiring(HealthConfig(), [fin, mx], lambda: current["snap"], lambda: 1000.0,
+                          Problems())
+
+    async def published(source: str = "fin") -> None:
+        reading = wiring.sweep_published(source)
+        if reading is not None:
+            await reading
+
+    await published()
+    await published("mx")  # no refresher for MX: nothing to read
+    assert fin.looked_up == [] and mx.looked_up == []
+    current["snap"] = snapshot(2, 4, 16)  # 4222 goes down
+    await published()
+    assert fin.looked_up == ["4222"]
+    assert wiring.directory.declared("fin", "4222").in_maintenance
+    await published()  # still down: read once per change of state
+    assert fin.looked_up == ["4222"]
+    current["snap"] = snapshot(3, 20, 0)
+    await published()
+    current["snap"] = snapshot(4, 10, 10)  # down again
+    await published()
+    assert fin.looked_up == ["4222", "4222"]
+    await wiring.close()
