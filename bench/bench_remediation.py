@@ -8,8 +8,9 @@
    agent), against the same sweep with the outbox idle: ``--sweep memory`` (the tracker
    alone, records from memory: the worst case, nothing to wait on) or ``--sweep sandbox``
    (the Finicity source sweeping the sandbox over HTTP, another process, as in
-   ``bench_sweep.py``). Each is timed ``--repeat`` times (medians compared); between the
-   busy ones the outbox runs a second at full speed. The delivery rate is printed between,
+   ``bench_sweep.py``). ``--repeat`` pairs, back to back so that the machine's drift hits
+   both alike: a second of the outbox at full speed, the sweep while it delivers, then the
+   same sweep with the outbox held (nothing in flight); the median of the pairs' ratios. The delivery rate is printed between,
    during and after the sweeps (during them, the loop paces itself to
    ``sweep_deliveries_per_second``).
 3. Database growth per 1,000,000 episodes with their delivered requests (measured on N and
@@ -182,23 +183,36 @@ async def main(n: int, concurrency: int, transport: str, sweep_kind: str, pace: 
             await tracker.load({"fin": "finicity", "sbx": "finicity"})
             tracker.subscribe(loop.on_events, steady=True)
             await sweep(tracker)  # first: inserts; the next ones compare
-            quiet = [await sweep(tracker) for _ in range(repeat)]
+            await sweep(tracker)  # warm
             await loop.drained()
+            # Pairs, so that the machine's drift hits both sides alike: a second at full
+            # speed, a sweep while the outbox delivers (paced as in the agent), then the same
+            # sweep with the outbox held (nothing in flight, nothing settled).
+            held = False
+            paced = loop.worker.pace
+            loop.worker.pace = lambda: 0.0 if held else paced()
             started = time.perf_counter()
             sending = asyncio.create_task(loop.worker.run_once())
-            busy, during, between = [], [], []
-            for _ in range(repeat):  # full speed for a while, then a sweep
+            sent = 0
+            quiet, busy, during, between = [], [], [], []
+            for _ in range(repeat):
                 at_gap, gap = counted.count, time.perf_counter()
                 await asyncio.sleep(gap_seconds)
                 between.append((counted.count - at_gap) / (time.perf_counter() - gap))
                 at_sweep, sweep_started = counted.count, time.perf_counter()
-                if hasattr(loop, "sweep_started"):
-                    loop.sweep_started("sbx")
+                loop.sweep_started("sbx")
                 busy.append(await sweep(tracker))
                 loop.sweep_finished("sbx", True)
                 during.append((counted.count - at_sweep) / (time.perf_counter() - sweep_started))
+                held = True
+                await asyncio.sleep(0.5)  # requests in flight finish; the rest wait their turn
+                quiet.append(await sweep(tracker))
+                held = False
+                if sending.done():  # it stops at a batch boundary while held
+                    sent += sending.result()
+                    sending = asyncio.create_task(loop.worker.run_once())
             at_end, ended = counted.count, time.perf_counter()
-            sent = await sending
+            sent += await sending
             finished = time.perf_counter()
             after = (counted.count - at_end) / max(finished - ended, 1e-9)
             delivered = finished - started
@@ -220,7 +234,11 @@ async def main(n: int, concurrency: int, transport: str, sweep_kind: str, pace: 
               f"{rates}/s between sweeps, {median(during):,.0f}/s during them "
               f"({', '.join(f'{r:,.0f}' for r in during)}), {after:,.0f}/s after the last; "
               f"outbox {states}")
-        print(f"sweep of {size}, median of {repeat}: {median(quiet):.2f} s with the outbox idle "
+        ratios = sorted(b / q for b, q in zip(busy, quiet, strict=True))
+        print(f"paired (busy ÷ held, each pair back to back): median "
+              f"{(median(ratios) - 1) * 100:+.1f} %, range {(ratios[0] - 1) * 100:+.1f} % to "
+              f"{(ratios[-1] - 1) * 100:+.1f} %")
+        print(f"sweep of {size}, median of {repeat}: {median(quiet):.2f} s with the outbox held "
               f"({', '.join(f'{q:.2f}' for q in quiet)}), {median(busy):.2f} s while it delivers "
               f"({', '.join(f'{b:.2f}' for b in busy)}): "
               f"{(median(busy) / median(quiet) - 1) * 100:+.1f} %")
