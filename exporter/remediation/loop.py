@@ -114,8 +114,14 @@ class RepairLoop:
         self.observer = observer or NullRemediationObserver()
         self.institution_labels = InstitutionLabels(snapshot)
         self._sweeping: dict[str, int] = {}
-        self._sweeps_begun: dict[str, int] = {}
-        self._stale: set[str] = set()
+        # Which episodes the published facts cover: each batch of events that arrives while
+        # a sweep of its source runs, and each publication, takes the next number. An
+        # episode changed by a batch numbered after its source's last publication is left
+        # for a later evaluation (the facts may predate an outage that sweep reveals); the
+        # rest of the source is evaluated even while the next sweep runs.
+        self._seq = 0
+        self._changed: dict[str, dict[tuple[str, str, str], int]] = {}
+        self._published: dict[str, int] = {}
         self._stopping = False
         self.new_id = new_id
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="remediation")
@@ -244,9 +250,23 @@ class RepairLoop:
                       "next sweep)", len(events))
             return
         if events:
+            self._note_unpublished(events)
             self._consumer()
             await self._room.acquire()
             self._queue.put_nowait(("events", list(events)))
+
+    def _note_unpublished(self, events: Sequence[AccountEvent]) -> None:
+        """Remember the logins a running sweep changed: the snapshot does not show them yet.
+        (Events outside a sweep, from a push re-read, are applied and published together.)"""
+        sweeping = [s for s in {ev.source for ev in events} if s in self._sweeping]
+        if not sweeping:
+            return
+        self._seq += 1
+        for ev in events:
+            if ev.source in self._sweeping:
+                login = login_of(ev)
+                if login is not None:
+                    self._changed.setdefault(ev.source, {})[login] = self._seq
 
     def pace(self) -> float | None:
         """Deliveries per second allowed now: ``sweep_deliveries_per_second`` while a sweep
@@ -354,15 +374,15 @@ class RepairLoop:
 
     def sweep_started(self, source: str) -> None:
         """A sweep of ``source`` began: deliveries are paced until no sweep runs
-        (:meth:`pace`), and until it has published its snapshot, the outage facts are older
-        than the episodes it opens, so none of that source's requests is created."""
+        (:meth:`pace`), and the logins its events change wait for its snapshot (the outage
+        facts come from the published snapshot, so until then they are older than the
+        episodes this sweep opens)."""
         self._sweeping[source] = self._sweeping.get(source, 0) + 1
-        self._sweeps_begun[source] = self._sweeps_begun.get(source, 0) + 1
 
     def sweep_ended(self, source: str, published: bool = False) -> None:
         """The sweep ended; ``published``: its snapshot is out. A failed or cancelled sweep
-        may have stored records the snapshot does not show yet: the source stays unsettled
-        until a sweep publishes."""
+        may have stored records the snapshot does not show yet: what it changed waits for a
+        sweep that publishes."""
         left = self._sweeping.get(source, 0) - 1
         if left > 0:
             self._sweeping[source] = left
@@ -371,35 +391,39 @@ class RepairLoop:
         if not self._sweeping:
             self.worker.wake()  # full speed again
         if published:
-            self._stale.discard(source)
+            self._seq += 1
+            self._published[source] = self._seq
             self._evaluate_soon.set()  # what waited for this snapshot is evaluated now
-        else:
-            self._stale.add(source)
-
-    def _unsettled(self, begun: dict[str, int]) -> set[str]:
-        """Sources sweeping now, left unpublished by their last sweep, or whose sweep began
-        since ``begun`` was taken."""
-        return set(self._sweeping) | self._stale | {
-            s for s, n in self._sweeps_begun.items() if begun.get(s) != n}
 
     async def evaluate(self) -> None:
-        begun = dict(self._sweeps_begun)
+        for source, upto in self._published.items():  # forget what the facts now cover
+            changed = self._changed.get(source)
+            if changed and min(changed.values()) <= upto:
+                self._changed[source] = {k: n for k, n in changed.items() if n > upto}
+        published = dict(self._published)  # taken before the facts: never newer than them
         facts = fleet_facts(self.snapshot())
-        effects = await self._run(self._evaluate, self.clock(), facts, begun)
+        effects = await self._run(self._evaluate, self.clock(), facts, published)
         self._report(effects)
         self.worker.wake()
 
+    def _unpublished(self, ep: Episode, published: dict[str, int] | None) -> bool:
+        """Changed by a sweep whose snapshot the facts do not include yet."""
+        n = self._changed.get(ep.source, {}).get(ep.login)
+        if n is None:
+            return False
+        upto = (published if published is not None else self._published).get(ep.source, 0)
+        return n > upto
+
     def _evaluate(self, now: float, facts: FleetFacts,
-                  begun: dict[str, int] | None = None) -> list[Effect]:
+                  published: dict[str, int] | None = None) -> list[Effect]:
         cfg, store = self.cfg, self.store
         effects: list[Effect] = []
-        unsettled = self._unsettled(begun if begun is not None else dict(self._sweeps_begun))
         backfill_left: dict[str, int] = {}
         storm_left: dict[tuple[str, str], int] = {}
         held_now: Counter[tuple[str, str]] = Counter()
         batch: list[tuple[Episode, str, str, str, bool]] = []
         for ep in store.waiting_episodes(cfg.backfill):
-            if ep.source in unsettled:
+            if self._unpublished(ep, published):
                 continue  # evaluated again once its sweep's snapshot is published
             if ep.backlog and ep.source not in backfill_left:
                 backfill_left[ep.source] = cfg.backfill_per_hour - store.backfill_count(

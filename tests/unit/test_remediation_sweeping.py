@@ -48,24 +48,43 @@ async def test_requests_wait_for_the_sweeps_snapshot_then_respect_its_outage(tmp
         await loop.stop()
 
 
-async def test_a_sweep_that_began_during_an_evaluation_holds_its_source(tmp_path):
+async def test_a_sweep_that_publishes_during_an_evaluation_waits_for_the_next(tmp_path):
     receiver = Receiver()
     loop = await _past_backlog(tmp_path, receiver)
     published = loop.snapshot
     try:
+        loop.sweep_started("fin")
         await feed(loop, broke("103"))
 
-        def a_sweep_runs_meanwhile():
-            # The facts are taken, then a sweep begins (and even ends) before the evaluation
-            # reaches its episodes: they may belong to an outage these facts predate.
+        def the_sweep_publishes_meanwhile():
+            # The facts are taken, then the sweep publishes before the evaluation reaches
+            # its episodes: the facts predate what it changed.
             facts = published()
-            loop.sweep_started("fin")
             loop.sweep_finished("fin", True)
             return facts
-        loop.snapshot = a_sweep_runs_meanwhile
+        loop.snapshot = the_sweep_publishes_meanwhile
         assert await _cycle(loop, receiver) == []
         loop.snapshot = published
         assert len(await _cycle(loop, receiver)) == 1, "the next evaluation creates it"
+    finally:
+        await loop.stop()
+
+
+async def test_a_published_sweeps_requests_go_while_the_next_sweep_runs(tmp_path):
+    """Sweeps back to back (a sweep longer than its interval) must not starve the loop:
+    what a published sweep changed is evaluated while the next one runs; only what the
+    running sweep changes waits for its snapshot."""
+    receiver = Receiver()
+    loop = await _past_backlog(tmp_path, receiver)
+    try:
+        loop.sweep_started("fin")
+        await feed(loop, broke("103", key="a1", login="l1"))
+        loop.sweep_finished("fin", True)
+        loop.sweep_started("fin")  # the next sweep begins at once
+        await feed(loop, broke("103", key="b1", owner="c2", login="l2"))
+        assert [b["login_id"] for b in await _cycle(loop, receiver)] == ["l1"]
+        loop.sweep_finished("fin", True)
+        assert [b["login_id"] for b in await _cycle(loop, receiver)] == ["l2"]
     finally:
         await loop.stop()
 
