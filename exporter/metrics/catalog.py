@@ -143,6 +143,15 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("unknown_codes", "counter", ("source", "provider"),
        "Records carrying a status code not in the catalog (counted as category unknown).",
        "agent"),
+    _m("upstream_drift", "counter", ("source", "provider", "kind"),
+       "Ways the upstream moved under the agent, by kind: version_refused (406/415 or an "
+       "error naming the API version), field_missing (the status field absent from more "
+       "than drift.missing_share of a sweep's records; those accounts keep their last "
+       "state), unknown_status (a record with a status outside the catalog), shape (an "
+       "answer that fits no model).", "agent"),
+    _m("upstream_api_info", "gauge", ("source", "provider", "version"),
+       "The upstream API version a source speaks (MX: its Accept-Version; Finicity: v1, "
+       "the version in its paths); value 1.", "agent"),
     _m("webhook_events", "counter", ("source", "kind", "result"),
        "Webhook deliveries answered, by event kind (Finicity eventType, MX connection_status / "
        "member / aggregation, txpush_*; other, or unknown before the body is trusted) and "
