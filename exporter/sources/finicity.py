@@ -391,7 +391,11 @@ class FinicitySource(Source):
         )
 
     async def _load_institution(self, institution_id: str) -> tuple[str, float]:
-        """``displayName ?? name ?? id``."""
+        """``displayName ?? name ?? id``; an id that is not an integer (the spec's type of
+        the path parameter) has no institution to look up."""
+        if not institution_id.isdigit():
+            return institution_id, self.config.institution_cache_ttl
+
         def name(body: Any) -> str | None:
             found = self.payloads.body(FinicityInstitutionBody, body, INSTITUTION_ROUTE).institution
             return found.displayName or found.name
@@ -402,6 +406,8 @@ class FinicitySource(Source):
             seen=self.seen_hook(institution_id))
 
     async def institution(self, institution_id: str) -> object:
+        if not institution_id.isdigit():
+            return None
         try:
             return await self._call("GET", INSTITUTION_ROUTE, {"institutionId": institution_id})
         except UpstreamStatusError as exc:
