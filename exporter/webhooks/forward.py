@@ -8,7 +8,8 @@ A peer that cannot be reached in time, or that cannot take the event (404 while 
 5xx), gives the sender 503 + ``Retry-After``, and nothing is persisted here. A request that
 already carries the header is never forwarded again: a non-owner handles it as it would
 without peers (``ignored``, left to the owner's poll). One shared ``httpx.AsyncClient`` with
-bounded timeouts serves every forward.
+bounded timeouts serves every forward, on the sources' keep-alive HTTP/1.1 transport (one
+pool per peer; ``bench/bench_forward.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.types import Scope
 
 from exporter.config import SourceConfig
 from exporter.sources.sharding import shard_of
+from exporter.sources.transport import Http11Transport
 from exporter.webhooks.observer import WebhookObserver
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,8 @@ _PASSED = frozenset({b"authorization", b"x-finicity-signature", b"content-type"}
 _ANSWERED = ("www-authenticate", "retry-after")
 RETRY_AFTER = "30"
 TIMEOUT = httpx.Timeout(5.0, connect=1.0)
-LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=30.0)
+MAX_CONNECTIONS = 64  # per peer
+KEEPALIVE = 4.0  # below the listener's idle timeout (uvicorn's 5 s), so none goes stale
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +70,14 @@ class Forwarder:
         self.shards = {name: s for name, s in shards.items() if s[1] > 1}
         self.observer = observer
         self.clock = clock
-        self.client = httpx.AsyncClient(timeout=TIMEOUT, limits=LIMITS, transport=transport,
-                                        trust_env=False, follow_redirects=False)
+        self._timeout = TIMEOUT.as_dict()
+        # One keep-alive pool per peer (httpcore's pool costs more CPU than the forward).
+        self._pools = {} if transport is not None else {
+            peer: Http11Transport(peer, max_connections=MAX_CONNECTIONS, keepalive=KEEPALIVE)
+            for peer in self.peers}
+        self.client = httpx.AsyncClient(timeout=TIMEOUT, transport=transport,
+                                        mounts=self._pools or None, trust_env=False,
+                                        follow_redirects=False)
 
     @classmethod
     def from_config(cls, peers: Sequence[str], source_configs: Iterable[SourceConfig],
@@ -100,7 +109,7 @@ class Forwarder:
                 return None
             if key in _PASSED:
                 headers[key.decode("latin-1")] = value.decode("latin-1")
-        target = scope["path"]
+        target = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
         answer: Forwarded | None = None
@@ -114,21 +123,31 @@ class Forwarder:
                    body: bytes) -> Forwarded:
         started = self.clock()
         try:
-            response = await self.client.post(self.peers[index] + target, content=body,
-                                               headers=headers)
+            status, answered = await self._post(self.peers[index], target, headers, body)
         except httpx.HTTPError as exc:  # the URL may hold a TxPush token: never logged
             log.warning("webhook not forwarded to shard %d (%s), answered 503 so the sender "
                         "retries", index, type(exc).__name__)
             return _UNAVAILABLE
         self.observer.webhook_forwarded(source, self.clock() - started)
-        status = response.status_code
         if status == 404 or status >= 500:
             log.warning("shard %d could not take a webhook (status %d), answered 503 so the "
                         "sender retries", index, status)
-            return Forwarded(503, {"Retry-After": response.headers.get("retry-after")
-                                   or RETRY_AFTER}, "")
-        return Forwarded(status, {k: response.headers[k] for k in _ANSWERED
-                                  if k in response.headers}, "forwarded")
+            return Forwarded(503, {"Retry-After": answered.get("retry-after") or RETRY_AFTER},
+                             "")
+        return Forwarded(status, {k: answered[k] for k in _ANSWERED if k in answered},
+                         "forwarded")
+
+    async def _post(self, peer: str, target: str, headers: Mapping[str, str],
+                    body: bytes) -> tuple[int, Mapping[str, str]]:
+        """The peer's status and headers (lower-case names). The client's own pools are called
+        without httpx's request and response objects, as the sources call them: about three
+        times the forwards per CPU-second (bench/bench_forward.py)."""
+        pool = self._pools.get(peer)
+        if pool is not None:
+            answer = await pool.exchange("POST", target, headers, body, self._timeout)
+            return answer.status_code, answer.headers
+        response = await self.client.post(peer + target, content=body, headers=headers)
+        return response.status_code, response.headers
 
     async def aclose(self) -> None:
         await self.client.aclose()

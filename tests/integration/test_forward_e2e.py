@@ -37,6 +37,7 @@ SHARDS = 3
 FIN, MX = "finicity-sandbox", "mx-sandbox"
 SOURCE = {"finicity": FIN, "mx": MX}
 MX_USER, MX_PASSWORD = "mx-hooks", "mx-hooks-password-123"
+TXPUSH_TOKEN = "txpush-" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6"
 # Route templates of one owner's read (the agent's `endpoint` label).
 UNIT_READ = {FIN: "/aggregation/v1/customers/{customerId}/accounts",
              MX: "/users/{user_guid}/members"}
@@ -61,6 +62,8 @@ class Fleet:
             doc["webhooks"]["peers"] = peers
             for src in doc["sources"]:
                 src["shard"] = {"index": i, "count": SHARDS}
+                if src["provider"] == "finicity":
+                    src["webhooks"]["txpush_token"] = TXPUSH_TOKEN
             config.write_text(yaml.safe_dump(doc))
             self.configs.append(config)
         self.agents: list[AgentProc | None] = [None] * SHARDS
@@ -186,6 +189,23 @@ def test_events_for_every_shard_posted_to_pod_0_are_read_once_by_their_owners_sh
     for agent in fleet.agents[1:]:
         assert events(agent, result="forwarded") == 0
     assert events(zero, result="ignored") == 0
+
+
+def test_a_txpush_event_is_forwarded_on_its_tokened_path(fleet):
+    customers = httpx.get(f"{fleet.sandbox.url}/sandbox/truth/logins",
+                          params={"provider": "finicity"}, timeout=30).json()["logins"]
+    owner = next(c["owner_id"] for c in customers if shard_of(c["owner_id"], SHARDS) == 1)
+    one = fleet.agents[1]
+    reads = fleet.reads(1, FIN)
+    body = (f'{{"event":{{"class":"account","type":"modified","records":[{{"id":"1",'
+            f'"customerId":"{owner}","aggregationStatusCode":0}}]}}}}').encode()
+    r = httpx.post(f"{fleet.hooks()}/{FIN}/txpush/{TXPUSH_TOKEN}", content=body, timeout=15)
+    assert r.status_code == 200
+    assert events(fleet.agents[0], source=FIN, kind="txpush_account", result="forwarded") == 1
+    assert events(one, source=FIN, kind="txpush_account", result="accepted") == 1
+    wait_for(lambda: fleet.reads(1, FIN) == reads + 1, timeout=5, what="shard 1's re-read")
+    assert _inbox_rows(fleet.work / "state-0.db", owner) == 0
+    assert _inbox_rows(fleet.work / "state-1.db", owner) == 1
 
 
 def _inbox_rows(path: Path, owner: str) -> int:
