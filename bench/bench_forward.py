@@ -1,9 +1,9 @@
 """Benchmark of forwarding to the owner shard (numbers for the issue notes; never asserted).
 
 Two listener processes as two shards of one source (``shard: {index: i, count: 2}``,
-``webhooks.peers`` listing both): the real PushService (uvicorn, the Starlette app, HMAC
-check, SQLite inbox, processor) with an instant stand-in source, each pinned to its own
-CPU. Every event names an owner of shard 1.
+``webhooks.peers`` listing both): ``bench_webhooks.py --serve``, the real PushService
+(uvicorn, the Starlette app, HMAC check, SQLite inbox, processor) with an instant stand-in
+source, each pinned to its own CPU. Every event names an owner of shard 1.
 
 - Forwarded events per second on one core: a burst of ``--events`` signed Finicity events
   over ``--clients`` connections to shard 0, which verifies each and forwards it to shard 1;
@@ -44,50 +44,10 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_tracker import reference_loop  # noqa: E402
 from bench.bench_webhooks import cpu_seconds, drive_burst  # noqa: E402
 
+SERVE = [sys.executable, str(ROOT / "bench" / "bench_webhooks.py"), "--serve"]
+
 SECRET = "bench-partner-secret"
 SHARDS = 2
-
-
-async def serve(config_path: str) -> None:
-    """One shard's listener: PushService with an instant source owning its shard only."""
-    from exporter.config import load_config
-    from exporter.server import http_server, serve_until_signal
-    from exporter.sources.sharding import in_shard
-    from exporter.webhooks.observer import NullWebhookObserver
-    from exporter.webhooks.service import PushService
-
-    class Source:
-        def __init__(self, cfg):
-            self.name, self.provider, self.shard = cfg.name, cfg.provider, cfg.shard
-
-        def owns(self, owner: str) -> bool:
-            return in_shard(owner, self.shard)
-
-        async def refresh_owner(self, owner: str) -> list:
-            return []
-
-    class Tracker:
-        async def apply_records(self, source, provider, records) -> None:
-            pass
-
-    settings = load_config(config_path)
-    push = PushService(settings.webhooks, settings.sources,
-                       {s.name: Source(s) for s in settings.sources},
-                       Tracker(), NullWebhookObserver(), settings.state.path)
-    await push.start()
-    profile = None
-    if os.environ.get("BENCH_PROFILE") and settings.sources[0].shard.index == 0:
-        import cProfile
-
-        profile = cProfile.Profile()
-        profile.enable()
-    try:
-        await serve_until_signal([http_server(push.app, settings.webhooks.listen_address)])
-    finally:
-        if profile is not None:
-            profile.disable()
-            profile.dump_stats(os.environ["BENCH_PROFILE"])
-        await push.stop()
 
 
 def free_port() -> int:
@@ -131,7 +91,8 @@ def start_shards(tmp: Path) -> tuple[list[subprocess.Popen], list[str]]:
             "sources": [{"name": "fin", "provider": "finicity", "base_url": "http://127.0.0.1:9",
                          "app_key": "k", "partner_id": "p", "partner_secret": SECRET,
                          "shard": {"index": i, "count": SHARDS}, "webhooks": {}}]}))
-        proc = subprocess.Popen([sys.executable, __file__, "--serve", str(config)])
+        env = {k: v for k, v in os.environ.items() if i == 0 or k != "BENCH_PROFILE"}
+        proc = subprocess.Popen([*SERVE, str(config)], env=env)
         if cpus:
             os.sched_setaffinity(proc.pid, {cpus[i % len(cpus)]})
         procs.append(proc)
@@ -160,15 +121,11 @@ def quantiles_ms(latencies: list[float]) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--serve")
     ap.add_argument("--events", type=int, default=10_000)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--owners", type=int, default=500)
     ap.add_argument("--latency-events", type=int, default=2000)
     args = ap.parse_args()
-    if args.serve:
-        asyncio.run(serve(args.serve))
-        return
     print(f"reference: sum(i*i for i in range(10**7)) takes {reference_loop():.2f} s here")
     owners = owners_of(1, args.owners)
     with tempfile.TemporaryDirectory() as tmp:
