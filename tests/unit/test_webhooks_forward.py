@@ -8,7 +8,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from exporter.config import FinicitySourceConfig, MxSourceConfig, Settings
+from exporter.config import FinicitySourceConfig, MxSourceConfig, Settings, ShardConfig
 from exporter.sources.sharding import in_shard, shard_of
 from exporter.webhooks.app import build_receivers, create_webhook_app
 from exporter.webhooks.config import WebhooksConfig
@@ -271,3 +271,20 @@ def test_peers_must_list_every_shard_of_a_sharded_source():
     with pytest.raises(ValidationError, match="lists 3 shards but source 'fin'"):
         Settings(sources=[source], webhooks={"peers": [*PEERS, "http://c:1"]})
     assert Settings(sources=[source], webhooks={"peers": PEERS}).webhooks.peers == PEERS
+
+
+def test_shard_of_names_the_one_shard_whose_replica_reads_the_owner():
+    ids = [str(6030781868 + i) for i in range(300)]
+    for count in (1, 2, 3):
+        for i in ids:
+            owners = [index for index in range(count)
+                      if in_shard(i, ShardConfig(index=index, count=count))]
+            assert owners == [shard_of(i, count)]
+    assert {shard_of(i, 3) for i in ids} == {0, 1, 2}
+
+
+def test_unsharded_sources_are_never_forwarded():
+    forward = Forwarder(PEERS, {"fin": (0, 1)}, RecordingObserver(),
+                        transport=httpx.MockTransport(Recorder()))
+    assert forward.elsewhere("fin", [owner(1)]) == []
+    assert forward.elsewhere("other", [owner(1)]) == []
