@@ -268,6 +268,15 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _peers_match_shards(self) -> Settings:
+        peers = self.webhooks.peers if self.webhooks is not None else []
+        for src in self.sources:
+            if peers and src.webhooks is not None and src.shard.count not in (1, len(peers)):
+                raise ValueError(f"webhooks.peers lists {len(peers)} shards but source "
+                                 f"{src.name!r} has shard.count {src.shard.count}")
+        return self
+
+    @model_validator(mode="after")
     def _fix_links_served(self) -> Settings:
         r = self.remediation
         if r.enabled and r.link == "redirect" and self.webhooks is None and not r.listen_address:

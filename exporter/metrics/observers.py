@@ -152,6 +152,9 @@ class AgentMetrics:
     def push_refresh_failed(self, source: str, result: str, events: int) -> None:
         self._instruments["push_refresh_failures"].labels(source, result).inc(events)
 
+    def webhook_forwarded(self, source: str, seconds: float) -> None:
+        self._instruments["webhook_forward_duration_seconds"].labels(source).observe(seconds)
+
     # RemediationObserver (exporter.remediation.observer)
     def remediation_source(self, source: str, provider: str) -> None:
         """Create a source's repair-loop series at zero (remediation enabled)."""

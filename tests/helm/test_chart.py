@@ -857,6 +857,68 @@ def test_inconsistent_sharding_fails_the_render(sets, message):
     assert message in proc.stderr, proc.stderr
 
 
+def _peers(replicas: int) -> list[str]:
+    return [f"http://ofe-openfinance-exporter-{i}.ofe-openfinance-exporter-headless"
+            f".monitoring.svc:9879" for i in range(replicas)]
+
+
+def test_sharded_pods_reach_each_other_through_a_headless_service_and_the_peers_list(monkeypatch):
+    """Each pod has a DNS name under the headless Service that governs the StatefulSet, and
+    the config lists every pod's webhook listener by ordinal: the agent accepts it (three
+    peers for three shards)."""
+    docs = render(SHARDED)
+    headless = one(docs, "Service", "-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == workload(docs)["spec"]["selector"]["matchLabels"]
+    assert [p["targetPort"] for p in headless["spec"]["ports"]] == ["webhooks"]
+    assert one(docs, "StatefulSet")["spec"]["serviceName"] == headless["metadata"]["name"]
+    config = rendered_config(docs)
+    assert config["webhooks"]["peers"] == _peers(3)
+    for var in [v for v in __import__("os").environ if v.upper().startswith("OPENFINANCE_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("OPENFINANCE_SHARD_INDEX", "2")
+    assert Settings(**config).webhooks.peers == _peers(3)
+    assert rendered_config(render(SHARDED, sets=("replicaCount=5",)))["webhooks"]["peers"] == (
+        _peers(5))
+
+
+def test_the_headless_service_is_never_scraped():
+    """The ServiceMonitor scrapes the port named http of the release's Services: the headless
+    one has none, so no pod is scraped twice (every rule sums across the shards)."""
+    docs = render(SHARDED)
+    endpoints = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    headless = one(docs, "Service", "-headless")
+    assert {e["port"] for e in endpoints} & {p["name"] for p in headless["spec"]["ports"]} == set()
+
+
+def test_peers_come_with_sharding_and_webhooks_only():
+    assert "peers" not in rendered_config(render(SHARDED, sets=("webhooks.enabled=false",))
+                                          ).get("webhooks", {})
+    assert "peers" not in rendered_config(render(SHARDED, sets=("replicaCount=1",)))["webhooks"]
+    unsharded = render(None, sets=("replicaCount=3", "webhooks.enabled=true"))
+    assert "peers" not in rendered_config(unsharded)["webhooks"]
+    assert not [d for d in unsharded if d["metadata"]["name"].endswith("-headless")]
+
+
+def test_peers_set_in_values_are_kept():
+    mine = ["http://a:9879", "http://b:9879", "http://c:9879"]
+    docs = render(SHARDED, sets=(f"config.webhooks.peers={{{','.join(mine)}}}",))
+    assert rendered_config(docs)["webhooks"]["peers"] == mine
+
+
+def test_network_policy_lets_the_pods_forward_webhooks_to_each_other():
+    docs = render(SHARDED, sets=("networkPolicy.enabled=true",
+                                 "networkPolicy.webhooksFrom[0].namespaceSelector.matchLabels.x=y"))
+    spec = one(docs, "NetworkPolicy")["spec"]
+    pods = [{"podSelector": {"matchLabels": workload(docs)["spec"]["selector"]["matchLabels"]}}]
+    webhooks = [{"port": "webhooks", "protocol": "TCP"}]
+    assert {"ports": webhooks, "from": pods} in spec["ingress"]
+    assert {"ports": webhooks, "to": pods} in spec["egress"]
+    alone = one(render(None, sets=("networkPolicy.enabled=true", "webhooks.enabled=true")),
+                "NetworkPolicy")["spec"]
+    assert {"ports": webhooks, "to": pods} not in alone["egress"]
+
+
 def test_without_auto_replicas_keep_the_old_behaviour():
     docs = render(None, sets=("replicaCount=2",))
     assert one(docs, "Deployment")["spec"]["replicas"] == 2
