@@ -40,6 +40,7 @@ SCENARIO_IDS = ["defaults", *(p.stem for p in CI_FILES)]
 
 if str(REPO) not in sys.path:  # the agent's package, for its config model
     sys.path.insert(0, str(REPO))
+from dashboards import generate  # noqa: E402
 from exporter.cli import build_parser  # noqa: E402
 from exporter.config import (  # noqa: E402
     FinicitySourceConfig,
@@ -53,6 +54,7 @@ from exporter.config import (  # noqa: E402
     WebConfig,
 )
 from exporter.health.config import HealthConfig  # noqa: E402
+from helm.sync import fill_dashboard  # noqa: E402
 
 
 def _helm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -684,12 +686,45 @@ def test_each_dashboard_is_one_configmap_byte_identical_to_dashboards_dir():
 def test_grafana_braces_and_variables_survive_in_the_chart_copies():
     maps = _dashboard_configmaps(render(None))
     assert maps
+    defaults = yaml.safe_load((CHART / "files" / "params.yml").read_text())
     for name, cm in maps.items():
         shipped = (CHART / "files" / "dashboards" / name).read_text(encoding="utf-8")
-        assert cm["data"][name] == shipped
+        assert "[[ outage_ratio" in shipped or "[[ stale_after_seconds" in shipped
+        assert cm["data"][name] == fill_dashboard(shipped, defaults)
         json.loads(cm["data"][name])
     joined = "".join(cm["data"][n] for n, cm in maps.items())
     assert "{{" in joined or "${" in joined, "no Grafana template syntax in any dashboard"
+
+
+def _thresholds(panel: dict) -> list[float]:
+    steps = [s["value"] for s in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    for override in panel["fieldConfig"].get("overrides", []):
+        for prop in override["properties"]:
+            if prop["id"] == "thresholds":
+                steps += [s["value"] for s in prop["value"]["steps"]]
+    return [v for v in steps if v is not None]
+
+
+def test_dashboards_follow_the_alert_parameters_set_in_the_values():
+    """Overriding an alert's threshold moves the dashboards' threshold lines, colours, texts
+    and queries with it (the chart fills the templates from prometheusRule.params)."""
+    maps = _dashboard_configmaps(render(None, sets=(
+        "prometheusRule.params.outage_ratio=0.35", "prometheusRule.params.outage_min_accounts=25",
+        "prometheusRule.params.stale_after_seconds=5400",
+        "prometheusRule.params.webhook_rejected_min=7")))
+    panels = {p["title"]: p for name, cm in maps.items()
+              for p in generate.iter_panels(json.loads(cm["data"][name]))}
+    share = panels["Top institutions by outage share"]
+    assert 0.35 in _thresholds(share) and 0.2 not in _thresholds(share)
+    assert "(35%)" in share["description"] and "20%" not in share["description"]
+    assert 25 in _thresholds(panels["Accounts in outage codes"])
+    stale = panels["Since last successful sweep"]
+    assert 5400 in _thresholds(stale) and "90 min" in stale["description"]
+    assert 7 in _thresholds(panels["Rejected webhook deliveries"])
+    [outage] = [t["expr"] for t in panels["Institutions in outage"]["targets"]]
+    assert ">= 0.35 " in outage and ">= 25" in outage
+    for name, cm in maps.items():
+        assert "[[" not in cm["data"][name], name
 
 
 def test_the_sidecar_label_is_configurable_and_dashboards_can_be_off():
