@@ -219,3 +219,48 @@ async def test_a_whole_answer_of_a_new_shape_is_shape_drift():
     server.handle = listed  # type: ignore[method-assign]
     report = await mx_source(server, observer=observer, time=FakeTime()).sweep(Sink())
     assert not report.complete and "shape" in observer.drift
+
+
+# ---------------------------------------------------------------------------- end to end, in process
+
+
+async def _sweep_into(harness, source) -> bool:
+    """One sweep of ``source`` into the harness's tracker; False when it failed."""
+    session = await harness.tracker.begin(source.name, source.provider)
+    try:
+        report = await source.sweep(session)
+    except SweepFailed:
+        return False
+    await session.finish(report)
+    return report.complete
+
+
+async def test_drift_never_moves_a_gauge(harness):
+    """A refused version, then an answer whose members all lack their status, then a new
+    status: the counts of the first sweep stay until a real status arrives."""
+    members = [member(f"MBR-{i}", "USR-0001", status="CHALLENGED" if i % 2 else "CONNECTED")
+               for i in range(10)]
+    server = _users_with_members(members)
+    source = mx_source(server, observer=harness.metrics)
+    assert await _sweep_into(harness, source)
+    first = sorted(harness.samples(ACCOUNTS), key=str)
+    assert sum(v for _, v in first) == 10
+
+    server.served = set()  # the version is refused
+    assert not await _sweep_into(harness, source)
+    server.served = set(MEDIA_TYPES)
+    for m in members:  # a slimmer default answer: no connection_status at all
+        del m["connection_status"]
+    assert await _sweep_into(harness, source)
+    assert sorted(harness.samples(ACCOUNTS), key=str) == first
+    drift = {labels["kind"]: v for labels, v in harness.samples(DRIFT)}
+    assert drift["version_refused"] >= 1 and drift["field_missing"] == 1
+    assert harness.value("openfinance_upstream_api_info", source="mx-test", provider="mx",
+                         version="v20250224") == 1
+
+    members[0]["connection_status"] = "SUSPENDED"  # a status MX adds one day
+    assert await _sweep_into(harness, source)
+    assert drift["unknown_status"] == 0
+    assert harness.value(DRIFT, source="mx-test", provider="mx", kind="unknown_status") == 1
+    assert harness.value(ACCOUNTS, source="mx-test", provider="mx", institution_id="mxbank",
+                         institution="MX Bank", code="SUSPENDED", category="unknown") == 1
