@@ -40,7 +40,7 @@ MX_USER, MX_PASSWORD = "mx-hooks", "mx-hooks-password-123"
 TXPUSH_TOKEN = "txpush-" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6"
 # Route templates of one owner's read (the agent's `endpoint` label).
 UNIT_READ = {FIN: "/aggregation/v1/customers/{customerId}/accounts",
-             MX: "/users/{user_guid}/members"}
+             MX: "/users/{user_identifier}/members"}  # v20250224's route template
 
 
 class Fleet:
