@@ -33,6 +33,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from exporter.aio import Gate
 from exporter.config import SourceConfig
 from exporter.webhooks import events
 from exporter.webhooks.config import MxWebhookConfig
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER_RAW = SIGNATURE_HEADER.encode()
 
 _VERIFICATION_CODE = re.compile(r"^[\x21-\x7e]{1,512}$")
+# What a delivery gets while the agent stops (readiness is false already): retry shortly.
+DRAINING = {"Retry-After": "30"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,18 +124,30 @@ class WebhookApp(Starlette):
     ``router.routes``."""
 
     def __init__(self, hot: Callable[[str, Scope, Receive, Send], Awaitable[None]],
-                 routes: list[Route]):
+                 routes: list[Route], gate: Gate | None = None):
         super().__init__(routes=routes)
         self._hot = hot
+        self.gate = gate or Gate()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path: str = scope["path"]
-            if path.startswith("/webhooks/"):
-                source = path[10:]
-                if source and "/" not in source:
-                    await self._hot(source, scope, receive, send)
-                    return
+        if scope["type"] == "http" and scope["path"].startswith("/webhooks/"):
+            # A stop in progress: deliveries can no longer be persisted, the sender retries.
+            if not self.gate.enter():
+                await _send_answer(send, 503, DRAINING, "")
+                return
+            try:
+                await self._route(scope, receive, send)
+            finally:
+                self.gate.leave()
+            return
+        await super().__call__(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "POST":
+            source = scope["path"][10:]
+            if source and "/" not in source:
+                await self._hot(source, scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 
@@ -140,7 +155,7 @@ def create_webhook_app(receivers: Mapping[str, Receiver], inbox: WebhookInbox,
                        observer: WebhookObserver, *, clock: Callable[[], float],
                        max_body_bytes: int = 262_144, read_timeout: float = 10.0,
                        on_accepted: Callable[[list[PendingEvent]], None] = lambda _: None,
-                       ) -> WebhookApp:
+                       gate: Gate | None = None) -> WebhookApp:
     async def accept(receiver: Receiver, delivery: Delivery, received_at: float,
                      ok_status: int) -> tuple[int, str, str]:
         if delivery.ignored:
@@ -235,9 +250,14 @@ def create_webhook_app(receivers: Mapping[str, Receiver], inbox: WebhookInbox,
             return answer(receiver, r.status, r.kind, r.result, r.headers)
         return answer(receiver, status, kind, result)
 
+    async def other_methods(request: Request) -> Response:
+        # Only for Starlette's 405 with Allow: every POST here is served by connect_events.
+        return PlainTextResponse("", status_code=404)
+
     return WebhookApp(connect_events, [
         Route("/webhooks/{source}/txpush/{token}", txpush, methods=["GET", "POST"]),
-    ])
+        Route("/webhooks/{source}", other_methods, methods=["POST"]),
+    ], gate)
 
 
 async def build_receivers(source_configs: Iterable[SourceConfig],
