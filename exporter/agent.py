@@ -76,7 +76,7 @@ class Agent:
                                   clock, on_snapshot=self.metrics.exposition.prerender)
         self.scheduler = build_scheduler(
             self.runner, {cfg.name: cfg.schedule for cfg in settings.sources})
-        self.web_config = (WebConfigFile(settings.web.config_file)
+        self.web_config = (WebConfigFile(settings.web.config_file, observer=self.metrics.agent)
                            if settings.web.config_file else None)
         self.health.schedule(self.scheduler)
         # Webhook deliveries and fix clicks pass through it; a stop closes it first.

@@ -103,16 +103,24 @@ def fix_route(loop, clock: Callable[[], float], gate: Gate | None = None) -> Rou
     stopping = page(503, "Please try again in a minute",
                     "This service is restarting. Your link stays valid.", {"Retry-After": "60"})
 
-    def refused(response: Response) -> Response:
-        return response if limiter.allow_invalid() else busy
+    observer = loop.observer
+
+    def answer(result: str, response: Response) -> Response:
+        observer.fix_click(result)
+        return response
+
+    def refused(result: str, response: Response) -> Response:
+        if not limiter.allow_invalid():
+            result, response = "rate_limited", busy
+        return answer(result, response)
 
     async def fix(request: Request) -> Response:
         if not gate.enter():
-            return stopping
+            return answer("stopping", stopping)
         try:
             return await click(request.path_params["token"])
         except RuntimeError:  # the store closed under a click the stop did not wait for
-            return stopping
+            return answer("stopping", stopping)
         finally:
             gate.leave()
 
@@ -120,27 +128,28 @@ def fix_route(loop, clock: Callable[[], float], gate: Gate | None = None) -> Rou
         try:
             episode_id, expires = read_token(loop.secret, token)
         except BadToken:
-            return refused(page(400, "This link is not valid",
-                                "Please use the link exactly as you received it."))
+            return refused("invalid", page(400, "This link is not valid",
+                                           "Please use the link exactly as you received it."))
         if clock() > expires:
-            return refused(page(410, "This link has expired",
-                                "Open the app to reconnect your bank account."))
+            return refused("expired", page(410, "This link has expired",
+                                           "Open the app to reconnect your bank account."))
         if not limiter.allow_token(token) or not limiter.allow_global():
-            return busy
+            return answer("rate_limited", busy)
         ep = await loop.episode(episode_id)
         if ep is None or ep.closed_at is not None:
-            return page(410, "Nothing to fix",
-                        "This connection is working again, or no longer exists. "
-                        "Nothing more to do.")
+            return answer("nothing_to_fix", page(
+                410, "Nothing to fix", "This connection is working again, or no longer "
+                "exists. Nothing more to do."))
         try:
             url = await loop.fresh_link(ep.source, ep.owner_id, ep.login_id)
         except Exception as exc:
             log.warning("fix link not available for a click source=%s error=%s",
                         ep.source, type(exc).__name__)
-            return page(502, "Please try again shortly",
-                        "We could not reach your bank connection service just now.",
-                        {"Retry-After": "60"})
-        return RedirectResponse(url, status_code=302, headers=_NO_STORE)
+            return answer("unavailable", page(
+                502, "Please try again shortly",
+                "We could not reach your bank connection service just now.",
+                {"Retry-After": "60"}))
+        return answer("redirected", RedirectResponse(url, status_code=302, headers=_NO_STORE))
 
     return Route("/fix/{token}", fix, methods=["GET"])
 

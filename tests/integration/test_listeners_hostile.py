@@ -73,6 +73,7 @@ def test_malformed_signature_authorization_and_tokens_are_a_counted_no(rig):
     bad_sig = agent.value("openfinance_webhook_events_total", source=FIN, result="bad_signature")
     unauthorized = agent.value("openfinance_webhook_events_total", source=MX,
                                result="unauthorized")
+    invalid = agent.value("openfinance_fix_clicks_total", result="invalid")
     body = connect_event("1005000001", "hostile-1")
     for sig in ("é".encode() * 32, "é".encode("latin-1") * 64, b"\xff" * 64, b"g" * 64):
         answer = raw_request(rig.hooks_port, b"POST /webhooks/finicity-sandbox HTTP/1.1\r\n"
@@ -101,6 +102,7 @@ def test_malformed_signature_authorization_and_tokens_are_a_counted_no(rig):
                        result="bad_signature") == bad_sig + 4
     assert agent.value("openfinance_webhook_events_total", source=MX,
                        result="unauthorized") == unauthorized + 4
+    assert agent.value("openfinance_fix_clicks_total", result="invalid") == invalid + 5
     assert rig.inbox_rows() == rows, "nothing refused may be persisted"
     assert agent.value("openfinance_push_refresh_duration_seconds_count") == 0, "nor re-read"
     assert_no_traceback(agent.log())
