@@ -14,7 +14,7 @@ import yaml
 from exporter.sandbox import credentials
 from exporter.webhooks.verify import finicity_signature
 from tests.integration.procs import AgentProc, Sandbox, free_port, with_webhooks
-from tests.integration.test_repair_loop import SECRET, SMALL, Receiver, repair_config
+from tests.integration.test_repair_loop import SMALL, Receiver, repair_config
 
 FIN, MX = "finicity-sandbox", "mx-sandbox"
 SOURCES = (FIN, MX)
@@ -25,7 +25,7 @@ HEADER_TIMEOUT = 2.0  # read_header_timeout of both listeners in these tests
 class Rig:
     """Sandbox, receiver and agent; ``hooks_port`` serves webhooks and fix links."""
 
-    def __init__(self, work: Path, *, name: str = "agent"):
+    def __init__(self, work: Path, *, name: str = "agent", **remediation):
         self.work = work
         scenario = work / "scenario.yml"
         scenario.write_text(yaml.safe_dump(SMALL))
@@ -34,7 +34,7 @@ class Rig:
         self.hooks_port = free_port()
         self.config = repair_config(work, self.sandbox.url, self.receiver.url, link="redirect",
                                     public_url=f"http://127.0.0.1:{self.hooks_port}",
-                                    backoff_base="1s", backoff_max="2s")
+                                    backoff_base="1s", backoff_max="2s", **remediation)
         with_webhooks(self.config, self.hooks_port, MX_USER, MX_PASSWORD)
         doc = yaml.safe_load(self.config.read_text())
         doc["webhooks"]["read_header_timeout"] = f"{HEADER_TIMEOUT:g}s"

@@ -83,7 +83,7 @@ def refused(url: str, ctx: ssl.SSLContext, reason: str) -> float:
 
 
 def test_wrong_passwords_in_parallel_do_not_queue_up_the_correct_scrape(stack):
-    agent, url, _hooks, ctx = stack
+    _agent, url, _hooks, ctx = stack
     order: list[str] = []
 
     async def guess(client: httpx.AsyncClient, n: int) -> int:
@@ -120,7 +120,7 @@ def test_wrong_passwords_in_parallel_do_not_queue_up_the_correct_scrape(stack):
 def test_non_ascii_credentials_and_signatures_are_a_counted_401_over_tls(stack):
     agent, url, hooks, ctx = stack
     invalid = refused(url, ctx, "invalid")
-    for value in ("Basic ".encode() + "é".encode() * 8, b"Basic \xff\xfe\xfd",
+    for value in (b"Basic " + "é".encode() * 8, b"Basic \xff\xfe\xfd",
                   "Basic Zm9vOmJhcg==é".encode()):
         answer = httpx.get(f"{url}/metrics", headers={"Authorization": value}, verify=ctx)
         assert answer.status_code == 401 and answer.headers["www-authenticate"] == "Basic"

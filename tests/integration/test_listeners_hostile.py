@@ -264,7 +264,7 @@ def test_a_wrong_method_on_a_known_route_is_405_with_allow(rig, links):
         assert allowed <= allow, (method, path, allow)
 
 
-_TOKEN_CHARS = st.sampled_from(list("AZaz09-_.%/") + ["é", "\x00", "\xff", " "])
+_TOKEN_CHARS = st.sampled_from([*list("AZaz09-_.%/"), "é", "\x00", "ÿ", " "])
 _HEADER_BYTES = st.binary(min_size=0, max_size=200)
 
 
@@ -288,7 +288,7 @@ def test_fuzzed_request_lines_headers_and_tokens_never_get_a_500(
                + value.replace(b"\r", b"").replace(b"\n", b"") + b"\r\nContent-Length: 2\r\n"
                b"Connection: close\r\n\r\n{}")
     answer = raw_request(port, request)
-    assert status(answer) < 500 or status(answer) == 503 and header(answer, b"retry-after"), (
+    assert status(answer) < 500 or (status(answer) == 503 and header(answer, b"retry-after")), (
         request, answer[:300])
 
 
