@@ -45,7 +45,6 @@ import logging
 import os
 import re
 import ssl
-import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +64,7 @@ from pydantic import (
 
 from exporter.config import ConfigError, read_yaml
 from exporter.durations import parse_duration
+from exporter.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -484,24 +484,6 @@ class BasicAuth:
             (self._good if ok else self._bad).set(key, ok)
 
 
-class _TokenBucket:
-    def __init__(self, interval: float, burst: int, clock: Callable[[], float] = time.monotonic):
-        self.rate = 1.0 / interval
-        self.burst = burst
-        self.tokens = float(burst)
-        self.clock = clock
-        self.stamp = clock()
-
-    def allow(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
 # --- the watched file ------------------------------------------------------------------------
 
 
@@ -575,7 +557,7 @@ class WebConfigFile:
         self.headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
                         for k, v in cfg.http_server_config.headers.items()]
         rl = cfg.rate_limit
-        self.limiter = _TokenBucket(rl.interval, rl.burst) if rl.interval > 0 else None
+        self.limiter = TokenBucket(1.0 / rl.interval, rl.burst) if rl.interval > 0 else None
         tls = cfg.tls_server_config
         self._tls = build_ssl_context(tls, str(self.path)) if tls.enabled else None
 

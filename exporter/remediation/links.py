@@ -20,6 +20,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from exporter.aio import Gate
+from exporter.ratelimit import TokenBucket
 from exporter.remediation.signing import BadToken, read_token
 
 log = logging.getLogger(__name__)
@@ -38,26 +39,6 @@ def page(status: int, title: str, text: str, headers: dict[str, str] | None = No
     return HTMLResponse(body, status_code=status, headers={**_NO_STORE, **(headers or {})})
 
 
-class _Bucket:
-    """A token bucket: ``rate`` per second, up to ``max(rate, 1)`` at once."""
-
-    def __init__(self, rate: float, clock: Callable[[], float]):
-        self.rate = rate
-        self.capacity = max(rate, 1.0)
-        self.clock = clock
-        self.tokens = self.capacity
-        self.updated = clock()
-
-    def allow(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
 class ClickLimiter:
     """Clicks on genuine tokens: a fixed one-minute window per token, and a bucket for all of
     them (each costs a call to the aggregator). Invalid, expired and malformed tokens draw on
@@ -67,8 +48,8 @@ class ClickLimiter:
                  clock: Callable[[], float], invalid_per_second: float = 20.0):
         self.per_token = per_token_per_minute
         self.clock = clock
-        self._valid = _Bucket(global_per_second, clock)
-        self._invalid = _Bucket(invalid_per_second, clock)
+        self._valid = TokenBucket(global_per_second, max(global_per_second, 1.0), clock)
+        self._invalid = TokenBucket(invalid_per_second, max(invalid_per_second, 1.0), clock)
         self.windows: dict[str, tuple[float, int]] = {}
 
     def allow_global(self) -> bool:
