@@ -121,7 +121,9 @@ def http_server(app, listen_address: str, web_config: WebConfigFile | None = Non
     host, port = split_listen_address(listen_address)
     if web_config is not None:
         app = web_config.middleware(app, authenticate=authenticate)
-    server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+    # uvicorn's warnings are a client's doing ("Invalid HTTP request received." per bad
+    # request): on an internet-facing listener, one log line per malformed request is a flood.
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level="error",
                                    access_log=False, lifespan="off",
                                    http=guarded_protocol(limits or ListenerLimits()),
                                    timeout_keep_alive=KEEP_ALIVE_IDLE))

@@ -292,8 +292,10 @@ def test_fuzzed_request_lines_headers_and_tokens_never_get_a_500(
         request, answer[:300])
 
 
-def test_fuzzing_left_no_traceback(rig):
-    assert_no_traceback(rig.agent.log())
+def test_fuzzing_left_no_traceback_nor_a_line_per_bad_request(rig):
+    log = rig.agent.log()
+    assert_no_traceback(log)
+    assert "Invalid HTTP request" not in log, "malformed requests must not flood the log"
 
 
 def test_a_debug_log_of_push_and_the_repair_loop_carries_no_ids(rig, links):
