@@ -9,7 +9,9 @@ The real agent (push on, info logging) against the real sandbox:
   default ``read_header_timeout`` (10 s): when each is closed (min/max), and the latency
   p50/p99 of the signed webhooks and scrapes sent meanwhile, one after another;
 - ``headers``: resident memory before and after 10 clients each sending an unterminated
-  8 MB header.
+  8 MB header;
+- ``tls``: the ``scrapes`` measure on a second agent behind TLS (``--web.config.file``),
+  where each connection also holds asyncio's TLS buffers.
 
 Run: ``python bench/bench_listeners.py [--scrapes 1000] [--slow 200] [--units 3000]``.
 """
@@ -20,6 +22,7 @@ import argparse
 import asyncio
 import json
 import socket
+import ssl
 import sys
 import tempfile
 import threading
@@ -80,9 +83,10 @@ class Peak:
         self._thread.join()
 
 
-async def parallel_scrapes(url: str, n: int) -> tuple[list[float], int, dict[int, int]]:
+async def parallel_scrapes(url: str, n: int, verify: ssl.SSLContext | bool = True,
+                           ) -> tuple[list[float], int, dict[int, int]]:
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=120, limits=limits, verify=verify) as client:
         start = asyncio.Event()
 
         async def one(i: int) -> tuple[float, int, int]:
@@ -106,14 +110,14 @@ async def parallel_scrapes(url: str, n: int) -> tuple[list[float], int, dict[int
     return [t for t, _s, _c in done], max(s for _t, s, _c in done), statuses
 
 
-def bench_scrapes(agent: AgentProc, n: int) -> None:
-    pid = agent.popen.pid
-    httpx.get(f"{agent.url}/metrics", timeout=60)
+def bench_scrapes(pid: int, url: str, n: int, verify: ssl.SSLContext | bool = True,
+                  what: str = "scrapes") -> None:
+    httpx.get(f"{url}/metrics", timeout=60, verify=verify)
     before = rss(pid)
     with Peak(pid) as peak:
-        times, size, statuses = asyncio.run(parallel_scrapes(agent.url, n))
+        times, size, statuses = asyncio.run(parallel_scrapes(url, n, verify))
     time.sleep(1)
-    print(f"scrapes: {n} in parallel, body up to {size / 1e6:.2f} MB, answers {statuses}; "
+    print(f"{what}: {n} in parallel, body up to {size / 1e6:.2f} MB, answers {statuses}; "
           f"p50 {pct(times, 0.5) * 1000:.0f} ms p99 {pct(times, 0.99) * 1000:.0f} ms; "
           f"RSS {before:.0f} MB before, {peak.peak:.0f} MB peak, {rss(pid):.0f} MB after")
 
@@ -198,6 +202,43 @@ def bench_headers(agent: AgentProc, hooks_port: int) -> None:
           f"{rss(pid):.0f} MB after")
 
 
+def bench_tls(work: Path, sandbox: Sandbox, config: Path, n: int) -> None:
+    from tests.integration.procs import EXPORTER, Proc, wait_for
+    from tests.tls_support import CA
+
+    ca = CA(work / "pki")
+    web = work / "web"
+    web.mkdir()
+    ca.issue("agent", cert_path=web / "tls.crt", key_path=web / "tls.key")
+    web_config = web / "web-config.yml"
+    web_config.write_text(yaml.safe_dump({"tls_server_config": {"cert_file": "tls.crt",
+                                                                 "key_file": "tls.key"}}))
+    tls_config = work / "agent-tls.yml"
+    doc = yaml.safe_load(config.read_text())
+    doc["state"]["path"] = str(work / "state-tls.db")
+    doc.pop("webhooks", None)
+    for src in doc["sources"]:
+        src.pop("webhooks", None)
+    tls_config.write_text(yaml.safe_dump(doc))
+    port = free_port()
+    agent = Proc("agent-tls", [*EXPORTER, "run", "--config.file", str(tls_config),
+                               "--web.listen-address", f"127.0.0.1:{port}",
+                               "--web.config.file", str(web_config)], work)
+    ctx = ssl.create_default_context(cafile=str(ca.path))
+    url = f"https://127.0.0.1:{port}"
+    try:
+        def swept() -> bool:
+            lines = httpx.get(f"{url}/metrics", verify=ctx).text.splitlines()
+            return all(any(line.startswith("openfinance_sweeps_total{") and f'"{source}"' in line
+                           and '"success"' in line and not line.endswith(" 0.0")
+                           for line in lines) for source in (FIN, "mx-sandbox"))
+
+        wait_for(swept, 300, "the TLS agent's first sweeps")
+        bench_scrapes(agent.popen.pid, url, n, ctx, "TLS scrapes")
+    finally:
+        agent.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scrapes", type=int, default=1000)
@@ -218,11 +259,14 @@ def main() -> None:
         try:
             agent.wait_sweeps({FIN: 1, "mx-sandbox": 1}, timeout=300)
             owners = list(served_owners(config, FIN))[:50]
-            bench_scrapes(agent, args.scrapes)
+            bench_scrapes(agent.popen.pid, agent.url, args.scrapes)
             bench_slow(agent, hooks_port, args.slow, owners)
             bench_headers(agent, hooks_port)
         finally:
             agent.stop()
+        try:
+            bench_tls(work, sandbox, config, args.scrapes)
+        finally:
             sandbox.stop()
 
 
