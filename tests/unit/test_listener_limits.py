@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from exporter.listener_limits import ListenerLimits
-from exporter.server import http_server
+from exporter.server import BODY_SLICE, create_app, http_server
 from tests.integration.procs import free_port
 
 
@@ -104,3 +105,28 @@ async def test_pipelined_requests_are_all_answered():
         for _ in range(3):
             assert (await request(reader, writer, b"")).startswith(b"HTTP/1.1 200")
         writer.close()
+
+
+async def test_a_large_metrics_body_goes_out_in_slices_and_arrives_whole():
+    class Exposition:
+        def render(self, accept: str, accept_encoding: str):
+            return bytes(range(256)) * 1200, "text/plain; version=0.0.4", False
+
+    port = free_port()
+    server = http_server(create_app(Exposition(), lambda: True), f"127.0.0.1:{port}")
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    sent: list[int] = []
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            head = await client.head("/metrics")
+            assert head.headers["content-length"] == str(256 * 1200) and head.content == b""
+            for _ in range(2):  # the same connection, kept alive
+                body = await client.get("/metrics")
+                assert body.content == bytes(range(256)) * 1200
+                sent.append(len(body.content))
+    finally:
+        server.should_exit = True
+        await task
+    assert 4 * BODY_SLICE < 256 * 1200 and sent == [256 * 1200] * 2

@@ -228,3 +228,18 @@ async def test_a_stop_turns_readiness_off_then_drains_then_closes_the_stores(tmp
     assert [s[0] for s in steps] == ["gate", "push", "repair", "tracker"]
     assert steps[0][1] is False, "readiness is false before anything else"
     assert all(not ready and not open_ for _name, ready, open_ in steps[1:])
+
+
+def test_the_listener_limits_are_config_keys_with_go_like_defaults():
+    from pydantic import ValidationError
+
+    default = Settings()
+    assert (default.web.read_header_timeout, default.web.max_connections) == (10.0, 1000)
+    hooks = Settings(webhooks={"read_header_timeout": "2s", "max_connections": 50}).webhooks
+    assert (hooks.read_header_timeout, hooks.max_connections) == (2.0, 50)
+    for bad in ({"read_header_timeout": "0s"}, {"max_connections": 0},
+                {"read_header_timeout": "soon"}):
+        with pytest.raises(ValidationError):
+            Settings(web=bad)
+        with pytest.raises(ValidationError):
+            Settings(webhooks=bad)
