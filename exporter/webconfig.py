@@ -358,19 +358,23 @@ class _LRU:
 class BcryptQueue:
     """bcrypt checks on ``workers`` threads, taking turns between clients (by address).
 
-    One client's queue of wrong guesses cannot make another wait: each client waits at most
-    for one check per other client with work queued. A client with ``per_client`` checks
-    queued already is refused at once (its request gets 429, no bcrypt is run). Behind a
-    shared ingress every client has the ingress's address: set ``rate_limit`` there too.
+    One client's queue of wrong guesses cannot make another wait: the next check is taken
+    from the client with the fewest wrong passwords so far (in turn among equals), so a
+    scraper whose password is right goes before every address that has guessed wrong, and
+    waits at most for one check per other client otherwise. A client with ``per_client``
+    checks queued already is refused at once (its request gets 429, no bcrypt is run).
+    Behind a shared ingress every client has the ingress's address: set ``rate_limit`` too.
     """
 
-    def __init__(self, workers: int = 2, per_client: int = 16):
+    def __init__(self, workers: int = 2, per_client: int = 16, remember: int = 4096):
         self.workers = workers
         self.per_client = per_client
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="bcrypt")
         self._queues: OrderedDict[str, deque[tuple[Callable[[], bool], asyncio.Future[bool]]]] = (
             OrderedDict())
         self._running = 0
+        self._wrong: OrderedDict[str, int] = OrderedDict()  # client → wrong passwords
+        self._remember = remember
 
     def submit(self, client: str, check: Callable[[], bool]) -> asyncio.Future[bool] | None:
         """The future verdict of ``check``, or None when ``client`` has too many queued."""
@@ -387,7 +391,8 @@ class BcryptQueue:
     def _pump(self) -> None:
         loop = asyncio.get_running_loop()
         while self._running < self.workers and self._queues:
-            client, queue = next(iter(self._queues.items()))
+            client = min(self._queues, key=lambda c: self._wrong.get(c, 0))
+            queue = self._queues[client]
             check, future = queue.popleft()
             if queue:
                 self._queues.move_to_end(client)  # the next check is another client's
@@ -397,10 +402,15 @@ class BcryptQueue:
                 continue
             self._running += 1
             loop.run_in_executor(self._executor, check).add_done_callback(
-                lambda done, future=future: self._finished(done, future))
+                lambda done, future=future, client=client: self._finished(client, done, future))
 
-    def _finished(self, done: asyncio.Future[bool], future: asyncio.Future[bool]) -> None:
+    def _finished(self, client: str, done: asyncio.Future[bool],
+                  future: asyncio.Future[bool]) -> None:
         self._running -= 1
+        if done.exception() is None and done.result() is False:
+            self._wrong[client] = self._wrong.pop(client, 0) + 1
+            if len(self._wrong) > self._remember:
+                self._wrong.popitem(last=False)
         if not future.done():
             if done.exception() is not None:
                 future.set_exception(done.exception())  # type: ignore[arg-type]

@@ -104,6 +104,23 @@ async def test_bcrypt_checks_take_turns_between_clients():
     assert len(ran) == 11
 
 
+async def test_an_address_that_guessed_wrong_goes_after_one_that_did_not():
+    queue = BcryptQueue(workers=1, per_client=16)
+    ran: list[str] = []
+
+    def check(client: str, ok: bool):
+        def run() -> bool:
+            ran.append(client)
+            return ok
+        return run
+
+    assert await queue.submit("attacker", check("attacker", False)) is False
+    futures = [queue.submit("attacker", check("attacker", False)) for _ in range(5)]
+    futures.append(queue.submit("scraper", check("scraper", True)))
+    await asyncio.gather(*futures)
+    assert ran.index("scraper") <= 2, ran  # behind the check running when it came, at most
+
+
 async def test_a_client_with_too_many_checks_queued_is_refused_at_once():
     queue = BcryptQueue(workers=1, per_client=3)
     gate = asyncio.Event()
