@@ -75,8 +75,8 @@ BODY_SLICE = 65_536
 
 class PacedResponse(Response):
     """A response whose body goes out a slice at a time, each slice once the connection has
-    taken the previous one: a slow or stalled reader holds a slice in its socket buffer,
-    not a copy of the whole body (1,000 parallel scrapes otherwise buffered 1,000 bodies)."""
+    taken the previous one: a slow or stalled reader holds a slice in its buffers, not a copy
+    of the whole body (1,000 parallel TLS scrapes peaked ~150 MB higher without it)."""
 
     async def __call__(self, scope, receive, send) -> None:
         body = memoryview(self.body)

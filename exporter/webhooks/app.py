@@ -11,8 +11,9 @@ rows are committed in the inbox, so an acknowledged event survives a crash; the 
 is handed the new rows afterwards. Every answer is counted once as ``openfinance_webhook_events_total``.
 Statuses: 401 bad signature or credentials, 404 unknown source or token, 408 body too slow,
 413 body over ``max_body_bytes`` (refused on ``Content-Length`` before reading, or as soon
-as the stream passes the limit), 503 when the inbox cannot be written (the sender
-retries), 2xx otherwise, duplicates and ignored events included. A verified body that is
+as the stream passes the limit), 503 when the inbox cannot be written or the agent is
+stopping (with ``Retry-After``: the sender retries), 405 with ``Allow`` for another method,
+2xx otherwise, duplicates and ignored events included. A verified body that is
 not JSON or not the expected shape is counted ``malformed`` and answered per sender:
 Finicity Connect 400 (its retries end after 3 days and show in its delivery log), MX 204
 (MX asks for error codes only when receipt failed: it would resend the same body 12
@@ -53,8 +54,9 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER_RAW = SIGNATURE_HEADER.encode()
 
 _VERIFICATION_CODE = re.compile(r"^[\x21-\x7e]{1,512}$")
-# What a delivery gets while the agent stops (readiness is false already): retry shortly.
-DRAINING = {"Retry-After": "30"}
+# A 503 says when to retry: the agent is stopping (readiness is false already), or its
+# inbox cannot be written just now.
+RETRY_LATER = {"Retry-After": "30"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +135,7 @@ class WebhookApp(Starlette):
         if scope["type"] == "http" and scope["path"].startswith("/webhooks/"):
             # A stop in progress: deliveries can no longer be persisted, the sender retries.
             if not self.gate.enter():
-                await _send_answer(send, 503, DRAINING, "")
+                await _send_answer(send, 503, RETRY_LATER, "")
                 return
             try:
                 await self._route(scope, receive, send)
@@ -170,7 +172,7 @@ def create_webhook_app(receivers: Mapping[str, Receiver], inbox: WebhookInbox,
                 delivery.kind, owners, delivery.dedupe_key, delivery.keep_for), received_at)
         except InboxError as exc:
             log.error("webhook not persisted, answered 503 so the sender retries: %s", exc)
-            raise _Rejected(503, "", delivery.kind) from None
+            raise _Rejected(503, "", delivery.kind, RETRY_LATER) from None
         if new:
             on_accepted(new)
         return ok_status, delivery.kind, "accepted" if new else "duplicate"
