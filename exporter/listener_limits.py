@@ -8,7 +8,8 @@ cut off. :func:`guarded_protocol` returns uvicorn's httptools protocol with, per
   raw bytes as they arrive, so an unterminated header costs at most that much memory;
 - ``read_header_timeout`` from the connection (or the first byte of a keep-alive request)
   to the end of its header block, as Go's ``http.Server.ReadHeaderTimeout`` (408 and close
-  when part of a request came, a plain close otherwise);
+  when part of a request came, a plain close otherwise); behind TLS, the handshake within
+  the same time (:func:`bound_tls_handshake`);
 - ``max_connections`` open at once: the connection beyond gets 503 and is closed before
   anything is read; those already open are unaffected;
 - keep-alive idle :data:`KEEP_ALIVE_IDLE` (uvicorn's ``timeout_keep_alive``).
@@ -17,6 +18,7 @@ cut off. :func:`guarded_protocol` returns uvicorn's httptools protocol with, per
 from __future__ import annotations
 
 import asyncio
+import asyncio.constants
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,6 +136,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._awaiting_headers = True
         self._header_bytes = 0
         super().on_response_complete()
+
+
+def bound_tls_handshake(seconds: float) -> None:
+    """A TLS handshake must end within ``seconds`` too (Go bounds it by ReadHeaderTimeout):
+    the protocol above only sees a connection once its handshake is done, and asyncio's own
+    bound is 60 s. Process wide; the agent's outgoing TLS (httpx, via anyio) is not asyncio's."""
+    if seconds < asyncio.constants.SSL_HANDSHAKE_TIMEOUT:
+        asyncio.constants.SSL_HANDSHAKE_TIMEOUT = seconds
 
 
 def guarded_protocol(limits: ListenerLimits) -> type[GuardedHttpToolsProtocol]:

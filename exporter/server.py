@@ -21,7 +21,12 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from exporter import __version__
-from exporter.listener_limits import KEEP_ALIVE_IDLE, ListenerLimits, guarded_protocol
+from exporter.listener_limits import (
+    KEEP_ALIVE_IDLE,
+    ListenerLimits,
+    bound_tls_handshake,
+    guarded_protocol,
+)
 from exporter.metrics import Exposition
 from exporter.webconfig import WebConfigFile
 
@@ -119,16 +124,19 @@ def http_server(app, listen_address: str, web_config: WebConfigFile | None = Non
     each sender themselves) takes only the TLS and the headers. ``limits``: header size and
     time, connections (exporter/listener_limits.py); keep-alive idle 30 s."""
     host, port = split_listen_address(listen_address)
+    server_limits = limits or ListenerLimits()
     if web_config is not None:
         app = web_config.middleware(app, authenticate=authenticate)
     # uvicorn's warnings are a client's doing ("Invalid HTTP request received." per bad
     # request): on an internet-facing listener, one log line per malformed request is a flood.
     server = Server(uvicorn.Config(app, host=host, port=port, log_level="error",
                                    access_log=False, lifespan="off",
-                                   http=guarded_protocol(limits or ListenerLimits()),
+                                   http=guarded_protocol(server_limits),
                                    timeout_keep_alive=KEEP_ALIVE_IDLE))
     if web_config is not None:
         web_config.install(server.config)
+        if web_config.tls_enabled:
+            bound_tls_handshake(server_limits.read_header_timeout)
     return server
 
 

@@ -5,6 +5,7 @@ size cap whatever the reads' sizes, and pipelined requests."""
 from __future__ import annotations
 
 import asyncio
+import asyncio.constants
 import contextlib
 
 import httpx
@@ -15,7 +16,9 @@ from starlette.routing import Route
 
 from exporter.listener_limits import ListenerLimits
 from exporter.server import BODY_SLICE, create_app, http_server
+from exporter.webconfig import WebConfigFile
 from tests.integration.procs import free_port
+from tests.tls_support import CA
 
 
 async def hello(request):
@@ -130,3 +133,27 @@ async def test_a_large_metrics_body_goes_out_in_slices_and_arrives_whole():
         server.should_exit = True
         await task
     assert 4 * BODY_SLICE < 256 * 1200 and sent == [256 * 1200] * 2
+
+
+async def test_a_tls_handshake_that_never_comes_is_cut_off_with_the_header_timeout(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(asyncio.constants, "SSL_HANDSHAKE_TIMEOUT", 60.0)
+    ca = CA(tmp_path / "pki")
+    ca.issue("server", cert_path=tmp_path / "tls.crt", key_path=tmp_path / "tls.key")
+    (tmp_path / "web.yml").write_text("tls_server_config: {cert_file: tls.crt, "
+                                      "key_file: tls.key}\n")
+    port = free_port()
+    server = http_server(Starlette(routes=[Route("/", hello)]), f"127.0.0.1:{port}",
+                         WebConfigFile(tmp_path / "web.yml"),
+                         limits=ListenerLimits(read_header_timeout=0.3))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # no ClientHello
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+        assert asyncio.constants.SSL_HANDSHAKE_TIMEOUT == 0.3
+    finally:
+        server.should_exit = True
+        await task
