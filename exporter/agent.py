@@ -11,9 +11,11 @@ import time
 from collections.abc import Callable
 
 from exporter import __version__
+from exporter.aio import Gate
 from exporter.catalog import Catalog
 from exporter.config import Settings
 from exporter.health.wiring import HealthWiring
+from exporter.listener_limits import ListenerLimits
 from exporter.metrics import build_metrics
 from exporter.metrics.observers import AgentMetrics
 from exporter.remediation.links import fix_app, fix_route
@@ -29,6 +31,10 @@ from exporter.webconfig import WebConfigFile
 from exporter.webhooks.service import PushService
 
 log = logging.getLogger(__name__)
+
+#: How long a stop waits for the webhook deliveries and fix clicks in flight (a body may
+#: take ``webhooks.read_timeout`` to arrive, 10 s by default).
+DRAIN_FOR = 12.0
 
 
 class Agent:
@@ -72,17 +78,20 @@ class Agent:
                                   clock, on_snapshot=self.metrics.exposition.prerender)
         self.scheduler = build_scheduler(
             self.runner, {cfg.name: cfg.schedule for cfg in settings.sources})
-        self.web_config = (WebConfigFile(settings.web.config_file)
+        self.web_config = (WebConfigFile(settings.web.config_file, observer=self.metrics.agent)
                            if settings.web.config_file else None)
         self.health.schedule(self.scheduler)
+        # Webhook deliveries and fix clicks pass through it; a stop closes it first.
+        self.gate = Gate()
         self.push: PushService | None = None
         if settings.webhooks is not None:
             self.push = PushService(
                 settings.webhooks, settings.sources, {s.name: s for s in sources},
-                self.tracker, self.metrics.agent, settings.state.path, clock=clock)
+                self.tracker, self.metrics.agent, settings.state.path, clock=clock,
+                gate=self.gate)
             if self.repair is not None and settings.remediation.link == "redirect":
                 # The contract's place for fix links: the internet-facing webhook listener.
-                self.push.app.router.routes.append(fix_route(self.repair, clock))
+                self.push.app.router.routes.append(fix_route(self.repair, clock, self.gate))
         self.ready = False
         self._stopped = False
         self.app = create_app(self.metrics.exposition, lambda: self.ready,
@@ -100,11 +109,17 @@ class Agent:
                  ",".join(s.name for s in self.sources) or "(none)", self.settings.state.path)
 
     async def stop(self) -> None:
-        """Stop scheduling, cancel running sweeps, close clients and flush state (once)."""
+        """Stop (once), in this order: readiness false (the Service stops routing here); new
+        webhook deliveries and fix clicks answered 503 with ``Retry-After`` while those in
+        flight finish (up to :data:`DRAIN_FOR`); scheduling stopped and running sweeps
+        cancelled; push, the repair loop and the other stores closed; state flushed."""
         if self._stopped:
             return
         self._stopped = True
         self.ready = False
+        if not await self.gate.close(DRAIN_FOR):
+            log.warning("stopping with %d webhook or fix-link requests still in flight after "
+                        "%gs", self.gate.inside, DRAIN_FOR)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         await self.runner.stop()
@@ -122,14 +137,19 @@ class Agent:
         log.info("agent stopped, state flushed")
 
     def http_server(self, listen_address: str) -> Server:
-        return http_server(self.app, listen_address, self.web_config)
+        web = self.settings.web
+        return http_server(self.app, listen_address, self.web_config, limits=ListenerLimits(
+            read_header_timeout=web.read_header_timeout, max_connections=web.max_connections))
 
     def http_servers(self, listen_address: str | None = None) -> list[Server]:
         """The metrics server, and the webhook listener on its own address when push is on."""
         servers = [self.http_server(listen_address or self.settings.web.listen_address)]
-        if self.push is not None and self.settings.webhooks is not None:
-            servers.append(http_server(self.push.app, self.settings.webhooks.listen_address,
-                                       self.web_config, authenticate=False))
+        hooks = self.settings.webhooks
+        if self.push is not None and hooks is not None:
+            servers.append(http_server(
+                self.push.app, hooks.listen_address, self.web_config, authenticate=False,
+                limits=ListenerLimits(read_header_timeout=hooks.read_header_timeout,
+                                      max_connections=hooks.max_connections)))
         return servers
 
     def fix_server(self) -> Server | None:
@@ -138,7 +158,7 @@ class Agent:
         cfg = self.settings.remediation
         if self.repair is None or cfg.link != "redirect" or not cfg.listen_address:
             return None
-        return http_server(fix_app(self.repair, self.clock), cfg.listen_address)
+        return http_server(fix_app(self.repair, self.clock, self.gate), cfg.listen_address)
 
     async def run(self, listen_address: str | None = None) -> None:
         """Serve until SIGINT/SIGTERM (uvicorn handles the signals), then stop cleanly."""

@@ -208,6 +208,12 @@ class WebConfig(_Strict):
     telemetry_path: str = "/metrics"
     # exporter-toolkit web config (TLS, basic auth, headers): exporter/webconfig.py
     config_file: Path | None = None
+    read_header_timeout: Duration = Field(
+        10.0, gt=0, description="Longest a client may take to send its request's headers.")
+    max_connections: int = Field(1000, ge=1, description="Connections open at once; the next "
+                                 "one gets 503.")
+
+    _check_durations = field_validator("read_header_timeout", mode="before")(_duration_validator)
 
 
 class StateConfig(_Strict):

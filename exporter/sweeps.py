@@ -18,6 +18,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from exporter.aio import quiet_when_cancelled
 from exporter.config import ScheduleConfig
 from exporter.sources.base import AuthLockoutRisk, Source, SweepFailed, SweepReport
 from exporter.statefile import write_failure_reason
@@ -219,7 +220,7 @@ def build_scheduler(runner: SweepRunner, schedules: dict[str, ScheduleConfig]) -
             from datetime import UTC, datetime
 
             kwargs["next_run_time"] = datetime.now(UTC)
-        scheduler.add_job(runner.sweep, trigger_for(schedule), args=[name], id=f"sweep:{name}",
+        scheduler.add_job(quiet_when_cancelled(runner.sweep), trigger_for(schedule), args=[name], id=f"sweep:{name}",
                           name=f"sweep {name}", max_instances=1, coalesce=True,
                           misfire_grace_time=None, **kwargs)
     return scheduler

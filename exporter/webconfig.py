@@ -38,6 +38,7 @@ send credentials, and a probe answer reveals nothing); TLS applies to them as to
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import base64
 import binascii
 import hashlib
@@ -45,8 +46,7 @@ import logging
 import os
 import re
 import ssl
-import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -65,6 +65,7 @@ from pydantic import (
 
 from exporter.config import ConfigError, read_yaml
 from exporter.durations import parse_duration
+from exporter.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ UNSUPPORTED_TLS_KEYS = {
 }
 # Paths that skip basic auth and the rate limit: kubelet probes cannot send credentials.
 PROBE_PATHS = frozenset({"/-/healthy", "/-/ready"})
+_BASE64 = re.compile(r"[A-Za-z0-9+/]{1,1024}={0,2}")
 _BCRYPT_HASH = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
 # bcrypt of a random password: unknown users cost as much as known ones (no user enumeration).
 _DUMMY_HASH = bcrypt.hashpw(os.urandom(16), bcrypt.gensalt(rounds=10))
@@ -353,23 +355,87 @@ class _LRU:
         return len(self._data)
 
 
+class BcryptQueue:
+    """bcrypt checks on ``workers`` threads, taking turns between clients (by address).
+
+    One client's queue of wrong guesses cannot make another wait: the next check is taken
+    from the client with the fewest wrong passwords so far (in turn among equals), so a
+    scraper whose password is right goes before every address that has guessed wrong, and
+    waits at most for one check per other client otherwise. A client with ``per_client``
+    checks queued already is refused at once (its request gets 429, no bcrypt is run).
+    Behind a shared ingress every client has the ingress's address: set ``rate_limit`` too.
+    """
+
+    def __init__(self, workers: int = 2, per_client: int = 16, remember: int = 4096):
+        self.workers = workers
+        self.per_client = per_client
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="bcrypt")
+        self._queues: OrderedDict[str, deque[tuple[Callable[[], bool], asyncio.Future[bool]]]] = (
+            OrderedDict())
+        self._running = 0
+        self._wrong: OrderedDict[str, int] = OrderedDict()  # client → wrong passwords
+        self._remember = remember
+
+    def submit(self, client: str, check: Callable[[], bool]) -> asyncio.Future[bool] | None:
+        """The future verdict of ``check``, or None when ``client`` has too many queued."""
+        queue = self._queues.get(client)
+        if queue is None:
+            queue = self._queues[client] = deque()
+        elif len(queue) >= self.per_client:
+            return None
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        queue.append((check, future))
+        self._pump()
+        return future
+
+    def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._running < self.workers and self._queues:
+            client = min(self._queues, key=lambda c: self._wrong.get(c, 0))
+            queue = self._queues[client]
+            check, future = queue.popleft()
+            if queue:
+                self._queues.move_to_end(client)  # the next check is another client's
+            else:
+                del self._queues[client]
+            if future.cancelled():
+                continue
+            self._running += 1
+            loop.run_in_executor(self._executor, check).add_done_callback(
+                lambda done, future=future, client=client: self._finished(client, done, future))
+
+    def _finished(self, client: str, done: asyncio.Future[bool],
+                  future: asyncio.Future[bool]) -> None:
+        self._running -= 1
+        if done.exception() is None and done.result() is False:
+            self._wrong[client] = self._wrong.pop(client, 0) + 1
+            if len(self._wrong) > self._remember:
+                self._wrong.popitem(last=False)
+        if not future.done():
+            if done.exception() is not None:
+                future.set_exception(done.exception())  # type: ignore[arg-type]
+            else:
+                future.set_result(done.result())
+        self._pump()
+
+
 class BasicAuth:
     """Checks ``Authorization: Basic`` against bcrypt hashes, caching each verdict.
 
     bcrypt costs ~50–250 ms by design; a scrape every 15 s must not pay it, so verdicts are
     kept per (user, sha256(password)) — never the password itself. Good and bad verdicts are
     cached apart, so a flood of wrong passwords cannot evict the scraper's entry. Checks run
-    one at a time on a dedicated thread (as the toolkit serialises them), never on the event
+    on a :class:`BcryptQueue` (two threads, clients served in turn), never on the event
     loop, and concurrent checks of the same credentials share one computation.
     """
 
     def __init__(self, users: dict[str, str], *, cache_size: int = 1024,
-                 executor: ThreadPoolExecutor | None = None):
+                 queue: BcryptQueue | None = None):
         self.users = {u: h.encode() for u, h in users.items()}
         self._good = _LRU(cache_size)
         self._bad = _LRU(cache_size)
         self._pending: dict[tuple[str, bytes], asyncio.Future[bool]] = {}
-        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="bcrypt")
+        self._queue = queue or BcryptQueue()
         self.bcrypt_checks = 0  # computed (not cached) verdicts, for tests and benchmarks
 
     @property
@@ -381,11 +447,13 @@ class BasicAuth:
         if not header:
             return None
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "basic":
+        token = token.strip()
+        # Shape first: base64 raises ValueError (not binascii.Error) on non-ASCII input.
+        if scheme.lower() != "basic" or not _BASE64.fullmatch(token):
             return None
         try:
-            decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+            decoded = base64.b64decode(token, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
             return None
         user, sep, password = decoded.partition(":")
         return (user, password) if sep else None
@@ -399,7 +467,8 @@ class BasicAuth:
             ok = False
         return ok and hashed is not None
 
-    async def check(self, header: str | None) -> bool:
+    async def check(self, header: str | None, client: str = "") -> bool | None:
+        """True or False; None when ``client`` has too many checks queued (answer 429)."""
         creds = self.parse(header)
         if creds is None:
             return False
@@ -411,8 +480,9 @@ class BasicAuth:
             return False
         pending = self._pending.get(key)
         if pending is None:
-            pending = asyncio.get_running_loop().run_in_executor(
-                self._executor, self._verify, user, password)
+            pending = self._queue.submit(client, lambda: self._verify(user, password))
+            if pending is None:
+                return None
             self._pending[key] = pending
             pending.add_done_callback(lambda f: self._settle(key, f))
         # shield: a client that hangs up must not cancel the check others are waiting for
@@ -423,24 +493,6 @@ class BasicAuth:
         if not done.cancelled() and done.exception() is None:
             ok = done.result()
             (self._good if ok else self._bad).set(key, ok)
-
-
-class _TokenBucket:
-    def __init__(self, interval: float, burst: int, clock: Callable[[], float] = time.monotonic):
-        self.rate = 1.0 / interval
-        self.burst = burst
-        self.tokens = float(burst)
-        self.clock = clock
-        self.stamp = clock()
-
-    def allow(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
 
 
 # --- the watched file ------------------------------------------------------------------------
@@ -491,7 +543,7 @@ class WebConfigFile:
     def __init__(self, path: str | Path, *, observer: WebObserver | None = None):
         self.path = Path(path)
         self.observer = observer or NoopWebObserver()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="bcrypt")
+        self._bcrypt = BcryptQueue()
         self.config = load_web_config(self.path)
         self._stamp = self._current_stamp(self.config)
         self._apply(self.config)
@@ -512,11 +564,11 @@ class WebConfigFile:
     def _apply(self, cfg: WebConfig) -> None:
         self.config = cfg
         self.auth = BasicAuth({u: h.get_secret_value() for u, h in cfg.basic_auth_users.items()},
-                              executor=self._executor)
+                              queue=self._bcrypt)
         self.headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
                         for k, v in cfg.http_server_config.headers.items()]
         rl = cfg.rate_limit
-        self.limiter = _TokenBucket(rl.interval, rl.burst) if rl.interval > 0 else None
+        self.limiter = TokenBucket(1.0 / rl.interval, rl.burst) if rl.interval > 0 else None
         tls = cfg.tls_server_config
         self._tls = build_ssl_context(tls, str(self.path)) if tls.enabled else None
 
@@ -584,9 +636,24 @@ class WebConfigFile:
         if not config.loaded:
             config.load()
         config.ssl = self._front
+        bound_tls_read_buffer()
 
     def middleware(self, app: Any, *, authenticate: bool = True) -> WebConfigMiddleware:
         return WebConfigMiddleware(app, self, authenticate=authenticate)
+
+
+#: Read buffer of each TLS connection. asyncio allocates 256 KiB per connection (its
+#: ``SSLProtocol.max_size``): 1,000 connections held 256 MB, which stayed resident after they
+#: closed. A TLS record is at most 16 KiB, so 32 KiB reads lose nothing but a few syscalls.
+TLS_READ_BUFFER = 32 * 1024
+
+
+def bound_tls_read_buffer() -> None:
+    """Bound asyncio's per-connection TLS read buffer to :data:`TLS_READ_BUFFER` (process
+    wide: the agent's own TLS clients read in smaller steps too)."""
+    protocol = getattr(asyncio.sslproto, "SSLProtocol", None)
+    if protocol is not None and getattr(protocol, "max_size", 0) > TLS_READ_BUFFER:
+        protocol.max_size = TLS_READ_BUFFER
 
 
 Scope = MutableMapping[str, Any]
@@ -627,7 +694,13 @@ class WebConfigMiddleware:
             return
         if not is_open and web.auth.enabled:
             header = _header(scope, b"authorization")
-            if not await web.auth.check(header):
+            client = (scope.get("client") or ("",))[0]
+            verdict = await web.auth.check(header, client)
+            if verdict is None:
+                web.observer.web_auth_refused("rate_limited")
+                await _plain(send, 429, b"Too Many Requests", headers)
+                return
+            if not verdict:
                 web.observer.web_auth_refused("missing" if header is None else "invalid")
                 await _plain(send, 401, b"Unauthorized",
                              [*headers, (b"www-authenticate", b"Basic")])

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from starlette.routing import Route
 
+from exporter.aio import quiet_when_cancelled
 from exporter.health.config import HealthConfig
 from exporter.health.directory import InstitutionDirectory, finicity_facts, mx_facts
 from exporter.health.keys import load_key_mapping
@@ -153,11 +154,11 @@ class HealthWiring:
         if self.ages is not None:
             first = min(self.ages.every, 60.0)
             scheduler.add_job(
-                self.ages.run, "interval", seconds=self.ages.every, id="institution-refresh-lag",
+                quiet_when_cancelled(self.ages.run), "interval", seconds=self.ages.every, id="institution-refresh-lag",
                 name="institution refresh lag", max_instances=1, coalesce=True,
                 next_run_time=datetime.now(UTC) + timedelta(seconds=first))
         for r in self.refreshers:
             scheduler.add_job(
-                r.run, "interval", seconds=r.every, id=f"institution-status:{r.source}",
+                quiet_when_cancelled(r.run), "interval", seconds=r.every, id=f"institution-status:{r.source}",
                 name=f"institution status {r.source}", max_instances=1, coalesce=True,
                 next_run_time=datetime.now(UTC) + timedelta(seconds=r.every))

@@ -159,6 +159,15 @@ METRICS: tuple[MetricSpec, ...] = (
        "result: accepted, duplicate, bad_signature, unauthorized, too_large, malformed, "
        "ignored (no status news, or another shard's owner without webhooks.peers), "
        "forwarded (sent to the owner's shard, which answered and counts it again).", "agent"),
+    _m("web_requests_refused", "counter", ("reason",),
+       "Requests to the metrics listener refused by the web config file before any route: "
+       "missing or invalid basic-auth credentials (malformed ones included), rate_limited "
+       "(its rate_limit, or too many password checks queued for one client).", "agent"),
+    _m("fix_clicks", "counter", ("result",),
+       "Clicks on /fix/<token> links by answer: redirected (302), invalid (malformed or "
+       "forged token, 400), expired and nothing_to_fix (410), rate_limited (429: per genuine "
+       "token and overall, invalid tokens on a budget of their own), unavailable (502: no "
+       "fresh link from the aggregator), stopping (503 while the agent stops).", "agent"),
     _m("push_refresh_duration_seconds", "histogram", ("source",),
        "From a webhook event's arrival to its owner's re-read applied to /metrics.", "agent",
        buckets=PUSH_REFRESH_BUCKETS),

@@ -193,6 +193,16 @@ class AgentMetrics:
     def fix_event_ignored(self, source: str, reason: str) -> None:
         self._inc("fix_events_ignored", source, reason)
 
+    def fix_click(self, result: str) -> None:
+        self._inc("fix_clicks", result)
+
+    # WebObserver (exporter.webconfig)
+    def web_auth_refused(self, reason: str) -> None:
+        self._inc("web_requests_refused", reason)
+
+    def web_config_reload(self, result: str) -> None:
+        """Logged by exporter.webconfig (a failure at error level); not a metric."""
+
     def fix_institution(self, source: str, provider: str, institution_id: str,
                         institution: str, code: str, outcome: str | None) -> None:
         """Count one step of an institution's repair funnel; ``None`` only creates its

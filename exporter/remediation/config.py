@@ -53,6 +53,9 @@ class RemediationConfig(BaseModel):
     click_rate_per_token: int = Field(
         10, ge=1, description="redirect clicks allowed per token and minute")
     click_rate_global: float = Field(20.0, gt=0, description="redirect clicks per second, all tokens")
+    click_rate_invalid: float = Field(
+        20.0, gt=0, description="answers per second to invalid, expired or malformed tokens, "
+        "all together (apart from the budget of genuine ones)")
     listen_address: str | None = Field(
         None, description="serve /fix/<token> on a listener of its own (the webhook listener "
         "serves it whenever webhooks are configured)")

@@ -5,7 +5,7 @@ Metrics (DESIGN.md): ``openfinance_fix_requests_total{source,provider,kind,resul
 ``openfinance_fix_requests_pending{source}``, ``openfinance_fix_requests_held{source,
 institution_id,institution}``, ``openfinance_fix_outcomes_total{source,provider,outcome}``,
 ``openfinance_fix_resolution_seconds{source,provider,category}``,
-``openfinance_fix_events_ignored_total{source,reason}``,
+``openfinance_fix_events_ignored_total{source,reason}``, ``openfinance_fix_clicks_total{result}``,
 ``openfinance_fix_institution_outcomes_total{source,provider,institution_id,institution,code,
 outcome}``.
 """
@@ -19,6 +19,8 @@ REQUEST_RESULTS = ("delivered", "retried", "failed", "held", "dead")
 OUTCOMES = ("fixed", "rebroke", "abandoned")
 IGNORE_REASONS = ("no_login_id", "no_owner_id")
 INSTITUTION_OUTCOMES = ("requested", "fixed", "abandoned")
+CLICK_RESULTS = ("redirected", "invalid", "expired", "nothing_to_fix", "rate_limited",
+                 "unavailable", "stopping")
 
 
 class RemediationObserver(Protocol):
@@ -40,6 +42,9 @@ class RemediationObserver(Protocol):
 
     def fix_event_ignored(self, source: str, reason: str) -> None:
         """An account event that could not open an episode (``no_login_id`` …)."""
+
+    def fix_click(self, result: str) -> None:
+        """A click on a ``/fix/<token>`` link answered (:data:`CLICK_RESULTS`)."""
 
     def fix_institution(self, source: str, provider: str, institution_id: str,
                         institution: str, code: str, outcome: str | None) -> None:
@@ -67,6 +72,9 @@ class NullRemediationObserver:
         pass
 
     def fix_event_ignored(self, source: str, reason: str) -> None:
+        pass
+
+    def fix_click(self, result: str) -> None:
         pass
 
     def fix_institution(self, source: str, provider: str, institution_id: str,

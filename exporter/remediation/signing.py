@@ -11,12 +11,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import struct
 
 SIGNATURE_HEADER = "X-OpenFinance-Signature"
 _TOKEN_CONTEXT = b"openfinance-exporter fix link v1"
 _TOKEN_PAYLOAD = struct.Struct(">QQ")  # episode id, expiry (unix seconds)
 _TOKEN_MAC_BYTES = 16
+# base64url of the 16-byte payload and of the 16-byte MAC, unpadded: 22 characters each.
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{22}")
+MAX_EPISODE_ID = 2**63 - 1  # SQLite's INTEGER
 
 
 def sign(secret: bytes, body: bytes, t: int) -> str:
@@ -66,6 +70,8 @@ def read_token(secret: bytes, token: str) -> tuple[int, float]:
     """(episode id, expiry) of a genuine token; raises :class:`BadToken` otherwise.
 
     Expiry is the caller's check: an expired token is genuine and deserves its own page."""
+    if not _TOKEN_SHAPE.fullmatch(token):
+        raise BadToken("malformed")
     try:
         head, _, tail = token.partition(".")
         payload, mac = _unb64(head), _unb64(tail)
@@ -77,4 +83,6 @@ def read_token(secret: bytes, token: str) -> tuple[int, float]:
     if not hmac.compare_digest(expected, mac):
         raise BadToken("bad signature")
     episode_id, expires = _TOKEN_PAYLOAD.unpack(payload)
+    if episode_id > MAX_EPISODE_ID:  # genuine MAC, but no episode id SQLite can hold
+        raise BadToken("episode id out of range")
     return episode_id, float(expires)

@@ -363,7 +363,7 @@ class FinicitySource(Source):
             body = await self._call("GET", self._accounts_route, {"customerId": customer_id})
         except UpstreamStatusError as exc:
             if exc.http_status == 404:
-                log.debug("%s: customer %s has no accounts (404)", self.name, customer_id)
+                log.debug("%s: a customer has no accounts (404)", self.name)
                 return []
             raise
         page = self.payloads.body(FinicityAccountsPage, body, self._accounts_route)

@@ -13,8 +13,9 @@ With ``webhooks.peers``, an event for another shard's owner is forwarded there a
 with that pod's status (:mod:`exporter.webhooks.forward`).
 Statuses: 401 bad signature or credentials, 404 unknown source or token, 408 body too slow,
 413 body over ``max_body_bytes`` (refused on ``Content-Length`` before reading, or as soon
-as the stream passes the limit), 503 when the inbox cannot be written (the sender
-retries), 2xx otherwise, duplicates and ignored events included. A verified body that is
+as the stream passes the limit), 503 when the inbox cannot be written or the agent is
+stopping (with ``Retry-After``: the sender retries), 405 with ``Allow`` for another method,
+2xx otherwise, duplicates and ignored events included. A verified body that is
 not JSON or not the expected shape is counted ``malformed`` and answered per sender:
 Finicity Connect 400 (its retries end after 3 days and show in its delivery log), MX 204
 (MX asks for error codes only when receipt failed: it would resend the same body 12
@@ -35,6 +36,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from exporter.aio import Gate
 from exporter.config import SourceConfig
 from exporter.webhooks import events
 from exporter.webhooks.config import MxWebhookConfig
@@ -55,6 +57,9 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER_RAW = SIGNATURE_HEADER.encode()
 
 _VERIFICATION_CODE = re.compile(r"^[\x21-\x7e]{1,512}$")
+# A 503 says when to retry: the agent is stopping (readiness is false already), or its
+# inbox cannot be written just now.
+RETRY_LATER = {"Retry-After": "30"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,18 +129,30 @@ class WebhookApp(Starlette):
     ``router.routes``."""
 
     def __init__(self, hot: Callable[[str, Scope, Receive, Send], Awaitable[None]],
-                 routes: list[Route]):
+                 routes: list[Route], gate: Gate | None = None):
         super().__init__(routes=routes)
         self._hot = hot
+        self.gate = gate or Gate()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path: str = scope["path"]
-            if path.startswith("/webhooks/"):
-                source = path[10:]
-                if source and "/" not in source:
-                    await self._hot(source, scope, receive, send)
-                    return
+        if scope["type"] == "http" and scope["path"].startswith("/webhooks/"):
+            # A stop in progress: deliveries can no longer be persisted, the sender retries.
+            if not self.gate.enter():
+                await _send_answer(send, 503, RETRY_LATER, "")
+                return
+            try:
+                await self._route(scope, receive, send)
+            finally:
+                self.gate.leave()
+            return
+        await super().__call__(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "POST":
+            source = scope["path"][10:]
+            if source and "/" not in source:
+                await self._hot(source, scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 
@@ -143,7 +160,8 @@ def create_webhook_app(receivers: Mapping[str, Receiver], inbox: WebhookInbox,
                        observer: WebhookObserver, *, clock: Callable[[], float],
                        max_body_bytes: int = 262_144, read_timeout: float = 10.0,
                        on_accepted: Callable[[list[PendingEvent]], None] = lambda _: None,
-                       forward: Forwarder | None = None) -> WebhookApp:
+                       forward: Forwarder | None = None,
+                       gate: Gate | None = None) -> WebhookApp:
     async def accept(receiver: Receiver, delivery: Delivery, received_at: float,
                      ok_status: int, scope: Scope, body: bytes) -> tuple[int, str, str]:
         if delivery.ignored:
@@ -162,7 +180,7 @@ def create_webhook_app(receivers: Mapping[str, Receiver], inbox: WebhookInbox,
                 delivery.kind, owners, delivery.dedupe_key, delivery.keep_for), received_at)
         except InboxError as exc:
             log.error("webhook not persisted, answered 503 so the sender retries: %s", exc)
-            raise _Rejected(503, "", delivery.kind) from None
+            raise _Rejected(503, "", delivery.kind, RETRY_LATER) from None
         if new:
             on_accepted(new)
         return ok_status, delivery.kind, "accepted" if new else "duplicate"
@@ -244,9 +262,14 @@ def create_webhook_app(receivers: Mapping[str, Receiver], inbox: WebhookInbox,
             return answer(receiver, r.status, r.kind, r.result, r.headers)
         return answer(receiver, status, kind, result)
 
+    async def other_methods(request: Request) -> Response:
+        # Only for Starlette's 405 with Allow: every POST here is served by connect_events.
+        return PlainTextResponse("", status_code=404)
+
     return WebhookApp(connect_events, [
         Route("/webhooks/{source}/txpush/{token}", txpush, methods=["GET", "POST"]),
-    ])
+        Route("/webhooks/{source}", other_methods, methods=["POST"]),
+    ], gate)
 
 
 async def build_receivers(source_configs: Iterable[SourceConfig],

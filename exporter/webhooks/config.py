@@ -56,6 +56,10 @@ class WebhooksConfig(_Strict):
     listen_address: str = ":9879"
     max_body_bytes: int = Field(262_144, ge=1024, le=16 * 1024 * 1024)
     read_timeout: Seconds = Field(10.0, description="Longest a client may take to send a body.")
+    read_header_timeout: Seconds = Field(
+        10.0, gt=0, description="Longest a client may take to send its request's headers.")
+    max_connections: int = Field(1000, ge=1, description="Connections open at once; the next "
+                                 "one gets 503.")
     concurrency: int = Field(4, ge=1, le=64, description="Owners re-read at the same time.")
     retry_backoff: Seconds = Field(2.0, description="First wait after a failed re-read (doubles).")
     retry_backoff_max: Seconds = 300.0

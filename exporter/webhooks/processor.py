@@ -196,8 +196,8 @@ class PushProcessor:
             await self.inbox.mark_done(ids, done)
             for row in rows:
                 self.observer.push_refresh(name, max(0.0, done - row.received_at))
-            log.debug("push: source=%s owner=%s events=%d records=%d", name, owner, len(rows),
-                      len(records))
+            log.debug("push: source=%s re-read one owner events=%d records=%d", name,
+                      len(rows), len(records))
         except InboxError as exc:
             # Applied (or dropped) but not marked: the rows are redone after a restart.
             log.error("push: cannot update the webhook inbox: %s", exc)

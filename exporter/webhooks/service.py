@@ -12,6 +12,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 
+from exporter.aio import Gate
 from exporter.config import SourceConfig
 from exporter.webhooks.app import Receiver, build_receivers, create_webhook_app
 from exporter.webhooks.config import WebhooksConfig
@@ -27,7 +28,7 @@ class PushService:
     def __init__(self, config: WebhooksConfig, source_configs: Sequence[SourceConfig],
                  sources: Mapping[str, RefreshSource], tracker: RecordSink,
                  observer: WebhookObserver, state_path: str | Path, *,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, gate: Gate | None = None):
         self.config = config
         self.source_configs = list(source_configs)
         self.sources = sources
@@ -43,7 +44,7 @@ class PushService:
         self.app: Starlette = create_webhook_app(
             self.receivers, self.inbox, observer, clock=clock,
             max_body_bytes=config.max_body_bytes, read_timeout=config.read_timeout,
-            on_accepted=self.processor.add, forward=self.forward)
+            on_accepted=self.processor.add, forward=self.forward, gate=gate)
 
     async def start(self) -> None:
         """Open the inbox (raises ``InboxError``), resolve the secrets, start processing

@@ -8,9 +8,16 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 
 SIGNATURE_HEADER = "x-finicity-signature"
+
+# Shapes checked before any decoder or comparison sees a sender's bytes: what fails them is a
+# plain "no" (hmac.compare_digest raises on non-ASCII str, base64 on non-ASCII input).
+_HEX_DIGEST = re.compile(r"[0-9A-Fa-f]{64}")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]{1,1024}={0,2}")
+_PATH_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
 def finicity_signature(secret: bytes, body: bytes) -> str:
@@ -34,9 +41,10 @@ class SecretRing:
     def verify(self, body: bytes, signature: str | None, now: float) -> bool:
         """Over the raw bytes as received: re-serialised JSON would differ (spacing, floats,
         unicode escapes)."""
-        given = (signature or "").strip().lower()
-        if len(given) != 64:
+        given = (signature or "").strip()
+        if not _HEX_DIGEST.fullmatch(given):
             return False
+        given = given.lower()
         if hmac.compare_digest(finicity_signature(self.current, body), given):
             return True
         return (self.previous is not None and now < self.previous_until
@@ -46,10 +54,11 @@ class SecretRing:
 def basic_auth_ok(header: str | None, username: str, password: str) -> bool:
     """``Authorization: Basic base64(user:password)``, both parts compared in constant time."""
     scheme, _, encoded = (header or "").partition(" ")
-    if scheme.lower() != "basic":
+    encoded = encoded.strip()
+    if scheme.lower() != "basic" or not _BASE64.fullmatch(encoded):
         return False
     try:
-        raw = base64.b64decode(encoded.strip(), validate=True)
+        raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         return False
     user, sep, given = raw.partition(b":")
@@ -59,4 +68,5 @@ def basic_auth_ok(header: str | None, username: str, password: str) -> bool:
 
 
 def token_ok(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode(), expected.encode())
+    return bool(_PATH_TOKEN.fullmatch(given)) and hmac.compare_digest(given.encode(),
+                                                                       expected.encode())

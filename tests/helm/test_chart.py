@@ -333,6 +333,17 @@ def test_rendered_config_is_accepted_by_the_agent(values, monkeypatch):
     assert settings.web.listen_address == ":9877"
 
 
+def test_listener_limits_are_values_rendered_into_the_config():
+    docs = render(sets=("webhooks.enabled=true", "webhooks.readHeaderTimeout=5s",
+                        "webhooks.maxConnections=200", "service.maxConnections=300"))
+    cfg = rendered_config(docs)
+    assert cfg["webhooks"]["read_header_timeout"] == "5s"
+    assert cfg["webhooks"]["max_connections"] == 200
+    assert (cfg["web"]["read_header_timeout"], cfg["web"]["max_connections"]) == ("10s", 300)
+    settings = Settings(**{**cfg, "sources": []})
+    assert (settings.webhooks.read_header_timeout, settings.web.max_connections) == (5.0, 300)
+
+
 # --- the workload ---------------------------------------------------------------------------
 
 

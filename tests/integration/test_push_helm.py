@@ -41,7 +41,9 @@ def test_webhooks_get_their_own_port_service_and_ingress(tmp_path):
     assert [(p["path"], p["backend"]["service"]["name"]) for p in rule["http"]["paths"]] == [
         ("/webhooks", "ofe-openfinance-exporter-webhooks")]
     config = rendered_config(docs)
-    assert config["webhooks"] == {"max_body_bytes": 65536, "listen_address": ":9879"}
+    assert config["webhooks"] == {"max_body_bytes": 65536, "listen_address": ":9879",
+                                  # the listener's limits, from webhooks.* values
+                                  "read_header_timeout": "10s", "max_connections": 1000}
     for src in config["sources"]:  # the mounted secret files, here
         for key, path in src["webhooks"].items():
             if key.endswith("_file"):

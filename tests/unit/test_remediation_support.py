@@ -87,6 +87,7 @@ class Recorder:
         self.held_now: dict = {}
         self.ignored_events: list[tuple[str, str]] = []
         self.funnel: list[tuple[str, str, str, str, str, str | None]] = []
+        self.clicks: list[str] = []
 
     def fix_request(self, source, provider, kind, result):
         self.requests.append((source, provider, kind, result))
@@ -105,6 +106,9 @@ class Recorder:
 
     def fix_event_ignored(self, source, reason):
         self.ignored_events.append((source, reason))
+
+    def fix_click(self, result):
+        self.clicks.append(result)
 
     def fix_institution(self, source, provider, institution_id, institution, code, outcome):
         self.funnel.append((source, provider, institution_id, institution, code, outcome))

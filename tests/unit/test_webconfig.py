@@ -23,6 +23,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from exporter.webconfig import (
+    TLS_READ_BUFFER,
     BasicAuth,
     WebConfigError,
     WebConfigFile,
@@ -389,3 +390,17 @@ def test_check_config_and_run_refuse_a_bad_web_config_naming_file_and_key(tmp_pa
     assert "cert_fil: unknown key" in capsys.readouterr().err
     write(bad, {"basic_auth_users": {"prometheus": bcrypt_hash("pw")}})
     assert main(["check-config", "--config.file", str(config)]) == 0
+
+
+async def test_a_tls_listener_bounds_the_read_buffer_of_each_connection(tmp_path, ca,
+                                                                          monkeypatch):
+    monkeypatch.setattr(asyncio.sslproto.SSLProtocol, "max_size", 256 * 1024)
+    ca.issue("server", cert_path=tmp_path / "tls.crt", key_path=tmp_path / "tls.key")
+    path = write(tmp_path / "web.yml", {"tls_server_config": {"cert_file": "tls.crt",
+                                                               "key_file": "tls.key"}})
+    async with serving(WebConfigFile(path)) as port:
+        assert asyncio.sslproto.SSLProtocol.max_size == TLS_READ_BUFFER
+        async with _tls_client(ca) as client:  # a request larger than the buffer still arrives
+            answer = await client.get(f"https://127.0.0.1:{port}/metrics",
+                                      headers={"X-Large": "x" * 50_000})
+            assert answer.text == "ok"

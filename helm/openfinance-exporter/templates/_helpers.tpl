@@ -92,6 +92,8 @@ address) and, for every secret the chart mounts, the matching `<field>_file`.
 {{- $_ := set $cfg "state" $state }}
 {{- $web := $cfg.web | default dict }}
 {{- $_ := set $web "listen_address" (printf ":%d" (int .Values.service.port)) }}
+{{- $_ := set $web "read_header_timeout" ($web.read_header_timeout | default .Values.service.readHeaderTimeout) }}
+{{- $_ := set $web "max_connections" ($web.max_connections | default .Values.service.maxConnections) }}
 {{- $_ := set $cfg "web" $web }}
 {{- if .Values.webhooks.enabled }}
 {{- $hooks := $cfg.webhooks | default dict }}
@@ -105,6 +107,8 @@ address) and, for every secret the chart mounts, the matching `<field>_file`.
 {{- end }}
 {{- $_ := set $hooks "peers" $peers }}
 {{- end }}
+{{- $_ := set $hooks "read_header_timeout" ($hooks.read_header_timeout | default .Values.webhooks.readHeaderTimeout) }}
+{{- $_ := set $hooks "max_connections" ($hooks.max_connections | default .Values.webhooks.maxConnections) }}
 {{- $_ := set $cfg "webhooks" $hooks }}
 {{- else }}
 {{- $_ := unset $cfg "webhooks" }}
