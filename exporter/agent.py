@@ -18,6 +18,8 @@ from exporter.metrics import build_metrics
 from exporter.metrics.observers import AgentMetrics
 from exporter.remediation.links import fix_app, fix_route
 from exporter.remediation.loop import RepairLoop
+from exporter.routing.advisor import Advisor
+from exporter.routing.routes import routing_routes
 from exporter.server import Server, create_app, http_server, serve_until_signal
 from exporter.sources import build_source
 from exporter.sources.base import Source
@@ -41,7 +43,8 @@ class Agent:
         self.catalog = Catalog.default()
         self.metrics = build_metrics(lambda: self.tracker.snapshot, clock=clock,
                                      catalog=self.catalog,
-                                     institution_rows=lambda: self.health.rows())
+                                     institution_rows=lambda: self.health.rows(),
+                                     routing_rows=lambda: self.routing.rows())
         self.state_file = open_state_file(settings.state.path)  # one agent per file
         if self.state_file.recovered_to is not None:
             self.metrics.agent.state_recovered()
@@ -65,6 +68,8 @@ class Agent:
                 self.metrics.agent.remediation_source(s.name, s.provider)
         self.health = HealthWiring(settings.health, sources, lambda: self.tracker.snapshot,
                                    clock, self.metrics.agent, settings.state.path)
+        self.routing = Advisor(settings.routing, (s.provider for s in sources),
+                               self.metrics.agent)
         self.runner = SweepRunner(sources, self.tracker,
                                   _SweepObservers(self.metrics.agent, self.repair, self.health),
                                   clock, on_snapshot=self.metrics.exposition.prerender)
@@ -73,6 +78,7 @@ class Agent:
         self.web_config = (WebConfigFile(settings.web.config_file)
                            if settings.web.config_file else None)
         self.health.schedule(self.scheduler)
+        self.routing.schedule(self.scheduler, self.health.report)
         self.push: PushService | None = None
         if settings.webhooks is not None:
             self.push = PushService(
@@ -84,7 +90,9 @@ class Agent:
         self.ready = False
         self._stopped = False
         self.app = create_app(self.metrics.exposition, lambda: self.ready,
-                              settings.web.telemetry_path, self.health.routes())
+                              settings.web.telemetry_path,
+                              [*self.health.routes(self.routing.update),
+                               *routing_routes(self.routing, self.health.report)])
 
     async def start(self) -> None:
         await self.tracker.load({s.name: s.provider for s in self.sources})

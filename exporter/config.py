@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from exporter.durations import non_negative_duration
 from exporter.health.config import HealthConfig
 from exporter.remediation.config import RemediationConfig
+from exporter.routing.config import RoutingConfig
 from exporter.webhooks.config import FinicityWebhookConfig, MxWebhookConfig, WebhooksConfig
 
 ENV_PREFIX = "OPENFINANCE_"
@@ -239,6 +240,7 @@ class Settings(BaseSettings):
     health: HealthConfig = HealthConfig()
     webhooks: WebhooksConfig | None = None
     remediation: RemediationConfig = RemediationConfig()
+    routing: RoutingConfig = RoutingConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

@@ -25,7 +25,7 @@ from exporter.health.report import (
     key_series,
     refresh_series,
 )
-from exporter.health.routes import health_routes
+from exporter.health.routes import Advice, health_routes
 from exporter.health.sides import HEALTH_SIDES, side_of
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,8 @@ class HealthWiring:
         return build_report(self._snapshot(), self.directory, self._clock(), self.thresholds,
                             self._ages)
 
-    def routes(self) -> list[Route]:
-        return health_routes(self.report)
+    def routes(self, advice: Advice | None = None) -> list[Route]:
+        return health_routes(self.report, advice)
 
     def schedule(self, scheduler: Any) -> None:
         """One interval job per Finicity source: re-read due declared statuses; one job
