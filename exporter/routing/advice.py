@@ -58,6 +58,9 @@ class Track:
     state: str = UNKNOWN
     """healthy | degraded | down, or unknown while never seen with a state"""
     since: float | None = None
+    """when ``state`` took effect"""
+    seen_since: float | None = None
+    """when ``state`` was first seen (``since`` minus the hold it waited)"""
     declared: str | None = None
     pending: str | None = None
     """an observed state that differs from ``state`` and has not held long enough yet"""
@@ -85,7 +88,7 @@ def step(track: Track, observed: Observed, now: float, hold: float,
     if obs == UNKNOWN:
         return track
     if track.state == UNKNOWN:
-        return Track(obs, now, observed.declared)
+        return Track(obs, now, now, observed.declared)
     if obs == track.state:
         if track.pending is None and track.declared == observed.declared:
             return track
@@ -100,7 +103,7 @@ def step(track: Track, observed: Observed, now: float, hold: float,
                     pending_declared=observed.declared)
     due = track.due(hold, recover_hold)
     if due is not None and now >= due:
-        return Track(obs, now, observed.declared)
+        return Track(obs, now, started, observed.declared)
     return track
 
 

@@ -61,6 +61,7 @@ class InstitutionAdvice:
             providers[p] = {
                 "state": t.state, "declared": t.declared,
                 "since": None if t.since is None else rfc3339(t.since),
+                "seen_since": None if t.seen_since is None else rfc3339(t.seen_since),
                 "pending": None if t.pending is None else {
                     "state": t.pending, "declared": t.pending_declared,
                     "since": rfc3339(t.pending_since or 0),

@@ -195,6 +195,7 @@ def test_the_advisor_moves_away_after_the_hold_and_back_after_the_recover_hold()
     assert at(60, down)["chase.com"].shares == {"finicity": 50, "mx": 50}
     moved = at(60 + 1800, down)["chase.com"]
     assert moved.shares == {"finicity": 0, "mx": 100} and moved.since == NOW + 1860
+    assert moved.tracks["finicity"].seen_since == NOW + 60
     assert "routed away from finicity" in moved.reason
     assert at(4000, down)["chase.com"].since == NOW + 1860, "since: when the shares changed"
     assert changes.counted == [("finicity", "away")]
