@@ -238,9 +238,9 @@ class Settings(BaseSettings):
     state: StateConfig = StateConfig()
     tracker: TrackerConfig = TrackerConfig()
     health: HealthConfig = HealthConfig()
+    routing: RoutingConfig = RoutingConfig()
     webhooks: WebhooksConfig | None = None
     remediation: RemediationConfig = RemediationConfig()
-    routing: RoutingConfig = RoutingConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
