@@ -3,7 +3,8 @@
 Server-rendered, no JavaScript; it reloads itself every minute. One row group per
 institution key with a row per aggregator (source), so two aggregators of one bank sit side
 by side, each with the share of new links the routing advice gives it ("Route new links
-to"). Every value from upstream (names, ids, keys) is escaped.
+to") and its last 24 hours as an inline SVG (the ok share per quarter hour, no external
+assets, with a text alternative). Every value from upstream (names, ids, keys) is escaped.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from html import escape
 from typing import Protocol
 
 from exporter.health.declared import INSTITUTION, ONLINE
-from exporter.health.report import HealthReport, InstitutionHealth, ProviderHealth, RefreshLag
+from exporter.health.history import Pair, Point
+from exporter.health.report import (
+    HealthReport,
+    InstitutionHealth,
+    ProviderHealth,
+    RefreshLag,
+    rfc3339,
+)
 
 _STYLE = """
 body{font:15px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1b1b1b;background:#fff}
@@ -32,11 +40,16 @@ small{color:#666}
 .state-insufficient_data{background:#eee;color:#444}
 .warn{color:#7f1d1d;font-weight:600}
 .route-none{color:#7f1d1d}
+svg.spark{display:block}
 """
 _HEADERS = ("Institution", "Aggregator (source)", "Accounts", "State", "OK",
             "Institution errors", "Aggregator errors", "User errors (excluded)",
             "Declared by the aggregator", "Refresh")
 ROUTE_HEADER = "Route new links to"
+HISTORY_HEADER = "Last 24 h"
+HISTORY_WINDOW = 86400.0
+_SPARK_W, _SPARK_H = 120, 28
+_STATE_COLOUR = {"down": "#b91c1c", "degraded": "#b45309", "healthy": "#15803d"}
 _RULE_WORDS = {"away": "routed away", "all_down": "down everywhere: defaults",
                "degraded_only": "none healthy: degraded share"}
 
@@ -93,12 +106,53 @@ def _route(p: ProviderHealth, advice: RouteAdvice | None) -> str:
             f"<strong>{share} %</strong>{note}</td>")
 
 
-def _row(p: ProviderHealth, advice: RouteAdvice | None, routing: bool) -> str:
+def sparkline(points: list[Point], now: float, window: float = HISTORY_WINDOW) -> str:
+    """A cell with the ok share over the last ``window`` seconds as an inline SVG: a line per
+    quarter hour, a dot on each degraded or down point and on the latest one; the same in
+    words for screen readers (``aria-label`` and ``<title>``)."""
+    shown = [p for p in points if p.ts >= now - window]
+    if not shown:
+        return '<td data-points="0"><small>no history yet</small></td>'
+    start = now - window
+
+    def xy(p: Point) -> tuple[float, float]:
+        x = min(max((p.ts - start) / window, 0.0), 1.0) * (_SPARK_W - 4) + 2
+        y = 2 + (1 - (p.ok if p.ok is not None else 0.0)) * (_SPARK_H - 4)
+        return round(x, 1), round(y, 1)
+
+    measured = [p for p in shown if p.ok is not None]
+    line = " ".join(f"{x},{y}" for x, y in map(xy, measured))
+    dots = "".join(
+        f'<circle cx="{xy(p)[0]}" cy="{xy(p)[1]}" r="2" fill="{_STATE_COLOUR.get(p.state, "#777")}"/>'
+        for p in shown if p.state in ("down", "degraded") or p is shown[-1])
+    last = shown[-1]
+    words = [f"OK share over the last {window / 3600:g} h, {len(shown)} points: now "
+             f"{_pct(last.ok)} ({last.state.replace('_', ' ')})"]
+    if measured:
+        low = min(measured, key=lambda p: (p.ok, p.ts))
+        words.append(f"lowest {_pct(low.ok)} ({low.state.replace('_', ' ')}) at {rfc3339(low.ts)}")
+    bad = sum(p.state in ("down", "degraded") for p in shown)
+    if bad:
+        words.append(f"{bad} of them degraded or down")
+    text = escape("; ".join(words))
+    polyline = (f'<polyline points="{line}" fill="none" stroke="#555" stroke-width="1.2"/>'
+                if len(measured) > 1 else "")
+    return (f'<td data-points="{len(shown)}"><svg class="spark" role="img" '
+            f'aria-label="{text}" width="{_SPARK_W}" height="{_SPARK_H}" '
+            f'viewBox="0 0 {_SPARK_W} {_SPARK_H}" xmlns="http://www.w3.org/2000/svg">'
+            f"<title>{text}</title>"
+            f'<rect x="0" y="0" width="{_SPARK_W}" height="{_SPARK_H}" fill="#f6f6f6"/>'
+            f"{polyline}{dots}</svg></td>")
+
+
+def _row(p: ProviderHealth, advice: RouteAdvice | None, routing: bool,
+         spark: str | None = None) -> str:
     b = p.breakdown or {}
     return (
         f'<td>{escape(p.source)} <small>({escape(p.provider)}, id {escape(p.institution_id)})</small></td>'
         f'<td class="num">{p.accounts}</td>'
         f'<td><span class="state state-{escape(p.state)}">{escape(p.state.replace("_", " "))}</span></td>'
+        f"{spark or ''}"
         f"{_route(p, advice) if routing else ''}"
         f'<td class="num">{_pct(b.get("ok"))}</td>'
         f'<td class="num">{_pct(b.get("institution"))}</td>'
@@ -109,7 +163,8 @@ def _row(p: ProviderHealth, advice: RouteAdvice | None, routing: bool) -> str:
     )
 
 
-def _group(inst: InstitutionHealth, routing: Mapping[str, RouteAdvice] | None) -> str:
+def _group(inst: InstitutionHealth, routing: Mapping[str, RouteAdvice] | None,
+           history: Mapping[Pair, list[Point]] | None, now: float) -> str:
     rows = []
     for i, p in enumerate(inst.providers):
         attrs = (f' data-key="{escape(inst.key)}" data-source="{escape(p.source)}"'
@@ -119,14 +174,18 @@ def _group(inst: InstitutionHealth, routing: Mapping[str, RouteAdvice] | None) -
             head = (f'<th scope="rowgroup" rowspan="{len(inst.providers)}">{escape(inst.name)}'
                     f"<br><small>{escape(inst.key)}</small></th>")
         advice = None if routing is None else routing.get(inst.key)
-        rows.append(f"<tr{attrs}>{head}{_row(p, advice, routing is not None)}</tr>")
+        spark = (None if history is None
+                 else sparkline(history.get((inst.key, p.provider), []), now))
+        rows.append(f"<tr{attrs}>{head}{_row(p, advice, routing is not None, spark)}</tr>")
     return f'<tbody data-key="{escape(inst.key)}">{"".join(rows)}</tbody>'
 
 
 def render_status_page(report: HealthReport, json_path: str = "/api/v1/institutions",
-                       routing: Mapping[str, RouteAdvice] | None = None) -> str:
+                       routing: Mapping[str, RouteAdvice] | None = None,
+                       history: Mapping[Pair, list[Point]] | None = None) -> str:
     """The page; with ``routing`` (advice per institution key), the "Route new links to"
-    column and a link to its JSON."""
+    column and a link to its JSON; with ``history`` ((key, provider) → points), the last
+    24 hours per row."""
     data = report.as_json()
     t = report.thresholds
     counts: dict[str, int] = {}
@@ -134,15 +193,21 @@ def render_status_page(report: HealthReport, json_path: str = "/api/v1/instituti
         counts[inst.worst_state] = counts.get(inst.worst_state, 0) + 1
     summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("down", "degraded", "healthy"))
     headers = list(_HEADERS)
+    if history is not None:
+        headers.insert(headers.index("State") + 1, HISTORY_HEADER)
     if routing is not None:
-        headers.insert(headers.index("State") + 1, ROUTE_HEADER)
+        headers.insert(headers.index("State") + 1 + (history is not None), ROUTE_HEADER)
     head = "".join(f'<th scope="col">{h}</th>' for h in headers)
-    body = "".join(_group(i, routing) for i in report.institutions) or (
+    body = "".join(_group(i, routing, history, report.generated_at)
+                   for i in report.institutions) or (
         f'<tbody><tr><td colspan="{len(headers)}">No accounts yet.</td></tr></tbody>')
     route_note = "" if routing is None else (
         f"{ROUTE_HEADER}: the share of new links the routing advice gives each aggregator "
         f'(<a href="/api/v1/routing">JSON</a>, <a href="/api/v1/routing?format=ucp">UCP '
         f"preferences</a>; hover a share for the reason). ")
+    if history is not None:
+        route_note += (f"{HISTORY_HEADER}: the ok share per quarter hour (dots: degraded or "
+                       f"down; <a href=\"{escape(json_path)}?history=24h\">JSON</a>). ")
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta http-equiv="refresh" content="60">'

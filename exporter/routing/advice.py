@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 
+from exporter.health.report import rfc3339
 from exporter.health.sides import Thresholds
 
 HEALTHY, DEGRADED, DOWN, UNKNOWN = "healthy", "degraded", "down", "unknown"
@@ -153,10 +153,6 @@ def advise(tracks: Mapping[str, Track], observed: Mapping[str, Observed], now: f
                    recover_hold) for p in weights}
     shares, rule = shares_for(new, weights)
     return Advice(shares, rule, new)
-
-
-def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 _RULES = {

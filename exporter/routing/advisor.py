@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from exporter.health.declared import INSTITUTION, OVERALL
-from exporter.health.report import FOLDED, HealthReport, InstitutionHealth
+from exporter.health.report import FOLDED, HealthReport, InstitutionHealth, rfc3339
 from exporter.health.sides import HEALTH_SIDES, Thresholds
 from exporter.routing.advice import (
     Observed,
@@ -24,7 +24,6 @@ from exporter.routing.advice import (
     advise,
     observe,
     reason,
-    rfc3339,
     split,
 )
 from exporter.routing.config import RoutingConfig, load_institution_ids

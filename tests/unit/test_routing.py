@@ -350,3 +350,123 @@ def test_routing_metrics_follow_the_advice():
     assert metrics.value("openfinance_routing_share", {**share, "provider": "finicity"}) == 0
     assert metrics.value(changes, {"provider": "finicity", "direction": "away"}) == 1
     assert metrics.value(changes, {"provider": "mx", "direction": "back"}) == 0
+
+
+# --- a day of history on /status ------------------------------------------------------------
+
+
+def test_history_points_sum_sources_per_key_and_provider_at_the_quarter_hour():
+    from exporter.health.history import points_of
+
+    report = build_report(_snapshot(5, 35), _directory(), NOW + 100)
+    points = points_of(report)
+    assert set(points) == {("chase.com", "finicity"), ("chase.com", "mx")}, "folded left out"
+    fin = points[("chase.com", "finicity")]
+    assert fin.ts == NOW // 900 * 900 and fin.accounts == 40
+    assert (fin.ok, fin.institution, fin.aggregator, fin.state) == (0.125, 0.875, 0.0, "down")
+
+
+def test_the_history_store_keeps_48_hours_one_point_per_quarter_hour(tmp_path):
+    from exporter.health.history import KEEP, HistoryStore, Point
+
+    store = HistoryStore(tmp_path / "state.db")
+    pair = ("chase.com", "mx")
+    store.record({pair: Point(NOW - KEEP - 900, 10, 1.0, 0.0, 0.0, "healthy")}, NOW - KEEP)
+    store.record({pair: Point(NOW, 10, 1.0, 0.0, 0.0, "healthy")}, NOW)
+    store.record({pair: Point(NOW, 12, 0.5, 0.5, 0.0, "degraded")}, NOW)  # same quarter hour
+    assert store.read(0) == {pair: [Point(NOW, 12, 0.5, 0.5, 0.0, "degraded")]}
+    store.close()
+    assert HistoryStore(tmp_path / "state.db").read(NOW) == {
+        pair: [Point(NOW, 12, 0.5, 0.5, 0.0, "degraded")]}, "kept in the state database"
+
+
+async def test_a_sweep_records_a_point_only_when_its_quarter_hour_has_none(tmp_path):
+    from exporter.health.history import HistoryStore, InstitutionHistory
+
+    now = {"t": NOW}
+    snap = {"s": _snapshot(40, 0)}
+    directory = _directory()
+    history = InstitutionHistory(HistoryStore(tmp_path / "state.db"),
+                                 lambda: build_report(snap["s"], directory, now["t"]),
+                                 lambda: now["t"])
+    assert await history.run(only_if_new=True)
+    snap["s"] = _snapshot(5, 35)
+    assert not await history.run(only_if_new=True)
+    now["t"] += 900
+    assert await history.run(only_if_new=True)
+    points = await history.read(86400)
+    assert [p.state for p in points[("chase.com", "finicity")]] == ["healthy", "down"]
+
+
+def _history_app(tmp_path) -> httpx.AsyncClient:
+    from exporter.health.history import HistoryStore, InstitutionHistory
+
+    snap, directory = _snapshot(5, 35), _directory()
+
+    def report():
+        return build_report(snap, directory, NOW)
+
+    history = InstitutionHistory(HistoryStore(tmp_path / "state.db"), report, lambda: NOW)
+    history.store.record({("chase.com", "finicity"): _point(NOW - 3600, 1.0, "healthy")}, NOW)
+    history.store.record({("chase.com", "finicity"): _point(NOW, 0.125, "down")}, NOW)
+    app = Starlette(routes=health_routes(report, _advisor().update, history.read))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+def _point(ts, ok, state):
+    from exporter.health.history import Point
+
+    return Point(ts, 40, ok, 1 - ok, 0.0, state)
+
+
+async def test_the_institutions_api_returns_the_history_asked_for(tmp_path):
+    client = _history_app(tmp_path)
+    plain = (await client.get("/api/v1/institutions")).json()
+    assert "history" not in plain["institutions"][0]
+    body = (await client.get("/api/v1/institutions", params={"history": "24h"})).json()
+    chase = next(i for i in body["institutions"] if i["key"] == "chase.com")
+    assert [(p["ok"], p["state"]) for p in chase["history"]["finicity"]] == [
+        (1.0, "healthy"), (0.125, "down")]
+    assert chase["history"]["mx"] == []
+    short = (await client.get("/api/v1/institutions", params={"history": "30m"})).json()
+    assert len(next(i for i in short["institutions"]
+                    if i["key"] == "chase.com")["history"]["finicity"]) == 1
+    for bad in ("3d", "0s", "soon"):
+        answer = await client.get("/api/v1/institutions", params={"history": bad})
+        assert answer.status_code == 400 and "48h" in answer.json()["error"], bad
+
+
+class _Sparks(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: list[str] = []
+        self.svgs: list[dict[str, str]] = []
+        self.headers: list[str] = []
+        self._th = False
+
+    def handle_starttag(self, tag, attrs):
+        a = {k: v or "" for k, v in attrs}
+        self._th = tag == "th" and a.get("scope") == "col"
+        if tag == "td" and "data-points" in a:
+            self.cells.append(a["data-points"])
+        if tag == "svg":
+            self.svgs.append(a)
+
+    def handle_data(self, data):
+        if self._th:
+            self.headers.append(data)
+            self._th = False
+
+
+async def test_the_status_page_draws_one_sparkline_per_row_with_a_text_alternative(tmp_path):
+    page = (await _history_app(tmp_path).get("/status")).text
+    parser = _Sparks()
+    parser.feed(page)
+    assert parser.headers[3:6] == ["State", "Last 24 h", "Route new links to"]
+    assert parser.cells == ["2", "0", "0"], "finicity, mx (no points yet), folded"
+    [svg] = parser.svgs
+    assert svg["role"] == "img"
+    assert "now 12.5 % (down)" in svg["aria-label"] and "lowest 12.5 %" in svg["aria-label"]
+    assert "<polyline" in page and "no history yet" in page
+    assert "http" not in page.split("<svg", 1)[1].split("</svg>")[0].replace(
+        "http://www.w3.org/2000/svg", ""), "no external assets"

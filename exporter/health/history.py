@@ -1,0 +1,181 @@
+"""A day of history per (institution key, aggregator): a point every 15 minutes, kept 48 h.
+
+A point is the health breakdown of one aggregator at one bank (its sources summed): accounts on
+the health sides, the shares of ok, institution-side and aggregator-side accounts, and the
+state. :func:`points_of` takes them from a health report (pure); :class:`HistoryStore` keeps
+them in the state database (table ``institution_history``, one row per key, provider and
+quarter hour, rows older than 48 h deleted at each write, so at most 192 rows per pair);
+:class:`InstitutionHistory` records the current quarter hour's point at each quarter hour and
+after a sweep whose quarter hour has none yet, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exporter.health.report import FOLDED, HealthReport, rfc3339
+from exporter.health.sides import HEALTH_SIDES
+
+log = logging.getLogger(__name__)
+
+POINT_EVERY = 900.0
+"""Seconds between points (a quarter hour; points sit at the start of their quarter hour)."""
+KEEP = 48 * 3600.0
+"""How long points are kept."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS institution_history (
+    key TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    accounts INTEGER NOT NULL,
+    ok REAL,
+    institution REAL,
+    aggregator REAL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (key, provider, ts)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS institution_history_ts ON institution_history (ts);
+"""
+
+Pair = tuple[str, str]
+"""(institution key, provider)"""
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    ts: float
+    accounts: int
+    """accounts on the health sides (ok + institution + aggregator)"""
+    ok: float | None
+    institution: float | None
+    aggregator: float | None
+    state: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"t": rfc3339(self.ts), "accounts": self.accounts, "ok": self.ok,
+                "institution": self.institution, "aggregator": self.aggregator,
+                "state": self.state}
+
+
+def slot(ts: float) -> int:
+    """The start of the quarter hour holding ``ts``."""
+    return int(ts // POINT_EVERY * POINT_EVERY)
+
+
+def points_of(report: HealthReport) -> dict[Pair, Point]:
+    """One point per (key, provider) of ``report``, at its quarter hour; folded ones left out."""
+    counts: dict[Pair, dict[str, int]] = {}
+    for inst in report.institutions:
+        if inst.key == FOLDED:
+            continue
+        for p in inst.providers:
+            sides = counts.setdefault((inst.key, p.provider), dict.fromkeys(HEALTH_SIDES, 0))
+            for side in HEALTH_SIDES:
+                sides[side] += p.counts[side]
+    ts = slot(report.generated_at)
+    out = {}
+    for pair, sides in counts.items():
+        n = sum(sides.values())
+        shares = {s: (sides[s] / n if n else None) for s in HEALTH_SIDES}
+        out[pair] = Point(ts, n, shares["ok"], shares["institution"], shares["aggregator"],
+                          report.thresholds.state(sides["ok"], n))
+    return out
+
+
+class HistoryStore:
+    """The ``institution_history`` table; blocking methods, safe from any one thread at a time
+    (a lock serialises them)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self.db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
+                                  check_same_thread=False)
+        self.db.execute("PRAGMA busy_timeout = 10000")
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    def record(self, points: Mapping[Pair, Point], now: float) -> None:
+        """Write ``points`` (replacing their quarter hour's) and drop those older than
+        :data:`KEEP`, in one transaction."""
+        rows = [(k, p, int(pt.ts), pt.accounts, pt.ok, pt.institution, pt.aggregator, pt.state)
+                for (k, p), pt in points.items()]
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO institution_history VALUES (?,?,?,?,?,?,?,?)", rows)
+                self.db.execute("DELETE FROM institution_history WHERE ts < ?",
+                                (int(now - KEEP),))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def read(self, since: float) -> dict[Pair, list[Point]]:
+        """(key, provider) → its points from ``since`` on, oldest first."""
+        out: dict[Pair, list[Point]] = {}
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT key, provider, ts, accounts, ok, institution, aggregator, state "
+                "FROM institution_history WHERE ts >= ? ORDER BY key, provider, ts",
+                (int(since),)).fetchall()
+        for key, provider, *values in rows:
+            out.setdefault((key, provider), []).append(Point(*values))
+        return out
+
+
+class InstitutionHistory:
+    """Records the points of the current health report into a :class:`HistoryStore`."""
+
+    def __init__(self, store: HistoryStore, report: Callable[[], HealthReport],
+                 clock: Callable[[], float]):
+        self.store = store
+        self._report = report
+        self._clock = clock
+        self._last_slot: int | None = None
+        self.failures = 0
+
+    async def run(self, only_if_new: bool = False) -> bool:
+        """Record the current quarter hour's points (with ``only_if_new``: only when it has
+        none yet). False (logged, nothing lost but this point) when the database refuses."""
+        report = self._report()
+        if only_if_new and self._last_slot == slot(report.generated_at):
+            return False
+        points = points_of(report)
+        if not points:
+            return False
+        try:
+            await asyncio.to_thread(self.store.record, points, report.generated_at)
+        except sqlite3.Error as exc:
+            self.failures += 1
+            log.warning("institution history point not written: %s", exc)
+            return False
+        self._last_slot = slot(report.generated_at)
+        return True
+
+    async def read(self, window: float) -> dict[Pair, list[Point]]:
+        """The points of the last ``window`` seconds (empty when the database refuses)."""
+        try:
+            return await asyncio.to_thread(self.store.read, self._clock() - window)
+        except sqlite3.Error as exc:
+            log.warning("institution history not read: %s", exc)
+            return {}
+
+
+def history_json(points: Mapping[Pair, list[Point]], key: str,
+                 providers: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """``{provider: [point, …]}`` of one institution key."""
+    return {p: [pt.as_json() for pt in points.get((key, p), [])] for p in sorted(set(providers))}
