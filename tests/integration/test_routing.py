@@ -44,6 +44,8 @@ class _Routes(HTMLParser):
         super().__init__()
         self.rows: list[tuple[str, str, str]] = []
         self.headers: list[str] = []
+        self.sparks: list[tuple[str, str, str]] = []  # (key, source, points) per row
+        self.svgs: list[dict[str, str]] = []
         self._row: dict[str, str] = {}
         self._th = False
 
@@ -54,11 +56,21 @@ class _Routes(HTMLParser):
             self._row = a
         if tag == "td" and "data-route" in a:
             self.rows.append((self._row["data-key"], self._row["data-source"], a["data-route"]))
+        if tag == "td" and "data-points" in a:
+            self.sparks.append((self._row["data-key"], self._row["data-source"],
+                                a["data-points"]))
+        if tag == "svg":
+            self.svgs.append(a)
 
     def handle_data(self, data: str) -> None:
         if self._th:
             self.headers.append(data)
             self._th = False
+
+
+def tmp_path_of(agent: AgentProc) -> Path:
+    """The test's directory (where the agent's log is)."""
+    return agent.log_path.parent
 
 
 def _key_of(state: dict[str, Any], provider: str, institution_id: str) -> str:
@@ -157,6 +169,25 @@ def _run(sandbox: Sandbox, agent: AgentProc, maint: dict, key: str, both_key: st
     assert "Route new links to" in page.headers
     rows = {(source, route) for k, source, route in page.rows if k == key}
     assert rows == {("finicity-sandbox", "0"), ("mx-sandbox", "100")}, page.rows
+    # A day of history: one sparkline per row (the folded row has none), the same points
+    # as ?history=24h, each with its text alternative.
+    assert "Last 24 h" in page.headers
+    assert len(page.sparks) == len(page.rows)
+    history = httpx.get(f"{agent.url}/api/v1/institutions", params={"history": "24h"},
+                        timeout=30).json()
+    provider = {"finicity-sandbox": "finicity", "mx-sandbox": "mx"}
+    points = {i["key"]: i["history"] for i in history["institutions"]}
+    for k, source, n in page.sparks:
+        expected = len(points[k].get(provider[source], [])) if k != "other" else 0
+        assert int(n) == expected, (k, source, n, expected)
+    assert all(len(points[key][p]) >= 1 for p in ("finicity", "mx")), points[key]
+    assert len(page.svgs) == sum(int(n) > 0 for _, _, n in page.sparks) > 0
+    assert all(svg["role"] == "img" and "OK share" in svg["aria-label"] for svg in page.svgs)
+    shot = tmp_path_of(agent) / "status-routing.png"
+    _chromium(f"--screenshot={shot}", "--window-size=1600,1100", "--hide-scrollbars",
+              f"{agent.url}/status")
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
 
     # After the maintenance and the recover hold: the defaults again.
     advance_to(maint["end_night"])
