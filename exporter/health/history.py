@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporter.health.report import FOLDED, HealthReport, rfc3339
+from exporter.health.report import FOLDED, HealthReport, provider_counts, rfc3339
 from exporter.health.sides import HEALTH_SIDES
 
 log = logging.getLogger(__name__)
@@ -72,14 +72,8 @@ def slot(ts: float) -> int:
 
 def points_of(report: HealthReport) -> dict[Pair, Point]:
     """One point per (key, provider) of ``report``, at its quarter hour; folded ones left out."""
-    counts: dict[Pair, dict[str, int]] = {}
-    for inst in report.institutions:
-        if inst.key == FOLDED:
-            continue
-        for p in inst.providers:
-            sides = counts.setdefault((inst.key, p.provider), dict.fromkeys(HEALTH_SIDES, 0))
-            for side in HEALTH_SIDES:
-                sides[side] += p.counts[side]
+    counts = {(inst.key, provider): sides for inst in report.institutions
+              if inst.key != FOLDED for provider, sides in provider_counts(inst).items()}
     ts = slot(report.generated_at)
     out = {}
     for pair, sides in counts.items():

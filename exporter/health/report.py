@@ -202,6 +202,17 @@ class InstitutionHealth:
                 "accounts": self.accounts, "providers": [p.as_json() for p in self.providers]}
 
 
+def provider_counts(inst: InstitutionHealth) -> dict[str, dict[str, int]]:
+    """provider → accounts per health side at this institution, its sources summed (routing
+    advice and the history judge an aggregator, not a source)."""
+    out: dict[str, dict[str, int]] = {}
+    for p in inst.providers:
+        sides = out.setdefault(p.provider, dict.fromkeys(HEALTH_SIDES, 0))
+        for side in HEALTH_SIDES:
+            sides[side] += p.counts[side]
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class HealthReport:
     generated_at: float

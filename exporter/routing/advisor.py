@@ -16,8 +16,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from exporter.health.declared import INSTITUTION, OVERALL
-from exporter.health.report import FOLDED, HealthReport, InstitutionHealth, rfc3339
-from exporter.health.sides import HEALTH_SIDES, Thresholds
+from exporter.health.report import (
+    FOLDED,
+    HealthReport,
+    InstitutionHealth,
+    provider_counts,
+    rfc3339,
+)
+from exporter.health.sides import Thresholds
 from exporter.routing.advice import (
     Observed,
     Track,
@@ -72,17 +78,14 @@ class InstitutionAdvice:
 
 def observations(inst: InstitutionHealth, thresholds: Thresholds) -> dict[str, Observed]:
     """Per provider: the observed state, from the accounts of all its sources together."""
-    ok: dict[str, int] = {}
-    attempted: dict[str, int] = {}
     declared: dict[str, list[str | None]] = {}
     for p in inst.providers:
-        ok[p.provider] = ok.get(p.provider, 0) + p.counts["ok"]
-        attempted[p.provider] = attempted.get(p.provider, 0) + sum(
-            p.counts[s] for s in HEALTH_SIDES)
-        statuses = declared.setdefault(p.provider, [])
         if p.declared is not None:
-            statuses.extend(p.declared.get(product) for product in DECLARED_PRODUCTS)
-    return {p: observe(ok[p], attempted[p], declared[p], thresholds) for p in ok}
+            declared.setdefault(p.provider, []).extend(
+                p.declared.get(product) for product in DECLARED_PRODUCTS)
+    return {provider: observe(sides["ok"], sum(sides.values()), declared.get(provider, ()),
+                              thresholds)
+            for provider, sides in provider_counts(inst).items()}
 
 
 class Advisor:
