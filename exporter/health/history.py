@@ -16,9 +16,10 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from exporter.health.report import FOLDED, HealthReport, provider_counts, rfc3339
 from exporter.health.sides import HEALTH_SIDES
@@ -49,8 +50,10 @@ Pair = tuple[str, str]
 """(institution key, provider)"""
 
 
-@dataclass(frozen=True, slots=True)
-class Point:
+class Point(NamedTuple):
+    """One quarter hour of one aggregator at one bank (a tuple: a day of a big fleet is a
+    million of them)."""
+
     ts: float
     accounts: int
     """accounts on the health sides (ok + institution + aggregator)"""
@@ -120,15 +123,14 @@ class HistoryStore:
 
     def read(self, since: float) -> dict[Pair, list[Point]]:
         """(key, provider) → its points from ``since`` on, oldest first."""
-        out: dict[Pair, list[Point]] = {}
         with self._lock:
             rows = self.db.execute(
                 "SELECT key, provider, ts, accounts, ok, institution, aggregator, state "
                 "FROM institution_history WHERE ts >= ? ORDER BY key, provider, ts",
                 (int(since),)).fetchall()
-        for key, provider, *values in rows:
-            out.setdefault((key, provider), []).append(Point(*values))
-        return out
+        make = Point._make
+        return {pair: [make(r[2:]) for r in group]
+                for pair, group in groupby(rows, itemgetter(0, 1))}
 
 
 class InstitutionHistory:
