@@ -147,9 +147,9 @@ class InstitutionHistory:
     async def run(self, only_if_new: bool = False) -> bool:
         """Record the current quarter hour's points (with ``only_if_new``: only when it has
         none yet). False (logged, nothing lost but this point) when the database refuses."""
+        if only_if_new and self._last_slot == slot(self._clock()):
+            return False  # checked before building the report: most sweeps stop here
         report = self._report()
-        if only_if_new and self._last_slot == slot(report.generated_at):
-            return False
         points = points_of(report)
         if not points:
             return False

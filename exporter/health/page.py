@@ -113,18 +113,13 @@ def sparkline(points: list[Point], now: float, window: float = HISTORY_WINDOW) -
     shown = [p for p in points if p.ts >= now - window]
     if not shown:
         return '<td data-points="0"><small>no history yet</small></td>'
-    start = now - window
-
-    def xy(p: Point) -> tuple[float, float]:
-        x = min(max((p.ts - start) / window, 0.0), 1.0) * (_SPARK_W - 4) + 2
-        y = 2 + (1 - (p.ok if p.ok is not None else 0.0)) * (_SPARK_H - 4)
-        return round(x, 1), round(y, 1)
-
+    start, kx, ky = now - window, (_SPARK_W - 4) / window, _SPARK_H - 4
+    at = [(p, (p.ts - start) * kx + 2, 2 + (1 - (p.ok or 0.0)) * ky) for p in shown]
     measured = [p for p in shown if p.ok is not None]
-    line = " ".join(f"{x},{y}" for x, y in map(xy, measured))
+    line = " ".join(f"{x:.1f},{y:.1f}" for p, x, y in at if p.ok is not None)
     dots = "".join(
-        f'<circle cx="{xy(p)[0]}" cy="{xy(p)[1]}" r="2" fill="{_STATE_COLOUR.get(p.state, "#777")}"/>'
-        for p in shown if p.state in ("down", "degraded") or p is shown[-1])
+        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2" fill="{_STATE_COLOUR.get(p.state, "#777")}"/>'
+        for p, x, y in at if p.state in ("down", "degraded") or p is shown[-1])
     last = shown[-1]
     words = [f"OK share over the last {window / 3600:g} h, {len(shown)} points: now "
              f"{_pct(last.ok)} ({last.state.replace('_', ' ')})"]
