@@ -111,6 +111,8 @@ def split(weights: Mapping[str, int], among: Iterable[str]) -> dict[str, int]:
     """Integer shares summing to 100 for ``among`` by their weights (largest remainder, ties
     by name); every other provider of ``weights`` gets 0. Zero weights all round: equal."""
     chosen = sorted(set(among))
+    if not chosen:
+        return dict.fromkeys(sorted(weights), 0)
     w = {p: weights.get(p, 0) for p in chosen}
     if not any(w.values()):
         w = dict.fromkeys(chosen, 1)

@@ -131,6 +131,22 @@ def test_shares_are_integers_summing_to_100_by_largest_remainder():
     assert split({"finicity": 0, "mx": 0}, ["finicity", "mx"]) == {"finicity": 50, "mx": 50}
 
 
+def test_an_agent_without_sources_advises_nothing():
+    advisor = Advisor(RoutingConfig(), [])
+    assert advisor.defaults == {}
+    assert advisor.ucp(advisor.update(build_report(Snapshot(), InstitutionDirectory(), NOW))) == {
+        "institutionAggregatorVolumeMap": {}, "defaultAggregatorVolume": {}}
+
+
+def test_the_demo_holds_follow_the_sandbox_night(tmp_path):
+    from exporter.demo import demo_routing, sandbox_settings
+
+    settings = sandbox_settings("http://127.0.0.1:1", state_path=tmp_path / "s.db", interval=5,
+                                listen_address="127.0.0.1:0", routing=demo_routing(20))
+    assert (settings.routing.hold, settings.routing.recover_hold) == (20, 40)
+    assert demo_routing(0) == {"hold": 30.0, "recover_hold": 60.0}, "manual nights: 30 s"
+
+
 def test_observe_uses_the_health_thresholds_and_the_declared_status():
     t = Thresholds(min_accounts=10)
     assert observe(9, 9, [], t) == Observed(UNKNOWN)
