@@ -89,20 +89,36 @@ def points_of(report: HealthReport) -> dict[Pair, Point]:
 
 class HistoryStore:
     """The ``institution_history`` table; blocking methods, safe from any one thread at a time
-    (a lock serialises them)."""
+    (a lock serialises them). The connection is opened, and the table created, at first use:
+    a state file that cannot be written (read-only, full) fails that use with
+    ``sqlite3.Error``, never the agent's start."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._lock = threading.Lock()
-        self.db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                                  check_same_thread=False)
-        self.db.execute("PRAGMA busy_timeout = 10000")
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.executescript(_SCHEMA)
+        self._db: sqlite3.Connection | None = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection (call with the lock held)."""
+        if self._db is None:
+            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
+                                 check_same_thread=False)
+            try:
+                db.execute("PRAGMA busy_timeout = 10000")
+                db.execute("PRAGMA journal_mode = WAL")
+                db.executescript(_SCHEMA)
+            except sqlite3.Error:
+                db.close()
+                raise
+            self._db = db
+        return self._db
 
     def close(self) -> None:
         with self._lock:
-            self.db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def record(self, points: Mapping[Pair, Point], now: float) -> None:
         """Write ``points`` (replacing their quarter hour's) and drop those older than
@@ -153,13 +169,13 @@ class InstitutionHistory:
         points = points_of(report)
         if not points:
             return False
+        self._last_slot = slot(report.generated_at)  # failed: next tried at the quarter hour
         try:
             await asyncio.to_thread(self.store.record, points, report.generated_at)
         except sqlite3.Error as exc:
             self.failures += 1
             log.warning("institution history point not written: %s", exc)
             return False
-        self._last_slot = slot(report.generated_at)
         return True
 
     async def read(self, window: float) -> dict[Pair, list[Point]]:
