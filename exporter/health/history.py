@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from itertools import groupby
 from operator import itemgetter
@@ -23,6 +22,7 @@ from typing import Any, NamedTuple
 
 from exporter.health.report import FOLDED, HealthReport, provider_counts, rfc3339
 from exporter.health.sides import HEALTH_SIDES
+from exporter.statetables import StateTables
 
 log = logging.getLogger(__name__)
 
@@ -87,59 +87,25 @@ def points_of(report: HealthReport) -> dict[Pair, Point]:
     return out
 
 
-class HistoryStore:
-    """The ``institution_history`` table; blocking methods, safe from any one thread at a time
-    (a lock serialises them). The connection is opened, and the table created, at first use:
-    a state file that cannot be written (read-only, full) fails that use with
-    ``sqlite3.Error``, never the agent's start."""
+class HistoryStore(StateTables):
+    """The ``institution_history`` table (see :class:`~exporter.statetables.StateTables`)."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        """The connection (call with the lock held)."""
-        if self._db is None:
-            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                                 check_same_thread=False)
-            try:
-                db.execute("PRAGMA busy_timeout = 10000")
-                db.execute("PRAGMA journal_mode = WAL")
-                db.executescript(_SCHEMA)
-            except sqlite3.Error:
-                db.close()
-                raise
-            self._db = db
-        return self._db
-
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        super().__init__(path, _SCHEMA)
 
     def record(self, points: Mapping[Pair, Point], now: float) -> None:
         """Write ``points`` (replacing their quarter hour's) and drop those older than
         :data:`KEEP`, in one transaction."""
         rows = [(k, p, int(pt.ts), pt.accounts, pt.ok, pt.institution, pt.aggregator, pt.state)
                 for (k, p), pt in points.items()]
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                self.db.executemany(
-                    "INSERT OR REPLACE INTO institution_history VALUES (?,?,?,?,?,?,?,?)", rows)
-                self.db.execute("DELETE FROM institution_history WHERE ts < ?",
-                                (int(now - KEEP),))
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO institution_history VALUES (?,?,?,?,?,?,?,?)", rows)
+            db.execute("DELETE FROM institution_history WHERE ts < ?", (int(now - KEEP),))
 
     def read(self, since: float) -> dict[Pair, list[Point]]:
         """(key, provider) → its points from ``since`` on, oldest first."""
-        with self._lock:
+        with self.lock:
             rows = self.db.execute(
                 "SELECT key, provider, ts, accounts, ok, institution, aggregator, state "
                 "FROM institution_history WHERE ts >= ? ORDER BY key, provider, ts",
