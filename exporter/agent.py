@@ -20,6 +20,7 @@ from exporter.remediation.links import fix_app, fix_route
 from exporter.remediation.loop import RepairLoop
 from exporter.routing.advisor import Advisor
 from exporter.routing.routes import routing_routes
+from exporter.routing.store import RoutingStore
 from exporter.server import Server, create_app, http_server, serve_until_signal
 from exporter.sources import build_source
 from exporter.sources.base import Source
@@ -70,6 +71,7 @@ class Agent:
                                    clock, self.metrics.agent, settings.state.path)
         self.routing = Advisor(settings.routing, (s.provider for s in sources),
                                self.metrics.agent)
+        self.routing_store = RoutingStore(settings.state.path)
         self.runner = SweepRunner(sources, self.tracker,
                                   _SweepObservers(self.metrics.agent, self.repair, self.health),
                                   clock, on_snapshot=self.metrics.exposition.prerender)
@@ -78,7 +80,7 @@ class Agent:
         self.web_config = (WebConfigFile(settings.web.config_file)
                            if settings.web.config_file else None)
         self.health.schedule(self.scheduler)
-        self.routing.schedule(self.scheduler, self.health.report)
+        self.routing.schedule(self.scheduler, self.health.report, self.routing_store)
         self.push: PushService | None = None
         if settings.webhooks is not None:
             self.push = PushService(
@@ -100,6 +102,7 @@ class Agent:
             await self.push.start()  # first: events acknowledged before a crash are redone
         if self.repair is not None:
             await self.repair.start()
+        await self.routing.load(self.routing_store)
         self.scheduler.start()
         self.ready = True
         log.info("agent started version=%s sources=%s state=%s", __version__,
@@ -121,6 +124,8 @@ class Agent:
         if self.repair is not None:
             await self.repair.stop()
         await self.health.close()
+        await self.routing.save(self.routing_store)
+        self.routing_store.close()
         for s in self.sources:
             await s.aclose()
         await self.tracker.close()

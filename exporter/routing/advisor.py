@@ -2,15 +2,20 @@
 
 :class:`Advisor` steps each (institution key, aggregator) track with every health report it
 is given (:mod:`.advice` holds the rule) and keeps the latest advice for the API, the status
-page and ``openfinance_routing_share``. Its state lives in memory only: a restart re-derives
-the advice from the state database's fleet at the first evaluation (each aggregator's
-first state applies at once), so a change that was still pending starts its hold again.
+page and ``openfinance_routing_share``. After each scheduled evaluation the institutions
+whose advice changed are saved to the state database (:mod:`.store`); at start the agent
+restores them, so a restart keeps holds and pending changes. Without a saved advice (a new
+state file, an unreadable row) it is re-derived from the fleet: each aggregator's first state
+applies at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -33,6 +38,9 @@ from exporter.routing.advice import (
     split,
 )
 from exporter.routing.config import RoutingConfig, load_institution_ids
+from exporter.routing.store import Kept, RoutingStore
+
+log = logging.getLogger(__name__)
 
 DECLARED_PRODUCTS = (INSTITUTION, OVERALL, "transAgg")
 """The declared statuses that speak for aggregation (the institution, overall, transactions)."""
@@ -101,6 +109,9 @@ class Advisor:
         self.ids = load_institution_ids(config.institution_ids_file)
         self._observer = observer
         self._advice: dict[str, InstitutionAdvice] = {}
+        self._restored: dict[str, Kept] = {}
+        self._dirty: set[str] = set()
+        self._gone: set[str] = set()
         self._generated_at: float | None = None
         self._lock = threading.Lock()
         if observer is not None:
@@ -117,7 +128,7 @@ class Advisor:
             for inst in report.institutions:
                 if inst.key == FOLDED:
                     continue
-                before = self._advice.get(inst.key)
+                before = self._advice.get(inst.key) or self._restored.pop(inst.key, None)
                 advice = advise(before.tracks if before else {},
                                 observations(inst, report.thresholds), now, self.weights,
                                 self.hold, self.recover_hold)
@@ -130,9 +141,60 @@ class Advisor:
                     inst.key, inst.name, advice.shares, advice.rule,
                     reason(advice, self.hold, self.recover_hold), since, advice.tracks,
                     tuple(sorted({(p.provider, p.institution_id) for p in inst.providers})))
+                if before is None or (before.tracks, before.shares, before.since) != (
+                        advice.tracks, advice.shares, since):
+                    self._dirty.add(inst.key)
+            gone = set(self._advice) - set(current)
+            self._gone |= gone
+            self._dirty -= gone
             self._advice = current
             self._generated_at = now
             return self._sorted()
+
+    def restore(self, kept: Mapping[str, Kept]) -> None:
+        """Tracks, shares and since of a previous run (:class:`RoutingStore`), taken up by
+        each institution at its next evaluation."""
+        with self._lock:
+            self._restored = {k: v for k, v in kept.items() if k not in self._advice}
+
+    def changes(self) -> tuple[dict[str, Kept], set[str]]:
+        """The institutions whose advice changed since the last call, and those gone."""
+        with self._lock:
+            upserts = {k: Kept(a.tracks, a.shares, a.since) for k in self._dirty
+                       if (a := self._advice.get(k)) is not None}
+            gone, self._dirty, self._gone = self._gone, set(), set()
+            return upserts, gone
+
+    def unsaved(self, upserts: Iterable[str], gone: Iterable[str]) -> None:
+        """A save failed: those keys are written with the next one."""
+        with self._lock:
+            self._dirty |= {k for k in upserts if k in self._advice}
+            self._gone |= {k for k in gone if k not in self._advice}
+
+    async def save(self, store: RoutingStore) -> bool:
+        upserts, gone = self.changes()
+        if not upserts and not gone:
+            return True
+        try:
+            await asyncio.to_thread(store.save, upserts, gone)
+        except sqlite3.Error as exc:
+            self.unsaved(upserts, gone)
+            log.warning("routing advice not saved, retried at the next evaluation: %s", exc)
+            return False
+        return True
+
+    async def load(self, store: RoutingStore) -> int:
+        """Restore the advice of the previous run; the institutions restored."""
+        try:
+            kept, bad = await asyncio.to_thread(store.load)
+        except sqlite3.Error as exc:
+            log.warning("routing advice not read, re-derived from the fleet: %s", exc)
+            return 0
+        if bad:
+            log.warning("routing advice: %d stored institutions could not be read, re-derived",
+                        bad)
+        self.restore(kept)
+        return len(kept)
 
     def _count(self, before: dict[str, int], after: dict[str, int]) -> None:
         """``away``: a provider's share fell below its default share; ``back``: it rose from
@@ -188,11 +250,14 @@ class Advisor:
         between 1 s and 60 s (a change moves the advice at most this long after its hold)."""
         return max(1.0, min(60.0, self.hold / 4, self.recover_hold / 4))
 
-    def schedule(self, scheduler: Any, report: Callable[[], HealthReport]) -> None:
+    def schedule(self, scheduler: Any, report: Callable[[], HealthReport],
+                 store: RoutingStore | None = None) -> None:
         """Evaluate every :attr:`evaluate_every` seconds, so holds elapse and the metrics
-        move even when nobody asks the API."""
+        move even when nobody asks the API; then save what changed to ``store``."""
         async def evaluate() -> None:
             self.update(report())
+            if store is not None:
+                await self.save(store)
 
         scheduler.add_job(evaluate, "interval", seconds=self.evaluate_every, id="routing-advice",
                           name="routing advice", max_instances=1, coalesce=True,

@@ -11,6 +11,7 @@ from GET /sandbox/state, never from numbers written here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
@@ -108,7 +109,14 @@ def test_advice_leaves_a_bank_down_at_one_aggregator_and_returns_after_recovery(
                           "institution_ids_file": str(ids)}
         config.write_text(yaml.safe_dump(doc))
         agent = AgentProc(tmp_path, config)
-        _run(sandbox, agent, maint, key, both_key)
+
+        def restart() -> AgentProc:
+            nonlocal agent
+            assert agent is not None and agent.stop() == 0, agent.log()[-3000:]
+            agent = AgentProc(tmp_path, config, name="agent-restarted")
+            return agent
+
+        _run(sandbox, agent, maint, key, both_key, restart)
     except BaseException:
         for proc in (agent, sandbox):
             if proc is not None:
@@ -120,7 +128,8 @@ def test_advice_leaves_a_bank_down_at_one_aggregator_and_returns_after_recovery(
                 proc.stop()
 
 
-def _run(sandbox: Sandbox, agent: AgentProc, maint: dict, key: str, both_key: str) -> None:
+def _run(sandbox: Sandbox, agent: AgentProc, maint: dict, key: str, both_key: str,
+         restart: Callable[[], AgentProc]) -> None:
     def routing(**params: str) -> dict[str, Any]:
         return httpx.get(f"{agent.url}/api/v1/routing", params=params, timeout=30).json()
 
@@ -188,6 +197,13 @@ def _run(sandbox: Sandbox, agent: AgentProc, maint: dict, key: str, both_key: st
               f"{agent.url}/status")
     assert shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
+
+    # A restart keeps the advice and since when it holds (saved in the state database).
+    before = entry(key)
+    agent = restart()
+    wait_for(lambda: entry(key)["advice"] == before["advice"], 30,
+             what="the advice after a restart")
+    assert entry(key)["since"] == before["since"], (entry(key), before)
 
     # After the maintenance and the recover hold: the defaults again.
     advance_to(maint["end_night"])

@@ -486,3 +486,83 @@ async def test_the_status_page_draws_one_sparkline_per_row_with_a_text_alternati
     assert "<polyline" in page and "no history yet" in page
     assert "http" not in page.split("<svg", 1)[1].split("</svg>")[0].replace(
         "http://www.w3.org/2000/svg", ""), "no external assets"
+
+
+# --- the advice across a restart ------------------------------------------------------------
+
+
+async def test_a_restart_keeps_the_advice_and_a_hold_under_way(tmp_path):
+    from exporter.routing.store import RoutingStore
+
+    directory = _directory()
+    healthy, down = _snapshot(40, 0), _snapshot(5, 35)
+    first = _advisor(hold="30m", recover_hold="2h")
+    first.update(build_report(healthy, directory, NOW))
+    first.update(build_report(down, directory, NOW + 60))  # down seen: the hold starts
+    store = RoutingStore(tmp_path / "state.db")
+    assert await first.save(store)
+    assert first.changes() == ({}, set()), "saved: nothing left to write"
+    store.close()
+
+    second = _advisor(hold="30m", recover_hold="2h")
+    assert await second.load(RoutingStore(tmp_path / "state.db")) == 1
+    after = {a.key: a for a in second.update(build_report(down, directory, NOW + 120))}
+    chase = after["chase.com"]
+    assert chase.shares == {"finicity": 50, "mx": 50} and chase.since == NOW, \
+        "the hold goes on (a fresh advisor would take the first state at once)"
+    assert chase.tracks["finicity"].pending_since == NOW + 60
+    moved = {a.key: a for a in second.update(build_report(down, directory, NOW + 1860))}
+    assert moved["chase.com"].shares == {"finicity": 0, "mx": 100}
+
+
+async def test_after_a_restart_a_recovery_not_yet_held_does_not_move_the_advice_back(tmp_path):
+    from exporter.routing.store import RoutingStore
+
+    directory = _directory()
+    first = _advisor()
+    first.update(build_report(_snapshot(5, 35), directory, NOW))
+    store = RoutingStore(tmp_path / "state.db")
+    await first.save(store)
+    second = _advisor()
+    await second.load(store)
+    again = second.update(build_report(_snapshot(40, 0), directory, NOW + 60))
+    assert again[0].shares == {"finicity": 0, "mx": 100}, "back only after recover_hold"
+
+
+async def test_unreadable_rows_are_skipped_and_gone_institutions_deleted(tmp_path):
+    from exporter.routing.store import RoutingStore
+
+    store = RoutingStore(tmp_path / "state.db")
+    advisor = _advisor()
+    directory = _directory()
+    advisor.update(build_report(_snapshot(40, 0), directory, NOW))
+    await advisor.save(store)
+    with store.transaction() as db:
+        db.execute("INSERT INTO routing_advice VALUES ('broken.example', '{not json')")
+    kept, bad = store.load()
+    assert set(kept) == {"chase.com"} and bad == 1
+    advisor.update(build_report(Snapshot(version=2), directory, NOW + 1))
+    await advisor.save(store)
+    assert set(store.load()[0]) == set()
+
+
+async def test_a_failed_save_is_retried_with_the_next_one(tmp_path):
+    import sqlite3
+
+    from exporter.routing.store import RoutingStore
+
+    class Refusing(RoutingStore):
+        refuse = True
+
+        def save(self, upserts, deletes):
+            if self.refuse:
+                raise sqlite3.OperationalError("attempt to write a readonly database")
+            super().save(upserts, deletes)
+
+    store = Refusing(tmp_path / "state.db")
+    advisor = _advisor()
+    advisor.update(build_report(_snapshot(40, 0), _directory(), NOW))
+    assert not await advisor.save(store)
+    store.refuse = False
+    assert await advisor.save(store)
+    assert set(store.load()[0]) == {"chase.com"}
