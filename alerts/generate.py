@@ -88,6 +88,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "unknown_codes_window": ("1h", "Window in which any record with an unknown code counts."),
     "unknown_min_accounts": (1, "Accounts now at a code missing from the catalog."),
     "unknown_for": ("15m", "for: of OpenFinanceUnknownStatusCode."),
+    "drift_window": ("2h", "Window in which any upstream drift counts; >= 2 sweep intervals."),
+    "drift_for": ("5m", "for: of OpenFinanceUpstreamDrift and OpenFinanceUpstreamVersionRefused."),
     # Institution health (alerts/health_rules.py).
     **health_rules.PARAMETERS,
     # The repair loop (remediation).
@@ -130,6 +132,8 @@ SHORT_DURATIONS: dict[str, Any] = {
     "rate_limited_for": "0s",
     "unknown_codes_window": "1m",
     "unknown_for": "0s",
+    "drift_window": "1m",
+    "drift_for": "0s",
     **health_rules.SHORT_DURATIONS,
     "fix_held_for": "0s",
     "fix_dead_window": "1m",
@@ -554,6 +558,29 @@ sum by (source, provider) (increase(openfinance_unknown_codes_total[{v.unknown_c
             "unknown, not in any outage or fixable figure.",
             fleet_dash,
         ),
+        *[_alert(
+            v,
+            name,
+            f"""
+increase(openfinance_upstream_drift_total{{kind{match}}}[{v.drift_window}]) > 0
+""",
+            v.drift_for,
+            severity,
+            summary,
+            "Source {{ $labels.source }} ({{ $labels.provider }}) on {{ $labels.instance }}: "
+            "{{ $labels.kind }} drift {{ $value | printf \"%.0f\" }} time(s) in the last "
+            f"{v.drift_window}. {consequence} Check the aggregator's changelog and the source's "
+            "api_version; the agent's log names the field, status or route.",
+            agent_dash,
+        ) for name, match, severity, summary, consequence in (
+            ("OpenFinanceUpstreamVersionRefused", '="version_refused"', "critical",
+             "The aggregator refuses the API version the exporter speaks.",
+             "Its sweeps, push re-reads and repair links fail."),
+            ("OpenFinanceUpstreamDrift", '=~"field_missing|shape"', "warning",
+             "The aggregator's answers moved under the exporter.",
+             "Answers lack a field or changed shape: the accounts concerned keep their last "
+             "known state instead of moving."),
+        )],
     ]
 
 

@@ -56,18 +56,20 @@ SECRET = "bench-partner-secret"
 
 
 async def serve(config_path: str) -> None:
-    """The listener alone: PushService with an instant source and a tracker that drops."""
+    """The listener alone: PushService with an instant source (owning its shard) and a
+    tracker that drops."""
     from exporter.config import load_config
     from exporter.server import http_server, serve_until_signal
+    from exporter.sources.sharding import in_shard
     from exporter.webhooks.observer import NullWebhookObserver
     from exporter.webhooks.service import PushService
 
     class Source:
-        def __init__(self, name: str, provider: str):
-            self.name, self.provider = name, provider
+        def __init__(self, cfg):
+            self.name, self.provider, self.shard = cfg.name, cfg.provider, cfg.shard
 
         def owns(self, owner: str) -> bool:
-            return True
+            return in_shard(owner, self.shard)
 
         async def refresh_owner(self, owner: str) -> list:
             return []
@@ -78,7 +80,7 @@ async def serve(config_path: str) -> None:
 
     settings = load_config(config_path)
     push = PushService(settings.webhooks, settings.sources,
-                       {s.name: Source(s.name, s.provider) for s in settings.sources},
+                       {s.name: Source(s) for s in settings.sources},
                        Tracker(), NullWebhookObserver(), settings.state.path)
     await push.start()
     profile = None

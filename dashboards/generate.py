@@ -3,7 +3,9 @@
 One file per dashboard, ``dashboards/<uid>.json``, committed; the uid equals the file name so
 links and provisioning survive re-imports. ``python -m dashboards.generate`` (from the
 repository root) rewrites them, ``--check`` exits 1 when the committed files differ from what
-this script builds. The alert thresholds drawn on panels come from :mod:`alerts.generate`.
+this script builds. The alert thresholds drawn on panels come from :mod:`alerts.generate`;
+``dashboards/templates/<uid>.json`` holds each dashboard with those thresholds as placeholders,
+which the Helm chart fills from its ``prometheusRule.params`` (:func:`build_templates`).
 
 Queries only use metrics from ``exporter/metrics/catalog.py`` (and Prometheus' own ``ALERTS``),
 which ``tests/dashboards`` enforces. :func:`iter_queries` and :func:`substitute_variables` are
@@ -34,23 +36,92 @@ from alerts.generate import DEFAULTS as ALERT_DEFAULTS
 from exporter.health.sides import HEALTH_SIDES, SIDES
 
 DASHBOARDS_DIR = Path(__file__).resolve().parent
+TEMPLATES = "templates"  # dashboards/templates/: the Helm chart's copies (build_templates)
 REPO_ROOT = DASHBOARDS_DIR.parent
 STATUS_CODES_CSV = REPO_ROOT / "exporter" / "data" / "status_codes.csv"
 
-# --- Alert defaults drawn as thresholds: the dashboards draw the alert rules' own numbers --
-# OpenFinanceInstitutionOutage: share of an institution's accounts in category "institution" …
-OUTAGE_RATIO = float(ALERT_DEFAULTS["outage_ratio"])
-OUTAGE_MIN_ACCOUNTS = int(ALERT_DEFAULTS["outage_min_accounts"])  # … and at least this many
-# OpenFinanceRepeatedOTP: suspected accounts at one institution (fires at > 0 by default).
-OTP_SUSPECTED_MIN = int(ALERT_DEFAULTS["otp_min_accounts"])
-# OpenFinanceDataStale: seconds since the last successful sweep.
-STALE_AFTER_SECONDS = int(ALERT_DEFAULTS["stale_after_seconds"])
-# OpenFinanceWebhookDeliveriesRejected: refused deliveries in its window.
-WEBHOOK_REJECTED_MIN = int(ALERT_DEFAULTS["webhook_rejected_min"])
-WEBHOOK_REJECTED_WINDOW = str(ALERT_DEFAULTS["webhook_rejected_window"])
+# --- Alert parameters drawn as thresholds: the dashboards draw the alert rules' own numbers --
+# The committed dashboards carry the defaults. The Helm chart ships templates of them instead
+# (:func:`build_templates`), where each parameter is a ``[[ name ]]`` placeholder (a number in
+# thresholds and queries) or ``[[ name:percent ]]`` / ``[[ name:duration ]]`` (in text), which
+# it fills from ``prometheusRule.params``: overriding an alert's threshold in the values moves
+# the dashboards' threshold lines, colours and texts with it.
+class _Param:
+    """A parameter's value; in a template, formatted as its placeholder."""
+
+    name: str
+    template = False
+
+    base: type
+
+    def __format__(self, spec: str) -> str:
+        if not self.template:
+            plain = {float: float.__float__, int: int.__int__, str: str.__str__}[self.base]
+            return format(plain(self), spec)  # type: ignore[operator]
+        return f"[[ {self.name}:percent ]]" if spec.endswith("%") else f"[[ {self.name} ]]"
+
+    def __str__(self) -> str:
+        return format(self, "")
+
+
+class _Float(_Param, float):
+    base = float
+
+
+class _Int(_Param, int):
+    base = int
+
+
+class _Str(_Param, str):
+    base = str
+
+
+def _param(name: str, kind: type, value: object | None = None, template: bool = False) -> _Param:
+    """``name``'s default, or in a template a marker whose JSON form is unique (replaced by
+    the placeholder once rendered)."""
+    cls = {float: _Float, int: _Int, str: _Str}[kind]
+    if value is None:
+        value = kind(ALERT_DEFAULTS[name])
+    param = cls(value)
+    param.name, param.template = name, template
+    return param
+
+
+_PARAMS = {  # module constant → (alert parameter, type)
+    # OpenFinanceInstitutionOutage: share of an institution's accounts in category
+    # "institution" … and at least this many accounts.
+    "OUTAGE_RATIO": ("outage_ratio", float),
+    "OUTAGE_MIN_ACCOUNTS": ("outage_min_accounts", int),
+    # OpenFinanceRepeatedOTP: suspected accounts at one institution (fires at > 0 by default).
+    "OTP_SUSPECTED_MIN": ("otp_min_accounts", int),
+    # OpenFinanceDataStale: seconds since the last successful sweep.
+    "STALE_AFTER_SECONDS": ("stale_after_seconds", int),
+    # OpenFinanceWebhookDeliveriesRejected: refused deliveries in its window.
+    "WEBHOOK_REJECTED_MIN": ("webhook_rejected_min", int),
+    "WEBHOOK_REJECTED_WINDOW": ("webhook_rejected_window", str),
+}
+OUTAGE_RATIO = _param("outage_ratio", float)
+OUTAGE_MIN_ACCOUNTS = _param("outage_min_accounts", int)
+OTP_SUSPECTED_MIN = _param("otp_min_accounts", int)
+STALE_AFTER_SECONDS = _param("stale_after_seconds", int)
+WEBHOOK_REJECTED_MIN = _param("webhook_rejected_min", int)
+WEBHOOK_REJECTED_WINDOW = _param("webhook_rejected_window", str)
+
+
+def _markers() -> dict[str, tuple[_Param, str]]:
+    """Template markers: module constant → (marker value, its JSON text)."""
+    out = {}
+    for i, (constant, (name, kind)) in enumerate(_PARAMS.items()):
+        value = {float: 0.7310000000000 + i * 1e-9, int: 987_650_000 + i,
+                 str: f"[[ {name} ]]"}[kind]
+        marker = _param(name, kind, value, template=True)
+        out[constant] = (marker, json.dumps(value) if kind is not str else "")
+    return out
 
 
 def _duration_text(seconds: int) -> str:
+    if isinstance(seconds, _Param) and seconds.template:
+        return f"[[ {seconds.name}:duration ]]"
     if seconds % 3600 == 0:
         return f"{seconds // 3600} h"
     if seconds % 60 == 0:
@@ -355,8 +426,12 @@ OUTAGE_ACCOUNTS = (f'sum by ({INSTITUTION}) ({OUTAGE_SELECTOR}) '
                    f"or 0 * sum by ({INSTITUTION}) ({accounts()})")
 OTP_BY_INSTITUTION = (f"sum by ({INSTITUTION}) (openfinance_otp_suspected_accounts{{{FLEET}}}) "
                       f"or 0 * sum by ({INSTITUTION}) ({accounts()})")
-IN_OUTAGE = (f"({OUTAGE_SHARE}) >= {OUTAGE_RATIO} "
-             f"and ({OUTAGE_ACCOUNTS}) >= {OUTAGE_MIN_ACCOUNTS}")
+def _in_outage() -> str:
+    return (f"({OUTAGE_SHARE}) >= {OUTAGE_RATIO} "
+            f"and ({OUTAGE_ACCOUNTS}) >= {OUTAGE_MIN_ACCOUNTS}")
+
+
+IN_OUTAGE = _in_outage()
 
 
 def transitions(extra: str = "", by: str = "") -> str:
@@ -1030,6 +1105,30 @@ def _number_panels(dashboard_json: dict) -> None:
             inner["id"] = n
 
 
+def build_templates() -> dict[str, str]:
+    """File name → the dashboard's JSON text with each alert parameter as a placeholder
+    (``dashboards/templates/``, which ``helm/sync.py`` copies into the chart). Filled with the
+    defaults, each is the committed dashboard byte for byte (``helm/sync.py`` checks it)."""
+    module = sys.modules[__name__]
+    markers = _markers()
+    saved = {constant: getattr(module, constant) for constant in (*markers, "IN_OUTAGE")}
+    try:
+        for constant, (marker, _) in markers.items():
+            setattr(module, constant, marker)
+        module.IN_OUTAGE = _in_outage()
+        texts = {name: render(data) for name, data in build_all().items()}
+    finally:
+        for constant, value in saved.items():
+            setattr(module, constant, value)
+    for marker, json_text in markers.values():
+        if json_text:
+            for name, text in texts.items():
+                texts[name] = text.replace(json_text, f"[[ {marker.name} ]]")
+    for text in texts.values():
+        assert "0.731" not in text and "98765" not in text, "a marker was left in a template"
+    return texts
+
+
 def build_all() -> dict[str, dict]:
     """File name (``<uid>.json``) → dashboard JSON."""
     out: dict[str, dict] = {}
@@ -1109,9 +1208,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     stale = []
-    for name, data in build_all().items():
+    outputs = {name: render(data) for name, data in build_all().items()}
+    outputs.update({f"{TEMPLATES}/{name}": text for name, text in build_templates().items()})
+    if not args.check:
+        (args.out / TEMPLATES).mkdir(exist_ok=True)
+    for name, text in outputs.items():
         path = args.out / name
-        text = render(data)
         if args.check:
             current = path.read_text(encoding="utf-8") if path.exists() else ""
             if current != text:

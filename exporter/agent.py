@@ -57,7 +57,9 @@ class Agent:
             max_unknown_codes=settings.tracker.max_unknown_codes,
             events=self.metrics.agent, batch_size=settings.state.batch_size)
         if sources is None:
-            sources = [build_source(cfg, self.metrics.agent, clock) for cfg in settings.sources]
+            sources = [build_source(cfg, self.metrics.agent, clock,
+                                    missing_share=settings.drift.missing_share)
+                       for cfg in settings.sources]
         self.sources = sources
         self.repair: RepairLoop | None = None
         if settings.remediation.enabled:

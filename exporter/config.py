@@ -177,10 +177,19 @@ class FinicitySourceConfig(_SourceBase):
         return ("app_key", "partner_secret")
 
 
+MxProduct = Literal["account_verification", "identity_verification", "transactions",
+                   "transaction_history", "statements", "investments", "rewards"]
+"""v20250224's ``SupportedProducts``: what a widget's ``data_request`` may ask for."""
+
+
 class MxSourceConfig(_SourceBase):
-    """MX Platform API (v20111101, ``Accept: application/vnd.mx.api.v1+json``)."""
+    """MX Platform API: v20250224 (``Accept-Version: v20250224``, ``Accept:
+    application/json``) unless ``api_version`` pins v20111101 for a partner not yet migrated."""
 
     provider: Literal["mx"]
+    api_version: Literal["v20250224", "v20111101"] = "v20250224"
+    widget_products: list[MxProduct] = Field(default_factory=lambda: ["transactions"],
+                                             min_length=1)  # v20250224 repair widgets
     base_url: str = "https://api.mx.com"
     client_id: str | None = None
     api_key: SecretStr | None = None
@@ -222,6 +231,14 @@ class TrackerConfig(_Strict):
     )
 
 
+class DriftConfig(_Strict):
+    """When an upstream's answers count as having moved (``openfinance_upstream_drift_total``)."""
+
+    missing_share: float = Field(
+        0.02, ge=0, le=1, description="Share of a sweep's records that may lack the status "
+        "field before it counts as field_missing drift.")
+
+
 class Settings(BaseSettings):
     """The whole agent configuration."""
 
@@ -241,6 +258,7 @@ class Settings(BaseSettings):
     routing: RoutingConfig = RoutingConfig()
     webhooks: WebhooksConfig | None = None
     remediation: RemediationConfig = RemediationConfig()
+    drift: DriftConfig = DriftConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
@@ -249,6 +267,15 @@ class Settings(BaseSettings):
             if src.name in seen:
                 raise ValueError(f"source name {src.name!r} is used twice")
             seen.add(src.name)
+        return self
+
+    @model_validator(mode="after")
+    def _peers_match_shards(self) -> Settings:
+        peers = self.webhooks.peers if self.webhooks is not None else []
+        for src in self.sources:
+            if peers and src.webhooks is not None and src.shard.count not in (1, len(peers)):
+                raise ValueError(f"webhooks.peers lists {len(peers)} shards but source "
+                                 f"{src.name!r} has shard.count {src.shard.count}")
         return self
 
     @model_validator(mode="after")

@@ -11,6 +11,11 @@ from dataclasses import dataclass
 MAX_LABEL = 200
 """Longest label value (institution display names) the exporter emits."""
 
+STATUS_MISSING = "\x00missing"
+"""The ``code`` of a record whose answer lacked the status field itself (not a null status):
+upstream drift, never a real status. The tracker keeps such an account's last known state
+(and does not start tracking a new one); no parser can produce this value."""
+
 
 @dataclass(slots=True, frozen=True)
 class AccountStatus:
@@ -21,8 +26,9 @@ class AccountStatus:
     non-empty, label-safe id and ``institution`` a label-safe display name
     (:func:`clean_label`). ``code`` is the normalised upstream code (``"185"``,
     ``"CHALLENGED"``), ``"NONE"`` for a Finicity account never aggregated and for an MX null
-    status. Times are epoch seconds in [2000-01-01, now + 2 days] or ``None``; an
-    ``attempt_ts`` of ``None`` means "no settled aggregation attempt to count".
+    status, :data:`STATUS_MISSING` when the answer lacked the status field. Times are epoch
+    seconds in [2000-01-01, now + 2 days] or ``None``; an ``attempt_ts`` of ``None`` means
+    "no settled aggregation attempt to count".
 
     ``owner_id`` (Finicity customerId, MX user_guid) and ``login_id`` (Finicity
     institutionLoginId, MX member_guid) identify who can repair the account and through

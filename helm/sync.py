@@ -1,8 +1,9 @@
 """Copy the alert rules and dashboards into the Helm chart, and keep its parameter defaults in step.
 
 The chart can only read files inside itself (``.Files.Get``), so it carries copies of
-``alerts/openfinance.rules.template.yml``, ``alerts/params.yml`` and ``dashboards/*.json`` under
-``helm/openfinance-exporter/files/``. This script writes those copies, the
+``alerts/openfinance.rules.template.yml``, ``alerts/params.yml`` and
+``dashboards/templates/*.json`` (the dashboards with each alert parameter a placeholder, filled
+by the chart from ``prometheusRule.params``), under ``helm/openfinance-exporter/files/``. This script writes those copies, the
 ``prometheusRule.params`` block of ``values.yaml`` and the matching part of
 ``values.schema.json`` (so a misspelt parameter fails ``helm install``).
 
@@ -35,6 +36,35 @@ PROM_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
 PLACEHOLDER = re.compile(r"\[\[ *([A-Za-z0-9_]+) *\]\]")
 COMMENT_LINE = re.compile(r"^\s*#.*$", re.MULTILINE)  # the template's header mentions "[[ name ]]"
 NUMBER = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
+
+
+DASHBOARD_PLACEHOLDER = re.compile(r"\[\[ ([a-z0-9_]+)(?::(percent|duration))? \]\]")
+
+
+def duration_text(seconds: int) -> str:
+    """Seconds as the dashboards write them: ``2 h``, ``90 min``, ``45 s``."""
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+def fill_dashboard(template: str, params: dict[str, object]) -> str:
+    """What the chart's templates/dashboards.yaml does to a dashboard template: each
+    ``[[ name ]]`` becomes the parameter, ``[[ name:percent ]]`` a ratio as a percentage and
+    ``[[ name:duration ]]`` seconds as :func:`duration_text`."""
+    def repl(m: re.Match[str]) -> str:
+        value, form = params[m.group(1)], m.group(2)
+        if form == "percent":
+            return f"{float(value):.0%}"  # type: ignore[arg-type]
+        if form == "duration":
+            return duration_text(int(value))  # type: ignore[call-overload]
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return str(value)
+
+    return DASHBOARD_PLACEHOLDER.sub(repl, template)
 
 
 class SyncError(Exception):
@@ -104,8 +134,15 @@ def expected_files() -> dict[Path, str]:
     out[FILES / RULES_TEMPLATE.name] = template
     out[FILES / PARAMS.name] = params_text
     for path in dashboards:
-        json.loads(path.read_text(encoding="utf-8"))  # refuse to ship a broken dashboard
-        out[FILES / "dashboards" / path.name] = path.read_text(encoding="utf-8")
+        # a dashboard that draws alert parameters has a template; one that draws none is its own
+        template_path = DASHBOARDS / "templates" / path.name
+        text = (template_path if template_path.exists() else path).read_text(encoding="utf-8")
+        filled = fill_dashboard(text, params)
+        json.loads(filled)  # refuse to ship a broken dashboard
+        if filled != path.read_text(encoding="utf-8"):
+            raise SyncError(f"dashboards/templates/{path.name} filled with the defaults is not "
+                            f"dashboards/{path.name}: run python -m dashboards.generate")
+        out[FILES / "dashboards" / path.name] = text
 
     values_path = CHART / "values.yaml"
     values = values_path.read_text(encoding="utf-8")

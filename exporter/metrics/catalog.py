@@ -30,6 +30,7 @@ AGE_BUCKETS = (3600.0, 6 * 3600.0, 86400.0, 2 * 86400.0, 3 * 86400.0, 7 * 86400.
                14 * 86400.0, 30 * 86400.0, 90 * 86400.0)
 SWEEP_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 PUSH_REFRESH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800)
+FORWARD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 REQUEST_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Delivered fix request → login back at ok: 1 h … 30 d.
 FIX_RESOLUTION_BUCKETS = (3600.0, 6 * 3600.0, 12 * 3600.0, 86400.0, 2 * 86400.0, 3 * 86400.0,
@@ -147,14 +148,27 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("unknown_codes", "counter", ("source", "provider"),
        "Records carrying a status code not in the catalog (counted as category unknown).",
        "agent"),
+    _m("upstream_drift", "counter", ("source", "provider", "kind"),
+       "Ways the upstream moved under the agent, by kind: version_refused (406/415 or an "
+       "error naming the API version), field_missing (the status field absent from more "
+       "than drift.missing_share of a sweep's records; those accounts keep their last "
+       "state), unknown_status (a record with a status outside the catalog), shape (an "
+       "answer that fits no model).", "agent"),
+    _m("upstream_api_info", "gauge", ("source", "provider", "version"),
+       "The upstream API version a source speaks (MX: its Accept-Version; Finicity: v1, "
+       "the version in its paths); value 1.", "agent"),
     _m("webhook_events", "counter", ("source", "kind", "result"),
        "Webhook deliveries answered, by event kind (Finicity eventType, MX connection_status / "
        "member / aggregation, txpush_*; other, or unknown before the body is trusted) and "
        "result: accepted, duplicate, bad_signature, unauthorized, too_large, malformed, "
-       "ignored (no status news, or another shard's owner).", "agent"),
+       "ignored (no status news, or another shard's owner without webhooks.peers), "
+       "forwarded (sent to the owner's shard, which answered and counts it again).", "agent"),
     _m("push_refresh_duration_seconds", "histogram", ("source",),
        "From a webhook event's arrival to its owner's re-read applied to /metrics.", "agent",
        buckets=PUSH_REFRESH_BUCKETS),
+    _m("webhook_forward_duration_seconds", "histogram", ("source",),
+       "Time a delivery forwarded to its owner's shard (webhooks.peers) waited for that pod's "
+       "answer.", "agent", buckets=FORWARD_BUCKETS),
     _m("fix_links", "counter", ("source", "result"),
        "Repair links requested from the aggregator.", "agent"),
     _m("fix_requests", "counter", ("source", "provider", "kind", "result"),

@@ -20,6 +20,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from exporter import __version__
 from exporter.metrics.catalog import METRICS, MetricSpec, spec
+from exporter.sources.drift import DRIFT_KINDS
 
 _INSTRUMENTS = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
 
@@ -123,6 +124,17 @@ class AgentMetrics:
 
     def unknown_code(self, source: str, provider: str) -> None:
         self._inc("unknown_codes", source, provider)
+        self._inc("upstream_drift", source, provider, "unknown_status")
+
+    def upstream_drift(self, source: str, provider: str, kind: str) -> None:
+        self._inc("upstream_drift", source, provider, kind)
+
+    def upstream_api(self, source: str, provider: str, version: str) -> None:
+        """The version a source speaks, with its drift series at zero so that increase()
+        and the alert work from the first occurrence."""
+        self._set("upstream_api_info", 1, source, provider, version)
+        for kind in DRIFT_KINDS:
+            self._instruments["upstream_drift"].labels(source, provider, kind)
 
     # WebhookObserver (exporter.webhooks.observer)
     def webhooks_enabled(self, source: str) -> None:
@@ -140,6 +152,9 @@ class AgentMetrics:
 
     def push_refresh_failed(self, source: str, result: str, events: int) -> None:
         self._instruments["push_refresh_failures"].labels(source, result).inc(events)
+
+    def webhook_forwarded(self, source: str, seconds: float) -> None:
+        self._instruments["webhook_forward_duration_seconds"].labels(source).observe(seconds)
 
     # RemediationObserver (exporter.remediation.observer)
     def remediation_source(self, source: str, provider: str) -> None:

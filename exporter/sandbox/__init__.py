@@ -41,7 +41,7 @@ HTTP API (client base URLs: ``http://HOST:PORT/finicity`` and ``http://HOST:PORT
   /institution/v2/institutions/{institutionId}`` (``status``/``productionStatus`` as the
   scenario declares them); ``POST /connect/v2/generate/fix`` (a Fix link to
   ``/connect/fix/<token>`` on the sandbox). Refresh POSTs → 403, counted.
-- MX: HTTP Basic; ``Accept: application/vnd.mx.api.v1+json`` or 406; ``GET /users``,
+- MX: HTTP Basic; ``Accept-Version`` (v20250224 or v20111101, with its media type) or 406; ``GET /users``,
   ``GET /users/{user_guid}/members``, ``GET /users/{u}/members/{m}`` (and ``/status``),
   ``GET /institutions/{institution_code}``; ``POST /users/{user_guid}/widget_urls`` (a
   Connect widget URL to ``/connect/fix/<token>``). ``POST …/members/{m}/aggregate`` (and

@@ -1,10 +1,14 @@
-"""Simulated MX Platform API (v20111101) endpoints, mounted under ``/mx``.
+"""Simulated MX Platform API endpoints, mounted under ``/mx``, answering as MX does today.
 
-HTTP Basic auth (``client_id:api_key``), ``Accept: application/vnd.mx.api.v1+json`` or 406,
-``page``/``records_per_page`` paging (10–1000; above 1000 falls back to 25) with a
-``pagination`` object. Member ``name`` is sometimes personal text, so a client that uses it
-as the institution label is caught by the truth. Aggregation endpoints answer 403 and are
-counted.
+Since 2026-08-12 every call must send ``Accept-Version``: without it, or with a version MX
+does not serve, the answer is 406. Two versions are served, each with its media type:
+``v20250224`` (``Accept: application/json``; institutions list ``supported_products``; widget
+URLs take ``data_request.products``) and ``v20111101`` (``Accept:
+application/vnd.mx.api.v1+json``; ``supports_*`` flags). HTTP Basic auth
+(``client_id:api_key``), ``page``/``records_per_page`` paging (10–1000; above 1000 falls back
+to 25) with a ``pagination`` object. Member ``name`` is sometimes personal text, so a client
+that uses it as the institution label is caught by the truth. Aggregation endpoints answer
+403 and are counted.
 """
 
 from __future__ import annotations
@@ -39,19 +43,50 @@ from exporter.sandbox.links import link_url
 from exporter.sandbox.runtime import SandboxRuntime
 
 MX_MEDIA_TYPE = "application/vnd.mx.api.v1+json"
+V2025, V2011 = "v20250224", "v20111101"
+MEDIA_TYPES = {V2025: "application/json", V2011: MX_MEDIA_TYPE}
+"""The versions served (``Accept-Version``) and the media type each answers in."""
+PRODUCTS = frozenset({"account_verification", "identity_verification", "transactions",
+                      "transaction_history", "statements", "investments", "rewards"})
+"""v20250224's ``SupportedProducts``."""
 
 
-def error(status: int, message: str) -> JSONResponse:
+def _media_type(request: Request | None) -> str:
+    version = getattr(request.state, "mx_version", V2025) if request is not None else V2025
+    return MEDIA_TYPES[version]
+
+
+def error(status: int, message: str, request: Request | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message}}, status_code=status,
-                        media_type=MX_MEDIA_TYPE)
+                        media_type=_media_type(request))
 
 
-def ok(payload: dict[str, Any]) -> JSONResponse:
-    return JSONResponse(payload, media_type=MX_MEDIA_TYPE)
+def ok(request: Request, payload: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(payload, media_type=_media_type(request))
+
+
+def version_of(request: Request) -> str | Response:
+    """The version the call asked for, or MX's 406 refusal: ``Accept-Version`` is required
+    (since 2026-08-12) and must be one MX serves, with an ``Accept`` that fits it."""
+    version = request.headers.get("accept-version", "").strip()
+    supported = ", ".join(MEDIA_TYPES)
+    if not version:
+        return error(406, "Request header must have required property 'accept-version' "
+                     f"(supported versions: {supported})")
+    if version not in MEDIA_TYPES:
+        return error(406, f"API version {version[:40]!r} is not supported (supported versions: "
+                     f"{supported})")
+    accept = request.headers.get("accept", "*/*")
+    media = MEDIA_TYPES[version]
+    if media not in accept and "*/*" not in accept:
+        return error(406, f"API version {version} answers in {media}; the Accept header does "
+                     "not allow it")
+    return version
 
 
 def authenticate(rt: SandboxRuntime, request: Request) -> Response | None:
-    """None when Basic auth and the versioned Accept header are right, else 401 / 406."""
+    """None when Basic auth and the version headers are right (the version is kept in
+    ``request.state.mx_version``), else 401 / 406."""
     header = request.headers.get("authorization", "")
     scheme, _, encoded = header.partition(" ")
     user = password = None
@@ -64,8 +99,10 @@ def authenticate(rt: SandboxRuntime, request: Request) -> Response | None:
         response = error(401, "Invalid MX-API-Key or MX-Client-ID provided")
         response.headers["WWW-Authenticate"] = 'Basic realm="MX Platform API"'
         return response
-    if MX_MEDIA_TYPE not in request.headers.get("accept", ""):
-        return error(406, f"No valid API version was requested; send Accept: {MX_MEDIA_TYPE}")
+    version = version_of(request)
+    if isinstance(version, Response):
+        return version
+    request.state.mx_version = version
     return None
 
 
@@ -168,7 +205,7 @@ async def list_users(rt: SandboxRuntime, request: Request) -> Response:
     if q.get("is_disabled", "").lower() == "true":
         records = []
     chunk, pagination = _page(records, page, per_page)
-    return ok({"users": [user_json(sim, i) for i in chunk], "pagination": pagination})
+    return ok(request, {"users": [user_json(sim, i) for i in chunk], "pagination": pagination})
 
 
 def _user(rt: SandboxRuntime, request: Request) -> int | None:
@@ -180,12 +217,12 @@ async def list_members(rt: SandboxRuntime, request: Request) -> Response:
     sim = rt.fleet.mx
     user = _user(rt, request)
     if user is None:
-        return error(404, "We were unable to find the record you requested.")
+        return error(404, "We were unable to find the record you requested.", request)
     page, per_page = _paging(request)
     conns = range(sim.unit_conn_start[user], sim.unit_conn_start[user + 1])
     chunk, pagination = _page(conns, page, per_page)
     night = rt.clock.night
-    return ok({"members": [member_json(sim, rt, user, k, night) for k in chunk],
+    return ok(request, {"members": [member_json(sim, rt, user, k, night) for k in chunk],
                "pagination": pagination})
 
 
@@ -203,17 +240,17 @@ def _member(rt: SandboxRuntime, request: Request) -> tuple[int, int] | None:
 async def read_member(rt: SandboxRuntime, request: Request) -> Response:
     found = _member(rt, request)
     if found is None:
-        return error(404, "We were unable to find the record you requested.")
-    return ok({"member": member_json(rt.fleet.mx, rt, *found, rt.clock.night)})
+        return error(404, "We were unable to find the record you requested.", request)
+    return ok(request, {"member": member_json(rt.fleet.mx, rt, *found, rt.clock.night)})
 
 
 async def read_member_status(rt: SandboxRuntime, request: Request) -> Response:
     found = _member(rt, request)
     if found is None:
-        return error(404, "We were unable to find the record you requested.")
+        return error(404, "We were unable to find the record you requested.", request)
     m = member_json(rt.fleet.mx, rt, *found, rt.clock.night)
     status = m["connection_status"]
-    return ok({"member": {
+    return ok(request, {"member": {
         "aggregated_at": m["aggregated_at"],
         "challenges": [],
         "connection_status": status,
@@ -227,9 +264,26 @@ async def read_member_status(rt: SandboxRuntime, request: Request) -> Response:
     }})
 
 
-def institution_json(sim: ProviderSim, i: int) -> dict[str, Any]:
+def institution_json(sim: ProviderSim, i: int, version: str = V2025) -> dict[str, Any]:
+    """An institution in ``version``'s shape: v20250224 lists ``supported_products`` and
+    adds ``guid``, ``is_hidden`` and ``created_at``; v20111101 has one flag per product."""
     inst = sim.institutions[i]
     site = f"https://{inst.domain}"
+    flags = {
+        "supports_account_identification": True,
+        "supports_account_statement": inst.rank % 2 == 0,
+        "supports_account_verification": True,
+        "supports_oauth": inst.rank % 3 == 0,
+        "supports_tax_document": False,
+        "supports_transaction_history": True,
+    }
+    if version == V2025:
+        products = ["account_verification", "identity_verification", "transactions",
+                    "transaction_history"] + (["statements"] if inst.rank % 2 == 0 else [])
+        flags = {"created_at": "2025-02-13T18:08:00+00:00",
+                 "guid": institution_guid(sim, inst.rank), "is_hidden": False,
+                 "supported_products": products, "supports_oauth": flags["supports_oauth"],
+                 "supports_tax_document": False}
     return {
         "code": inst.id,
         "forgot_password_url": f"{site}/forgot-password",
@@ -241,12 +295,7 @@ def institution_json(sim: ProviderSim, i: int) -> dict[str, Any]:
         "medium_logo_url": f"https://content.example.com/logos/100x100/{inst.id}.png",
         "name": inst.name,
         "small_logo_url": f"https://content.example.com/logos/50x50/{inst.id}.png",
-        "supports_account_identification": True,
-        "supports_account_statement": inst.rank % 2 == 0,
-        "supports_account_verification": True,
-        "supports_oauth": inst.rank % 3 == 0,
-        "supports_tax_document": False,
-        "supports_transaction_history": True,
+        **flags,
         "trouble_signing_in_url": f"{site}/login-trouble",
         "url": site,
     }
@@ -257,8 +306,9 @@ async def read_institution(rt: SandboxRuntime, request: Request) -> Response:
     code = request.path_params["institution_code"]
     for i, inst in enumerate(sim.institutions):
         if inst.id == code:
-            return ok({"institution": institution_json(sim, i)})
-    return error(404, "We were unable to find the record you requested.")
+            return ok(request, {"institution": institution_json(sim, i,
+                                                                request.state.mx_version)})
+    return error(404, "We were unable to find the record you requested.", request)
 
 
 async def request_widget_url(rt: SandboxRuntime, request: Request) -> Response:
@@ -268,27 +318,33 @@ async def request_widget_url(rt: SandboxRuntime, request: Request) -> Response:
     sim = rt.fleet.mx
     user = _user(rt, request)
     if user is None:
-        return error(404, "We were unable to find the record you requested.")
+        return error(404, "We were unable to find the record you requested.", request)
     try:
         body = await request.json()
     except ValueError:
         body = None
     config = body.get("widget_url") if isinstance(body, dict) else None
     if not isinstance(config, dict) or not isinstance(config.get("widget_type"), str):
-        return error(400, "A widget_url object with a widget_type is required.")
+        return error(400, "A widget_url object with a widget_type is required.", request)
     widget_type = config["widget_type"]
+    if request.state.mx_version == V2025 and "data_request" in config:
+        wanted = config["data_request"]
+        products = wanted.get("products") if isinstance(wanted, dict) else None
+        if (not isinstance(products, list)
+                or not all(isinstance(p, str) and p in PRODUCTS for p in products)):
+            return error(400, "data_request.products must list supported products.", request)
     member = config.get("current_member_guid")
     k = None
     if member is not None:
         if widget_type != "connect_widget" or not isinstance(member, str):
-            return error(400, "current_member_guid is only for a connect_widget.")
+            return error(400, "current_member_guid is only for a connect_widget.", request)
         k = find_connection(sim, user_guid(sim, user), member)
         if k is None:
-            return error(404, "We were unable to find the record you requested.")
+            return error(404, "We were unable to find the record you requested.", request)
     institution = sim.institutions[sim.conn_inst[k]].label if k is not None else "your bank"
     link = rt.links.issue("mx", k, user_guid(sim, user), member, institution, single_use=True,
                           callback_payload=request.headers.get("x-callback-payload"))
-    return ok({"widget_url": {"type": widget_type, "url": link_url(request, link),
+    return ok(request, {"widget_url": {"type": widget_type, "url": link_url(request, link),
                               "user_id": user_json(sim, user)["id"]}})
 
 

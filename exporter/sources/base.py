@@ -38,6 +38,12 @@ class UpstreamObserver(Protocol):
     def auth_failure(self, source: str) -> None:
         """The aggregator refused our credentials; the source has stopped itself."""
 
+    def upstream_drift(self, source: str, provider: str, kind: str) -> None:
+        """The upstream moved: ``kind`` is one of ``exporter.sources.drift.DRIFT_KINDS``."""
+
+    def upstream_api(self, source: str, provider: str, version: str) -> None:
+        """The API version a source speaks (set once, when the source is built)."""
+
 
 class NullObserver:
     """An observer that drops everything (tests, tools)."""
@@ -52,6 +58,12 @@ class NullObserver:
         pass
 
     def auth_failure(self, source: str) -> None:
+        pass
+
+    def upstream_drift(self, source: str, provider: str, kind: str) -> None:
+        pass
+
+    def upstream_api(self, source: str, provider: str, version: str) -> None:
         pass
 
 

@@ -36,6 +36,7 @@ import orjson
 from exporter import __version__
 from exporter.config import HttpConfig
 from exporter.sources.base import Clock, Sleep, UpstreamObserver
+from exporter.sources.drift import DriftMeter
 from exporter.sources.errors import (
     MalformedResponse,
     UpstreamError,
@@ -81,6 +82,7 @@ class UpstreamClient:
         sleep: Sleep = asyncio.sleep,
         random: Callable[[], float] = _random.random,
         is_outcome_code: Callable[[int], bool] = lambda code: False,
+        drift: DriftMeter | None = None,
     ):
         self.source = source
         self._base = httpx.URL(base_url.rstrip("/"))
@@ -88,6 +90,7 @@ class UpstreamClient:
         self._templates: dict[str, str] = {}
         self._fast_urls = _fast_urls_work(self._base)
         self._observer = observer
+        self._drift = drift
         self._clock = clock
         self._monotonic = monotonic
         self._sleep = sleep
@@ -147,6 +150,8 @@ class UpstreamClient:
                     return self._decode(route, response)
                 body = ErrorPayload.read(_json_or_none(response))
                 error = UpstreamStatusError(route, response.status_code, body.code, body.text())
+                if self._drift is not None:
+                    self._drift.refused(route, response.status_code, error.message)
                 cause = None
                 reason = self._retry.reason(response.status_code, body.code)
                 if reason is None:

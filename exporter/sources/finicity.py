@@ -21,7 +21,7 @@ import httpx
 
 from exporter.catalog import Catalog
 from exporter.config import FinicitySourceConfig
-from exporter.records import AccountStatus
+from exporter.records import STATUS_MISSING, AccountStatus
 from exporter.sources.base import (
     AuthLockoutRisk,
     Clock,
@@ -34,8 +34,10 @@ from exporter.sources.base import (
     UpstreamObserver,
 )
 from exporter.sources.client import UpstreamClient
+from exporter.sources.drift import DEFAULT_MISSING_SHARE, DriftMeter
 from exporter.sources.errors import UpstreamError, UpstreamStatusError
 from exporter.sources.payloads import (
+    NEVER_AGGREGATED,
     FinicityAccount,
     FinicityAccountsPage,
     FinicityCustomer,
@@ -57,6 +59,9 @@ SIMPLE_ACCOUNTS_ROUTE = "/aggregation/v1/customers/{customerId}/accounts/simple"
 INSTITUTION_ROUTE = "/institution/v2/institutions/{institutionId}"
 FIX_ROUTE = "/connect/v2/generate/fix"
 
+API_VERSION = "v1"
+"""What ``openfinance_upstream_api_info`` says: the Finicity API has no version header; its
+paths carry the version (``/aggregation/v1``, spec 1.42.0)."""
 RENEWABLE_TOKEN_CODES = frozenset({10022, 10023})  # invalid / expired Finicity-App-Token
 MAX_CUSTOMER_PAGES = 10_000  # safety net when the server reports no ``found``
 
@@ -243,6 +248,7 @@ class FinicitySource(Source):
         random: Clock = _random.random,
         transport: httpx.AsyncBaseTransport | None = None,
         catalog: Catalog | None = None,
+        missing_share: float = DEFAULT_MISSING_SHARE,
     ):
         if config.app_key is None or config.partner_id is None or config.partner_secret is None:
             raise ValueError(f"source {config.name}: app_key, partner_id and partner_secret are required")
@@ -251,6 +257,9 @@ class FinicitySource(Source):
         self.observer = observer or NullObserver()
         self.clock = clock
         catalog = catalog or Catalog.default()
+        self.drift = DriftMeter(config.name, self.provider, self.observer,
+                                status_field="aggregationStatusCode", missing_share=missing_share)
+        self.observer.upstream_api(config.name, self.provider, API_VERSION)
         self.http = UpstreamClient(
             source=config.name,
             base_url=config.base_url,
@@ -266,9 +275,10 @@ class FinicitySource(Source):
             sleep=sleep,
             random=random,
             is_outcome_code=lambda code: catalog.get("finicity", str(code)) is not None,
+            drift=self.drift,
         )
         self._token = PartnerToken(self, config.partner_id, config.partner_secret.get_secret_value())
-        self.payloads = PayloadReader(config.name, self.observer, clock)
+        self.payloads = PayloadReader(config.name, self.observer, clock, self.drift)
         self._institutions: TtlCache[str, str] = TtlCache(self._load_institution, clock)
         self._start_meaning = StartMeaning.RECORD_INDEX
         self._accounts_route = SIMPLE_ACCOUNTS_ROUTE if config.simple_accounts else ACCOUNTS_ROUTE
@@ -283,10 +293,11 @@ class FinicitySource(Source):
     async def sweep(self, sink: SweepSink) -> SweepReport:
         """Walk the customers, then read each one's accounts; a failed customer makes it partial."""
         self._token.check_stopped()
-        return await sweep_units(
-            self.name, sink, self._customer_ids, self._customer_accounts,
-            shard=self.config.shard, concurrency=self.config.http.max_concurrency,
-            units="customers")
+        with self.drift.sweep():
+            return await sweep_units(
+                self.name, sink, self._customer_ids, self._customer_accounts,
+                shard=self.config.shard, concurrency=self.config.http.max_concurrency,
+                units="customers")
 
     # ------------------------------------------------------------------ one owner
 
@@ -362,7 +373,7 @@ class FinicitySource(Source):
             if name is None:
                 name = await self._institutions.get(account.institutionId)
             records.append(self._record(account, customer_id, name))
-        return records
+        return self.drift.records(records)
 
     def _record(self, account: FinicityAccount, customer_id: str, institution: str) -> AccountStatus:
         return AccountStatus(
@@ -371,7 +382,8 @@ class FinicitySource(Source):
             account_key=account.id,
             institution_id=account.institutionId,
             institution=institution,
-            code=account.aggregationStatusCode,
+            code=(NEVER_AGGREGATED if account.aggregationStatusCode == STATUS_MISSING
+                  and account.aggregationAttemptDate is None else account.aggregationStatusCode),
             attempt_ts=account.aggregationAttemptDate,
             success_ts=account.aggregationSuccessDate,
             owner_id=account.customerId or customer_id,
@@ -379,7 +391,11 @@ class FinicitySource(Source):
         )
 
     async def _load_institution(self, institution_id: str) -> tuple[str, float]:
-        """``displayName ?? name ?? id``."""
+        """``displayName ?? name ?? id``; an id that is not an integer (the spec's type of
+        the path parameter) has no institution to look up."""
+        if not institution_id.isdigit():
+            return institution_id, self.config.institution_cache_ttl
+
         def name(body: Any) -> str | None:
             found = self.payloads.body(FinicityInstitutionBody, body, INSTITUTION_ROUTE).institution
             return found.displayName or found.name
@@ -390,6 +406,8 @@ class FinicitySource(Source):
             seen=self.seen_hook(institution_id))
 
     async def institution(self, institution_id: str) -> object:
+        if not institution_id.isdigit():
+            return None
         try:
             return await self._call("GET", INSTITUTION_ROUTE, {"institutionId": institution_id})
         except UpstreamStatusError as exc:

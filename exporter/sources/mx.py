@@ -1,7 +1,11 @@
-"""MX Platform API (v20111101): one sweep = users walk + members per user; the member is the unit.
+"""MX Platform API: one sweep = users walk + members per user; the member is the unit.
 
-HTTP Basic with ``client_id:api_key``, no token. Read-only: never asks for an aggregation; the only POST mints a Connect widget URL on request.
-Institution names come from ``GET /institutions/{institution_code}``, never from
+Speaks v20250224 by default (``Accept: application/json`` + ``Accept-Version: v20250224``;
+since 2026-08-12 MX refuses any call without ``Accept-Version``), or v20111101 when the
+source's ``api_version`` asks for it (``Accept-Version: v20111101`` with its
+``application/vnd.mx.api.v1+json`` media type). HTTP Basic with ``client_id:api_key``, no
+token. Read-only: never asks for an aggregation; the only POST mints a Connect widget URL on
+request. Institution names come from ``GET /institutions/{institution_code}``, never from
 ``member.name``, which users can set to personal text.
 """
 
@@ -12,7 +16,8 @@ import base64
 import logging
 import random as _random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -30,6 +35,7 @@ from exporter.sources.base import (
     UpstreamObserver,
 )
 from exporter.sources.client import UpstreamClient
+from exporter.sources.drift import DEFAULT_MISSING_SHARE, DriftMeter
 from exporter.sources.errors import UpstreamStatusError
 from exporter.sources.payloads import (
     MxInstitutionBody,
@@ -48,10 +54,44 @@ from exporter.sources.sweep import TtlCache, institution_name, sweep_units
 log = logging.getLogger(__name__)
 
 USERS_ROUTE = "/users"
-MEMBERS_ROUTE = "/users/{user_guid}/members"
 INSTITUTION_ROUTE = "/institutions/{institution_code}"
-WIDGET_URLS_ROUTE = "/users/{user_guid}/widget_urls"
+WIDGET_URLS_ROUTE = "/users/{user_guid}/widget_urls"  # {user_guid} in both versions' specs
 ACCEPT_V1 = "application/vnd.mx.api.v1+json"
+V20250224, V20111101 = "v20250224", "v20111101"
+
+
+@dataclass(frozen=True, slots=True)
+class MxApiVersion:
+    """What differs between the versions the agent speaks: headers, the member route's
+    parameter name, and how a widget URL asks for data."""
+
+    name: str
+    accept: str
+    members_route: str
+    owner_param: str
+
+    def headers(self) -> dict[str, str]:
+        return {"Accept": self.accept, "Accept-Version": self.name}
+
+    def widget_request(self, member_guid: str, products: Sequence[str]) -> dict[str, object]:
+        """The repair widget, opened on the broken member, institution search off:
+        v20250224 orders data with ``data_request.products``, v20111101 with ``mode``."""
+        request: dict[str, object] = {"widget_type": "connect_widget",
+                                      "current_member_guid": member_guid,
+                                      "disable_institution_search": True}
+        if self.name == V20111101:
+            request["mode"] = "aggregation"
+        else:
+            request["data_request"] = {"products": list(products)}
+        return {"widget_url": request}
+
+
+API_VERSIONS = {
+    V20250224: MxApiVersion(V20250224, "application/json",
+                            "/users/{user_identifier}/members", "user_identifier"),
+    V20111101: MxApiVersion(V20111101, ACCEPT_V1, "/users/{user_guid}/members", "user_guid"),
+}
+"""The versions the agent speaks, newest first (the config's ``api_version`` takes these)."""
 MAX_PAGES = 10_000  # safety net per list, whatever total_pages says
 
 P = TypeVar("P", bound=Payload)
@@ -77,26 +117,32 @@ class MxSource(Source):
         sleep: Sleep = asyncio.sleep,
         random: Clock = _random.random,
         transport: httpx.AsyncBaseTransport | None = None,
+        missing_share: float = DEFAULT_MISSING_SHARE,
     ):
         if config.client_id is None or config.api_key is None:
             raise ValueError(f"source {config.name}: client_id and api_key are required")
         self.name = config.name
         self.config = config
         self.observer = observer or NullObserver()
+        self.version = API_VERSIONS[config.api_version]
+        self.drift = DriftMeter(config.name, self.provider, self.observer,
+                                status_field="connection_status", missing_share=missing_share)
+        self.observer.upstream_api(config.name, self.provider, self.version.name)
         self.http = UpstreamClient(
             source=config.name,
             base_url=config.base_url,
             http=config.http,
             observer=self.observer,
-            headers={"Accept": ACCEPT_V1,
+            headers={**self.version.headers(),
                      "Authorization": basic_auth(config.client_id, config.api_key.get_secret_value())},
             transport=transport,
             clock=clock,
             monotonic=monotonic,
             sleep=sleep,
             random=random,
+            drift=self.drift,
         )
-        self.payloads = PayloadReader(config.name, self.observer, clock)
+        self.payloads = PayloadReader(config.name, self.observer, clock, self.drift)
         self._institutions: TtlCache[str, str] = TtlCache(self._load_institution, clock)
         self._records_per_page = min(max(config.page_size, 10), 1000)
         self.stopped = False
@@ -107,10 +153,11 @@ class MxSource(Source):
     async def sweep(self, sink: SweepSink) -> SweepReport:
         """Walk the users, then each one's members; a failed user makes the sweep partial."""
         self._check_stopped()
-        return await sweep_units(
-            self.name, sink, self._user_listing, self._user_members,
-            shard=self.config.shard, concurrency=self.config.http.max_concurrency,
-            units="users")
+        with self.drift.sweep():
+            return await sweep_units(
+                self.name, sink, self._user_listing, self._user_members,
+                shard=self.config.shard, concurrency=self.config.http.max_concurrency,
+                units="users")
 
     async def _user_listing(self) -> tuple[list[str], bool]:
         return await self._user_guids(), True
@@ -126,7 +173,7 @@ class MxSource(Source):
 
     async def fix_link(self, owner_id: str, login_id: str) -> str:
         """A Connect widget URL opened on the broken member (valid ten minutes, single use)."""
-        body = {"widget_url": {"widget_type": "connect_widget", "current_member_guid": login_id}}
+        body = self.version.widget_request(login_id, self.config.widget_products)
         answer = await self._call("POST", WIDGET_URLS_ROUTE, {"user_guid": owner_id}, json=body)
         return self.payloads.body(MxWidgetUrlBody, answer, WIDGET_URLS_ROUTE).widget_url.url
 
@@ -189,8 +236,9 @@ class MxSource(Source):
         """Records for one user's members; a 404 means the user is gone."""
         records: list[AccountStatus] = []
         try:
-            async for members in self._pages(MEMBERS_ROUTE, MxMembersPage, MxMember,
-                                             {"user_guid": user_guid}):
+            version = self.version
+            async for members in self._pages(version.members_route, MxMembersPage, MxMember,
+                                             {version.owner_param: user_guid}):
                 for member in members:
                     name = self._institutions.fresh(member.institution_code)
                     if name is None:
@@ -199,9 +247,9 @@ class MxSource(Source):
         except UpstreamStatusError as exc:
             if exc.http_status != 404:
                 raise
-            log.debug("%s: user %s is gone (404)", self.name, user_guid)
+            log.debug("%s: a user is gone (404)", self.name)
             return []
-        return records
+        return self.drift.records(records)
 
     def _record(self, member: MxMember, user_guid: str, institution: str) -> AccountStatus:
         return AccountStatus(

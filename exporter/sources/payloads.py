@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -35,9 +35,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from exporter.records import MAX_LABEL
+from exporter.records import MAX_LABEL, STATUS_MISSING
 from exporter.sources.base import Clock, UpstreamObserver
 from exporter.sources.errors import MalformedResponse
+
+if TYPE_CHECKING:
+    from exporter.sources.drift import DriftMeter
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +272,8 @@ class FinicityAccount(Payload):
     institutionId: RequiredId
     customerId: Id = None
     institutionLoginId: Id = None
-    aggregationStatusCode: FinicityCode = NEVER_AGGREGATED
+    aggregationStatusCode: FinicityCode = STATUS_MISSING
+    """absent: never aggregated when there is no attempt date either, else drift"""
     aggregationAttemptDate: Timestamp = None
     aggregationSuccessDate: Timestamp = None
 
@@ -326,14 +330,50 @@ class MxMember(Payload):
     guid: RequiredId
     institution_code: RequiredId
     user_guid: Id = None
-    connection_status: MxCode = NEVER_AGGREGATED
+    connection_status: MxCode = STATUS_MISSING
+    """null for manual members (``NONE``); absent is drift (a slimmer default answer)"""
     aggregated_at: Timestamp = None
     successfully_aggregated_at: Timestamp = None
     is_being_aggregated: Flag = None
 
 
+V1_PRODUCT_FLAGS = {
+    "supports_account_verification": "account_verification",
+    "supports_account_identification": "identity_verification",
+    "supports_transaction_history": "transaction_history",
+    "supports_account_statement": "statements",
+}
+"""v20111101's ``supports_*`` flags and the v20250224 ``supported_products`` they became."""
+
+
+def _products(raw: object) -> tuple[str, ...] | None:
+    """v20250224 ``supported_products``: the valid product names, in order, once each."""
+    if not isinstance(raw, list):
+        return None
+    return tuple(dict.fromkeys(p for p in raw if isinstance(p, str) and p.isidentifier()))
+
+
 class MxInstitution(Payload):
+    """``GET /institutions/{institution_code}`` in either version: v20250224 lists
+    ``supported_products``; v20111101 has one ``supports_*`` flag per product."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     name: Text = None
+    guid: Id = None
+    is_hidden: Flag = None
+    supports_oauth: Flag = None
+    supported_products: Annotated[tuple[str, ...] | None, BeforeValidator(_products)] = None
+
+    @property
+    def products(self) -> tuple[str, ...]:
+        """The products the institution supports, in v20250224's names, whichever version
+        answered."""
+        if self.supported_products is not None:
+            return self.supported_products
+        extra = self.model_extra or {}
+        return tuple(product for flag, product in V1_PRODUCT_FLAGS.items()
+                     if _flag(extra.get(flag)) is True)
 
 
 class MxInstitutionBody(Payload):
@@ -368,9 +408,11 @@ class PayloadReader:
     ones are only counted.
     """
 
-    def __init__(self, source: str, observer: UpstreamObserver, clock: Clock):
+    def __init__(self, source: str, observer: UpstreamObserver, clock: Clock,
+                 drift: DriftMeter | None = None):
         self.source = source
         self._observer = observer
+        self._drift = drift
         self._clock = clock
         self._logged: set[str] = set()
 
@@ -389,6 +431,8 @@ class PayloadReader:
             reason = _reason(exc)
             self.invalid(reason)
             where = ".".join(str(p) for p in exc.errors()[0]["loc"]) or "the body"
+            if self._drift is not None:
+                self._drift.shape(route, where)
             raise MalformedResponse(f"{route} answered an unusable body ({reason} at {where})",
                                     route=route, status="200") from None
 

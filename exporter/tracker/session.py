@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from exporter.records import AccountStatus
+from exporter.records import STATUS_MISSING, AccountStatus
 from exporter.sources.base import SweepReport
 from exporter.state import MINUTE, OTP
 from exporter.tracker.aggregates import ChunkDelta
@@ -142,6 +142,9 @@ class SweepSession:
             code = rec.code
             facts = facts_of.get(code)
             if facts is None:  # a code met for the first time, or one unknown to the catalog
+                if code == STATUS_MISSING:  # drift: the answer lacked the status field
+                    self._keep(previous.get(key))
+                    continue
                 facts = resolve(source, self.provider, code)
                 if facts.category == "unknown":
                     unknown += 1
@@ -224,6 +227,18 @@ class SweepSession:
         tracker.written(self, latest.keys())
         self.records += len(latest)
         return events
+
+    def _keep(self, row: tuple | None) -> None:
+        """An account read without its status keeps its last known state: it counts as
+        seen (a complete sweep does not drop it) and nothing of it changes. One never seen
+        before is not tracked until a status arrives."""
+        if row is None or row[0] > self._upto:
+            return
+        row_id, seen = row[0], self._seen
+        bit = 1 << (row_id & 7)
+        if not seen[row_id >> 3] & bit:
+            seen[row_id >> 3] |= bit
+            self._seen_count += 1
 
     def _finish(self, report: SweepReport) -> list[AccountEvent]:
         self.tracker.end(self)

@@ -9,6 +9,8 @@
 Verify, then persist, then answer, then process: a delivery is answered 2xx only once its
 rows are committed in the inbox, so an acknowledged event survives a crash; the processor
 is handed the new rows afterwards. Every answer is counted once as ``openfinance_webhook_events_total``.
+With ``webhooks.peers``, an event for another shard's owner is forwarded there and answered
+with that pod's status (:mod:`exporter.webhooks.forward`).
 Statuses: 401 bad signature or credentials, 404 unknown source or token, 408 body too slow,
 413 body over ``max_body_bytes`` (refused on ``Content-Length`` before reading, or as soon
 as the stream passes the limit), 503 when the inbox cannot be written (the sender
@@ -37,6 +39,7 @@ from exporter.config import SourceConfig
 from exporter.webhooks import events
 from exporter.webhooks.config import MxWebhookConfig
 from exporter.webhooks.events import Delivery, Malformed
+from exporter.webhooks.forward import Forwarder
 from exporter.webhooks.inbox import InboxError, PendingEvent, WebhookInbox
 from exporter.webhooks.observer import WebhookObserver
 from exporter.webhooks.verify import (
@@ -140,16 +143,20 @@ def create_webhook_app(receivers: Mapping[str, Receiver], inbox: WebhookInbox,
                        observer: WebhookObserver, *, clock: Callable[[], float],
                        max_body_bytes: int = 262_144, read_timeout: float = 10.0,
                        on_accepted: Callable[[list[PendingEvent]], None] = lambda _: None,
-                       ) -> WebhookApp:
+                       forward: Forwarder | None = None) -> WebhookApp:
     async def accept(receiver: Receiver, delivery: Delivery, received_at: float,
-                     ok_status: int) -> tuple[int, str, str]:
+                     ok_status: int, scope: Scope, body: bytes) -> tuple[int, str, str]:
         if delivery.ignored:
             return ok_status, delivery.kind, "ignored"
         if not delivery.owners:  # ping
             return ok_status, delivery.kind, "accepted"
+        sent = forward and await forward(receiver.name, delivery.owners, scope, body)
+        if sent and not sent.ok:  # nothing persisted: the sender retries
+            raise _Rejected(sent.status, sent.result, delivery.kind, sent.headers)
         owners = tuple(o for o in delivery.owners if receiver.owns(o))
-        if not owners:  # another shard's owner: left to that shard's poll
-            return ok_status, delivery.kind, "ignored"
+        if not owners:  # another shard's owner: forwarded, or left to that shard's poll
+            return (sent.status, delivery.kind, "forwarded") if sent else (
+                ok_status, delivery.kind, "ignored")
         try:
             new = await inbox.put(receiver.name, Delivery(
                 delivery.kind, owners, delivery.dedupe_key, delivery.keep_for), received_at)
@@ -200,7 +207,8 @@ def create_webhook_app(receivers: Mapping[str, Receiver], inbox: WebhookInbox,
                 delivery = events.finicity_connect(body)
             else:
                 delivery = events.mx(body)
-            status, kind, result = await accept(receiver, delivery, received_at, ok_status)
+            status, kind, result = await accept(receiver, delivery, received_at, ok_status,
+                                                scope, body)
         except _Disconnected:
             return
         except Malformed as exc:
@@ -226,7 +234,8 @@ def create_webhook_app(receivers: Mapping[str, Receiver], inbox: WebhookInbox,
         try:
             body = await _read_body(request.receive, request.headers.get("content-length", ""),
                                     max_body_bytes, read_timeout)
-            status, kind, result = await accept(receiver, events.txpush(body), received_at, 200)
+            status, kind, result = await accept(receiver, events.txpush(body), received_at, 200,
+                                                request.scope, body)
         except _Disconnected:
             return Response(status_code=204)
         except Malformed as exc:

@@ -27,6 +27,7 @@ from exporter.durations import non_negative_duration
 
 Seconds = Annotated[float, BeforeValidator(non_negative_duration), Field(json_schema_extra={"format": "duration"})]
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
+_PEER_URL = re.compile(r"^https?://[^/?#@\s]+/?$")
 
 
 class _Strict(BaseModel):
@@ -61,6 +62,19 @@ class WebhooksConfig(_Strict):
     give_up_after: Seconds = Field(
         21_600.0, description="Stop retrying an event this long after it arrived (the poll "
         "still sees the owner).")
+    peers: list[str] = Field(
+        default_factory=list, description="Base URLs of every shard's webhook listener, by "
+        "shard index (this pod's own included): an event for another shard's owner is "
+        "forwarded there. Empty: such events are ignored, left to the owner's poll.")
+
+    @field_validator("peers")
+    @classmethod
+    def _peer_urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not _PEER_URL.match(url):
+                raise ValueError(f"{url!r} is not an http(s) base URL (no path, query or "
+                                 "credentials)")
+        return [url.rstrip("/") for url in v]
 
     @field_validator("listen_address")
     @classmethod

@@ -1,8 +1,9 @@
 """What the push side reports, as a Protocol the metrics implement (no Prometheus here).
 
 ``openfinance_webhook_events_total{source,kind,result}``,
-``openfinance_push_refresh_duration_seconds{source}`` (DESIGN.md, "Push") and
-``openfinance_push_refresh_failures_total{source,result}``.
+``openfinance_push_refresh_duration_seconds{source}`` (DESIGN.md, "Push"),
+``openfinance_push_refresh_failures_total{source,result}`` and
+``openfinance_webhook_forward_duration_seconds{source}`` ("Push at fleet scale").
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 RESULTS = ("accepted", "duplicate", "bad_signature", "unauthorized", "too_large", "malformed",
-           "ignored")
+           "ignored", "forwarded")
 """Every value of the ``result`` label."""
 
 REFRESH_FAILURES = ("retried", "given_up")
@@ -32,6 +33,9 @@ class WebhookObserver(Protocol):
         """A re-read failed for ``events`` events: ``retried`` later, or ``given_up`` after
         ``give_up_after`` (:data:`REFRESH_FAILURES`)."""
 
+    def webhook_forwarded(self, source: str, seconds: float) -> None:
+        """A delivery was forwarded to its owner's shard, whose answer took ``seconds``."""
+
 
 class NullWebhookObserver:
     """Drops everything (tests, tools)."""
@@ -46,4 +50,7 @@ class NullWebhookObserver:
         pass
 
     def push_refresh_failed(self, source: str, result: str, events: int) -> None:
+        pass
+
+    def webhook_forwarded(self, source: str, seconds: float) -> None:
         pass

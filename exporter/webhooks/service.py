@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from exporter.config import SourceConfig
 from exporter.webhooks.app import Receiver, build_receivers, create_webhook_app
 from exporter.webhooks.config import WebhooksConfig
+from exporter.webhooks.forward import Forwarder
 from exporter.webhooks.inbox import WebhookInbox
 from exporter.webhooks.observer import WebhookObserver
 from exporter.webhooks.processor import PushProcessor, RecordSink, RefreshSource
@@ -38,10 +39,11 @@ class PushService:
             concurrency=config.concurrency, backoff=config.retry_backoff,
             backoff_max=config.retry_backoff_max, give_up_after=config.give_up_after)
         self.receivers: dict[str, Receiver] = {}
+        self.forward = Forwarder.from_config(config.peers, self.source_configs, observer)
         self.app: Starlette = create_webhook_app(
             self.receivers, self.inbox, observer, clock=clock,
             max_body_bytes=config.max_body_bytes, read_timeout=config.read_timeout,
-            on_accepted=self.processor.add)
+            on_accepted=self.processor.add, forward=self.forward)
 
     async def start(self) -> None:
         """Open the inbox (raises ``InboxError``), resolve the secrets, start processing
@@ -60,3 +62,5 @@ class PushService:
         self.receivers.clear()
         await self.processor.stop()
         await self.inbox.close()
+        if self.forward is not None:
+            await self.forward.aclose()

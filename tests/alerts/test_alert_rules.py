@@ -202,6 +202,7 @@ def test_pages_are_the_critical_alerts():
         "OpenFinanceExporterDown",
         "OpenFinanceDataStale",
         "OpenFinanceUpstreamAuthFailing",
+        "OpenFinanceUpstreamVersionRefused",
     }
 
 
@@ -352,6 +353,8 @@ PARAMETERS_OF = {
     "OpenFinanceUpstreamRateLimited": (
         "rate_limited_for", ["rate_limited_min_requests"], ["rate_limited_window"]),
     "OpenFinanceUnknownStatusCode": ("unknown_for", ["unknown_min_accounts"], ["unknown_codes_window"]),
+    "OpenFinanceUpstreamDrift": ("drift_for", [], ["drift_window"]),
+    "OpenFinanceUpstreamVersionRefused": ("drift_for", [], ["drift_window"]),
     "OpenFinanceFixRequestsHeld": ("fix_held_for", [], []),
     "OpenFinanceFixRequestsDeadLettered": ("fix_dead_for", [], ["fix_dead_window"]),
     "OpenFinanceFixDeliveryFailing": ("fix_delivery_failing_for", [], ["fix_delivery_window"]),

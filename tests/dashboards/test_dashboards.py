@@ -214,6 +214,9 @@ def test_committed_json_equals_generator_output(name):
 def test_check_mode_fails_on_a_stale_file(tmp_path):
     for name, data in GENERATED.items():
         (tmp_path / name).write_text(generate.render(data), encoding="utf-8")
+    (tmp_path / generate.TEMPLATES).mkdir()
+    for name, text in generate.build_templates().items():
+        (tmp_path / generate.TEMPLATES / name).write_text(text, encoding="utf-8")
     assert generate.main(["--check", "--out", str(tmp_path)]) == 0
     stale = tmp_path / DASHBOARD_FILES[0]
     stale.write_text(stale.read_text(encoding="utf-8").replace("OpenFinance", "Openfinance"),

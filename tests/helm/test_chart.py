@@ -40,6 +40,7 @@ SCENARIO_IDS = ["defaults", *(p.stem for p in CI_FILES)]
 
 if str(REPO) not in sys.path:  # the agent's package, for its config model
     sys.path.insert(0, str(REPO))
+from dashboards import generate  # noqa: E402
 from exporter.cli import build_parser  # noqa: E402
 from exporter.config import (  # noqa: E402
     FinicitySourceConfig,
@@ -54,6 +55,7 @@ from exporter.config import (  # noqa: E402
 )
 from exporter.health.config import HealthConfig  # noqa: E402
 from exporter.routing.config import RoutingConfig  # noqa: E402
+from helm.sync import fill_dashboard  # noqa: E402
 
 
 def _helm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -686,12 +688,45 @@ def test_each_dashboard_is_one_configmap_byte_identical_to_dashboards_dir():
 def test_grafana_braces_and_variables_survive_in_the_chart_copies():
     maps = _dashboard_configmaps(render(None))
     assert maps
+    defaults = yaml.safe_load((CHART / "files" / "params.yml").read_text())
     for name, cm in maps.items():
         shipped = (CHART / "files" / "dashboards" / name).read_text(encoding="utf-8")
-        assert cm["data"][name] == shipped
+        assert "[[ outage_ratio" in shipped or "[[ stale_after_seconds" in shipped
+        assert cm["data"][name] == fill_dashboard(shipped, defaults)
         json.loads(cm["data"][name])
     joined = "".join(cm["data"][n] for n, cm in maps.items())
     assert "{{" in joined or "${" in joined, "no Grafana template syntax in any dashboard"
+
+
+def _thresholds(panel: dict) -> list[float]:
+    steps = [s["value"] for s in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    for override in panel["fieldConfig"].get("overrides", []):
+        for prop in override["properties"]:
+            if prop["id"] == "thresholds":
+                steps += [s["value"] for s in prop["value"]["steps"]]
+    return [v for v in steps if v is not None]
+
+
+def test_dashboards_follow_the_alert_parameters_set_in_the_values():
+    """Overriding an alert's threshold moves the dashboards' threshold lines, colours, texts
+    and queries with it (the chart fills the templates from prometheusRule.params)."""
+    maps = _dashboard_configmaps(render(None, sets=(
+        "prometheusRule.params.outage_ratio=0.35", "prometheusRule.params.outage_min_accounts=25",
+        "prometheusRule.params.stale_after_seconds=5400",
+        "prometheusRule.params.webhook_rejected_min=7")))
+    panels = {p["title"]: p for name, cm in maps.items()
+              for p in generate.iter_panels(json.loads(cm["data"][name]))}
+    share = panels["Top institutions by outage share"]
+    assert 0.35 in _thresholds(share) and 0.2 not in _thresholds(share)
+    assert "(35%)" in share["description"] and "20%" not in share["description"]
+    assert 25 in _thresholds(panels["Accounts in outage codes"])
+    stale = panels["Since last successful sweep"]
+    assert 5400 in _thresholds(stale) and "90 min" in stale["description"]
+    assert 7 in _thresholds(panels["Rejected webhook deliveries"])
+    [outage] = [t["expr"] for t in panels["Institutions in outage"]["targets"]]
+    assert ">= 0.35 " in outage and ">= 25" in outage
+    for name, cm in maps.items():
+        assert "[[" not in cm["data"][name], name
 
 
 def test_the_sidecar_label_is_configurable_and_dashboards_can_be_off():
@@ -857,6 +892,68 @@ def test_inconsistent_sharding_fails_the_render(sets, message):
     proc = _helm(*args)
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr
+
+
+def _peers(replicas: int) -> list[str]:
+    return [f"http://ofe-openfinance-exporter-{i}.ofe-openfinance-exporter-headless"
+            f".monitoring.svc:9879" for i in range(replicas)]
+
+
+def test_sharded_pods_reach_each_other_through_a_headless_service_and_the_peers_list(monkeypatch):
+    """Each pod has a DNS name under the headless Service that governs the StatefulSet, and
+    the config lists every pod's webhook listener by ordinal: the agent accepts it (three
+    peers for three shards)."""
+    docs = render(SHARDED)
+    headless = one(docs, "Service", "-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == workload(docs)["spec"]["selector"]["matchLabels"]
+    assert [p["targetPort"] for p in headless["spec"]["ports"]] == ["webhooks"]
+    assert one(docs, "StatefulSet")["spec"]["serviceName"] == headless["metadata"]["name"]
+    config = rendered_config(docs)
+    assert config["webhooks"]["peers"] == _peers(3)
+    for var in [v for v in __import__("os").environ if v.upper().startswith("OPENFINANCE_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("OPENFINANCE_SHARD_INDEX", "2")
+    assert Settings(**config).webhooks.peers == _peers(3)
+    assert rendered_config(render(SHARDED, sets=("replicaCount=5",)))["webhooks"]["peers"] == (
+        _peers(5))
+
+
+def test_the_headless_service_is_never_scraped():
+    """The ServiceMonitor scrapes the port named http of the release's Services: the headless
+    one has none, so no pod is scraped twice (every rule sums across the shards)."""
+    docs = render(SHARDED)
+    endpoints = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    headless = one(docs, "Service", "-headless")
+    assert {e["port"] for e in endpoints} & {p["name"] for p in headless["spec"]["ports"]} == set()
+
+
+def test_peers_come_with_sharding_and_webhooks_only():
+    assert "peers" not in rendered_config(render(SHARDED, sets=("webhooks.enabled=false",))
+                                          ).get("webhooks", {})
+    assert "peers" not in rendered_config(render(SHARDED, sets=("replicaCount=1",)))["webhooks"]
+    unsharded = render(None, sets=("replicaCount=3", "webhooks.enabled=true"))
+    assert "peers" not in rendered_config(unsharded)["webhooks"]
+    assert not [d for d in unsharded if d["metadata"]["name"].endswith("-headless")]
+
+
+def test_peers_set_in_values_are_kept():
+    mine = ["http://a:9879", "http://b:9879", "http://c:9879"]
+    docs = render(SHARDED, sets=(f"config.webhooks.peers={{{','.join(mine)}}}",))
+    assert rendered_config(docs)["webhooks"]["peers"] == mine
+
+
+def test_network_policy_lets_the_pods_forward_webhooks_to_each_other():
+    docs = render(SHARDED, sets=("networkPolicy.enabled=true",
+                                 "networkPolicy.webhooksFrom[0].namespaceSelector.matchLabels.x=y"))
+    spec = one(docs, "NetworkPolicy")["spec"]
+    pods = [{"podSelector": {"matchLabels": workload(docs)["spec"]["selector"]["matchLabels"]}}]
+    webhooks = [{"port": "webhooks", "protocol": "TCP"}]
+    assert {"ports": webhooks, "from": pods} in spec["ingress"]
+    assert {"ports": webhooks, "to": pods} in spec["egress"]
+    alone = one(render(None, sets=("networkPolicy.enabled=true", "webhooks.enabled=true")),
+                "NetworkPolicy")["spec"]
+    assert {"ports": webhooks, "to": pods} not in alone["egress"]
 
 
 def test_without_auto_replicas_keep_the_old_behaviour():

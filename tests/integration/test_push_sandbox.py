@@ -36,7 +36,8 @@ MX_USER, MX_PASSWORD = "mx-hooks", "mx-hooks-password-123"
 
 
 @pytest.fixture
-def stack(tmp_path):
+def stack(tmp_path, request):
+    """Sandbox + agent with push; ``request.param``: the MX source's api_version."""
     hook_port = free_port()
     hooks = f"http://127.0.0.1:{hook_port}/webhooks"
     scenario = tmp_path / "scenario.yml"
@@ -51,6 +52,11 @@ def stack(tmp_path):
     config = agent_config(tmp_path / "agent.yml", sandbox.url, tmp_path / "state.db",
                           interval=3600)
     with_webhooks(config, hook_port, MX_USER, MX_PASSWORD)
+    doc = yaml.safe_load(config.read_text())
+    for src in doc["sources"]:
+        if src["provider"] == "mx":
+            src["api_version"] = getattr(request, "param", "v20250224")
+    config.write_text(yaml.safe_dump(doc))
     agent = AgentProc(tmp_path, config)
     try:
         agent.wait_sweeps({FIN: 1, MX: 1})
@@ -77,8 +83,11 @@ def sandbox_webhooks(sandbox: Sandbox) -> dict:
     return httpx.get(f"{sandbox.url}/sandbox/webhooks", timeout=10).json()
 
 
-@pytest.mark.parametrize("provider,kind", [("finicity", "done"), ("mx", "member")])
+@pytest.mark.parametrize(("provider", "kind", "stack"), [
+    ("finicity", "done", "v20250224"), ("mx", "member", "v20250224"),
+    ("mx", "member", "v20111101")], indirect=["stack"])
 def test_a_users_fix_in_the_sandbox_reaches_metrics_within_seconds_once(stack, provider, kind):
+    """Sweeps and the pushed re-read, with MX in both API versions the agent speaks."""
     sandbox, agent, config = stack
     source = SOURCE[provider]
     before_owners = served_owners(config, source)

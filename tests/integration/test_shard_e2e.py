@@ -23,7 +23,8 @@ SCENARIO = {"finicity": {"units": 90}, "mx": {"units": 60}, "finicity_testing_cu
 CUSTOMERS = {"finicity": 90 + 4, "mx": 60}
 # Route templates of the per-unit reads (sandbox stats and the agent's `endpoint` label).
 FINICITY_UNIT_READ = "/aggregation/v1/customers/{customerId}/accounts"
-MX_UNIT_READ = "/users/{user_guid}/members"
+MX_UNIT_READ = "/users/{user_guid}/members"  # the sandbox's route
+MX_UNIT_ENDPOINT = "/users/{user_identifier}/members"  # the agent's (v20250224's) template
 
 
 class ShardAgent(Proc):
@@ -123,5 +124,5 @@ def test_each_upstream_customer_is_read_by_exactly_one_shard(fleet):
         by_endpoint: dict[str, float] = defaultdict(float)
         for labels, value in scrape(agent.url).get("openfinance_upstream_requests_total", []):
             by_endpoint[labels["endpoint"]] += value
-        for route, provider in ((FINICITY_UNIT_READ, "finicity"), (MX_UNIT_READ, "mx")):
+        for route, provider in ((FINICITY_UNIT_READ, "finicity"), (MX_UNIT_ENDPOINT, "mx")):
             assert 0 < by_endpoint[route] < CUSTOMERS[provider], (agent.name, dict(by_endpoint))

@@ -36,6 +36,8 @@ class Recorder:
         self.retries: list[str] = []
         self.invalid: list[str] = []
         self.auth_failures: list[str] = []
+        self.drift: list[str] = []
+        self.versions: list[tuple[str, str]] = []
 
     def request(self, source, endpoint, status_code, duration):
         self.requests.append((endpoint, status_code))
@@ -48,6 +50,12 @@ class Recorder:
 
     def auth_failure(self, source):
         self.auth_failures.append(source)
+
+    def upstream_drift(self, source, provider, kind):
+        self.drift.append(kind)
+
+    def upstream_api(self, source, provider, version):
+        self.versions.append((provider, version))
 
 
 class Sink:

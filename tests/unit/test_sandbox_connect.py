@@ -179,8 +179,8 @@ async def test_mx_widget_url_repairs_the_member_once(sb):
         "widget_type": "connect_widget", "current_member_guid": member,
         "disable_institution_search": True}})
     assert r.status_code == 200, r.text
-    assert r.headers["content-type"].startswith("application/vnd.mx.api.v1+json")
-    assert schema_errors(mx_spec(), "WidgetResponseBody", r.json()) == []
+    assert r.headers["content-type"].startswith("application/json")
+    assert schema_errors(mx_spec("v20250224"), "WidgetResponseBody", r.json()) == []
     widget = r.json()["widget_url"]
     assert widget["type"] == "connect_widget" and widget["user_id"].startswith("partner-user-")
     path = urlsplit(widget["url"]).path
@@ -210,7 +210,8 @@ async def test_mx_widget_urls_refuses_bad_requests_and_bad_credentials(sb):
     assert wrong_owner.status_code == 404
     assert (await sb.mx_post("/users/USR-nope/widget_urls", {})).status_code == 404
     anonymous = await sb.http.post(f"/mx/users/{user}/widget_urls", json={"widget_url": {
-        "widget_type": "connect_widget"}}, headers={"Accept": "application/vnd.mx.api.v1+json"})
+        "widget_type": "connect_widget"}}, headers={"Accept": "application/json",
+                                                    "Accept-Version": "v20250224"})
     assert anonymous.status_code == 401
 
 

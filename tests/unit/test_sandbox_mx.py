@@ -8,7 +8,14 @@ import math
 import pytest
 
 from exporter.sandbox import MX_CLIENT_ID
-from tests.unit.test_sandbox_support import MX_ACCEPT, MX_AUTH, Sandbox, mx_spec, schema_errors
+from tests.unit.test_sandbox_support import (
+    MX_ACCEPT,
+    MX_AUTH,
+    MX_HEADERS,
+    Sandbox,
+    mx_spec,
+    schema_errors,
+)
 
 
 @pytest.fixture
@@ -20,17 +27,59 @@ async def sb():
 
 async def test_wrong_basic_credentials_get_401(sb):
     bad = "Basic " + base64.b64encode(f"{MX_CLIENT_ID}:wrong".encode()).decode()
-    r = await sb.http.get("/mx/users", headers={"Authorization": bad, "Accept": MX_ACCEPT})
+    r = await sb.http.get("/mx/users", headers={**MX_HEADERS, "Authorization": bad})
     assert r.status_code == 401
     assert "error" in r.json()
-    missing = await sb.http.get("/mx/users", headers={"Accept": MX_ACCEPT})
+    missing = await sb.http.get("/mx/users", headers={"Accept": MX_ACCEPT,
+                                                      "Accept-Version": "v20250224"})
     assert missing.status_code == 401
 
 
-async def test_plain_json_accept_header_gets_406(sb):
-    r = await sb.http.get("/mx/users", headers={"Authorization": MX_AUTH,
-                                                "Accept": "application/json"})
+@pytest.mark.parametrize("accept", ["application/json", "application/vnd.mx.api.v1+json"])
+async def test_a_call_without_accept_version_gets_406_whatever_its_accept(sb, accept):
+    """Since 2026-08-12 MX refuses every call without Accept-Version, the old versioned media
+    type included."""
+    r = await sb.http.get("/mx/users", headers={"Authorization": MX_AUTH, "Accept": accept})
     assert r.status_code == 406
+    assert "accept-version" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("headers", [
+    {"Accept-Version": "v20260430"},  # a version MX does not serve (yet)
+    {"Accept-Version": "v1"},
+    {"Accept-Version": "v20111101", "Accept": "application/json"},  # v1 answers in its type
+    {"Accept-Version": "v20250224", "Accept": "application/vnd.mx.api.v1+json"},
+])
+async def test_an_unknown_version_or_a_media_type_that_does_not_fit_gets_406(sb, headers):
+    r = await sb.http.get("/mx/users", headers={**MX_HEADERS, **headers})
+    assert r.status_code == 406
+    assert "version" in r.json()["error"]["message"].lower()
+
+
+@pytest.mark.parametrize(("version", "media"), [
+    ("v20250224", "application/json"), ("v20111101", "application/vnd.mx.api.v1+json")])
+async def test_both_versions_are_served_in_their_media_types(sb, version, media):
+    r = await sb.http.get("/mx/users", headers={**MX_HEADERS, "Accept-Version": version,
+                                                "Accept": media})
+    assert r.status_code == 200
+    assert r.headers["content-type"].split(";")[0] == media
+    assert r.json()["users"]
+
+
+async def test_institutions_answer_in_each_versions_shape(sb):
+    users = await sb.all_user_guids()
+    code = (await sb.mx(f"/users/{users[0]}/members")).json()["members"][0]["institution_code"]
+    v2025 = (await sb.mx(f"/institutions/{code}")).json()
+    assert schema_errors(mx_spec("v20250224"), "InstitutionResponseBody", v2025) == []
+    inst = v2025["institution"]
+    assert "transactions" in inst["supported_products"] and inst["guid"].startswith("INS-")
+    assert not any(k.startswith("supports_account") for k in inst)
+    v1 = (await sb.http.get(f"/mx/institutions/{code}", headers={
+        **MX_HEADERS, "Accept-Version": "v20111101",
+        "Accept": "application/vnd.mx.api.v1+json"})).json()
+    assert schema_errors(mx_spec("v20111101"), "InstitutionResponseBody", v1) == []
+    assert v1["institution"]["supports_transaction_history"] is True
+    assert "supported_products" not in v1["institution"]
 
 
 async def test_users_pagination_reports_total_pages(sb):
@@ -117,7 +166,7 @@ async def test_aggregate_posts_are_refused_and_counted(sb):
     users = await sb.all_user_guids()
     member = (await sb.mx(f"/users/{users[0]}/members")).json()["members"][0]
     r = await sb.http.post(f"/mx/users/{users[0]}/members/{member['guid']}/aggregate",
-                           headers={"Authorization": MX_AUTH, "Accept": MX_ACCEPT})
+                           headers=MX_HEADERS)
     assert r.status_code == 403
     stats = (await sb.http.get("/sandbox/stats")).json()
     assert stats["refresh_calls"]["by_route"] == {

@@ -27,8 +27,10 @@ from exporter.sandbox import (
 from tests.unit.conftest import Clock as FakeTime
 
 SPECS = Path(__file__).resolve().parents[2].parent / "shared/reference/openapi"
-MX_ACCEPT = "application/vnd.mx.api.v1+json"
+MX_ACCEPT = "application/json"
 MX_AUTH = "Basic " + base64.b64encode(f"{MX_CLIENT_ID}:{MX_API_KEY}".encode()).decode()
+MX_HEADERS = {"Authorization": MX_AUTH, "Accept": MX_ACCEPT, "Accept-Version": "v20250224"}
+"""What a v20250224 client sends on every call."""
 
 
 SMALL = {"finicity": {"units": 300, "institutions": 8, "hostile_names": 3},
@@ -74,7 +76,7 @@ class Sandbox:
 
     async def mx(self, path: str, **params: Any) -> httpx.Response:
         return await self.http.get(f"/mx{path}", params=params,
-                                   headers={"Authorization": MX_AUTH, "Accept": MX_ACCEPT})
+                                   headers=MX_HEADERS)
 
     async def finicity_post(self, path: str, token: str, body: Any) -> httpx.Response:
         return await self.http.post(
@@ -84,7 +86,7 @@ class Sandbox:
 
     async def mx_post(self, path: str, body: Any, **headers: str) -> httpx.Response:
         return await self.http.post(f"/mx{path}", json=body, headers={
-            "Authorization": MX_AUTH, "Accept": MX_ACCEPT, **headers})
+            **MX_HEADERS, **headers})
 
     async def advance(self, nights: int = 1) -> dict[str, Any]:
         r = await self.http.post("/sandbox/advance", params={"nights": nights})
@@ -128,8 +130,8 @@ def finicity_spec() -> dict[str, Any]:
     return _spec("mastercard-openbanking-us.yaml")
 
 
-def mx_spec() -> dict[str, Any]:
-    spec = copy.deepcopy(_spec("mx-platform-api-v20111101.yml"))
+def mx_spec(version: str = "v20250224") -> dict[str, Any]:
+    spec = copy.deepcopy(_spec(f"mx-platform-api-{version}.yml"))
     # v20111101 types most_recent_job_guid as boolean by mistake; real payloads carry "JOB-…".
     job = spec["components"]["schemas"]["MemberResponse"]["properties"]["most_recent_job_guid"]
     job["type"] = "string"

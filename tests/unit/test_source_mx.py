@@ -17,6 +17,7 @@ from exporter.sources.mx import MxSource
 from tests.unit.support import FakeTime, Recorder, Sink, load_fixture
 
 CLIENT_ID, API_KEY = "client-id-1234", "api-key-abcdef0123456789"
+MEDIA_TYPES = {"v20250224": "application/json", "v20111101": "application/vnd.mx.api.v1+json"}
 U1 = "USR-fa7537f3-48aa-a683-a02a-b18940482f54"
 U2 = "USR-0c5a2a43-7b2f-4c4e-9a11-5d1e0f2c9b01"
 U3 = "USR-9d1f7e2a-3c4b-4f5e-8a6d-7b8c9d0e1f23"
@@ -49,6 +50,7 @@ class FakeMx:
         self.total_pages_override: int | None = None
         self.ignore_page = False
         self.log: list[httpx.Request] = []
+        self.served = set(MEDIA_TYPES)  # the versions answered; others get 406
         self.throttle_once: str | None = None  # a path answered once with 429 Retry-After: 3
         self.widget_answer: dict = {"widget_url": {"type": "connect_widget", "user_id": "u-1",
                                                    "url": "https://int-widgets.moneydesktop.com/md/connect/t0k"}}
@@ -61,7 +63,10 @@ class FakeMx:
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.log.append(request)
-        assert request.headers["Accept"] == "application/vnd.mx.api.v1+json"
+        if request.headers.get("Accept-Version") not in self.served:  # as MX since 2026-08-12
+            return httpx.Response(406, json={"error": {"message": "Request header must have "
+                                                       "required property 'accept-version'"}})
+        assert request.headers["Accept"] == MEDIA_TYPES[request.headers["Accept-Version"]]
         expected = "Basic " + base64.b64encode(f"{CLIENT_ID}:{API_KEY}".encode()).decode()
         if self.status == 401 or request.headers.get("Authorization") != expected:
             return httpx.Response(401, json={"error": {"message": "Invalid MX-API-Key or MX-Client-ID"}})
@@ -279,7 +284,7 @@ async def test_requests_are_reported_under_their_route_templates():
     observer = Recorder()
     await make_source(FakeMx(), observer=observer).sweep(Sink())
     assert {endpoint for endpoint, _ in observer.requests} == {
-        "/users", "/users/{user_guid}/members", "/institutions/{institution_code}"}
+        "/users", "/users/{user_identifier}/members", "/institutions/{institution_code}"}
 
 
 async def test_shards_split_users_stably_and_disjointly():
@@ -362,9 +367,21 @@ async def test_fix_link_asks_for_a_connect_widget_on_the_broken_member():
     assert url == "https://int-widgets.moneydesktop.com/md/connect/t0k"
     request = server.log[-1]
     assert (request.method, request.url.path) == ("POST", "/users/USR-0000/widget_urls")
-    assert json.loads(request.content) == {
-        "widget_url": {"widget_type": "connect_widget", "current_member_guid": "MBR-0000-0"}}
+    assert json.loads(request.content) == {"widget_url": {
+        "widget_type": "connect_widget", "current_member_guid": "MBR-0000-0",
+        "disable_institution_search": True, "data_request": {"products": ["transactions"]}}}
     assert observer.requests == [("/users/{user_guid}/widget_urls", "200")]
+
+
+async def test_a_v20111101_widget_asks_by_mode_not_by_products():
+    server = many_users(1)
+    source = make_source(server, api_version="v20111101", widget_products=["statements"])
+    await source.fix_link("USR-0000", "MBR-0000-0")
+    request = server.log[-1]
+    assert request.headers["Accept-Version"] == "v20111101"
+    assert json.loads(request.content) == {"widget_url": {
+        "widget_type": "connect_widget", "current_member_guid": "MBR-0000-0",
+        "disable_institution_search": True, "mode": "aggregation"}}
 
 
 async def test_fix_link_for_a_user_that_is_gone_raises_an_upstream_error():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.records import clean_label
+from exporter.records import STATUS_MISSING, clean_label
 from exporter.sources.errors import MalformedResponse
 from exporter.sources.payloads import (
     ErrorPayload,
@@ -71,11 +71,12 @@ def test_finicity_codes_are_normalised_and_never_aggregated_is_none(raw, expecte
     assert parse.item(FinicityAccount, account(aggregationStatusCode=raw)).aggregationStatusCode == expected
 
 
-def test_an_absent_finicity_code_means_never_aggregated():
+def test_an_absent_finicity_code_is_marked_missing_not_a_status():
+    """The source decides: never aggregated without an attempt date, drift with one."""
     parse, _ = reader()
     raw = account()
     del raw["aggregationStatusCode"]
-    assert parse.item(FinicityAccount, raw).aggregationStatusCode == "NONE"
+    assert parse.item(FinicityAccount, raw).aggregationStatusCode == STATUS_MISSING
 
 
 @pytest.mark.parametrize("raw", ["MFA?", True, [185], "１８５", 185.5])

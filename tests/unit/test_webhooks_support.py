@@ -28,6 +28,7 @@ class RecordingObserver:
         self.refreshes: list[tuple[str, float]] = []
         self.enabled: list[str] = []
         self.failures: Counter[tuple[str, str]] = Counter()
+        self.forwards: list[tuple[str, float]] = []
 
     def webhooks_enabled(self, source: str) -> None:
         self.enabled.append(source)
@@ -40,6 +41,9 @@ class RecordingObserver:
 
     def push_refresh_failed(self, source: str, result: str, events: int) -> None:
         self.failures[(source, result)] += events
+
+    def webhook_forwarded(self, source: str, seconds: float) -> None:
+        self.forwards.append((source, seconds))
 
 
 class FakeSource:

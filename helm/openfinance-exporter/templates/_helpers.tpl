@@ -96,6 +96,15 @@ address) and, for every secret the chart mounts, the matching `<field>_file`.
 {{- if .Values.webhooks.enabled }}
 {{- $hooks := $cfg.webhooks | default dict }}
 {{- $_ := set $hooks "listen_address" (printf ":%d" (int .Values.webhooks.port)) }}
+{{- if and (include "openfinance-exporter.forwards" .) (not (hasKey $hooks "peers")) }}
+{{- /* Every pod's webhook listener by ordinal, through the headless Service: an event for another shard's owner is forwarded to its pod. */}}
+{{- $peers := list }}
+{{- $name := include "openfinance-exporter.fullname" . }}
+{{- range $i := until (int .Values.replicaCount) }}
+{{- $peers = append $peers (printf "http://%s-%d.%s.%s.svc:%d" $name $i (include "openfinance-exporter.headlessName" $) $.Release.Namespace (int $.Values.webhooks.port)) }}
+{{- end }}
+{{- $_ := set $hooks "peers" $peers }}
+{{- end }}
 {{- $_ := set $cfg "webhooks" $hooks }}
 {{- else }}
 {{- $_ := unset $cfg "webhooks" }}
@@ -167,6 +176,17 @@ address) and, for every secret the chart mounts, the matching `<field>_file`.
 {{- end }}
 {{- print "true" }}
 {{- end }}
+{{- end }}
+
+{{/* "true" when the pods forward webhooks to each other (sharded, more than one pod, webhooks on). */}}
+{{- define "openfinance-exporter.forwards" -}}
+{{- if and .Values.webhooks.enabled (include "openfinance-exporter.sharded" .) (gt (int .Values.replicaCount) 1) }}true{{ end }}
+{{- end }}
+
+{{/* The headless Service that gives a sharded StatefulSet's pods their DNS names
+(<fullname>-<ordinal>.<this>.<namespace>.svc): its serviceName. */}}
+{{- define "openfinance-exporter.headlessName" -}}
+{{- include "openfinance-exporter.fullname" . }}-headless
 {{- end }}
 
 {{/* A StatefulSet (persistence or sharding: stable pod names and per-pod claims) or a Deployment. */}}
