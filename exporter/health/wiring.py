@@ -80,9 +80,9 @@ class HealthWiring:
         source that have just turned degraded or down have their declared status re-read now
         rather than at the next run, so that a declared maintenance holds the outage page
         back from the first evaluation (one lookup per institution and change of state);
-        a quarter hour without a history point gets one. Returns the task reading the
+        the pairs without a history point this quarter hour get one. Returns the task reading the
         declared statuses, if any."""
-        if self.history is not None:  # the first point of a quarter hour without one
+        if self.history is not None:  # the points this quarter hour lacks
             point = asyncio.get_running_loop().create_task(
                 self.history.run(only_if_new=True), name="institution-history-point")
             self._points.add(point)

@@ -396,7 +396,7 @@ def test_the_history_store_keeps_48_hours_one_point_per_quarter_hour(tmp_path):
         pair: [Point(NOW, 12, 0.5, 0.5, 0.0, "degraded")]}, "kept in the state database"
 
 
-async def test_a_sweep_records_a_point_only_when_its_quarter_hour_has_none(tmp_path):
+async def test_a_sweep_records_the_points_its_quarter_hour_lacks(tmp_path):
     from exporter.health.history import HistoryStore, InstitutionHistory
 
     now = {"t": NOW}
@@ -405,13 +405,18 @@ async def test_a_sweep_records_a_point_only_when_its_quarter_hour_has_none(tmp_p
     history = InstitutionHistory(HistoryStore(tmp_path / "state.db"),
                                  lambda: build_report(snap["s"], directory, now["t"]),
                                  lambda: now["t"])
+    first = _snapshot(40, 0)
+    snap["s"] = Snapshot(version=1, sources={"mx": first.sources["mx"]})  # MX swept first
+    assert await history.run(only_if_new=True)
+    snap["s"] = first  # then Finicity: its pairs get their first point too
     assert await history.run(only_if_new=True)
     snap["s"] = _snapshot(5, 35)
-    assert not await history.run(only_if_new=True)
+    assert not await history.run(only_if_new=True), "this quarter hour has its points"
     now["t"] += 900
     assert await history.run(only_if_new=True)
     points = await history.read(86400)
     assert [p.state for p in points[("chase.com", "finicity")]] == ["healthy", "down"]
+    assert len(points[("chase.com", "mx")]) == 2
 
 
 def _history_app(tmp_path) -> httpx.AsyncClient:
