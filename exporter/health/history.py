@@ -5,8 +5,8 @@ the health sides, the shares of ok, institution-side and aggregator-side account
 state. :func:`points_of` takes them from a health report (pure); :class:`HistoryStore` keeps
 them in the state database (table ``institution_history``, one row per key, provider and
 quarter hour, rows older than 48 h deleted at each write, so at most 192 rows per pair);
-:class:`InstitutionHistory` records the current quarter hour's points at each quarter hour,
-and after each sweep those of the pairs that have none yet in it, off the event loop.
+:class:`InstitutionHistory` writes the current quarter hour's points after each sweep and at
+each quarter hour, off the event loop: a quarter hour keeps the last state seen in it.
 """
 
 from __future__ import annotations
@@ -123,26 +123,16 @@ class InstitutionHistory:
         self.store = store
         self._report = report
         self._clock = clock
-        self._slot: int | None = None
-        self._recorded: set[Pair] = set()
-        """the pairs with a point in quarter hour ``_slot`` (written, or tried)"""
         self.failures = 0
 
-    async def run(self, only_if_new: bool = False) -> bool:
-        """Record the current quarter hour's points; with ``only_if_new`` (after a sweep),
-        only those of the pairs that have none yet in it (so a source whose first sweep
-        ends after another's still gets its point). False when there was nothing to write,
-        or the database refused (logged; tried again at the next quarter hour)."""
+    async def run(self) -> bool:
+        """Write the current quarter hour's points (replacing what it had: a quarter hour
+        keeps the last state seen in it). False when there was nothing to write, or the
+        database refused (logged; written again at the next sweep or quarter hour)."""
         report = self._report()
-        now_slot = slot(report.generated_at)
-        if now_slot != self._slot:
-            self._slot, self._recorded = now_slot, set()
         points = points_of(report)
-        if only_if_new:
-            points = {pair: p for pair, p in points.items() if pair not in self._recorded}
         if not points:
             return False
-        self._recorded |= set(points)
         try:
             await asyncio.to_thread(self.store.record, points, report.generated_at)
         except sqlite3.Error as exc:

@@ -80,11 +80,11 @@ class HealthWiring:
         source that have just turned degraded or down have their declared status re-read now
         rather than at the next run, so that a declared maintenance holds the outage page
         back from the first evaluation (one lookup per institution and change of state);
-        the pairs without a history point this quarter hour get one. Returns the task reading the
-        declared statuses, if any."""
-        if self.history is not None:  # the points this quarter hour lacks
+        this quarter hour's history points are written as of this sweep. Returns the task
+        reading the declared statuses, if any."""
+        if self.history is not None:  # this quarter hour's points, as of this sweep
             point = asyncio.get_running_loop().create_task(
-                self.history.run(only_if_new=True), name="institution-history-point")
+                self.history.run(), name="institution-history-point")
             self._points.add(point)
             point.add_done_callback(self._points.discard)
         refresher = next((r for r in self.refreshers if r.source == source), None)

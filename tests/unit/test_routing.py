@@ -396,27 +396,29 @@ def test_the_history_store_keeps_48_hours_one_point_per_quarter_hour(tmp_path):
         pair: [Point(NOW, 12, 0.5, 0.5, 0.0, "degraded")]}, "kept in the state database"
 
 
-async def test_a_sweep_records_the_points_its_quarter_hour_lacks(tmp_path):
+async def test_a_quarter_hour_keeps_the_last_state_seen_in_it(tmp_path):
     from exporter.health.history import HistoryStore, InstitutionHistory
 
     now = {"t": NOW}
-    snap = {"s": _snapshot(40, 0)}
+    snap = {"s": Snapshot(version=1, sources={"mx": _snapshot(40, 0).sources["mx"]})}
     directory = _directory()
     history = InstitutionHistory(HistoryStore(tmp_path / "state.db"),
                                  lambda: build_report(snap["s"], directory, now["t"]),
                                  lambda: now["t"])
-    first = _snapshot(40, 0)
-    snap["s"] = Snapshot(version=1, sources={"mx": first.sources["mx"]})  # MX swept first
-    assert await history.run(only_if_new=True)
-    snap["s"] = first  # then Finicity: its pairs get their first point too
-    assert await history.run(only_if_new=True)
+    assert await history.run()  # MX swept first
+    snap["s"] = _snapshot(40, 0)
+    now["t"] += 60
+    assert await history.run()  # then Finicity, healthy
     snap["s"] = _snapshot(5, 35)
-    assert not await history.run(only_if_new=True), "this quarter hour has its points"
+    now["t"] += 60
+    assert await history.run()  # then down, in the same quarter hour
     now["t"] += 900
-    assert await history.run(only_if_new=True)
+    assert await history.run()
     points = await history.read(86400)
-    assert [p.state for p in points[("chase.com", "finicity")]] == ["healthy", "down"]
+    assert [p.state for p in points[("chase.com", "finicity")]] == ["down", "down"]
     assert len(points[("chase.com", "mx")]) == 2
+    assert not await InstitutionHistory(history.store, lambda: build_report(
+        Snapshot(), directory, NOW), lambda: NOW).run(), "nothing to write"
 
 
 def _history_app(tmp_path) -> httpx.AsyncClient:
