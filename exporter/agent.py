@@ -20,6 +20,9 @@ from exporter.metrics import build_metrics
 from exporter.metrics.observers import AgentMetrics
 from exporter.remediation.links import fix_app, fix_route
 from exporter.remediation.loop import RepairLoop
+from exporter.routing.advisor import Advisor
+from exporter.routing.routes import routing_routes
+from exporter.routing.store import RoutingStore
 from exporter.server import Server, create_app, http_server, serve_until_signal
 from exporter.sources import build_source
 from exporter.sources.base import Source
@@ -47,7 +50,8 @@ class Agent:
         self.catalog = Catalog.default()
         self.metrics = build_metrics(lambda: self.tracker.snapshot, clock=clock,
                                      catalog=self.catalog,
-                                     institution_rows=lambda: self.health.rows())
+                                     institution_rows=lambda: self.health.rows(),
+                                     routing_rows=lambda: self.routing.rows())
         self.state_file = open_state_file(settings.state.path)  # one agent per file
         if self.state_file.recovered_to is not None:
             self.metrics.agent.state_recovered()
@@ -73,6 +77,9 @@ class Agent:
                 self.metrics.agent.remediation_source(s.name, s.provider)
         self.health = HealthWiring(settings.health, sources, lambda: self.tracker.snapshot,
                                    clock, self.metrics.agent, settings.state.path)
+        self.routing = Advisor(settings.routing, (s.provider for s in sources),
+                               self.metrics.agent)
+        self.routing_store = RoutingStore(settings.state.path)
         self.runner = SweepRunner(sources, self.tracker,
                                   _SweepObservers(self.metrics.agent, self.repair, self.health),
                                   clock, on_snapshot=self.metrics.exposition.prerender)
@@ -81,6 +88,7 @@ class Agent:
         self.web_config = (WebConfigFile(settings.web.config_file, observer=self.metrics.agent)
                            if settings.web.config_file else None)
         self.health.schedule(self.scheduler)
+        self.routing.schedule(self.scheduler, self.health.report, self.routing_store)
         # Webhook deliveries and fix clicks pass through it; a stop closes it first.
         self.gate = Gate()
         self.push: PushService | None = None
@@ -95,7 +103,9 @@ class Agent:
         self.ready = False
         self._stopped = False
         self.app = create_app(self.metrics.exposition, lambda: self.ready,
-                              settings.web.telemetry_path, self.health.routes())
+                              settings.web.telemetry_path,
+                              [*self.health.routes(self.routing.update),
+                               *routing_routes(self.routing, self.health.report)])
 
     async def start(self) -> None:
         await self.tracker.load({s.name: s.provider for s in self.sources})
@@ -103,6 +113,7 @@ class Agent:
             await self.push.start()  # first: events acknowledged before a crash are redone
         if self.repair is not None:
             await self.repair.start()
+        await self.routing.load(self.routing_store)
         self.scheduler.start()
         self.ready = True
         log.info("agent started version=%s sources=%s state=%s", __version__,
@@ -130,6 +141,8 @@ class Agent:
         if self.repair is not None:
             await self.repair.stop()
         await self.health.close()
+        await self.routing.save(self.routing_store)
+        self.routing_store.close()
         for s in self.sources:
             await s.aclose()
         await self.tracker.close()

@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from exporter.durations import non_negative_duration
 from exporter.health.config import HealthConfig
 from exporter.remediation.config import RemediationConfig
+from exporter.routing.config import RoutingConfig
 from exporter.webhooks.config import FinicityWebhookConfig, MxWebhookConfig, WebhooksConfig
 
 ENV_PREFIX = "OPENFINANCE_"
@@ -260,6 +261,7 @@ class Settings(BaseSettings):
     state: StateConfig = StateConfig()
     tracker: TrackerConfig = TrackerConfig()
     health: HealthConfig = HealthConfig()
+    routing: RoutingConfig = RoutingConfig()
     webhooks: WebhooksConfig | None = None
     remediation: RemediationConfig = RemediationConfig()
     drift: DriftConfig = DriftConfig()

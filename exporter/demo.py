@@ -112,14 +112,26 @@ class DemoWiring:
         return out
 
 
+def demo_routing(night_seconds: float) -> dict:
+    """Routing holds scaled to sandbox nights: the advice moves away from a bank's failing
+    aggregator one night after it fails (``hold``) and back two nights after it recovers
+    (``recover_hold``), instead of 30 minutes and 2 hours."""
+    night = night_seconds or DEMO_NIGHT_SECONDS
+    return {"hold": night, "recover_hold": 2 * night}
+
+
 def sandbox_settings(sandbox_url: str, *, state_path: Path, interval: float,
                      listen_address: str, telemetry_path: str = "/metrics",
-                     wiring: DemoWiring | None = None) -> Settings:
+                     wiring: DemoWiring | None = None,
+                     routing: dict | None = None) -> Settings:
     """The demo's agent settings: :func:`sandbox_config` served on ``listen_address``, with
-    push and the repair loop when ``wiring`` is given."""
+    push and the repair loop when ``wiring`` is given, and ``routing`` (a ``routing:``
+    section, e.g. :func:`demo_routing`)."""
     config = sandbox_config(sandbox_url, state_path=state_path, interval=interval)
     if wiring is not None:
         config = wiring.agent_config(config)
+    if routing is not None:
+        config["routing"] = routing
     return Settings(**config,
                     web={"listen_address": listen_address, "telemetry_path": telemetry_path})
 
@@ -173,7 +185,8 @@ async def run_demo(args) -> int:
         settings = sandbox_settings(sandbox_url, state_path=state_path,
                                     interval=args.sweep_interval, listen_address=listen,
                                     telemetry_path=args.telemetry_path or "/metrics",
-                                    wiring=wiring)
+                                    wiring=wiring,
+                                    routing=demo_routing(scenario.night_seconds))
         sandbox = http_server(app, args.sandbox_address)
         agent = Agent(settings)
         servers = [sandbox, *agent.http_servers(listen)]
@@ -219,7 +232,9 @@ def _banner(agent_url: str, sandbox_url: str, wiring: DemoWiring, settings: Sett
 openfinance-exporter demo: the built-in sandbox plus the agent, no credentials needed.
 
   metrics          {agent_url}{path}
-  status page      {agent_url}/status
+  status page      {agent_url}/status   ("Route new links to": the routing advice)
+  routing advice   {agent_url}/api/v1/routing   (UCP preferences: ?format=ucp; holds
+                   {settings.routing.hold:g} s / {settings.routing.recover_hold:g} s, about a sandbox night)
   webhook listener {wiring.hooks_url}/webhooks/finicity-sandbox, …/webhooks/mx-sandbox
                    (the sandbox pushes its Finicity and MX webhooks here; fix links:
                    {wiring.hooks_url}/fix/<token>)
@@ -242,6 +257,9 @@ What to look at (curl -s {agent_url}{path} | grep …):
   openfinance_accounts{{category="institution"}}  an institution outage (9xx / DEGRADED)
                                                starts on a later night
   openfinance_otp_suspected_accounts           accounts stuck in a repeated-185 loop
+  openfinance_routing_share{{provider="mx"}}     a bank in declared maintenance at Finicity
+                                               (healthy at MX) gets all new links at MX
+                                               one night after it starts
   openfinance_sweeps_total                     the agent's own health
 Stop with Ctrl-C.
 """

@@ -202,6 +202,17 @@ class InstitutionHealth:
                 "accounts": self.accounts, "providers": [p.as_json() for p in self.providers]}
 
 
+def provider_counts(inst: InstitutionHealth) -> dict[str, dict[str, int]]:
+    """provider → accounts per health side at this institution, its sources summed (routing
+    advice and the history judge an aggregator, not a source)."""
+    out: dict[str, dict[str, int]] = {}
+    for p in inst.providers:
+        sides = out.setdefault(p.provider, dict.fromkeys(HEALTH_SIDES, 0))
+        for side in HEALTH_SIDES:
+            sides[side] += p.counts[side]
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class HealthReport:
     generated_at: float
@@ -212,8 +223,7 @@ class HealthReport:
     def as_json(self) -> dict[str, Any]:
         t = self.thresholds
         return {
-            "generated_at": datetime.fromtimestamp(self.generated_at, UTC).isoformat(
-                timespec="seconds").replace("+00:00", "Z"),
+            "generated_at": rfc3339(self.generated_at),
             "snapshot_version": self.snapshot_version,
             "thresholds": {
                 "min_accounts": t.min_accounts, "degraded_below": t.degraded_below,
@@ -224,6 +234,11 @@ class HealthReport:
             "sides": {side: list(cats) for side, cats in SIDES.items()},
             "institutions": [i.as_json() for i in self.institutions],
         }
+
+
+def rfc3339(ts: float) -> str:
+    """Epoch seconds as RFC 3339 UTC to the second: ``2026-12-06T15:04:05Z``."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def build_report(snapshot: SnapshotView, directory: InstitutionDirectory, now: float,

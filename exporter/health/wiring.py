@@ -14,6 +14,7 @@ from starlette.routing import Route
 from exporter.aio import quiet_when_cancelled
 from exporter.health.config import HealthConfig
 from exporter.health.directory import InstitutionDirectory, finicity_facts, mx_facts
+from exporter.health.history import HistoryStore, InstitutionHistory
 from exporter.health.keys import load_key_mapping
 from exporter.health.lag import InstitutionAges
 from exporter.health.refresh import DeclaredStatusRefresher
@@ -26,7 +27,7 @@ from exporter.health.report import (
     key_series,
     refresh_series,
 )
-from exporter.health.routes import health_routes
+from exporter.health.routes import Advice, health_routes
 from exporter.health.sides import HEALTH_SIDES, side_of
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ class HealthWiring:
         self._snapshot = snapshot
         self._clock = clock
         self._observer = observer
+        self.history: InstitutionHistory | None = None
+        if state_path is not None:
+            self.history = InstitutionHistory(HistoryStore(state_path), self.report, clock)
+        self._points: set[asyncio.Task[bool]] = set()
         self.refreshers: list[DeclaredStatusRefresher] = []
         self._unhealthy: dict[str, set[str]] = {}
         """per source: the institutions degraded or down in its last published snapshot"""
@@ -75,8 +80,14 @@ class HealthWiring:
         """A sweep of ``source`` published its snapshot: the institutions of a Finicity
         source that have just turned degraded or down have their declared status re-read now
         rather than at the next run, so that a declared maintenance holds the outage page
-        back from the first evaluation (one lookup per institution and change of state).
-        Returns the task reading them, if any."""
+        back from the first evaluation (one lookup per institution and change of state);
+        this quarter hour's history points are written as of this sweep. Returns the task
+        reading the declared statuses, if any."""
+        if self.history is not None:  # this quarter hour's points, as of this sweep
+            point = asyncio.get_running_loop().create_task(
+                self.history.run(), name="institution-history-point")
+            self._points.add(point)
+            point.add_done_callback(self._points.discard)
         refresher = next((r for r in self.refreshers if r.source == source), None)
         agg = self._snapshot().sources.get(source)
         if refresher is None or agg is None:
@@ -105,7 +116,9 @@ class HealthWiring:
         """Cancel the immediate re-reads still running (the scheduler's runs stop with it)."""
         for task in list(self._reads):
             task.cancel()
-        await asyncio.gather(*self._reads, return_exceptions=True)
+        await asyncio.gather(*self._reads, *self._points, return_exceptions=True)
+        if self.history is not None:
+            self.history.store.close()
 
     def _problem(self, source: str, reason: str) -> None:
         if reason != "lookup_failed":  # a failed request is counted by the client already
@@ -145,18 +158,24 @@ class HealthWiring:
         return build_report(self._snapshot(), self.directory, self._clock(), self.thresholds,
                             self._ages)
 
-    def routes(self) -> list[Route]:
-        return health_routes(self.report)
+    def routes(self, advice: Advice | None = None) -> list[Route]:
+        return health_routes(self.report, advice,
+                             None if self.history is None else self.history.read)
 
     def schedule(self, scheduler: Any) -> None:
         """One interval job per Finicity source: re-read due declared statuses; one job
-        re-reading the refresh lag per institution (first soon after the first sweep)."""
+        re-reading the refresh lag per institution (first soon after the first sweep); one
+        recording the history point at each quarter hour."""
         if self.ages is not None:
             first = min(self.ages.every, 60.0)
             scheduler.add_job(
                 quiet_when_cancelled(self.ages.run), "interval", seconds=self.ages.every, id="institution-refresh-lag",
                 name="institution refresh lag", max_instances=1, coalesce=True,
                 next_run_time=datetime.now(UTC) + timedelta(seconds=first))
+        if self.history is not None:
+            scheduler.add_job(
+                self.history.run, "cron", minute="*/15", second=5, id="institution-history",
+                name="institution history", max_instances=1, coalesce=True)
         for r in self.refreshers:
             scheduler.add_job(
                 quiet_when_cancelled(r.run), "interval", seconds=r.every, id=f"institution-status:{r.source}",

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, disable_created_metrics
@@ -23,6 +23,7 @@ from exporter.metrics.collectors import (
     AgeCollector,
     FleetCollector,
     InstitutionHealthCollector,
+    RoutingCollector,
     Rows,
 )
 from exporter.metrics.exposition import OPENMETRICS, TEXT, Exposition
@@ -53,12 +54,15 @@ class Metrics:
 
 def build_metrics(snapshot: Callable[[], Snapshot], *, clock: Callable[[], float],
                   catalog: Catalog | None = None,
-                  institution_rows: Rows = lambda: ((), (), ())) -> Metrics:
+                  institution_rows: Rows = lambda: ((), (), ()),
+                  routing_rows: Callable[[], Iterable[tuple[str, str, str, int]]] = tuple,
+                  ) -> Metrics:
     """Registry, collectors, self-metrics and exposition over a tracker's ``snapshot``.
 
     ``snapshot`` is called at scrape time (the tracker may be built after this, with
     ``events=metrics.agent``). ``institution_rows`` gives the institution-health rows
-    (``exporter.health.wiring.HealthWiring.rows``), read at scrape time too.
+    (``exporter.health.wiring.HealthWiring.rows``), read at scrape time too, as are
+    ``routing_rows`` (``exporter.routing.advisor.Advisor.rows``).
     """
     # ``*_created`` series double the exposition and nothing here queries them.
     disable_created_metrics()
@@ -68,5 +72,6 @@ def build_metrics(snapshot: Callable[[], Snapshot], *, clock: Callable[[], float
     fleet.register(FleetCollector(snapshot, catalog or Catalog.default()))
     live.register(AgeCollector(snapshot, clock))
     live.register(InstitutionHealthCollector(institution_rows))
+    live.register(RoutingCollector(routing_rows))
     exposition = Exposition(fleet, live, lambda: snapshot().version)
     return Metrics(fleet, live, agent, exposition)

@@ -107,6 +107,10 @@ METRICS: tuple[MetricSpec, ...] = (
        "normal (within 2 days), delayed (within 7 days), stopped (older), never; read from "
        "the state database every health.refresh_lag_interval (5 min).",
        "fleet"),
+    # Routing advice (exporter/routing): per institution key with accounts, rendered live.
+    _m("routing_share", "gauge", ("key", "institution", "provider"),
+       "Recommended share of new links (percent, integers summing to 100 per key) to this "
+       "aggregator for the institution key, after routing.hold / recover_hold.", "fleet"),
     _m("sweeps", "counter", ("source", "result"),
        "Sweeps finished, by result: success, partial or failed.", "agent"),
     _m("sweep_duration_seconds", "histogram", ("source",),
@@ -210,6 +214,9 @@ METRICS: tuple[MetricSpec, ...] = (
        "requested, the login's latest fixable code for the outcomes. Institutions the fleet "
        "metrics fold (tracker.institution_min_accounts) count as institution_id=\"other\".",
        "agent"),
+    _m("routing_changes", "counter", ("provider", "direction"),
+       "Changes of routing advice per institution: direction=away (an aggregator's share fell "
+       "below its default share), back (it rose from below it).", "agent"),
 )
 
 BY_NAME = {m.name: m for m in METRICS}

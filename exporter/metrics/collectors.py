@@ -140,3 +140,27 @@ class InstitutionHealthCollector(Collector):
         yield declared
         yield keys
         yield refresh
+
+
+class RoutingCollector(Collector):
+    """The routing advice (``exporter.routing``) as last evaluated: per institution key and
+    aggregator, the share of new links.
+
+    ``openfinance_routing_share{key="chase.com",institution="Chase",provider="mx"} 100.0``
+
+    ``rows()`` gives (key, institution, provider, share) from memory.
+    """
+
+    NAMES = ("routing_share",)
+
+    def __init__(self, rows: Callable[[], Iterable[tuple[str, str, str, int]]]):
+        self._rows = rows
+
+    def describe(self) -> Iterator[Metric]:
+        return (family(short) for short in self.NAMES)
+
+    def collect(self) -> Iterator[Metric]:
+        share = family("routing_share")
+        for *labels, value in self._rows():
+            share.add_metric(labels, value)
+        yield share

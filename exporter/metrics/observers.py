@@ -32,6 +32,7 @@ FIX_RESULTS = ("delivered", "retried", "failed", "held", "dead")
 FIX_OUTCOMES = ("fixed", "rebroke", "abandoned")
 FIX_INSTITUTION_OUTCOMES = ("requested", "fixed", "abandoned")
 PUSH_FAILURE_RESULTS = ("retried", "given_up")
+ROUTING_DIRECTIONS = ("away", "back")
 
 
 def _instrument(s: MetricSpec, registry: CollectorRegistry) -> MetricWrapperBase:
@@ -215,3 +216,12 @@ class AgentMetrics:
             self._funnel.add(labels)
         if outcome is not None:
             counter.labels(*labels, outcome).inc()
+
+    # RoutingObserver (exporter.routing.advisor)
+    def routing_providers(self, providers: tuple[str, ...]) -> None:
+        for provider in providers:
+            for direction in ROUTING_DIRECTIONS:
+                self._instruments["routing_changes"].labels(provider, direction)
+
+    def routing_changed(self, provider: str, direction: str) -> None:
+        self._inc("routing_changes", provider, direction)

@@ -54,6 +54,7 @@ from exporter.config import (  # noqa: E402
     WebConfig,
 )
 from exporter.health.config import HealthConfig  # noqa: E402
+from exporter.routing.config import RoutingConfig  # noqa: E402
 from helm.sync import fill_dashboard  # noqa: E402
 
 
@@ -312,6 +313,7 @@ def test_schema_of_config_matches_the_agents_config_model():
     assert _props(schema, *cfg, "web") == _fields(WebConfig) - {"listen_address", "config_file"}
     assert _props(schema, *cfg, "state") == _fields(StateConfig) - {"path"}
     assert _props(schema, *cfg, "tracker") == _fields(TrackerConfig)
+    assert _props(schema, *cfg, "routing") == _fields(RoutingConfig)
     assert _props(schema, *defs, "schedule") == _fields(ScheduleConfig)
     assert _props(schema, *defs, "http") == _fields(HttpConfig)
     assert _props(schema, *defs, "shard") == _fields(ShardConfig)

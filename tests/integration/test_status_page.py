@@ -58,6 +58,9 @@ class _Rows(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.rows: list[tuple[str, str, str, str]] = []
+        self.routes: list[str] = []  # the "Route new links to" cell of each row
+        self.points: list[int] = []  # the "Last 24 h" cell of each row: its points
+        self.svgs: list[dict[str, str]] = []
         self.scripts = 0
         self.text: list[str] = []
 
@@ -67,6 +70,12 @@ class _Rows(HTMLParser):
         if tag == "tr" and "data-key" in a:
             self.rows.append((a["data-key"], a["data-source"], a["data-institution-id"],
                               a["data-state"]))
+        if tag == "td" and "data-route" in a:
+            self.routes.append(a["data-route"])
+        if tag == "td" and "data-points" in a:
+            self.points.append(int(a["data-points"]))
+        if tag == "svg":
+            self.svgs.append(a)
 
     def handle_data(self, data: str) -> None:
         self.text.append(data)
@@ -175,6 +184,21 @@ def _run(stack: MonitoredSandbox, tmp_path: Path) -> None:
     assert parser.scripts == 0
     assert parser.rows == [(k, p["source"], p["institution_id"], p["state"]) for k, p in entries]
     text = " ".join(parser.text)
+    # The routing advice column: each row's share is the JSON's for its key and provider.
+    assert "Route new links to" in text
+    advice = {i["key"]: i["advice"] for i in httpx.get(
+        f"{agent.url}/api/v1/routing", timeout=30).json()["institutions"]}
+    assert parser.routes == [str(advice[k][p["provider"]]) if k in advice else ""
+                             for k, p in entries]
+    assert set(parser.routes) - {""}, "no advice shown"
+    # One sparkline per row: the points of ?history=24h, drawn with a text alternative.
+    history = {i["key"]: i["history"] for i in httpx.get(
+        f"{agent.url}/api/v1/institutions", params={"history": "24h"}, timeout=30,
+    ).json()["institutions"]}
+    assert parser.points == [0 if k == "other" else len(history[k][p["provider"]])
+                             for k, p in entries]
+    assert len(parser.svgs) == sum(n > 0 for n in parser.points) > 0
+    assert all(svg["role"] == "img" and svg["aria-label"] for svg in parser.svgs)
     assert "declared online, observed down" in text
     hostile = [inst["institution"] for info in state["fleet"].values()
                for inst in info["institutions"] if inst["hostile_name"]]

@@ -36,10 +36,11 @@ def test_snapshot_metrics_come_from_collectors_and_the_rest_from_instruments(har
         AgeCollector,
         FleetCollector,
         InstitutionHealthCollector,
+        RoutingCollector,
     )
 
     collectors = (FleetCollector(None, []), AgeCollector(None, None),
-                  InstitutionHealthCollector(None))
+                  InstitutionHealthCollector(None), RoutingCollector(None))
     from_collectors = {f.name for c in collectors for f in c.describe()}
     assert from_collectors == {m.name for m in METRICS if m.from_snapshot}
 
