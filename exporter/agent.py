@@ -41,7 +41,7 @@ class Agent:
         self.catalog = Catalog.default()
         self.metrics = build_metrics(lambda: self.tracker.snapshot, clock=clock,
                                      catalog=self.catalog,
-                                     institution_rows=lambda: self.health.rows())
+                                     institutions=lambda: self.health)
         self.state_file = open_state_file(settings.state.path)  # one agent per file
         if self.state_file.recovered_to is not None:
             self.metrics.agent.state_recovered()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -20,9 +20,12 @@ from exporter.health.report import (
     FOLDED,
     HealthReport,
     SnapshotView,
+    age_counts,
     build_report,
+    declared_rows,
     declared_series,
     key_series,
+    refresh_rows,
     refresh_series,
 )
 from exporter.health.routes import health_routes
@@ -139,6 +142,30 @@ class HealthWiring:
         snap = self._snapshot()
         return (list(declared_series(snap, self.directory)),
                 list(key_series(snap, self.directory)), list(refresh_series(snap, self._ages)))
+
+    def rows_version(self) -> tuple[int, int]:
+        """Changes whenever a row of :meth:`rows` may have changed, the snapshot aside."""
+        return self.directory.version, self.ages.version if self.ages is not None else 0
+
+    def institution_rows(self, source: str, provider: str, institution_id: str, name: str
+                         ) -> tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]]:
+        """One institution's rows of openfinance_institution_declared_status and _key_info
+        (none for the folded entry)."""
+        if institution_id == FOLDED:
+            return (), ()
+        return (declared_rows(source, provider, institution_id, name,
+                              self.directory.declared(source, institution_id)),
+                ((source, provider, institution_id,
+                  self.directory.key(provider, institution_id, name)),))
+
+    def refresh_rows(self, source: str, provider: str, shown: Iterable[tuple[str, str]],
+                     ) -> dict[tuple[str, str], tuple[tuple, ...]]:
+        """(institution_id, name) → rows of openfinance_institution_refresh_accounts, for
+        the (institution_id, name) pairs the snapshot shows (none before the first read)."""
+        read = self._ages(source)
+        if not read:
+            return {}
+        return refresh_rows(source, provider, age_counts(shown, read))
 
     def report(self) -> HealthReport:
         return build_report(self._snapshot(), self.directory, self._clock(), self.thresholds,

@@ -1,0 +1,98 @@
+"""One gzip stream for /metrics, compressed piece by piece and reused from scrape to scrape.
+
+The snapshot part of /metrics is a list of texts (family headers and segments of
+institution blocks, :mod:`exporter.metrics.blocks`). Each is compressed on its own as raw
+deflate ended by a sync flush (byte-aligned, not final), with the 32 KB of text before it as
+its preset dictionary: that is exactly the window a decoder holds at that point, so the pieces
+concatenate into one valid deflate stream that compresses about as well as a single pass. A
+piece is compressed again only when its text changed or a piece its dictionary came from did.
+Each scrape appends the live part as the final piece and the gzip trailer (CRC-32 and length
+of the whole text): one gzip member, as single-stream decoders expect.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+WINDOW = 32768
+"""deflate's window: how far back a match may reach"""
+HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"
+"""gzip member header: deflate, no name, no mtime (as zlib writes it)"""
+
+
+@dataclass(frozen=True, slots=True)
+class Deflated:
+    """The snapshot part as compressed pieces, and what closing the stream needs."""
+
+    head: bytes
+    """the gzip header and every piece, not final"""
+    crc: int
+    """CRC-32 of the text so far"""
+    length: int
+    tail: bytes
+    """the text's last 32 KB: the dictionary of the piece that follows"""
+
+
+class GzipPieces:
+    """Deflates lists of texts into one stream, reusing each piece compressed before in the
+    same context (the same text object after the same preceding objects)."""
+
+    def __init__(self, level: int = 6):
+        self.level = level
+        self._done: dict[int, tuple[bytes, tuple[bytes, ...], bytes]] = {}
+        """id(text) → (text, the pieces its dictionary came from, deflated bytes)"""
+
+    def _deflate(self, text: bytes, context: tuple[bytes, ...]) -> bytes:
+        zdict = b"".join(context)[-WINDOW:]
+        comp = (zlib.compressobj(self.level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, zdict)
+                if zdict else zlib.compressobj(self.level, zlib.DEFLATED, -15))
+        return comp.compress(text) + comp.flush(zlib.Z_SYNC_FLUSH)
+
+    def deflate(self, pieces: Iterable[bytes]) -> Deflated:
+        """The pieces, in order, as the beginning of one gzip member."""
+        done: dict[int, tuple[bytes, tuple[bytes, ...], bytes]] = {}
+        out = [HEADER]
+        context: tuple[bytes, ...] = ()
+        crc = length = 0
+        for text in pieces:
+            if not text:
+                continue
+            hit = self._done.get(id(text))
+            if (hit is not None and hit[0] is text and len(hit[1]) == len(context)
+                    and all(a is b for a, b in zip(hit[1], context, strict=True))):
+                deflated = hit[2]
+            else:
+                deflated = self._deflate(text, context)
+            done[id(text)] = (text, context, deflated)
+            out.append(deflated)
+            crc = zlib.crc32(text, crc)
+            length += len(text)
+            context = _window(context, text)
+        self._done = done
+        return Deflated(b"".join(out), crc, length, b"".join(context)[-WINDOW:])
+
+    def finish(self, head: Deflated, last: bytes) -> bytes:
+        """The whole gzip member: ``head``, then ``last`` (the live part) as the final piece."""
+        comp = (zlib.compressobj(self.level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY,
+                                 head.tail)
+                if head.tail else zlib.compressobj(self.level, zlib.DEFLATED, -15))
+        body = comp.compress(last) + comp.flush(zlib.Z_FINISH)
+        trailer = struct.pack("<II", zlib.crc32(last, head.crc),
+                              (head.length + len(last)) & 0xFFFFFFFF)
+        return b"".join((head.head, body, trailer))
+
+
+def _window(context: tuple[bytes, ...], text: bytes) -> tuple[bytes, ...]:
+    """The fewest last pieces, ending with ``text``, that hold the last 32 KB of text."""
+    kept = [text]
+    size = len(text)
+    for piece in reversed(context):
+        if size >= WINDOW:
+            break
+        kept.append(piece)
+        size += len(piece)
+    kept.reverse()
+    return tuple(kept)
