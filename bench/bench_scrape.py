@@ -40,6 +40,7 @@ import zlib
 from pathlib import Path
 
 import httpx
+from prometheus_client.openmetrics import exposition as openmetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -125,6 +126,41 @@ def fill_directory(agent: Agent, fleet: Fleet, now: float) -> None:
                 declared, now))
 
 
+ROUTES = {"fin": ("/aggregation/v2/partners/authentication", "/aggregation/v1/customers",
+                  "/aggregation/v1/customers/{customerId}/accounts",
+                  "/aggregation/v1/customers/{customerId}/accounts/simple",
+                  "/institution/v2/institutions/{institutionId}"),
+          "mx": ("/users", "/users/{user_guid}/members", "/institutions/{institution_code}",
+                 "/users/{user_guid}/widget_urls")}
+
+
+def fill_self_metrics(agent: Agent, fleet: Fleet, funnels: int) -> None:
+    """The live part as an agent with push and the repair loop has it after a while:
+    requests per route and status, sweeps, webhooks, fix requests, and the repair funnel of
+    ``funnels`` (institution, code) pairs."""
+    m = agent.metrics.agent
+    rng = random.Random(3)
+    for source, (provider, codes) in fleet.sources.items():
+        m.source_added(source, provider)
+        m.webhooks_enabled(source)
+        m.remediation_source(source, provider)
+        for route in ROUTES[source]:
+            for status in ("200", "429", "500", "timeout"):
+                for _ in range(20):
+                    m.request(source, route, status, rng.random() * 3)
+        m.sweep_finished(source, "success", 1200.0, records=len(fleet.accounts[source]),
+                         completed_at=time.time())
+        for _ in range(50):
+            m.webhook_event(source, "account", "accepted")
+            m.push_refresh(source, rng.random())
+        for kind in ("fix", "otp_each_refresh"):
+            m.fix_request(source, provider, kind, "delivered")
+        insts = fleet.institutions[source]
+        for i in range(funnels // 2):
+            inst_id, name, _size = insts[i % len(insts)]
+            m.fix_institution(source, provider, inst_id, name, codes[-1 - i % 5], "requested")
+
+
 class Loop(threading.Thread):
     """The agent's event loop in its own thread (the listener and the tracker run there)."""
 
@@ -167,6 +203,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--institutions", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--funnels", type=int, default=300,
+                        help="(institution, code) pairs in the repair funnel (live series)")
     args = parser.parse_args()
     print(f"reference: sum(i*i for i in range(10**7)) takes {reference_loop():.2f} s here")
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,6 +229,7 @@ def main() -> None:
             for source in fleet.sources:
                 loop.call(sweep(agent, source, fleet.records(source, night, now)))
         fill_directory(agent, fleet, now)
+        fill_self_metrics(agent, fleet, args.funnels)
         loop.call(agent.health.ages.run())
         setup = time.perf_counter() - t
         url = f"http://127.0.0.1:{port}/metrics"
@@ -199,9 +238,12 @@ def main() -> None:
             _h, _t, body = scrape(client, url)
             text = zlib.decompress(body, 31)
             series = sum(1 for line in text.split(b"\n") if line and not line.startswith(b"#"))
+            live = sum(1 for line in openmetrics.generate_latest(agent.metrics.live).split(b"\n")
+                       if line and not line.startswith(b"#"))
             accounts = sum(len(a) for a in fleet.accounts.values())
             print(f"fleet: {args.institutions:,} institutions, {accounts:,} accounts, "
-                  f"{series:,} series, {len(text) / 1e6:.1f} MB of text, "
+                  f"{series:,} series ({live:,} of them live: self-metrics and ages, rendered "
+                  f"per scrape), {len(text) / 1e6:.1f} MB of text, "
                   f"{len(body) / 1e3:.0f} KB gzipped (set up in {setup:.0f} s)")
             profile = os.environ.get("BENCH_PYSPY")
             spy = None

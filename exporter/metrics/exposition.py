@@ -5,7 +5,9 @@ changes only when a snapshot is published or institution health changes, and the
 blocks of the institutions concerned: those are re-rendered, and only the gzip pieces they
 touch are compressed again (:mod:`exporter.metrics.gzipped`). Joined text and gzip head are
 kept per version and format; only the small live part (self-metrics and the age histograms,
-whose ages grow with the clock) is rendered on each scrape. Nothing here does I/O.
+whose ages grow with the clock) is rendered on each scrape, by
+:class:`~exporter.metrics.lines.RegistryText` (prometheus_client's bytes, faster). Nothing here
+does I/O.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from prometheus_client import exposition as text_format
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from exporter.metrics.gzipped import Deflated, GzipPieces
+from exporter.metrics.lines import RegistryText
 from exporter.metrics.snapshot_text import SnapshotText
 
 OPENMETRICS = openmetrics.CONTENT_TYPE_LATEST
@@ -30,7 +33,7 @@ class Exposition:
 
     def __init__(self, snapshot_part: SnapshotText, live: CollectorRegistry):
         self._part = snapshot_part
-        self._live = live
+        self._live = RegistryText(live)
         self._lock = threading.Lock()
         self._version: Hashable = object()
         self._plain: dict[bool, bytes] = {}
@@ -73,12 +76,8 @@ class Exposition:
     def render(self, accept: str = "", accept_encoding: str = "") -> tuple[bytes, str, bool]:
         """(body, content type, gzipped) for a scrape with these request headers."""
         use_om = "application/openmetrics-text" in accept
-        if use_om:
-            live = openmetrics.generate_latest(self._live)
-            content_type = OPENMETRICS
-        else:
-            live = text_format.generate_latest(self._live)
-            content_type = TEXT
+        live = self._live.render(use_om)
+        content_type = OPENMETRICS if use_om else TEXT
         if "gzip" in accept_encoding:
             pieces, head = self._fleet_gzip(use_om)
             return pieces.finish(head, live), content_type, True

@@ -17,19 +17,28 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_format
+from prometheus_client.core import (
+    CounterMetricFamily,
+    Exemplar,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.registry import Collector
 
 from exporter.health.config import HealthConfig
 from exporter.health.declared import DeclaredStatus
 from exporter.health.directory import InstitutionFacts
 from exporter.health.wiring import HealthWiring
 from exporter.metrics import Metrics, blocks, build_metrics, gzipped
-from exporter.metrics.lines import FamilyFormat
+from exporter.metrics.lines import FamilyFormat, RegistryText
 from exporter.records import AccountStatus
 from exporter.sources.base import SweepReport
 from exporter.state import StateStore
-from exporter.tracker import Tracker
+from exporter.tracker import Snapshot, Tracker
 from tests.unit.conftest import DAY, Clock
 
 OM = "application/openmetrics-text; version=1.0.0"
@@ -154,3 +163,68 @@ async def test_a_scrape_re_renders_only_the_blocks_of_the_institution_that_chang
                          acct("b1", 103, inst="5555", name="OtherBank")])
     harness.exposition.render(OM, "gzip")
     assert calls and {row[2] for rows in calls for row in rows} == {"4222"}
+
+
+LABEL = st.text(st.sampled_from('ab"\\\n%{}=,é '), max_size=6)
+observation = st.one_of(
+    st.tuples(st.just("request"), LABEL, LABEL, st.floats(0, 100)),
+    st.tuples(st.just("fix_institution"), LABEL, LABEL, st.sampled_from(["requested", None])),
+    st.tuples(st.just("sweep"), st.sampled_from(["success", "partial", "failed"]),
+              st.floats(0, 1e9)),
+    st.tuples(st.just("pending"), st.dictionaries(LABEL, st.integers(-5, 10**12), max_size=3)),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(observations=st.lists(observation, max_size=12))
+def test_the_live_part_is_written_as_prometheus_client_writes_it(observations):
+    clock = Clock()
+    metrics = build_metrics(lambda: Snapshot(), clock=clock)
+    agent = metrics.agent
+    agent.source_added("fin", "finicity")
+    for o in observations:
+        if o[0] == "request":
+            agent.request("fin", o[1], o[2], o[3])
+        elif o[0] == "fix_institution":
+            agent.fix_institution("fin", "finicity", "4222", o[1], o[2] or "185", o[3])
+            agent.fix_institution("fin", "finicity", "4222", o[2], "185", None)
+        elif o[0] == "sweep":
+            agent.sweep_finished("fin", o[1], o[2], records=3, completed_at=o[2])
+        else:
+            agent.fix_pending(o[1])
+    writer = RegistryText(metrics.live)
+    for _ in range(2):  # the second time from the caches
+        assert writer.render(False) == text_format.generate_latest(metrics.live)
+        assert writer.render(True) == openmetrics.generate_latest(metrics.live)
+
+
+class Unusual(Collector):
+    """Families the fast path leaves to prometheus_client."""
+
+    def collect(self):
+        c = CounterMetricFamily("with_exemplar", "h", labels=["a"])
+        c.add_metric(["x"], 1, exemplar=Exemplar({"trace_id": "1"}, 1.0))
+        yield c
+        g = GaugeMetricFamily("with_timestamp", "h", labels=["a"])
+        g.add_metric(["y"], 2, timestamp=1234.5)
+        yield g
+        colon = GaugeMetricFamily("job:colon:ratio", "recorded-looking", labels=["a"])
+        colon.add_metric(["z"], 0.5)
+        yield colon
+        info = InfoMetricFamily("build", 'h "quoted"\nhelp', value={"version": "1"})
+        yield info
+        gh = GaugeHistogramMetricFamily("ages", "h", buckets=[("1.0", 2), ("+Inf", 3)],
+                                        gsum_value=4)
+        yield gh
+        zero = GaugeMetricFamily("signed_zero", "h", labels=["a"])
+        zero.add_metric(["n"], -0.0)
+        zero.add_metric(["p"], 0.0)
+        yield zero
+
+
+def test_unusual_families_are_written_by_prometheus_client_itself():
+    registry = CollectorRegistry()
+    registry.register(Unusual())
+    writer = RegistryText(registry)
+    assert writer.render(False) == text_format.generate_latest(registry)
+    assert writer.render(True) == openmetrics.generate_latest(registry)
