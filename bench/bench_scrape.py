@@ -13,8 +13,8 @@ answer's headers (server time plus a loopback round trip) and its last byte.
 
 Measured: a scrape with nothing changed (the median and p90 of ``--repeat`` scrapes); the
 first scrape after a one-customer push (``Tracker.apply_records`` of two accounts of one
-customer at one institution, as a webhook re-read applies them; median of ``--repeat``
-rounds); the first scrape after a full sweep of ``fin`` (every account re-read, 5 % of them
+customer at one institution, as a webhook re-read applies them, at a broken code so that the
+push changes the institution's counts; median of ``--repeat`` rounds); the first scrape after a full sweep of ``fin`` (every account re-read, 5 % of them
 at another code); and the first scrape after the refresh lag per institution was re-read.
 The sweep runner renders ahead after a sweep (``on_snapshot``); this bench does not, so the
 sweep's row is what a scrape costs when it comes first.
@@ -258,11 +258,13 @@ def main() -> None:
                 source = rng.choice(("fin", "mx"))
                 provider, codes = fleet.sources[source]
                 key, inst_id, name, _salt = rng.choice(fleet.accounts[source])
-                code = rng.choice(codes)
-                records = [AccountStatus(source, provider, k, inst_id, name, code, time.time(),
-                                         None, "owner-bench", f"login-{k}")
-                           for k in (key, key + "-b")]
-                loop.call(agent.tracker.apply_records(source, provider, records))
+                before = agent.tracker.snapshot.sources[source].accounts
+                while agent.tracker.snapshot.sources[source].accounts == before:
+                    code = rng.choice(codes[40:])  # a broken code: the push changes a count
+                    records = [AccountStatus(source, provider, k, inst_id, name, code,
+                                             time.time(), None, "owner-bench", f"login-{k}")
+                               for k in (key, key + "-b")]
+                    loop.call(agent.tracker.apply_records(source, provider, records))
                 pushed.append(scrape(client, url))
             after_push = [scrape(client, url) for _ in range(3)]
             swept = []

@@ -68,8 +68,10 @@ def build_metrics(snapshot: Callable[[], Snapshot], *, clock: Callable[[], float
     fleet = CollectorRegistry(auto_describe=True)
     live = CollectorRegistry(auto_describe=True)
     agent = AgentMetrics(live)
-    fleet.register(FleetCollector(snapshot, catalog))
+    # Institution health first: it changes less often than the fleet series, and the gzip
+    # side reuses the stream's CRC up to the first piece that changed.
     fleet.register(InstitutionHealthCollector(lambda: _rows(institutions())))
+    fleet.register(FleetCollector(snapshot, catalog))
     live.register(AgeCollector(snapshot, clock))
     exposition = Exposition(SnapshotText(snapshot, catalog, institutions), live)
     return Metrics(fleet, live, agent, exposition)

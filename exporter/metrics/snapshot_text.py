@@ -32,8 +32,9 @@ FLEET = ("accounts", "fixable_accounts", "otp_suspected_accounts", "status_trans
 """the per-institution fleet families, in FleetCollector's order"""
 HEALTH = ("institution_declared_status", "institution_key_info",
           "institution_refresh_accounts")
-FAMILIES = (*FLEET, "status_code_info", "state_accounts", *HEALTH)
-"""every family of the snapshot part, in the order the collectors yield them"""
+FAMILIES = (*HEALTH, *FLEET, "status_code_info", "state_accounts")
+"""every family of the snapshot part, in the order the collectors yield them (registered in
+this order by :func:`exporter.metrics.build_metrics`)"""
 
 Key = tuple[str, str]
 Rows = tuple[tuple, ...]
