@@ -144,7 +144,8 @@ class HealthWiring:
                 list(key_series(snap, self.directory)), list(refresh_series(snap, self._ages)))
 
     def rows_version(self) -> tuple[int, int]:
-        """Changes whenever a row of :meth:`rows` may have changed, the snapshot aside."""
+        """(changes whenever a declared-status or key row may have changed, ... a refresh
+        row), the snapshot aside."""
         return self.directory.version, self.ages.version if self.ages is not None else 0
 
     def institution_rows(self, source: str, provider: str, institution_id: str, name: str

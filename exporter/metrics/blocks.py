@@ -41,29 +41,33 @@ class BlockList:
         """the first key of each segment"""
         self._segments: list[tuple[tuple[tuple[str, ...], ...], bytes]] = []
         """(keys, text) of each segment"""
+        self._cuts: dict[tuple[str, ...], bool] = {}
+        """key → whether it starts a segment (kept across re-cuts)"""
 
     def __contains__(self, key: tuple[str, ...]) -> bool:
         return key in self._rows
 
-    def put(self, key: tuple[str, ...], rows: Sequence[tuple]) -> None:
+    def put(self, key: tuple[str, ...], rows: Sequence[tuple]) -> int:
         """The block of ``key`` is now ``rows`` (label values in catalogue order, then the
-        value); no rows removes the block."""
+        value); no rows removes the block. Returns 1 if the key came, -1 if it went, else 0."""
         old = self._rows.get(key)
         if old is not None and (old is rows or old == rows):
-            return
+            return 0
+        came = 0
         if not rows:
             if old is None:
-                return
+                return 0
             del self._rows[key], self._text[key]
             self.keys.pop(self._index(key))
-            self._reshaped = True
+            self._reshaped, came = True, -1
         else:
             if old is None:
                 insort(self.keys, key)
-                self._reshaped = True
+                self._reshaped, came = True, 1
             self._rows[key] = rows
             self._text[key] = self.fmt.lines(rows)
         self._changed.add(key)
+        return came
 
     def drop_except(self, keep: set[tuple[str, ...]] | dict) -> None:
         """Remove the blocks whose key is not in ``keep``."""
@@ -93,8 +97,16 @@ class BlockList:
     def _recut(self) -> None:
         """New segment boundaries after keys came or went; a segment with the same keys and
         no changed block keeps its text."""
-        keys = self.keys
-        bounds = [i for i, k in enumerate(keys) if i == 0 or starts_segment(k)]
+        keys, cuts = self.keys, self._cuts
+        if len(cuts) > 2 * len(keys) + 1024:
+            cuts.clear()
+        bounds = []
+        for i, k in enumerate(keys):
+            cut = cuts.get(k)
+            if cut is None:
+                cut = cuts[k] = starts_segment(k)
+            if cut or i == 0:
+                bounds.append(i)
         old = {seg_keys[0]: (seg_keys, text) for seg_keys, text in self._segments}
         changed = self._changed
         segments = []

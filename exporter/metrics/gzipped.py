@@ -47,8 +47,9 @@ class GzipPieces:
         self.last_level = last_level
         self._done: dict[int, tuple[bytes, tuple[bytes, ...], bytes, bytes]] = {}
         """id(text) → (text, the pieces its dictionary came from, the dictionary, deflated)"""
-        self._sums: list[tuple[bytes, int]] = []
-        """each piece of the last stream, with the CRC-32 of the text up to its end"""
+        self._steps: list[tuple[bytes, int, int, tuple[bytes, ...]]] = []
+        """each piece of the last stream, with the CRC-32 and length of the text up to its
+        end and the pieces the next dictionary comes from"""
 
     def _deflate(self, text: bytes, zdict: bytes) -> bytes:
         comp = (zlib.compressobj(self.level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, zdict)
@@ -61,18 +62,22 @@ class GzipPieces:
         out = [HEADER]
         context: tuple[bytes, ...] = ()
         crc = length = 0
-        sums, before = [], self._sums
-        same = True  # while the stream starts as before, its CRC is known
+        steps: list[tuple[bytes, int, int, tuple[bytes, ...]]] = []
+        before = self._steps
+        same = True  # while the stream starts as before, the pieces' state is known
         for text in pieces:
             if not text:
                 continue
-            i = len(sums)
+            i = len(steps)
             if same and i < len(before) and before[i][0] is text:
-                crc = before[i][1]
-            else:
-                same = False
-                crc = zlib.crc32(text, crc)
-            sums.append((text, crc))
+                _text, crc, length, context = before[i]
+                entry = self._done[id(text)]
+                done[id(text)] = entry
+                out.append(entry[3])
+                steps.append(before[i])
+                continue
+            same = False
+            crc = zlib.crc32(text, crc)
             hit = self._done.get(id(text))
             if hit is not None and hit[0] is text and len(hit[1]) == len(context) and all(
                     a is b for a, b in zip(hit[1], context, strict=True)):
@@ -87,7 +92,8 @@ class GzipPieces:
             out.append(deflated)
             length += len(text)
             context = _window(context, text)
-        self._done, self._sums = done, sums
+            steps.append((text, crc, length, context))
+        self._done, self._steps = done, steps
         return Deflated(b"".join(out), crc, length, b"".join(context)[-WINDOW:])
 
     def finish(self, head: Deflated, last: bytes) -> bytes:

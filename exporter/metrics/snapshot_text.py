@@ -46,8 +46,9 @@ class InstitutionRows(Protocol):
     def rows(self) -> tuple[Iterable[tuple], Iterable[tuple], Iterable[tuple]]:
         """Every row of the three families (the collector's)."""
 
-    def rows_version(self) -> Hashable:
-        """Changes whenever a row may have changed, the snapshot aside."""
+    def rows_version(self) -> tuple[Hashable, Hashable]:
+        """(a value that changes whenever a declared-status or key row may have changed,
+        one for the refresh rows), the snapshot aside."""
 
     def institution_rows(self, source: str, provider: str, institution_id: str,
                          name: str) -> tuple[Rows, Rows]:
@@ -71,13 +72,14 @@ class _Source:
                        if short != "status_code_info"}
         self.rows: list[Rows] = [() for _ in FLEET]
         self.sets: list[set] = [set() for _ in FLEET]
-        self.health_version: Hashable = None
+        self.facts_version: Hashable = None
+        self.lag_version: Hashable = None
 
     def fleet(self, agg: SourceAggregate) -> tuple[set[Key], set[Key]]:
         """Move the fleet blocks to ``agg``; the institutions (accounts keys) that appeared
         and went."""
-        accounts = self.blocks["accounts"]
-        before = set(accounts.keys)
+        appeared: set[Key] = set()
+        gone: set[Key] = set()
         prefix = (agg.source, agg.provider)
         for i, (short, rows) in enumerate(zip(FLEET, _fleet_rows(agg), strict=True)):
             old = self.rows[i]
@@ -90,23 +92,21 @@ class _Source:
             for key in changed:
                 lo = bisect_left(rows, key)
                 hi = bisect_left(rows, (key[0], key[1] + "\x00"), lo)
-                blocks.put(key, tuple((*prefix, *row) for row in rows[lo:hi]))
+                came = blocks.put(key, tuple((*prefix, *row) for row in rows[lo:hi]))
+                if came and short == "accounts":
+                    (appeared if came > 0 else gone).add(key)
         self.blocks["state_accounts"].put((agg.source,), ((agg.source, agg.state_accounts),))
         self.agg = agg
-        after = accounts.keys
-        if len(after) == len(before) and before.issuperset(after):
-            return set(), set()
-        after_set = set(after)
-        return after_set - before, before - after_set
+        return appeared, gone
 
     def health(self, agg: SourceAggregate, health: InstitutionRows, appeared: set[Key],
                gone: set[Key]) -> None:
         """Move the institution-health blocks to the health rows and the shown institutions."""
-        version = health.rows_version()
+        facts, lag = health.rows_version()
         shown = self.blocks["accounts"].keys
         declared, keys, refresh = (self.blocks[short] for short in HEALTH)
-        if version != self.health_version:
-            self.health_version = version
+        if facts != self.facts_version:
+            self.facts_version = facts
             todo: Iterable[Key] = shown
             declared.drop_except(set(shown))
             keys.drop_except(set(shown))
@@ -119,7 +119,8 @@ class _Source:
             declared_rows, key_rows = health.institution_rows(agg.source, agg.provider, *key)
             declared.put(key, tuple((*row, 1) for row in declared_rows))
             keys.put(key, tuple((*row, 1) for row in key_rows))
-        if todo is shown or appeared or gone:
+        if lag != self.lag_version or appeared or gone:
+            self.lag_version = lag
             rows = health.refresh_rows(agg.source, agg.provider, shown)
             refresh.drop_except(rows)
             for key, block in rows.items():
