@@ -86,6 +86,8 @@ def institution_lag(counts: AgeCounts) -> RefreshLag:
     return RefreshLag(counts.state(), None, "institution", counts)
 
 
+_NO_AGES = AgeCounts()
+
 AgesBySource = Callable[[str], Mapping[str, AgeCounts]]
 """source → institution_id → age counts (empty until first read)"""
 
@@ -106,7 +108,7 @@ def age_counts(shown: Iterable[tuple[str, str]], ages: Mapping[str, AgeCounts]
     """:func:`institution_age_counts` for the distinct (institution_id, name) pairs a
     snapshot shows."""
     shown = sorted(shown)
-    out = {(i, n): ages.get(i, AgeCounts()) for i, n in shown if i != FOLDED}
+    out = {(i, n): ages.get(i, _NO_AGES) for i, n in shown if i != FOLDED}
     folded = [(i, n) for i, n in shown if i == FOLDED]
     if folded:
         ids = {i for i, _ in out}
@@ -304,9 +306,15 @@ def key_series(snapshot: SnapshotView, directory: InstitutionDirectory):
 def refresh_rows(source: str, provider: str, counts: Mapping[tuple[str, str], AgeCounts],
                  ) -> dict[tuple[str, str], tuple[tuple, ...]]:
     """(institution_id, name) → its rows of ``openfinance_institution_refresh_accounts``."""
-    return {(inst_id, name): tuple((source, provider, inst_id, name, cls, getattr(c, cls))
-                                   for cls in REFRESH_CLASSES)
+    return {(inst_id, name): institution_refresh_rows(source, provider, inst_id, name, c)
             for (inst_id, name), c in counts.items()}
+
+
+def institution_refresh_rows(source: str, provider: str, institution_id: str, name: str,
+                             counts: AgeCounts) -> tuple[tuple, ...]:
+    """One institution's rows of ``openfinance_institution_refresh_accounts``."""
+    return tuple((source, provider, institution_id, name, cls, getattr(counts, cls))
+                 for cls in REFRESH_CLASSES)
 
 
 def refresh_series(snapshot: SnapshotView, ages: AgesBySource):

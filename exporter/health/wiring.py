@@ -14,7 +14,7 @@ from starlette.routing import Route
 from exporter.health.config import HealthConfig
 from exporter.health.directory import InstitutionDirectory, finicity_facts, mx_facts
 from exporter.health.keys import load_key_mapping
-from exporter.health.lag import InstitutionAges
+from exporter.health.lag import AgeCounts, InstitutionAges
 from exporter.health.refresh import DeclaredStatusRefresher
 from exporter.health.report import (
     FOLDED,
@@ -24,8 +24,8 @@ from exporter.health.report import (
     build_report,
     declared_rows,
     declared_series,
+    institution_refresh_rows,
     key_series,
-    refresh_rows,
     refresh_series,
 )
 from exporter.health.routes import health_routes
@@ -64,6 +64,8 @@ class HealthWiring:
         self._unhealthy: dict[str, set[str]] = {}
         """per source: the institutions degraded or down in its last published snapshot"""
         self._reads: set[asyncio.Task[int]] = set()
+        self._refresh: dict[str, dict[tuple[str, str], tuple[AgeCounts, tuple[tuple, ...]]]] = {}
+        """per source: the refresh rows last given, with the counts they came from"""
         for source in sources:
             source.institution_seen = self._recorder(source)
             every = getattr(getattr(source, "config", None), "institution_status_refresh", 0)
@@ -165,8 +167,16 @@ class HealthWiring:
         the (institution_id, name) pairs the snapshot shows (none before the first read)."""
         read = self._ages(source)
         if not read:
+            self._refresh.pop(source, None)
             return {}
-        return refresh_rows(source, provider, age_counts(shown, read))
+        before = self._refresh.get(source, {})
+        now: dict[tuple[str, str], tuple[AgeCounts, tuple[tuple, ...]]] = {}
+        for key, counts in age_counts(shown, read).items():
+            hit = before.get(key)  # the same counts keep the same rows (compared as one)
+            now[key] = hit if hit is not None and hit[0] == counts else (
+                counts, institution_refresh_rows(source, provider, *key, counts))
+        self._refresh[source] = now
+        return {key: rows for key, (_counts, rows) in now.items()}
 
     def report(self) -> HealthReport:
         return build_report(self._snapshot(), self.directory, self._clock(), self.thresholds,
