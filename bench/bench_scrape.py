@@ -8,18 +8,23 @@ transitions exist), with institution health filled in as in production: a home p
 institution (keys), declared statuses for the Finicity ones, the refresh lag per institution
 read from the state database. The listener runs in its own thread and event loop, as in the
 agent; this thread scrapes it over real HTTP as Prometheus 2.x asks (``Accept:
-application/openmetrics-text...``, ``Accept-Encoding: gzip``) and times, per scrape, the
-answer's headers (server time plus a loopback round trip) and its last byte.
+application/openmetrics-text...``, ``Accept-Encoding: gzip``) and times, per scrape, the render
+inside the server (wall and CPU time of ``Exposition.render``), the answer's headers at the
+client (server time plus a loopback round trip) and its last byte.
 
 Measured: a scrape with nothing changed (the median and p90 of ``--repeat`` scrapes); the
 first scrape after a one-customer push (``Tracker.apply_records`` of two accounts of one
 customer at one institution, as a webhook re-read applies them, at a broken code so that the
-push changes the institution's counts; median of ``--repeat`` rounds); the first scrape after a full sweep of ``fin`` (every account re-read, 5 % of them
-at another code); and the first scrape after the refresh lag per institution was re-read.
+push changes the institution's counts; median of ``--repeat`` rounds); the first scrape
+after a full sweep of ``fin`` (every account re-read, 5 % of them at another code); and the
+first scrape after the refresh lag per institution was re-read. ``--funnels``: how many
+(institution, code) pairs the repair loop's funnel counts in the live part (self-metrics,
+rendered on every scrape).
 The sweep runner renders ahead after a sweep (``on_snapshot``); this bench does not, so the
 sweep's row is what a scrape costs when it comes first.
 
-Run: ``python bench/bench_scrape.py [--institutions 5000] [--repeat 15]``;
+Run: ``python bench/bench_scrape.py [--institutions 5000] [--repeat 15] [--funnels 300]
+[--text]``;
 ``BENCH_PYSPY=/tmp/scrape.svg`` records the scrapes with py-spy (if installed).
 """
 
@@ -36,7 +41,6 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import httpx
@@ -182,15 +186,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def scrape(client: httpx.Client, url: str) -> tuple[float, float, bytes]:
-    """(seconds to the headers, seconds to the last byte, body as sent)."""
+class Timed:
+    """Wraps the exposition's ``render`` to time it inside the server (its thread's CPU
+    time too: on a shared machine the steadier of the two)."""
+
+    def __init__(self, exposition):
+        self.render = exposition.render
+        self.last: tuple[float, float] = (0.0, 0.0)
+        exposition.render = self
+
+    def __call__(self, *args):
+        t, c = time.perf_counter(), time.thread_time()
+        out = self.render(*args)
+        self.last = (time.perf_counter() - t, time.thread_time() - c)
+        return out
+
+
+def scrape(client: httpx.Client, url: str, timed: Timed) -> tuple[float, float, float, float]:
+    """(seconds to the headers, to the last byte, of the render in the server, of its CPU)."""
     t = time.perf_counter()
     with client.stream("GET", url, headers=HEADERS) as r:
         head = time.perf_counter() - t
-        body = b"".join(r.iter_raw())
+        b"".join(r.iter_raw())
     total = time.perf_counter() - t
     assert r.status_code == 200 and r.headers.get("content-encoding") == "gzip", r.headers
-    return head, total, body
+    return head, total, *timed.last
 
 
 def ms(values: list[float]) -> str:
@@ -203,9 +223,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--institutions", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--text", action="store_true",
+                        help="ask for the text format 0.0.4 instead of OpenMetrics")
     parser.add_argument("--funnels", type=int, default=300,
                         help="(institution, code) pairs in the repair funnel (live series)")
     args = parser.parse_args()
+    if args.text:
+        HEADERS["Accept"] = "text/plain;version=0.0.4"
     print(f"reference: sum(i*i for i in range(10**7)) takes {reference_loop():.2f} s here")
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
@@ -234,9 +258,10 @@ def main() -> None:
         setup = time.perf_counter() - t
         url = f"http://127.0.0.1:{port}/metrics"
         rng = random.Random(11)
+        timed = Timed(agent.metrics.exposition)
         with httpx.Client(timeout=60) as client:
-            _h, _t, body = scrape(client, url)
-            text = zlib.decompress(body, 31)
+            body = client.get(url, headers=HEADERS).content  # decoded
+            text = body
             series = sum(1 for line in text.split(b"\n") if line and not line.startswith(b"#"))
             live = sum(1 for line in openmetrics.generate_latest(agent.metrics.live).split(b"\n")
                        if line and not line.startswith(b"#"))
@@ -244,7 +269,8 @@ def main() -> None:
             print(f"fleet: {args.institutions:,} institutions, {accounts:,} accounts, "
                   f"{series:,} series ({live:,} of them live: self-metrics and ages, rendered "
                   f"per scrape), {len(text) / 1e6:.1f} MB of text, "
-                  f"{len(body) / 1e3:.0f} KB gzipped (set up in {setup:.0f} s)")
+                  f"{len(agent.metrics.exposition.render(HEADERS['Accept'], 'gzip')[0]) / 1e3:.0f}"
+                  f" KB gzipped (set up in {setup:.0f} s)")
             profile = os.environ.get("BENCH_PYSPY")
             spy = None
             if profile:
@@ -252,7 +278,7 @@ def main() -> None:
                                         "-p", str(os.getpid())], stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL)
                 time.sleep(2)
-            cached = [scrape(client, url) for _ in range(args.repeat)]
+            cached = [scrape(client, url, timed) for _ in range(args.repeat)]
             pushed = []
             for _ in range(args.repeat):
                 source = rng.choice(("fin", "mx"))
@@ -265,28 +291,31 @@ def main() -> None:
                                              time.time(), None, "owner-bench", f"login-{k}")
                                for k in (key, key + "-b")]
                     loop.call(agent.tracker.apply_records(source, provider, records))
-                pushed.append(scrape(client, url))
-            after_push = [scrape(client, url) for _ in range(3)]
+                pushed.append(scrape(client, url, timed))
+            after_push = [scrape(client, url, timed) for _ in range(3)]
             swept = []
             for night in (2, 3):
                 loop.call(sweep(agent, "fin", fleet.records("fin", night, now)))
-                swept.append(scrape(client, url))
+                swept.append(scrape(client, url, timed))
             lagged = []
             for _ in range(2):
                 loop.call(agent.health.ages.run())
-                lagged.append(scrape(client, url))
+                lagged.append(scrape(client, url, timed))
             if spy is not None:
                 spy.terminate()
                 spy.wait()
-        print("/metrics over HTTP, OpenMetrics + gzip (headers = server time + loopback; "
-              "last byte = whole answer):")
+        print(f"/metrics over HTTP, {'text 0.0.4' if args.text else 'OpenMetrics'} + gzip: the "
+              "render in the server (wall, and its CPU), the answer's headers and its last byte "
+              "at the client:")
         for label, runs in (("nothing changed", cached),
                             ("first after a one-customer push", pushed),
                             ("  (and the scrapes after it)", after_push),
                             ("first after a full sweep of fin", swept),
                             ("first after the refresh lag re-read", lagged)):
-            print(f"  {label:36s} headers {ms([h for h, _t, _b in runs])}   "
-                  f"last byte {ms([t for _h, t, _b in runs])}  (n={len(runs)})")
+            print(f"  {label:36s} (n={len(runs)})\n"
+                  f"    render {ms([r[2] for r in runs])}   CPU {ms([r[3] for r in runs])}\n"
+                  f"    headers {ms([r[0] for r in runs])}   last byte "
+                  f"{ms([r[1] for r in runs])}")
         server.should_exit = True
         loop.call(asyncio.sleep(0.3))
         loop.call(agent.tracker.close())
