@@ -25,7 +25,8 @@ sweep's row is what a scrape costs when it comes first.
 
 Run: ``python bench/bench_scrape.py [--institutions 5000] [--repeat 15] [--funnels 300]
 [--text]``;
-``BENCH_PYSPY=/tmp/scrape.svg`` records the scrapes with py-spy (if installed).
+``BENCH_PYSPY=/tmp/scrape.svg`` records the scrapes with py-spy (if installed; a ``.txt``
+name writes collapsed stacks).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import argparse
 import asyncio
 import os
 import random
+import signal
 import socket
 import statistics
 import subprocess
@@ -274,7 +276,8 @@ def main() -> None:
             profile = os.environ.get("BENCH_PYSPY")
             spy = None
             if profile:
-                spy = subprocess.Popen(["py-spy", "record", "-o", profile, "-r", "200",
+                raw = ["--format", "raw"] if profile.endswith(".txt") else []
+                spy = subprocess.Popen(["py-spy", "record", "-o", profile, "-r", "200", *raw,
                                         "-p", str(os.getpid())], stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL)
                 time.sleep(2)
@@ -302,7 +305,7 @@ def main() -> None:
                 loop.call(agent.health.ages.run())
                 lagged.append(scrape(client, url, timed))
             if spy is not None:
-                spy.terminate()
+                spy.send_signal(signal.SIGINT)  # py-spy writes its file on an interrupt
                 spy.wait()
         print(f"/metrics over HTTP, {'text 0.0.4' if args.text else 'OpenMetrics'} + gzip: the "
               "render in the server (wall, and its CPU), the answer's headers and its last byte "
