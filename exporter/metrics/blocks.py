@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import zlib
 from bisect import bisect_right, insort
-from collections.abc import Hashable, Sequence
+from collections.abc import Container, Hashable, Sequence
 
 from exporter.metrics.lines import FamilyFormat
 
@@ -69,7 +69,7 @@ class BlockList:
         self._changed.add(key)
         return came
 
-    def drop_except(self, keep: set[tuple[str, ...]] | dict) -> None:
+    def drop_except(self, keep: Container[tuple[str, ...]]) -> None:
         """Remove the blocks whose key is not in ``keep``."""
         for key in [k for k in self.keys if k not in keep]:
             self.put(key, ())

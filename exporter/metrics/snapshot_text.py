@@ -127,6 +127,13 @@ class _Source:
                 refresh.put(key, block)
 
 
+    def no_health(self) -> None:
+        """No institution health (yet): its families are empty."""
+        for short in HEALTH:
+            self.blocks[short].drop_except(())
+        self.facts_version = self.lag_version = None
+
+
 class SnapshotText:
     """The snapshot part of /metrics, per format, as a list of texts (headers and segments)."""
 
@@ -163,6 +170,8 @@ class SnapshotText:
                 appeared, gone = src.fleet(agg)
             if health is not None:
                 src.health(agg, health, appeared, gone)
+            else:
+                src.no_health()
         self._version = version
         self._order = list(snap.sources)
         return version

@@ -228,3 +228,26 @@ def test_unusual_families_are_written_by_prometheus_client_itself():
     writer = RegistryText(registry)
     assert writer.render(False) == text_format.generate_latest(registry)
     assert writer.render(True) == openmetrics.generate_latest(registry)
+
+
+async def test_institution_health_that_is_not_there_yet_or_any_more_shows_nothing(tmp_path):
+    clock = Clock()
+    tracker = Tracker(StateStore(tmp_path / "state.db"), clock=clock)
+    wiring = HealthWiring(HealthConfig(), [], lambda: tracker.snapshot, clock, Problems(),
+                          str(tmp_path / "state.db"))
+    current: dict[str, HealthWiring | None] = {"health": None}
+    metrics = build_metrics(lambda: tracker.snapshot, clock=clock,
+                            institutions=lambda: current["health"])
+    session = await tracker.begin("fin", "finicity")
+    await session.add([AccountStatus("fin", "finicity", "a1", "4222", "FinBank", "0",
+                                     clock.now - 3600, clock.now - 3600)])
+    await session.finish(SweepReport(complete=True))
+    await wiring.ages.run()
+    for health, shown in ((None, False), (wiring, True), (None, False)):
+        current["health"] = health
+        for om in (False, True):
+            body = served(metrics, om, gzip=True)
+            assert body == full_render(metrics, om)
+            assert (b"openfinance_institution_key_info{" in body) is shown
+            assert (b"openfinance_institution_refresh_accounts{" in body) is shown
+    await tracker.close()
