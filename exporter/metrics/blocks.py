@@ -3,9 +3,10 @@
 A :class:`BlockList` holds a block of sample lines per key (an institution: ``(institution_id,
 institution)``), in key order, and the rows each block was rendered from: putting the same
 rows again costs a comparison, new rows re-render that block only. Blocks are joined into
-segments whose boundaries depend on the keys alone (a key starts a segment when its hash says
-so, about one key in :data:`SEGMENT_KEYS`), so a changed block re-joins its segment, and an
-institution that appears or goes re-joins one segment, not the family. Unchanged segments
+segments whose boundaries depend on the keys (a key starts a segment when its hash says so,
+about one key in :data:`SEGMENT_KEYS`, or one in eight of those once the segment is long), so
+a changed block re-joins its segment, and an institution that appears or goes re-joins a
+segment or two, not the family. Unchanged segments
 keep their bytes object: the gzip side (:mod:`exporter.metrics.gzipped`) reuses what it
 compressed from them.
 """
@@ -19,12 +20,16 @@ from collections.abc import Container, Hashable, Sequence
 from exporter.metrics.lines import FamilyFormat
 
 SEGMENT_KEYS = 64
-"""About this many keys per segment (a few to a few tens of kilobytes of text)."""
+"""At most about this many keys per segment: a key whose hash is 0 modulo this always starts
+one."""
+SEGMENT_BYTES = 16384
+"""A key whose hash is 0 modulo an eighth of :data:`SEGMENT_KEYS` starts a segment too once
+the segment so far holds this much text (big banks' blocks: smaller pieces to recompress)."""
 
 
-def starts_segment(key: tuple[str, ...]) -> bool:
-    """Whether ``key`` begins a segment: a fixed hash of the key, never of its neighbours."""
-    return zlib.crc32("\x00".join(key).encode("utf-8", "surrogatepass")) % SEGMENT_KEYS == 0
+def segment_hash(key: tuple[str, ...]) -> int:
+    """A fixed hash of the key, never of its neighbours, modulo :data:`SEGMENT_KEYS`."""
+    return zlib.crc32("\x00".join(key).encode("utf-8", "surrogatepass")) % SEGMENT_KEYS
 
 
 class BlockList:
@@ -41,8 +46,8 @@ class BlockList:
         """the first key of each segment"""
         self._segments: list[tuple[tuple[tuple[str, ...], ...], bytes]] = []
         """(keys, text) of each segment"""
-        self._cuts: dict[tuple[str, ...], bool] = {}
-        """key → whether it starts a segment (kept across re-cuts)"""
+        self._hashes: dict[tuple[str, ...], int] = {}
+        """key → :func:`segment_hash` (kept across re-cuts)"""
 
     def __contains__(self, key: tuple[str, ...]) -> bool:
         return key in self._rows
@@ -97,16 +102,20 @@ class BlockList:
     def _recut(self) -> None:
         """New segment boundaries after keys came or went; a segment with the same keys and
         no changed block keeps its text."""
-        keys, cuts = self.keys, self._cuts
-        if len(cuts) > 2 * len(keys) + 1024:
-            cuts.clear()
-        bounds = []
+        keys, hashes, text = self.keys, self._hashes, self._text
+        if len(hashes) > 2 * len(keys) + 1024:
+            hashes.clear()
+        bounds: list[int] = []
+        soft = max(1, SEGMENT_KEYS // 8)
+        size = 0
         for i, k in enumerate(keys):
-            cut = cuts.get(k)
-            if cut is None:
-                cut = cuts[k] = starts_segment(k)
-            if cut or i == 0:
+            h = hashes.get(k)
+            if h is None:
+                h = hashes[k] = segment_hash(k)
+            if i == 0 or h == 0 or (h % soft == 0 and size >= SEGMENT_BYTES):
                 bounds.append(i)
+                size = 0
+            size += len(text[k])
         old = {seg_keys[0]: (seg_keys, text) for seg_keys, text in self._segments}
         changed = self._changed
         segments = []

@@ -98,8 +98,8 @@ def institution(source: str, inst: int, which: int) -> tuple[str, str]:
 @given(steps=st.lists(step, min_size=1, max_size=8), fold=st.sampled_from([0, 0, 2]),
        prerender=st.booleans(), small=st.booleans())
 def test_incremental_exposition_always_equals_a_full_render(steps, fold, prerender, small):
-    """``small``: segments of about two institutions and a 200-byte deflate dictionary, so
-    that a handful of institutions spans many segments and pieces."""
+    """``small``: segments of a few institutions (or 300 bytes) and a 200-byte deflate
+    dictionary, so that a handful of institutions spans many segments and pieces."""
     async def run() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             clock = Clock()
@@ -140,7 +140,8 @@ def test_incremental_exposition_always_equals_a_full_render(steps, fold, prerend
 
     with pytest.MonkeyPatch.context() as patch:
         if small:
-            patch.setattr(blocks, "SEGMENT_KEYS", 2)
+            patch.setattr(blocks, "SEGMENT_KEYS", 3)
+            patch.setattr(blocks, "SEGMENT_BYTES", 300)
             patch.setattr(gzipped, "WINDOW", 200)
         asyncio.run(run())
 
