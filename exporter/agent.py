@@ -50,7 +50,7 @@ class Agent:
         self.catalog = Catalog.default()
         self.metrics = build_metrics(lambda: self.tracker.snapshot, clock=clock,
                                      catalog=self.catalog,
-                                     institution_rows=lambda: self.health.rows(),
+                                     institutions=lambda: self.health,
                                      routing_rows=lambda: self.routing.rows())
         self.state_file = open_state_file(settings.state.path)  # one agent per file
         if self.state_file.recovered_to is not None:

@@ -34,6 +34,8 @@ class InstitutionDirectory:
         self._facts: dict[tuple[str, str], InstitutionFacts] = {}
         self._keys: dict[tuple[str, str], str] | None = None
         self._lock = threading.Lock()
+        self.version = 0
+        """bumped when a name, home page or declared status changes (what /metrics shows)"""
 
     def record(self, facts: InstitutionFacts) -> None:
         with self._lock:
@@ -42,6 +44,9 @@ class InstitutionDirectory:
             self._facts[pair] = facts
             if before is None or (before.name, before.home_url) != (facts.name, facts.home_url):
                 self._keys = None
+                self.version += 1
+            elif before.declared != facts.declared:
+                self.version += 1
 
     def get(self, source: str, institution_id: str) -> InstitutionFacts | None:
         with self._lock:

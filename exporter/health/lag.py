@@ -99,6 +99,8 @@ class InstitutionAges:
         self._counts: dict[str, dict[str, AgeCounts]] = {}
         self.read_at: float | None = None
         self.failures = 0
+        self.version = 0
+        """bumped by each successful read"""
 
     def counts(self, source: str) -> dict[str, AgeCounts]:
         return self._counts.get(source, {})
@@ -114,4 +116,5 @@ class InstitutionAges:
             log.warning("refresh lag per institution not read, the last counts stay: %s", exc)
             return False
         self._counts, self.read_at = counts, now
+        self.version += 1
         return True

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -86,6 +86,8 @@ def institution_lag(counts: AgeCounts) -> RefreshLag:
     return RefreshLag(counts.state(), None, "institution", counts)
 
 
+_NO_AGES = AgeCounts()
+
 AgesBySource = Callable[[str], Mapping[str, AgeCounts]]
 """source → institution_id → age counts (empty until first read)"""
 
@@ -98,8 +100,15 @@ def institution_age_counts(agg: SourceView, ages: Mapping[str, AgeCounts]
                            ) -> dict[tuple[str, str], AgeCounts]:
     """(institution_id, name) as the snapshot labels them → age counts; the institutions the
     snapshot folds are summed under its folded entry."""
-    shown = sorted({(a[0], a[1]) for a in agg.accounts})
-    out = {(i, n): ages.get(i, AgeCounts()) for i, n in shown if i != FOLDED}
+    return age_counts({(a[0], a[1]) for a in agg.accounts}, ages)
+
+
+def age_counts(shown: Iterable[tuple[str, str]], ages: Mapping[str, AgeCounts]
+               ) -> dict[tuple[str, str], AgeCounts]:
+    """:func:`institution_age_counts` for the distinct (institution_id, name) pairs a
+    snapshot shows."""
+    shown = sorted(shown)
+    out = {(i, n): ages.get(i, _NO_AGES) for i, n in shown if i != FOLDED}
     folded = [(i, n) for i, n in shown if i == FOLDED]
     if folded:
         ids = {i for i, _ in out}
@@ -280,17 +289,24 @@ def _display_name(entries: list[ProviderHealth]) -> str:
     return min(entries, key=lambda p: (-p.accounts, p.institution)).institution
 
 
+def declared_rows(source: str, provider: str, institution_id: str, name: str,
+                  declared: DeclaredStatus | None) -> tuple[tuple[str, ...], ...]:
+    """One institution's rows of ``openfinance_institution_declared_status``."""
+    if declared is None:
+        return ()
+    return tuple((source, provider, institution_id, name, product, status)
+                 for product, status in declared.statuses)
+
+
 def declared_series(snapshot: SnapshotView, directory: InstitutionDirectory):
     """``(source, provider, institution_id, institution, product, status)`` for every
     institution the snapshot shows unfolded: the rows of
     ``openfinance_institution_declared_status``."""
     for agg in snapshot.sources.values():
         for inst_id, name in sorted({(a[0], a[1]) for a in agg.accounts}):
-            if inst_id == FOLDED:
-                continue
-            declared = directory.declared(agg.source, inst_id)
-            for product, status in declared.statuses if declared else ():
-                yield agg.source, agg.provider, inst_id, name, product, status
+            if inst_id != FOLDED:
+                yield from declared_rows(agg.source, agg.provider, inst_id, name,
+                                         directory.declared(agg.source, inst_id))
 
 
 def key_series(snapshot: SnapshotView, directory: InstitutionDirectory):
@@ -302,6 +318,19 @@ def key_series(snapshot: SnapshotView, directory: InstitutionDirectory):
                 yield agg.source, agg.provider, inst_id, directory.key(agg.provider, inst_id, name)
 
 
+def refresh_rows(source: str, provider: str, counts: Mapping[tuple[str, str], AgeCounts],
+                 ) -> dict[tuple[str, str], tuple[tuple, ...]]:
+    """(institution_id, name) → its rows of ``openfinance_institution_refresh_accounts``."""
+    return {(inst_id, name): institution_refresh_rows(source, provider, inst_id, name, c)
+            for (inst_id, name), c in counts.items()}
+
+
+def institution_refresh_rows(source: str, provider: str, institution_id: str, name: str,
+                             counts: AgeCounts) -> tuple[tuple, ...]:
+    """One institution's rows of ``openfinance_institution_refresh_accounts``."""
+    return tuple((source, provider, institution_id, name, cls, getattr(counts, cls))
+                 for cls in REFRESH_CLASSES)
+
 
 def refresh_series(snapshot: SnapshotView, ages: AgesBySource):
     """``(source, provider, institution_id, institution, refresh, accounts)``: the rows of
@@ -310,6 +339,7 @@ def refresh_series(snapshot: SnapshotView, ages: AgesBySource):
         read = ages(agg.source)
         if not read:
             continue
-        for (inst_id, name), counts in sorted(institution_age_counts(agg, read).items()):
-            for cls in REFRESH_CLASSES:
-                yield agg.source, agg.provider, inst_id, name, cls, getattr(counts, cls)
+        per_institution = refresh_rows(agg.source, agg.provider,
+                                       institution_age_counts(agg, read))
+        for _key, rows in sorted(per_institution.items()):
+            yield from rows

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -16,14 +16,17 @@ from exporter.health.config import HealthConfig
 from exporter.health.directory import InstitutionDirectory, finicity_facts, mx_facts
 from exporter.health.history import HistoryStore, InstitutionHistory
 from exporter.health.keys import load_key_mapping
-from exporter.health.lag import InstitutionAges
+from exporter.health.lag import AgeCounts, InstitutionAges
 from exporter.health.refresh import DeclaredStatusRefresher
 from exporter.health.report import (
     FOLDED,
     HealthReport,
     SnapshotView,
+    age_counts,
     build_report,
+    declared_rows,
     declared_series,
+    institution_refresh_rows,
     key_series,
     refresh_series,
 )
@@ -67,6 +70,8 @@ class HealthWiring:
         self._unhealthy: dict[str, set[str]] = {}
         """per source: the institutions degraded or down in its last published snapshot"""
         self._reads: set[asyncio.Task[int]] = set()
+        self._refresh: dict[str, dict[tuple[str, str], tuple[AgeCounts, tuple[tuple, ...]]]] = {}
+        """per source: the refresh rows last given, with the counts they came from"""
         for source in sources:
             source.institution_seen = self._recorder(source)
             every = getattr(getattr(source, "config", None), "institution_status_refresh", 0)
@@ -153,6 +158,39 @@ class HealthWiring:
         snap = self._snapshot()
         return (list(declared_series(snap, self.directory)),
                 list(key_series(snap, self.directory)), list(refresh_series(snap, self._ages)))
+
+    def rows_version(self) -> tuple[int, int]:
+        """(changes whenever a declared-status or key row may have changed, ... a refresh
+        row), the snapshot aside."""
+        return self.directory.version, self.ages.version if self.ages is not None else 0
+
+    def institution_rows(self, source: str, provider: str, institution_id: str, name: str
+                         ) -> tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]]:
+        """One institution's rows of openfinance_institution_declared_status and _key_info
+        (none for the folded entry)."""
+        if institution_id == FOLDED:
+            return (), ()
+        return (declared_rows(source, provider, institution_id, name,
+                              self.directory.declared(source, institution_id)),
+                ((source, provider, institution_id,
+                  self.directory.key(provider, institution_id, name)),))
+
+    def refresh_rows(self, source: str, provider: str, shown: Iterable[tuple[str, str]],
+                     ) -> dict[tuple[str, str], tuple[tuple, ...]]:
+        """(institution_id, name) → rows of openfinance_institution_refresh_accounts, for
+        the (institution_id, name) pairs the snapshot shows (none before the first read)."""
+        read = self._ages(source)
+        if not read:
+            self._refresh.pop(source, None)
+            return {}
+        before = self._refresh.get(source, {})
+        now: dict[tuple[str, str], tuple[AgeCounts, tuple[tuple, ...]]] = {}
+        for key, counts in age_counts(shown, read).items():
+            hit = before.get(key)  # the same counts keep the same rows (compared as one)
+            now[key] = hit if hit is not None and hit[0] == counts else (
+                counts, institution_refresh_rows(source, provider, *key, counts))
+        self._refresh[source] = now
+        return {key: rows for key, (_counts, rows) in now.items()}
 
     def report(self) -> HealthReport:
         return build_report(self._snapshot(), self.directory, self._clock(), self.thresholds,

@@ -6,7 +6,9 @@
   tracker's snapshot.
 - :mod:`~exporter.metrics.observers`: the self-metrics, set through the upstream, tracker and
   sweep observer interfaces.
-- :mod:`~exporter.metrics.exposition`: the cached /metrics rendering.
+- :mod:`~exporter.metrics.snapshot_text`: the snapshot part of /metrics (fleet series and
+  institution health) kept per institution block, re-rendered where a snapshot changed it.
+- :mod:`~exporter.metrics.exposition`: the cached /metrics rendering (text, OpenMetrics, gzip).
 
 :func:`build_metrics` wires them together; the agent, the tests and the benchmarks all use it.
 """
@@ -24,21 +26,21 @@ from exporter.metrics.collectors import (
     FleetCollector,
     InstitutionHealthCollector,
     RoutingCollector,
-    Rows,
 )
 from exporter.metrics.exposition import OPENMETRICS, TEXT, Exposition
 from exporter.metrics.observers import AgentMetrics
+from exporter.metrics.snapshot_text import InstitutionRows, SnapshotText
 from exporter.tracker import Snapshot
 
 __all__ = ["OPENMETRICS", "TEXT", "AgeCollector", "AgentMetrics", "Exposition",
-           "FleetCollector", "Metrics", "build_metrics"]
+           "FleetCollector", "InstitutionRows", "Metrics", "build_metrics"]
 
 
 @dataclass(frozen=True, slots=True)
 class Metrics:
     """Registries, self-metrics and exposition of one agent."""
 
-    fleet: CollectorRegistry  # rendered once per snapshot
+    fleet: CollectorRegistry  # the snapshot part (served per institution block, see exposition)
     live: CollectorRegistry  # rendered on every scrape
     agent: AgentMetrics  # the observer the sources, tracker and sweep runner report to
     exposition: Exposition
@@ -54,24 +56,32 @@ class Metrics:
 
 def build_metrics(snapshot: Callable[[], Snapshot], *, clock: Callable[[], float],
                   catalog: Catalog | None = None,
-                  institution_rows: Rows = lambda: ((), (), ()),
+                  institutions: Callable[[], InstitutionRows | None] = lambda: None,
                   routing_rows: Callable[[], Iterable[tuple[str, str, str, int]]] = tuple,
                   ) -> Metrics:
     """Registry, collectors, self-metrics and exposition over a tracker's ``snapshot``.
 
     ``snapshot`` is called at scrape time (the tracker may be built after this, with
-    ``events=metrics.agent``). ``institution_rows`` gives the institution-health rows
-    (``exporter.health.wiring.HealthWiring.rows``), read at scrape time too, as are
-    ``routing_rows`` (``exporter.routing.advisor.Advisor.rows``).
+    ``events=metrics.agent``). ``institutions`` gives institution health
+    (``exporter.health.wiring.HealthWiring``), read at scrape time too, as are
+    ``routing_rows`` (``exporter.routing.advisor.Advisor.rows``: in the live part, as
+    they move with the advice's own clock, not with the snapshot).
     """
     # ``*_created`` series double the exposition and nothing here queries them.
     disable_created_metrics()
+    catalog = catalog or Catalog.default()
     fleet = CollectorRegistry(auto_describe=True)
     live = CollectorRegistry(auto_describe=True)
     agent = AgentMetrics(live)
-    fleet.register(FleetCollector(snapshot, catalog or Catalog.default()))
+    # Institution health first: it changes less often than the fleet series, and the gzip
+    # side reuses the stream's CRC up to the first piece that changed.
+    fleet.register(InstitutionHealthCollector(lambda: _rows(institutions())))
+    fleet.register(FleetCollector(snapshot, catalog))
     live.register(AgeCollector(snapshot, clock))
-    live.register(InstitutionHealthCollector(institution_rows))
     live.register(RoutingCollector(routing_rows))
-    exposition = Exposition(fleet, live, lambda: snapshot().version)
+    exposition = Exposition(SnapshotText(snapshot, catalog, institutions), live)
     return Metrics(fleet, live, agent, exposition)
+
+
+def _rows(institutions: InstitutionRows | None):
+    return ((), (), ()) if institutions is None else institutions.rows()

@@ -94,7 +94,8 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("status_code_info", "gauge", ("provider", "code", "name", "category", "fixable"),
        "The status-code catalog, one series per code; value 1.", "fleet"),
     # Institution health (exporter/health): per institution with accounts, folded like the
-    # others; rendered live (declared statuses change between sweeps), see HealthCollector.
+    # others; re-rendered when declared statuses, keys or refresh lag change between sweeps
+    # (InstitutionHealthCollector, exporter/metrics/snapshot_text.py).
     _m("institution_declared_status", "gauge", (*FLEET_LABELS, "product", "status"),
        "What the aggregator declares about an institution (Finicity status: "
        "product=\"institution\"; beta productionStatus: product=\"overall\" and per product); "

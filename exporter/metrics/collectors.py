@@ -1,8 +1,10 @@
 """Collectors over the tracker's snapshot: they read memory only, never do I/O.
 
-:class:`FleetCollector` yields what changes only when a snapshot is published (so
-:class:`~exporter.metrics.exposition.Exposition` renders it once per snapshot);
-:class:`AgeCollector` yields the age histograms, whose ages grow with the clock.
+:class:`FleetCollector` and :class:`InstitutionHealthCollector` yield what changes only when a
+snapshot is published or institution health changes; /metrics serves their text kept per
+institution block (:mod:`exporter.metrics.snapshot_text`, byte-identical to rendering them),
+and they stay the reference for tests and tools. :class:`AgeCollector` yields the age
+histograms, whose ages grow with the clock (rendered on every scrape).
 """
 
 from __future__ import annotations
@@ -114,9 +116,10 @@ class InstitutionHealthCollector(Collector):
     ``openfinance_institution_declared_status{source="finicity-prod",provider="finicity",
     institution_id="4222",institution="Chase",product="institution",status="online"} 1.0``
 
-    On the live registry: a declared status re-read between two sweeps shows at the next
-    scrape. ``rows()`` gives (declared rows, key rows, refresh rows), computed in memory; a
-    refresh row ends with its value (accounts).
+    ``rows()`` gives (declared rows, key rows, refresh rows), computed in memory; a refresh
+    row ends with its value (accounts). /metrics serves the same rows per institution block
+    (:mod:`exporter.metrics.snapshot_text`), re-rendered when institution health changes: a
+    declared status re-read between two sweeps shows at the next scrape.
     """
 
     NAMES = ("institution_declared_status", "institution_key_info",

@@ -58,7 +58,8 @@ class AgeHistogram:
 
 @dataclass(frozen=True, slots=True)
 class SourceAggregate:
-    """Everything the collector shows for one source, computed once per sweep."""
+    """Everything the collector shows for one source, computed once per sweep. Each tuple of
+    rows is sorted (institution first): /metrics finds an institution's rows by bisection."""
 
     source: str
     provider: str

@@ -76,7 +76,7 @@ async def test_refreshers_run_for_finicity_sources_with_a_cadence_only():
 
 async def test_the_metrics_listener_serves_the_health_routes_and_rows():
     wiring = _wiring([FakeSource("fin", "finicity")])
-    metrics = build_metrics(lambda: SNAP, clock=lambda: 1000.0, institution_rows=wiring.rows)
+    metrics = build_metrics(lambda: SNAP, clock=lambda: 1000.0, institutions=lambda: wiring)
     app = create_app(metrics.exposition, lambda: True, "/metrics", wiring.routes())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://t") as client:
