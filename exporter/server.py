@@ -21,6 +21,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from exporter import __version__
+from exporter.addresses import split_listen_address
 from exporter.listener_limits import (
     KEEP_ALIVE_IDLE,
     ListenerLimits,
@@ -94,15 +95,6 @@ class PacedResponse(Response):
             await send({"type": "http.response.body", "body": body[start:start + BODY_SLICE],
                         "more_body": True})
         await send({"type": "http.response.body", "body": b""})
-
-
-def split_listen_address(address: str) -> tuple[str, int]:
-    """``":9877"`` → ("0.0.0.0", 9877); ``"127.0.0.1:9877"``; ``"[::1]:9877"``."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"listen address {address!r} must be host:port or :port")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
 
 
 class Server(uvicorn.Server):

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from exporter.addresses import split_listen_address
 from exporter.durations import non_negative_duration
 
 Seconds = Annotated[float, BeforeValidator(non_negative_duration), Field(json_schema_extra={"format": "duration"})]
@@ -83,8 +84,6 @@ class WebhooksConfig(_Strict):
     @field_validator("listen_address")
     @classmethod
     def _address(cls, v: str) -> str:
-        from exporter.server import split_listen_address
-
         split_listen_address(v)  # raises ValueError with the reason
         return v
 

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from exporter.catalog import Catalog
+from tools import build_catalog
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO.parent / "shared/reference/status-codes.csv"
 
 
 def _builder():
-    spec = importlib.util.spec_from_file_location("build_catalog", REPO / "tools/build_catalog.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return build_catalog
 
 
 def test_every_code_cites_its_source():
