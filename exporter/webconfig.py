@@ -225,7 +225,10 @@ class RateLimitConfig(_Strict):
         return seconds
 
 
-class WebConfig(_Strict):
+class ToolkitWebConfig(_Strict):
+    """The exporter-toolkit web config file (``--web.config.file``), as Prometheus' own
+    exporters read it; not the agent's ``web:`` section (:class:`exporter.config.WebConfig`)."""
+
     tls_server_config: TLSServerConfig = TLSServerConfig()
     http_server_config: HTTPServerConfig = HTTPServerConfig()
     basic_auth_users: dict[str, SecretStr] = Field(default_factory=dict)
@@ -254,14 +257,14 @@ def _problems(exc: ValidationError, source: str) -> list[str]:
     return out
 
 
-def parse_web_config(data: Any, base_dir: Path, source: str = "web config") -> WebConfig:
+def parse_web_config(data: Any, base_dir: Path, source: str = "web config") -> ToolkitWebConfig:
     """Validate a loaded YAML document; relative TLS paths are joined to ``base_dir``."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise WebConfigError([f"{source}: the top level must be a mapping"])
     try:
-        cfg = WebConfig.model_validate(data)
+        cfg = ToolkitWebConfig.model_validate(data)
     except ValidationError as exc:
         raise WebConfigError(_problems(exc, source)) from None
     tls = cfg.tls_server_config
@@ -272,7 +275,7 @@ def parse_web_config(data: Any, base_dir: Path, source: str = "web config") -> W
     return cfg
 
 
-def load_web_config(path: str | Path) -> WebConfig:
+def load_web_config(path: str | Path) -> ToolkitWebConfig:
     """Read and validate the file, and check that its certificate, key and CA load."""
     path = Path(path)
     data = read_yaml(path, WebConfigError)
@@ -313,7 +316,7 @@ def _reason(exc: OSError | ssl.SSLError) -> str:
     return exc.strerror or str(exc)
 
 
-def uvicorn_ssl_kwargs(cfg: WebConfig) -> dict[str, Any]:
+def uvicorn_ssl_kwargs(cfg: ToolkitWebConfig) -> dict[str, Any]:
     """uvicorn.Config keyword arguments for ``cfg``'s TLS, without reloading or version limits.
 
     Prefer :meth:`WebConfigFile.install` (reloads certificates, honours min/max_version).
@@ -558,10 +561,10 @@ class WebConfigFile:
     def tls_enabled(self) -> bool:
         return self.config.tls_server_config.enabled
 
-    def _current_stamp(self, cfg: WebConfig) -> _Stamp:
+    def _current_stamp(self, cfg: ToolkitWebConfig) -> _Stamp:
         return _stamp((self.path, *cfg.tls_server_config.files()))
 
-    def _apply(self, cfg: WebConfig) -> None:
+    def _apply(self, cfg: ToolkitWebConfig) -> None:
         self.config = cfg
         self.auth = BasicAuth({u: h.get_secret_value() for u, h in cfg.basic_auth_users.items()},
                               queue=self._bcrypt)

@@ -1096,7 +1096,7 @@ def test_schema_of_the_web_config_matches_the_agents_model():
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     node = schema["definitions"]["webConfigFile"]
-    assert set(node["properties"]) == _fields(webconfig.WebConfig)
+    assert set(node["properties"]) == _fields(webconfig.ToolkitWebConfig)
     tls = node["properties"]["tls_server_config"]
     assert set(tls["properties"]) == _fields(webconfig.TLSServerConfig)
     assert set(tls["properties"]["client_auth_type"]["enum"]) == {
