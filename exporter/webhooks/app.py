@@ -162,12 +162,37 @@ def create_webhook_app(receivers: Mapping[str, Receiver], inbox: WebhookInbox,
                        on_accepted: Callable[[list[PendingEvent]], None] = lambda _: None,
                        forward: Forwarder | None = None,
                        gate: Gate | None = None) -> WebhookApp:
-    async def accept(receiver: Receiver, delivery: Delivery, received_at: float,
+    handlers = _Handlers(receivers, inbox, observer, clock, max_body_bytes, read_timeout,
+                         on_accepted, forward)
+    return WebhookApp(handlers.connect_events, [
+        Route("/webhooks/{source}/txpush/{token}", handlers.txpush, methods=["GET", "POST"]),
+        Route("/webhooks/{source}", _other_methods, methods=["POST"]),
+    ], gate)
+
+
+async def _other_methods(request: Request) -> Response:
+    # Only for Starlette's 405 with Allow: every POST here is served by connect_events.
+    return PlainTextResponse("", status_code=404)
+
+
+class _Handlers:
+    """The listener's routes: verify, then persist (or forward), then answer, counted once."""
+
+    def __init__(self, receivers: Mapping[str, Receiver], inbox: WebhookInbox,
+                 observer: WebhookObserver, clock: Callable[[], float], max_body_bytes: int,
+                 read_timeout: float, on_accepted: Callable[[list[PendingEvent]], None],
+                 forward: Forwarder | None):
+        self.receivers, self.inbox, self.observer, self.clock = receivers, inbox, observer, clock
+        self.max_body_bytes, self.read_timeout = max_body_bytes, read_timeout
+        self.on_accepted, self.forward = on_accepted, forward
+
+    async def accept(self, receiver: Receiver, delivery: Delivery, received_at: float,
                      ok_status: int, scope: Scope, body: bytes) -> tuple[int, str, str]:
         if delivery.ignored:
             return ok_status, delivery.kind, "ignored"
         if not delivery.owners:  # ping
             return ok_status, delivery.kind, "accepted"
+        forward = self.forward
         sent = forward and await forward(receiver.name, delivery.owners, scope, body)
         if sent and not sent.ok:  # nothing persisted: the sender retries
             raise _Rejected(sent.status, sent.result, delivery.kind, sent.headers)
@@ -176,34 +201,36 @@ def create_webhook_app(receivers: Mapping[str, Receiver], inbox: WebhookInbox,
             return (sent.status, delivery.kind, "forwarded") if sent else (
                 ok_status, delivery.kind, "ignored")
         try:
-            new = await inbox.put(receiver.name, Delivery(
+            new = await self.inbox.put(receiver.name, Delivery(
                 delivery.kind, owners, delivery.dedupe_key, delivery.keep_for), received_at)
         except InboxError as exc:
             log.error("webhook not persisted, answered 503 so the sender retries: %s", exc)
             raise _Rejected(503, "", delivery.kind, RETRY_LATER) from None
         if new:
-            on_accepted(new)
+            self.on_accepted(new)
         return ok_status, delivery.kind, "accepted" if new else "duplicate"
 
-    def count(receiver: Receiver, status: int, kind: str, result: str) -> None:
+    def count(self, receiver: Receiver, status: int, kind: str, result: str) -> None:
         if result:
-            observer.webhook_event(receiver.name, kind, result)
+            self.observer.webhook_event(receiver.name, kind, result)
         log.debug("webhook source=%s kind=%s result=%s status=%d", receiver.name, kind, result,
                   status)
 
-    def answer(receiver: Receiver, status: int, kind: str, result: str,
+    def answer(self, receiver: Receiver, status: int, kind: str, result: str,
                headers: Mapping[str, str] | None = None, text: str = "") -> Response:
-        count(receiver, status, kind, result)
+        self.count(receiver, status, kind, result)
         if status == 204:
             return Response(status_code=204, headers=headers)
         return PlainTextResponse(text, status_code=status, headers=headers)
 
-    async def connect_events(name: str, scope: Scope, receive: Receive, send: Send) -> None:
-        receiver = receivers.get(name)
+    async def connect_events(self, name: str, scope: Scope, receive: Receive,
+                             send: Send) -> None:
+        """Finicity Connect (signed) and MX (Basic auth) deliveries, in raw ASGI."""
+        receiver = self.receivers.get(name)
         if receiver is None or (receiver.ring is None and receiver.basic is None):
             await _send_answer(send, 404, None, "")
             return
-        received_at = clock()
+        received_at = self.clock()
         ok_status = 204 if receiver.basic is not None else 200
         length = authorization = signature = None
         for key, value in scope["headers"]:
@@ -218,58 +245,51 @@ def create_webhook_app(receivers: Mapping[str, Receiver], inbox: WebhookInbox,
             if receiver.basic is not None and not basic_auth_ok(authorization, *receiver.basic):
                 raise _Rejected(401, "unauthorized", headers={
                     "WWW-Authenticate": 'Basic realm="openfinance-webhooks"'})
-            body = await _read_body(receive, length or "", max_body_bytes, read_timeout)
+            body = await _read_body(receive, length or "", self.max_body_bytes,
+                                    self.read_timeout)
             if receiver.ring is not None:
-                if not receiver.ring.verify(body, signature, clock()):
+                if not receiver.ring.verify(body, signature, self.clock()):
                     raise _Rejected(401, "bad_signature")
                 delivery = events.finicity_connect(body)
             else:
                 delivery = events.mx(body)
-            status, kind, result = await accept(receiver, delivery, received_at, ok_status,
-                                                scope, body)
+            status, kind, result = await self.accept(receiver, delivery, received_at,
+                                                     ok_status, scope, body)
         except _Disconnected:
             return
         except Malformed as exc:
             status, kind, result = 400 if receiver.ring is not None else 204, exc.kind, "malformed"
         except _Rejected as r:
             status, kind, result, headers = r.status, r.kind, r.result, r.headers
-        count(receiver, status, kind, result)
+        self.count(receiver, status, kind, result)
         await _send_answer(send, status, headers, "")
 
-    async def txpush(request: Request) -> Response:
-        receiver = receivers.get(request.path_params["source"])
+    async def txpush(self, request: Request) -> Response:
+        """TxPush deliveries and their verification handshake, on a tokened path."""
+        receiver = self.receivers.get(request.path_params["source"])
         if receiver is None or receiver.txpush_token is None:
             return PlainTextResponse("", status_code=404)
         if not token_ok(request.path_params["token"], receiver.txpush_token):
-            return answer(receiver, 404, "unknown", "unauthorized")
-        received_at = clock()
+            return self.answer(receiver, 404, "unknown", "unauthorized")
+        received_at = self.clock()
         code = request.query_params.get("txpush_verification_code")
         if code is not None or request.method == "GET":
             if code is None or not _VERIFICATION_CODE.match(code):
-                return answer(receiver, 400, "txpush_verification", "malformed")
-            return answer(receiver, 200, "txpush_verification", "accepted", text=code,
-                          headers={"X-Content-Type-Options": "nosniff"})
+                return self.answer(receiver, 400, "txpush_verification", "malformed")
+            return self.answer(receiver, 200, "txpush_verification", "accepted", text=code,
+                               headers={"X-Content-Type-Options": "nosniff"})
         try:
             body = await _read_body(request.receive, request.headers.get("content-length", ""),
-                                    max_body_bytes, read_timeout)
-            status, kind, result = await accept(receiver, events.txpush(body), received_at, 200,
-                                                request.scope, body)
+                                    self.max_body_bytes, self.read_timeout)
+            status, kind, result = await self.accept(
+                receiver, events.txpush(body), received_at, 200, request.scope, body)
         except _Disconnected:
             return Response(status_code=204)
         except Malformed as exc:
-            return answer(receiver, 200, exc.kind, "malformed")
+            return self.answer(receiver, 200, exc.kind, "malformed")
         except _Rejected as r:
-            return answer(receiver, r.status, r.kind, r.result, r.headers)
-        return answer(receiver, status, kind, result)
-
-    async def other_methods(request: Request) -> Response:
-        # Only for Starlette's 405 with Allow: every POST here is served by connect_events.
-        return PlainTextResponse("", status_code=404)
-
-    return WebhookApp(connect_events, [
-        Route("/webhooks/{source}/txpush/{token}", txpush, methods=["GET", "POST"]),
-        Route("/webhooks/{source}", other_methods, methods=["POST"]),
-    ], gate)
+            return self.answer(receiver, r.status, r.kind, r.result, r.headers)
+        return self.answer(receiver, status, kind, result)
 
 
 async def build_receivers(source_configs: Iterable[SourceConfig],
