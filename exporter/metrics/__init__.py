@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from exporter.catalog import Catalog
 from exporter.metrics.collectors import (
     AgeCollector,
+    ConsentCollector,
     FleetCollector,
     InstitutionHealthCollector,
     Rows,
@@ -67,6 +68,7 @@ def build_metrics(snapshot: Callable[[], Snapshot], *, clock: Callable[[], float
     agent = AgentMetrics(live)
     fleet.register(FleetCollector(snapshot, catalog or Catalog.default()))
     live.register(AgeCollector(snapshot, clock))
+    live.register(ConsentCollector(snapshot, clock))
     live.register(InstitutionHealthCollector(institution_rows))
     exposition = Exposition(fleet, live, lambda: snapshot().version)
     return Metrics(fleet, live, agent, exposition)

@@ -91,6 +91,10 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("account_last_success_age_seconds", "gaugehistogram", ("source", "provider"),
        "Time since each account's last successful aggregation, to the minute "
        "(never-succeeded accounts count only in +Inf).", "fleet"),
+    _m("consent_expiring_accounts", "gauge", (*FLEET_LABELS, "within"),
+       "Accounts whose OAuth consent ends within 7d, 30d or 90d from now (cumulative; "
+       "Finicity authorizationEndDate when authorizationExpires is true, to the day; MX "
+       "publishes no consent end).", "fleet"),
     _m("status_code_info", "gauge", ("provider", "code", "name", "category", "fixable"),
        "The status-code catalog, one series per code; value 1.", "fleet"),
     # Institution health (exporter/health): per institution with accounts, folded like the
