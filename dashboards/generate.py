@@ -43,6 +43,9 @@ OUTAGE_RATIO = float(ALERT_DEFAULTS["outage_ratio"])
 OUTAGE_MIN_ACCOUNTS = int(ALERT_DEFAULTS["outage_min_accounts"])  # … and at least this many
 # OpenFinanceRepeatedOTP: suspected accounts at one institution (fires at > 0 by default).
 OTP_SUSPECTED_MIN = int(ALERT_DEFAULTS["otp_min_accounts"])
+# OpenFinanceConsentWave: share of an institution's accounts whose consent ends within 7 days …
+CONSENT_WAVE_RATIO = float(ALERT_DEFAULTS["consent_wave_ratio"])
+CONSENT_WAVE_MIN_ACCOUNTS = int(ALERT_DEFAULTS["consent_wave_min_accounts"])  # … and this many
 # OpenFinanceDataStale: seconds since the last successful sweep.
 STALE_AFTER_SECONDS = int(ALERT_DEFAULTS["stale_after_seconds"])
 # OpenFinanceWebhookDeliveriesRejected: refused deliveries in its window.
@@ -777,6 +780,25 @@ def institution() -> dash.Dashboard:
         "state every `health.refresh_lag_interval` (5 min).", "short",
         [_target(f"sum by (source, refresh) (openfinance_institution_refresh_accounts{{{FLEET}}})",
                  "{{source}} {{refresh}}")], stack=True))
+
+    d = d.with_row(dash.Row("Consent horizon"))
+    d = d.with_panel(_timeseries(
+        "Consent ending within 7, 30 and 90 days", "Accounts whose OAuth consent at the bank "
+        "ends within 7, 30 and 90 days (cumulative; Finicity `authorizationEndDate`, to the "
+        "day). Unrenewed, they break with 947 at the end date; with remediation on, each login "
+        "gets a `consent_renewal` request `remediation.renew_before` ahead. MX publishes no "
+        "consent end: MX banks show 0.", "short",
+        [_target(f"sum by (within) (openfinance_consent_expiring_accounts{{{FLEET}}}) "
+                 f"or 0 * sum({accounts()})", "within {{within}}")]))
+    d = d.with_panel(_timeseries(
+        "Share of accounts whose consent ends within 7 days", "Share of the bank's accounts "
+        "whose consent ends within 7 days; the dashed line is the OpenFinanceConsentWave "
+        f"threshold ({CONSENT_WAVE_RATIO:.0%}, with at least {CONSENT_WAVE_MIN_ACCOUNTS} "
+        "accounts): a re-consent wave support should prepare for.", "percentunit",
+        [_target(f"sum by ({INSTITUTION}) (openfinance_consent_expiring_accounts{{{FLEET}, "
+                 f'within="7d"}}) / on ({INSTITUTION}) sum by ({INSTITUTION}) ({accounts()}) '
+                 f"or 0 * sum by ({INSTITUTION}) ({accounts()})", ACCOUNTS_LEGEND)],
+        max_val=1, threshold_line=_steps((None, "green"), (CONSENT_WAVE_RATIO, "orange"))))
 
     d = d.with_row(dash.Row("Transitions"))
     d = d.with_panel(_timeseries(
