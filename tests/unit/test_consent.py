@@ -176,3 +176,54 @@ async def test_a_schema_3_state_file_gains_the_consent_end_in_place(tmp_path, ac
     [(_inst, _name, horizon)] = tracker.snapshot.sources["fin"].consent
     assert horizon.expiring(clock.now, 7 * DAY) == 1
     await tracker.close()
+
+
+# --------------------------------------------------------------------------- the sandbox
+
+
+def _fleet(**consent):
+    from exporter.sandbox import SandboxClock, load_scenario
+    from exporter.sandbox.fleet import Fleet
+
+    scenario = load_scenario(None, {"finicity": {"units": 300, "institutions": 8,
+                                                 "consent": consent},
+                                    "mx": {"units": 50}})
+    t = [1_770_000_000.0]
+    clock = SandboxClock(0, time_source=lambda: t[0])
+    return Fleet(scenario, clock), clock, t
+
+
+def test_the_sandbox_gives_consent_ends_only_at_its_oauth_banks_and_never_at_mx():
+    fleet, clock, _ = _fleet(institution_ranks=[3], share=0.8)
+    sim = fleet.finicity
+    assert sim.consent_first_end and not fleet.mx.consent_first_end
+    assert {sim.conn_inst[k] for k in sim.consent_first_end} == {3}
+    at_bank = sum(1 for k in range(sim.connections) if sim.conn_inst[k] == 3)
+    assert 0.6 * at_bank < len(sim.consent_first_end) <= at_bank
+    k = next(iter(sim.consent_first_end))
+    start, end = sim.consent_dates(k, 0, clock)
+    assert end == clock.night_start(0) + sim.consent_first_end[k] * 86400
+    assert end - start == 90 * 86400
+
+
+def test_an_unrenewed_consent_answers_947_from_its_end_night_and_a_renewal_moves_the_end():
+    fleet, clock, t = _fleet(institution_ranks=[3], wave_share=1.0, wave_nights=2)
+    sim = fleet.finicity
+    k = next(k for k, n in sim.consent_first_end.items()
+             if n == 2 and fleet.current_code("finicity", k) == "0")
+    renewed = next(j for j, n in sim.consent_first_end.items() if n == 2 and j != k)
+    t[0] += 10
+    clock.advance(1)
+    first_end = sim.consent_dates(renewed, 1, clock)[1]
+    assert fleet.fix("finicity", renewed)  # renewed before its end (its code is ok)
+    assert sim.consent_dates(renewed, 1, clock)[1] == first_end + 89 * 86400
+    t[0] += 10
+    clock.advance(1)
+    assert fleet.current_code("finicity", k) == "947"
+    assert fleet.current_code("finicity", renewed) != "947"
+    truth = fleet.truth()
+    assert any(r["code"] == "947" and r["institution_id"] == sim.institutions[3].id
+               for r in truth["accounts"])
+    assert fleet.fix("finicity", k)  # a repair after the end renews too, and fixes the 947
+    assert fleet.current_code("finicity", k) == "0"
+    assert sim.consent_dates(k, 2, clock)[1] == clock.night_start(0) + 92 * 86400
