@@ -172,7 +172,8 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("fix_links", "counter", ("source", "result"),
        "Repair links requested from the aggregator.", "agent"),
     _m("fix_requests", "counter", ("source", "provider", "kind", "result"),
-       "Repair-loop fix requests (kind fix or otp_each_refresh) by result: delivered; retried "
+       "Repair-loop requests (kind fix, otp_each_refresh or consent_renewal) by result: "
+       "delivered; retried "
        "(an attempt failed, another is scheduled); failed (the receiver answered 410); held "
        "(by the storm guard, until released); dead (undelivered after remediation.retry_for).",
        "agent"),
@@ -184,7 +185,8 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("fix_outcomes", "counter", ("source", "provider", "outcome"),
        "Ends of episodes whose fix request was delivered: fixed (back at ok), abandoned (still "
        "broken after retry_for + abandon_after); rebroke: a fixed login broken again within "
-       "7 days.", "agent"),
+       "7 days; renewed: a consent period whose consent_renewal request was delivered ended "
+       "with a later consent end.", "agent"),
     _m("fix_resolution_seconds", "histogram", ("source", "provider", "category"),
        "Time from a fix request's delivery to its login being back at ok, by the category "
        "the request was made for.", "agent", buckets=FIX_RESOLUTION_BUCKETS),

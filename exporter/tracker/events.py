@@ -26,8 +26,9 @@ class EventKind(StrEnum):
     REMOVED = "removed"
     """dropped by a complete sweep (gone upstream)"""
     CONSENT = "consent"
-    """the account's consent end changed (set, moved, or no longer expiring); a later end
-    than before means the user renewed"""
+    """the account's consent end changed (set, moved, or no longer expiring; a later end
+    than before means the user renewed); with a steady subscriber, also every time an
+    account with an expiring consent is seen again"""
     STILL_BROKEN = "still_broken"
     """only to subscribers with ``steady=True``: a fixable, non-ok account seen again with
     the same code"""

@@ -92,7 +92,8 @@ def transition(prev: AccountState | None, record: AccountStatus, facts: CodeFact
                now: float, otp_threshold: int, *, emit: bool = True,
                steady: bool = False) -> tuple[AccountState, Sequence[AccountEvent]]:
     """The account's next state and the events of the change. ``steady`` also emits
-    STILL_BROKEN (only steady subscribers receive it); ``emit=False`` skips building events
+    STILL_BROKEN (only steady subscribers receive it) and CONSENT for an unchanged consent
+    end (so a consumer that missed a change catches up); ``emit=False`` skips building events
     nobody receives (the state is the same either way).
 
     When nothing moves (a re-poll: the same or an older attempt, same code, institution and
@@ -116,9 +117,12 @@ def transition(prev: AccountState | None, record: AccountStatus, facts: CodeFact
                 and bool(p_flags & OTP) == bool(
                     otp_code and (streak >= otp_threshold or p_flags & RELAPSED))
                 and p_category == category and p_fixable == fixable):
-            if emit and steady and fixable and category != OK:
-                return prev, _events([EventKind.STILL_BROKEN], record, prev, prev, p_broken,
-                                     now)
+            if emit and steady:  # re-announced to steady subscribers
+                kinds = [EventKind.STILL_BROKEN] if fixable and category != OK else []
+                if consent is not None:
+                    kinds.append(EventKind.CONSENT)
+                if kinds:
+                    return prev, _events(kinds, record, prev, prev, p_broken, now)
             return prev, _NO_EVENTS
         flags = p_flags
         if success is None:
@@ -143,7 +147,7 @@ def transition(prev: AccountState | None, record: AccountStatus, facts: CodeFact
                                 success, consent, category, fixable))
     if not emit:
         return state, _NO_EVENTS
-    if consent != p_consent:
+    if consent != p_consent or (steady and consent is not None):
         return state, _with_consent(transition_events(prev, record, state, now, steady),
                                     record, state, prev, now)
     return state, transition_events(prev, record, state, now, steady)
