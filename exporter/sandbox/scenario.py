@@ -110,7 +110,8 @@ class OtpConfig(_Strict):
 
 
 class ConsentConfig(_Strict):
-    """OAuth consent periods at some Finicity banks (MX publishes no consent end).
+    """OAuth consent periods at some Finicity banks (MX publishes no consent end); off
+    unless enabled (the demo turns it on).
 
     ``share`` of the plain connections at the institutions at ``institution_ranks`` have a
     consent that ends after ``period_nights`` nights; their first end falls on one of the
@@ -181,7 +182,6 @@ def _finicity_default() -> ProviderFleet:
         outage=OutageConfig(codes={"910": 3, "905": 1}),
         maintenance=MaintenanceConfig(enabled=True, codes={"910": 1}),
         otp=OtpConfig(),
-        consent=ConsentConfig(enabled=True),
     )
 
 

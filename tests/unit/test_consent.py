@@ -186,7 +186,7 @@ def _fleet(**consent):
     from exporter.sandbox.fleet import Fleet
 
     scenario = load_scenario(None, {"finicity": {"units": 300, "institutions": 8,
-                                                 "consent": consent},
+                                                 "consent": {"enabled": True, **consent}},
                                     "mx": {"units": 50}})
     t = [1_770_000_000.0]
     clock = SandboxClock(0, time_source=lambda: t[0])
