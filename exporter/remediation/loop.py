@@ -302,6 +302,11 @@ class RepairLoop:
         """Fold a batch: read and decide first, then write everything in one short
         transaction (the tracker writes to the same file and must not wait long)."""
         effects: list[Effect] = []
+        consent = [ev for ev in events if ev.kind is EventKind.CONSENT]
+        if consent:  # consent periods are folded apart (and only with renewals on)
+            events = [ev for ev in events if ev.kind is not EventKind.CONSENT]
+            if self.cfg.renew_before > 0:
+                effects += self._fold_consent(consent)
         store = self.store
         current: dict[tuple[str, str, str], Episode | None] = {}
         fixed_here: dict[tuple[str, str, str], Episode] = {}
@@ -313,11 +318,6 @@ class RepairLoop:
         current.update(dict.fromkeys(keys))
         current.update(store.open_episodes(keys))
         fixed_before = store.last_fixed(k for k, ep in current.items() if ep is None)
-        consent = [ev for ev in events if ev.kind is EventKind.CONSENT]
-        if consent:
-            events = [ev for ev in events if ev.kind is not EventKind.CONSENT]
-            if self.cfg.renew_before > 0:
-                effects += self._fold_consent(consent)
         for ev in events:
             key = login_of(ev)
             if key is None and ev.kind is EventKind.REMOVED:
