@@ -528,6 +528,7 @@ class RepairLoop:
         """Create the consent_renewal requests that are due (``renew_before`` ahead of the
         end, not while the institution is in an outage, through the storm guard)."""
         store, effects = self.store, []
+        held_now: Counter[tuple[str, str]] = Counter()
         batch: list[tuple[ConsentPeriod, str, str, bool]] = []
         expired: list[int] = []
         for period in store.due_periods(now + self.cfg.renew_before):
@@ -546,6 +547,7 @@ class RepairLoop:
             batch.append((period, request_id, body, held))
             if held:
                 effects.append(("request", period.source, period.provider, KIND_RENEWAL, "held"))
+                held_now[(period.source, period.institution_id)] += 1
             if len(batch) >= _WRITE_BATCH:
                 store.add_renewals(batch, now)
                 batch = []
@@ -553,6 +555,9 @@ class RepairLoop:
             store.add_renewals(batch, now)
         if expired:
             store.close_expired(expired, now)
+        for (source, institution_id), n in held_now.items():
+            log.warning("consent renewals held by the storm guard source=%s institution_id=%s "
+                        "count=%d", source, institution_id, n)
         return effects
 
     # --- links ------------------------------------------------------------------------------
