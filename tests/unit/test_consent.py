@@ -227,3 +227,27 @@ def test_an_unrenewed_consent_answers_947_from_its_end_night_and_a_renewal_moves
     assert fleet.fix("finicity", k)  # a repair after the end renews too, and fixes the 947
     assert fleet.current_code("finicity", k) == "0"
     assert sim.consent_dates(k, 2, clock)[1] == clock.night_start(0) + 92 * 86400
+
+
+async def test_the_sandboxs_consent_accounts_match_the_spec_in_both_account_routes():
+    from tests.unit.test_sandbox_support import Sandbox, finicity_spec, schema_errors
+
+    sb = Sandbox({"finicity": {"consent": {"enabled": True, "institution_ranks": [0, 1, 2],
+                                           "share": 1.0}}})
+    try:
+        token = await sb.token()
+        seen = 0
+        for cid in (await sb.all_customer_ids(token))[:60]:
+            for route, schema in (("accounts", "CustomerAccounts"),
+                                  ("accounts/simple", "CustomerAccountsSimple")):
+                body = (await sb.finicity(f"/aggregation/v1/customers/{cid}/{route}",
+                                          token)).json()
+                assert schema_errors(finicity_spec(), schema, body) == []
+                for acct in body["accounts"]:
+                    if acct["authorizationExpires"]:
+                        seen += 1
+                        assert isinstance(acct["authorizationEndDate"], int)
+                        assert acct["authorizationEndDate"] > acct["authorizationStartDate"]
+        assert seen > 0
+    finally:
+        await sb.close()
