@@ -74,6 +74,10 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "fixable_backlog_min_accounts": (50, "Fixable accounts (Connect Fix) at one institution..."),
     "fixable_backlog_ratio": (0.1, "...that are also at least this share of its accounts."),
     "fixable_backlog_for": ("1h", "for: of OpenFinanceFixableBacklogHigh."),
+    # Consent horizon (Finicity OAuth consent ends).
+    "consent_wave_ratio": (0.1, "Share of an institution's accounts whose consent ends within 7 days..."),
+    "consent_wave_min_accounts": (10, "...and at least this many such accounts."),
+    "consent_wave_for": ("1h", "for: of OpenFinanceConsentWave."),
     # Agent health.
     "exporter_down_for": ("5m", "for: of OpenFinanceExporterDown."),
     "sweep_failing_window": ("2h", "Window with failed sweeps and no successful one; >= 2 sweep intervals."),
@@ -121,6 +125,7 @@ SHORT_DURATIONS: dict[str, Any] = {
     "otp_for": "0s",
     "otp_surge_for": "0s",
     "fixable_backlog_for": "0s",
+    "consent_wave_for": "0s",
     "exporter_down_for": "15s",
     "sweep_failing_window": "1m",
     "sweep_failing_for": "0s",
@@ -209,10 +214,11 @@ class _Dumper(yaml.SafeDumper):
 _Dumper.add_representer(_Expr, _represent_expr)
 
 
-def _count(metric: str) -> str:
-    """Go template: this institution's value of a recorded series, as an integer."""
+def _count(metric: str, matchers: str = "") -> str:
+    """Go template: this institution's value of a recorded series (with ``matchers``, e.g.
+    ``,within="7d"``), as an integer."""
     return (
-        "{{ with printf `" + metric + "{source=%q,institution_id=%q}` $labels.source "
+        "{{ with printf `" + metric + "{source=%q,institution_id=%q" + matchers + "}` $labels.source "
         "$labels.institution_id | query }}{{ . | first | value | printf \"%.0f\" }}{{ end }}"
     )
 
@@ -336,6 +342,18 @@ institution:openfinance_fixable_accounts:sum
 """,
         ),
         _record(
+            "institution_within:openfinance_consent_expiring_accounts:sum",
+            f"sum by ({INSTITUTION}, within) (openfinance_consent_expiring_accounts)",
+        ),
+        _record(
+            "institution_within:openfinance_consent_expiring_accounts:ratio",
+            f"""
+institution_within:openfinance_consent_expiring_accounts:sum
+/ on ({INSTITUTION}) group_left()
+(institution:openfinance_accounts:sum > 0)
+""",
+        ),
+        _record(
             "source_category:openfinance_accounts:sum",
             "sum by (source, provider, category) (openfinance_accounts)",
         ),
@@ -438,6 +456,26 @@ institution:openfinance_fixable_accounts:ratio >= {v.fixable_backlog_ratio}
             f"{_percent('institution:openfinance_fixable_accounts:ratio')} of them, are at a code that "
             "Connect Fix resolves (Finicity 103, 108, 109, 185, 187, 945-948; MX credential and MFA "
             "statuses) and have been for a while.",
+            inst_dash,
+        ),
+        _alert(
+            v,
+            "OpenFinanceConsentWave",
+            f"""
+institution_within:openfinance_consent_expiring_accounts:ratio{{within="7d"}} >= {v.consent_wave_ratio}
+and on ({INSTITUTION}, within)
+institution_within:openfinance_consent_expiring_accounts:sum{{within="7d"}} >= {v.consent_wave_min_accounts}
+""",
+            v.consent_wave_for,
+            "warning",
+            "Many users at one institution must renew their consent within a week.",
+            f"{{{{ $value | humanizePercentage }}}} of the accounts at {_where()}, "
+            + _count("institution_within:openfinance_consent_expiring_accounts:sum", ',within="7d"')
+            + " of "
+            f"{_count('institution:openfinance_accounts:sum')}, reach the end of their OAuth consent "
+            "(Finicity authorizationEndDate) within 7 days; unrenewed, they break with 947. "
+            f"Threshold: {{{{ {v.consent_wave_ratio} | humanizePercentage }}}} and "
+            f"{v.consent_wave_min_accounts} accounts.",
             inst_dash,
         ),
     ]

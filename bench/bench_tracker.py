@@ -11,6 +11,9 @@
    (``Gauge.labels(...).set(...)`` for the same series, then ``generate_latest``).
 3. Resident memory per tracked account beyond the baseline, at 1,000,000 accounts.
 
+Every ``--consent-every``-th account (default 10; 0: none) has a Finicity consent end, spread
+over a year, renewed (a year later) on the churn night for the accounts whose code moves.
+
 Run: ``python bench/bench_tracker.py [--accounts 1000000] [--series 50000] [--keys both]``.
 """
 
@@ -56,7 +59,7 @@ def account_key(i: int, shape: str) -> str:
 
 
 def chunks(n: int, night: float, shape: str, change_every: int = 20,
-           institutions: int = 400):
+           institutions: int = 400, consent_every: int = 10):
     """The sweep's records, a chunk at a time: night 0 sees every account for the first
     time, 0.5 re-polls night 0's attempts, later nights have new attempts and every
     ``change_every``-th account gets another code."""
@@ -65,9 +68,12 @@ def chunks(n: int, night: float, shape: str, change_every: int = 20,
     for i in range(n):
         moved = int(night) if i % change_every == 0 else 0
         code = CODES[(i * 7 + moved) % len(CODES)]
+        consent = None
+        if consent_every and i % consent_every == 0:
+            consent = NOW + (30 + i % 365) * DAY + (365 * DAY if moved and night >= 2 else 0)
         batch.append(AccountStatus("fin", "finicity", account_key(i, shape), str(i % institutions),
                                    f"Bank {i % institutions}", code, attempt,
-                                   NOW - DAY if code != "0" else attempt))
+                                   NOW - DAY if code != "0" else attempt, consent_end=consent))
         if len(batch) == CHUNK:
             yield batch
             batch = []
@@ -76,7 +82,7 @@ def chunks(n: int, night: float, shape: str, change_every: int = 20,
 
 
 async def sweep(tracker: Tracker, n: int, night: float, shape: str,
-                change_every: int = 20) -> tuple[float, float]:
+                change_every: int = 20, consent_every: int = 10) -> tuple[float, float]:
     """Seconds spent in the tracker (session calls and the final publish) for one sweep:
     wall time, and CPU time of the whole process meanwhile (all threads; the input is built
     outside these windows). On a shared machine the CPU time is the steadier of the two."""
@@ -84,7 +90,7 @@ async def sweep(tracker: Tracker, n: int, night: float, shape: str,
     t, c = time.perf_counter(), time.process_time()
     session = await tracker.begin("fin", "finicity")
     spent, cpu = spent + time.perf_counter() - t, cpu + time.process_time() - c
-    for batch in chunks(n, night, shape, change_every):
+    for batch in chunks(n, night, shape, change_every, consent_every=consent_every):
         t, c = time.perf_counter(), time.process_time()
         await session.add(batch)
         spent, cpu = spent + time.perf_counter() - t, cpu + time.process_time() - c
@@ -93,32 +99,35 @@ async def sweep(tracker: Tracker, n: int, night: float, shape: str,
     return spent + time.perf_counter() - t, cpu + time.process_time() - c
 
 
-async def bench_tracker(n: int, shape: str, batch_size: int) -> None:
+async def bench_tracker(n: int, shape: str, batch_size: int, consent_every: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         gc.collect()
         base = rss_bytes()
         clock = [NOW]
         store = StateStore(Path(tmp) / "state.db")
         tracker = Tracker(store, clock=lambda: clock[0], batch_size=batch_size)
-        first = await sweep(tracker, n, 0, shape)
-        repoll = await sweep(tracker, n, 0.5, shape)
+        first = await sweep(tracker, n, 0, shape, consent_every=consent_every)
+        repoll = await sweep(tracker, n, 0.5, shape, consent_every=consent_every)
         clock[0] += DAY
-        nightly = await sweep(tracker, n, 1, shape)
+        nightly = await sweep(tracker, n, 1, shape, consent_every=consent_every)
         clock[0] += DAY
-        churn = await sweep(tracker, n, 2, shape, change_every=3)
+        churn = await sweep(tracker, n, 2, shape, change_every=3, consent_every=consent_every)
         gc.collect()
         used = rss_bytes() - base
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         snap = tracker.snapshot.sources["fin"]
         size = sum(f.stat().st_size for f in Path(tmp).iterdir())
         print(f"tracker: {n:,} accounts on disk, {shape} keys, {CHUNK:,} records per add(), "
-              f"batches of {batch_size:,}; reference loop now {reference_loop():.2f} s")
+              f"batches of {batch_size:,}, consent end on every {consent_every or 'no'}th; "
+              f"reference loop now {reference_loop():.2f} s")
         for label, (t, c) in (("first sweep (all new)", first),
                               ("re-poll (same attempts)", repoll),
                               ("night (new attempts, 5% new codes)", nightly),
                               ("churn (new attempts, 33% new codes)", churn)):
             print(f"  {label:36s} {t:6.2f} s = {n / t:>9,.0f} records/s "
                   f"(CPU {c:6.2f} s = {n / c:>9,.0f} records/s)")
+        print(f"  consent: {len(snap.consent):,} institutions, "
+              f"{len(tracker.fleet('fin').consent):,} (institution, day) counts")
         print(f"  series: {len(snap.accounts):,} account series, "
               f"{len(snap.transitions):,} transition series; state files {size / 1e6:.0f} MB")
         print(f"  resident beyond baseline: {used / 1e6:.1f} MB = {used / n:.0f} bytes/account "
@@ -187,16 +196,18 @@ def main() -> None:
     parser.add_argument("--keys", choices=("numeric", "guid", "both"), default="both")
     parser.add_argument("--skip-exposition", action="store_true")
     parser.add_argument("--batch-size", type=int, default=Tracker.batch_size_default)
+    parser.add_argument("--consent-every", type=int, default=10)
     args = parser.parse_args()
     if not args.skip_exposition:
         print(f"reference: sum(i*i for i in range(10**7)) takes {reference_loop():.2f} s here")
         bench_exposition(args.series)
     if args.keys != "both":
-        asyncio.run(bench_tracker(args.accounts, args.keys, args.batch_size))
+        asyncio.run(bench_tracker(args.accounts, args.keys, args.batch_size, args.consent_every))
         return
     for shape in ("numeric", "guid"):  # each in a fresh process: honest memory baselines
         subprocess.run([sys.executable, __file__, "--skip-exposition", "--keys", shape,
-                        "--accounts", str(args.accounts), "--batch-size", str(args.batch_size)],
+                        "--accounts", str(args.accounts), "--batch-size", str(args.batch_size),
+                        "--consent-every", str(args.consent_every)],
                        check=True)
 
 

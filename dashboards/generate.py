@@ -94,6 +94,10 @@ _PARAMS = {  # module constant → (alert parameter, type)
     "OUTAGE_MIN_ACCOUNTS": ("outage_min_accounts", int),
     # OpenFinanceRepeatedOTP: suspected accounts at one institution (fires at > 0 by default).
     "OTP_SUSPECTED_MIN": ("otp_min_accounts", int),
+    # OpenFinanceConsentWave: share of an institution's accounts whose consent ends within
+    # 7 days … and at least this many accounts.
+    "CONSENT_WAVE_RATIO": ("consent_wave_ratio", float),
+    "CONSENT_WAVE_MIN_ACCOUNTS": ("consent_wave_min_accounts", int),
     # OpenFinanceDataStale: seconds since the last successful sweep.
     "STALE_AFTER_SECONDS": ("stale_after_seconds", int),
     # OpenFinanceWebhookDeliveriesRejected: refused deliveries in its window.
@@ -103,6 +107,8 @@ _PARAMS = {  # module constant → (alert parameter, type)
 OUTAGE_RATIO = _param("outage_ratio", float)
 OUTAGE_MIN_ACCOUNTS = _param("outage_min_accounts", int)
 OTP_SUSPECTED_MIN = _param("otp_min_accounts", int)
+CONSENT_WAVE_RATIO = _param("consent_wave_ratio", float)
+CONSENT_WAVE_MIN_ACCOUNTS = _param("consent_wave_min_accounts", int)
 STALE_AFTER_SECONDS = _param("stale_after_seconds", int)
 WEBHOOK_REJECTED_MIN = _param("webhook_rejected_min", int)
 WEBHOOK_REJECTED_WINDOW = _param("webhook_rejected_window", str)
@@ -112,7 +118,8 @@ def _markers() -> dict[str, tuple[_Param, str]]:
     """Template markers: module constant → (marker value, its JSON text)."""
     out = {}
     for i, (constant, (name, kind)) in enumerate(_PARAMS.items()):
-        value = {float: 0.7310000000000 + i * 1e-9, int: 987_650_000 + i,
+        # same length, none a prefix of another: replaced one by one without overlap
+        value = {float: float(f"0.73{i:02d}1"), int: 987_650_000 + i,
                  str: f"[[ {name} ]]"}[kind]
         marker = _param(name, kind, value, template=True)
         out[constant] = (marker, json.dumps(value) if kind is not str else "")
@@ -853,6 +860,25 @@ def institution() -> dash.Dashboard:
         [_target(f"sum by (source, refresh) (openfinance_institution_refresh_accounts{{{FLEET}}})",
                  "{{source}} {{refresh}}")], stack=True))
 
+    d = d.with_row(dash.Row("Consent horizon"))
+    d = d.with_panel(_timeseries(
+        "Consent ending within 7, 30 and 90 days", "Accounts whose OAuth consent at the bank "
+        "ends within 7, 30 and 90 days (cumulative; Finicity `authorizationEndDate`, to the "
+        "day). Unrenewed, they break with 947 at the end date; with remediation on, each login "
+        "gets a `consent_renewal` request `remediation.renew_before` ahead. MX publishes no "
+        "consent end: MX banks show 0.", "short",
+        [_target(f"sum by (within) (openfinance_consent_expiring_accounts{{{FLEET}}}) "
+                 f"or 0 * sum({accounts()})", "within {{within}}")]))
+    d = d.with_panel(_timeseries(
+        "Share of accounts whose consent ends within 7 days", "Share of the bank's accounts "
+        "whose consent ends within 7 days; the dashed line is the OpenFinanceConsentWave "
+        f"threshold ({CONSENT_WAVE_RATIO:.0%}, with at least {CONSENT_WAVE_MIN_ACCOUNTS} "
+        "accounts): a re-consent wave support should prepare for.", "percentunit",
+        [_target(f"sum by ({INSTITUTION}) (openfinance_consent_expiring_accounts{{{FLEET}, "
+                 f'within="7d"}}) / on ({INSTITUTION}) sum by ({INSTITUTION}) ({accounts()}) '
+                 f"or 0 * sum by ({INSTITUTION}) ({accounts()})", ACCOUNTS_LEGEND)],
+        max_val=1, threshold_line=_steps((None, "green"), (CONSENT_WAVE_RATIO, "orange"))))
+
     d = d.with_row(dash.Row("Transitions"))
     d = d.with_panel(_timeseries(
         "Transitions into and out of ok", "Accounts per minute that recovered (into `ok`) "
@@ -1125,7 +1151,8 @@ def build_templates() -> dict[str, str]:
             for name, text in texts.items():
                 texts[name] = text.replace(json_text, f"[[ {marker.name} ]]")
     for text in texts.values():
-        assert "0.731" not in text and "98765" not in text, "a marker was left in a template"
+        assert not any(json_text and json_text in text for _, json_text in markers.values()), \
+            "a marker was left in a template"
     return texts
 
 

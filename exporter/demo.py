@@ -75,14 +75,17 @@ class DemoWiring:
     def scenario_overrides(self, fix_share: float | None = None,
                            fix_after_nights: int | None = None) -> dict:
         """The sandbox's side: where its webhooks go (the Finicity ones signed with its
-        partner secret, which is the agent's source secret too; MX with HTTP Basic) and the
-        secret its users' receiver checks on every fix request."""
+        partner secret, which is the agent's source secret too; MX with HTTP Basic), the
+        secret its users' receiver checks on every fix request, and consent periods."""
         users: dict = {"request_secret": self.request_secret}
         if fix_share is not None:
             users["fix_share"] = fix_share
         if fix_after_nights is not None:
             users["fix_after_nights"] = fix_after_nights
         return {
+            # OAuth consent periods at two Finicity banks, so the demo shows the consent
+            # horizon and renewals (a repair through a consent_renewal link renews)
+            "finicity": {"consent": {"enabled": True}},
             "webhooks": {"finicity_url": f"{self.hooks_url}/webhooks/finicity-sandbox",
                          "mx_url": f"{self.hooks_url}/webhooks/mx-sandbox",
                          "mx_username": DEMO_MX_WEBHOOK_USERNAME,

@@ -34,6 +34,11 @@ class AccountStatus:
     institutionLoginId, MX member_guid) identify who can repair the account and through
     which login: the repair loop and push re-reads need them. Like ``account_key`` they are
     never labels, never logged at info level, and never stored by the tracker.
+
+    ``consent_end`` (Finicity ``authorizationEndDate`` when ``authorizationExpires`` is
+    true; MX publishes no consent end) is when the user's OAuth consent ends, epoch seconds,
+    or ``None`` when it does not expire or is not known. Last, with a default, so positional
+    constructions keep working.
     """
 
     source: str
@@ -46,6 +51,7 @@ class AccountStatus:
     success_ts: float | None = None
     owner_id: str | None = None
     login_id: str | None = None
+    consent_end: float | None = None
 
 
 def clean_label(value: object, fallback: str) -> str:

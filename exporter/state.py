@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import orjson
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS accounts (
     success_ts REAL,
     broken_since REAL,
     mfa_streak INTEGER NOT NULL,
-    flags INTEGER NOT NULL
+    flags INTEGER NOT NULL,
+    consent_end REAL
 );
 CREATE TABLE IF NOT EXISTS account_keys (
     source TEXT NOT NULL,
@@ -91,6 +92,11 @@ INSERT INTO account_keys (source, account_key, id)
 UPDATE keys_merged SET upto = (SELECT coalesce(max(id), 0) FROM accounts);
 DROP INDEX IF EXISTS accounts_by_key;
 """
+# Schema 4 adds each account's consent end (Finicity authorizationEndDate when
+# authorizationExpires is true): a nullable column added in place, no row rewritten.
+_MIGRATE_FROM_3 = """
+ALTER TABLE accounts ADD COLUMN consent_end REAL;
+"""
 
 OTP = 1
 """``flags`` bit: the account is an OTP-loop suspect."""
@@ -103,7 +109,7 @@ log = logging.getLogger(__name__)
 
 
 _STATE_COLUMNS = ("institution_id", "code", "broken_since", "mfa_streak", "flags",
-                  "attempt_ts", "success_ts")
+                  "attempt_ts", "success_ts", "consent_end")
 """The stored state of an account, in this order: what :meth:`StateStore.write_chunk`
 takes and, after ``(id, account_key)``, what :meth:`StateStore.load_accounts` and
 :meth:`StateStore.rows_after` return (the order of the tracker's ``AccountState``, so a
@@ -137,7 +143,7 @@ _UPDATE = (
 )
 _INSERT = (
     f"INSERT INTO accounts (source, account_key, {', '.join(_STATE_COLUMNS)}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"VALUES ({', '.join('?' * (2 + len(_STATE_COLUMNS)))})"
 )
 """a first sighting: its id is the next rowid (one above the highest), not bound per row"""
 _INSERT_AT = _INSERT.replace("(source,", "(id, source,").replace("VALUES (", "VALUES (?, ")
@@ -205,6 +211,8 @@ class StateStore:
                 schema=_SCHEMA, otp=OTP, relapsed=RELAPSED, after_fix=AFTER_FIX)
             if version in (1, 2):
                 script += _MIGRATE_FROM_2
+            if version in (2, 3):  # (schema 1's rows were copied into the new table)
+                script += _MIGRATE_FROM_3
             # statement by statement: executescript would commit half-way
             for statement in script.split(";\n"):
                 if statement.strip():
@@ -472,6 +480,8 @@ class _Staging:
 
 MINUTE = 60.0
 """Ages are kept to the minute: the aggregates count accounts per minute of a timestamp."""
+DAY = 86_400.0
+"""Consent ends are kept to the day: the aggregates count accounts per day of their end."""
 
 
 class Contributions(NamedTuple):
@@ -485,6 +495,8 @@ class Contributions(NamedTuple):
     success: list[tuple[int, int]]
     """(minute of success_ts, accounts)"""
     never_succeeded: int
+    consent: list[tuple[str, int, int]] = []
+    """(institution_id, day of consent_end, accounts)"""
 
 
 def read_contributions(conn: sqlite3.Connection, source: str, *,
@@ -508,4 +520,8 @@ def read_contributions(conn: sqlite3.Connection, source: str, *,
         never = cur.execute(
             f"SELECT count(*) FROM {_SCAN} WHERE {where} AND success_ts IS NULL",
             args).fetchone()[0]
-    return Contributions(accounts, broken, success, never)
+        consent = cur.execute(
+            f"SELECT institution_id, CAST(consent_end / {DAY} AS INTEGER), count(*) "
+            f"FROM {_SCAN} WHERE {where} AND consent_end IS NOT NULL GROUP BY 1, 2",
+            args).fetchall()
+    return Contributions(accounts, broken, success, never, consent)

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from exporter.catalog import Catalog
 from exporter.metrics.collectors import (
     AgeCollector,
+    ConsentCollector,
     FleetCollector,
     InstitutionHealthCollector,
     RoutingCollector,
@@ -78,6 +79,7 @@ def build_metrics(snapshot: Callable[[], Snapshot], *, clock: Callable[[], float
     fleet.register(InstitutionHealthCollector(lambda: _rows(institutions())))
     fleet.register(FleetCollector(snapshot, catalog))
     live.register(AgeCollector(snapshot, clock))
+    live.register(ConsentCollector(snapshot, clock))
     live.register(RoutingCollector(routing_rows))
     exposition = Exposition(SnapshotText(snapshot, catalog, institutions), live)
     return Metrics(fleet, live, agent, exposition)

@@ -91,6 +91,10 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("account_last_success_age_seconds", "gaugehistogram", ("source", "provider"),
        "Time since each account's last successful aggregation, to the minute "
        "(never-succeeded accounts count only in +Inf).", "fleet"),
+    _m("consent_expiring_accounts", "gauge", (*FLEET_LABELS, "within"),
+       "Accounts whose OAuth consent ends within 7d, 30d or 90d from now (cumulative; "
+       "Finicity authorizationEndDate when authorizationExpires is true, to the day; MX "
+       "publishes no consent end).", "fleet"),
     _m("status_code_info", "gauge", ("provider", "code", "name", "category", "fixable"),
        "The status-code catalog, one series per code; value 1.", "fleet"),
     # Institution health (exporter/health): per institution with accounts, folded like the
@@ -182,7 +186,8 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("fix_links", "counter", ("source", "result"),
        "Repair links requested from the aggregator.", "agent"),
     _m("fix_requests", "counter", ("source", "provider", "kind", "result"),
-       "Repair-loop fix requests (kind fix or otp_each_refresh) by result: delivered; retried "
+       "Repair-loop requests (kind fix, otp_each_refresh or consent_renewal) by result: "
+       "delivered; retried "
        "(an attempt failed, another is scheduled); failed (the receiver answered 410); held "
        "(by the storm guard, until released); dead (undelivered after remediation.retry_for).",
        "agent"),
@@ -194,7 +199,8 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("fix_outcomes", "counter", ("source", "provider", "outcome"),
        "Ends of episodes whose fix request was delivered: fixed (back at ok), abandoned (still "
        "broken after retry_for + abandon_after); rebroke: a fixed login broken again within "
-       "7 days.", "agent"),
+       "7 days; renewed: a consent period whose consent_renewal request was delivered ended "
+       "with a later consent end.", "agent"),
     _m("fix_resolution_seconds", "histogram", ("source", "provider", "category"),
        "Time from a fix request's delivery to its login being back at ok, by the category "
        "the request was made for.", "agent", buckets=FIX_RESOLUTION_BUCKETS),

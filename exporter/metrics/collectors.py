@@ -22,7 +22,7 @@ from prometheus_client.utils import floatToGoString
 
 from exporter.catalog import Catalog
 from exporter.metrics.catalog import AGE_BUCKETS, spec
-from exporter.tracker import AgeHistogram, Snapshot
+from exporter.tracker import CONSENT_WINDOWS, AgeHistogram, Snapshot
 
 _FAMILIES = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily,
              "gaugehistogram": GaugeHistogramMetricFamily}
@@ -104,6 +104,35 @@ class AgeCollector(Collector):
             success.add_metric([agg.source, agg.provider], buckets, s)
         yield broken
         yield success
+
+
+class ConsentCollector(Collector):
+    """Accounts whose consent ends within each window from now (the windows move with the
+    clock, the ends only with sweeps: counted at scrape time from per-day counts, a few
+    steps per institution).
+
+    ``openfinance_consent_expiring_accounts{source="finicity-prod",provider="finicity",
+    institution_id="4222",institution="FinBank",within="7d"} 31.0``
+    """
+
+    NAMES = ("consent_expiring_accounts",)
+
+    def __init__(self, snapshot: Callable[[], Snapshot], clock: Callable[[], float]):
+        self._snapshot = snapshot
+        self._clock = clock
+
+    def describe(self) -> Iterator[Metric]:
+        return (family(short) for short in self.NAMES)
+
+    def collect(self) -> Iterator[Metric]:
+        now = self._clock()
+        expiring = family(self.NAMES[0])
+        for agg in self._snapshot().sources.values():
+            for inst_id, inst, horizon in agg.consent:
+                for within, seconds in CONSENT_WINDOWS:
+                    expiring.add_metric((agg.source, agg.provider, inst_id, inst, within),
+                                        horizon.expiring(now, seconds))
+        yield expiring
 
 
 Rows = Callable[[], tuple[Iterable[tuple[str, ...]], Iterable[tuple[str, ...]], Iterable[tuple]]]

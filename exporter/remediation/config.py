@@ -38,6 +38,9 @@ class RemediationConfig(BaseModel):
     abandon_after: float = Field(
         7 * 86400.0, description="after retry_for, a still-broken episode counts as abandoned")
     min_broken_for: float = 0.0
+    renew_before: float = Field(
+        14 * 86400.0, description="send a consent_renewal request this long before a login's "
+        "consent ends (Finicity authorizationEndDate); 0s: none")
     backfill: bool = False
     backfill_per_hour: int = Field(1000, ge=1)
     storm_min: int = Field(50, ge=1)
@@ -61,7 +64,8 @@ class RemediationConfig(BaseModel):
         "serves it whenever webhooks are configured)")
 
     _durations = field_validator(
-        "link_ttl", "retry_for", "abandon_after", "min_broken_for", "timeout", "backoff_base",
+        "link_ttl", "retry_for", "abandon_after", "min_broken_for", "renew_before", "timeout",
+        "backoff_base",
         "backoff_max", "evaluate_interval", mode="before")(_duration)
 
     @field_validator("endpoint", "public_url")

@@ -44,6 +44,14 @@ from exporter.remediation.episodes import (
     storm_limit,
 )
 from exporter.remediation.observer import NullRemediationObserver, RemediationObserver
+from exporter.remediation.renewals import (
+    KIND_RENEWAL,
+    RENEWED,
+    ConsentPeriod,
+    apply_consent,
+    renewal_body,
+    renewal_decision,
+)
 from exporter.remediation.signing import make_token
 from exporter.remediation.store import OutboxRow, RemediationStore
 from exporter.tracker.events import AccountEvent, EventKind
@@ -294,6 +302,11 @@ class RepairLoop:
         """Fold a batch: read and decide first, then write everything in one short
         transaction (the tracker writes to the same file and must not wait long)."""
         effects: list[Effect] = []
+        consent = [ev for ev in events if ev.kind is EventKind.CONSENT]
+        if consent:  # consent periods are folded apart (and only with renewals on)
+            events = [ev for ev in events if ev.kind is not EventKind.CONSENT]
+            if self.cfg.renew_before > 0:
+                effects += self._fold_consent(consent)
         store = self.store
         current: dict[tuple[str, str, str], Episode | None] = {}
         fixed_here: dict[tuple[str, str, str], Episode] = {}
@@ -342,6 +355,31 @@ class RepairLoop:
                 effects += self._closed(ep, ev.at)
         if touched or rebroke_ids:
             store.save_episodes(list(touched.values()), rebroke_ids, cancel_ids, self.clock())
+        return effects
+
+    def _fold_consent(self, events: list[AccountEvent]) -> list[Effect]:
+        """Fold CONSENT events into the logins' consent periods (one short transaction)."""
+        store = self.store
+        keys = {key for key in map(login_of, events) if key is not None}
+        current: dict[tuple[str, str, str], ConsentPeriod | None] = dict.fromkeys(keys)
+        current.update(store.open_periods(keys))
+        touched: dict[int, ConsentPeriod] = {}
+        effects: list[Effect] = []
+        for ev in events:
+            key = login_of(ev)
+            if key is None:
+                continue
+            period, ended, what = apply_consent(current[key], ev)
+            if what == "none":
+                continue
+            current[key] = period
+            for p in (ended, period):
+                if p is not None:
+                    touched[id(p)] = p
+            if ended is not None and ended.outcome == RENEWED:
+                effects.append(("outcome", ended.source, ended.provider, RENEWED))
+        if touched:
+            store.save_periods(list(touched.values()), self.clock())
         return effects
 
     @staticmethod
@@ -438,15 +476,9 @@ class RepairLoop:
             if ep.backlog:
                 backfill_left[ep.source] -= 1
             else:
-                at = (ep.source, ep.institution_id)
-                if at not in storm_left:
-                    limit = storm_limit(facts.accounts.get(at, 0), cfg.storm_min, cfg.storm_share)
-                    storm_left[at] = limit - store.storm_count(*at, now, STORM_WINDOW)
-                held = storm_left[at] <= 0
+                held = self._storm_held(ep.source, ep.institution_id, now, facts, storm_left)
                 if held:
-                    held_now[at] += 1
-                else:
-                    storm_left[at] -= 1
+                    held_now[(ep.source, ep.institution_id)] += 1
             kind = request_kind(ep)
             request_id = self.new_id()
             body = json.dumps(request_body(ep, request_id, kind), separators=(",", ":"),
@@ -463,6 +495,8 @@ class RepairLoop:
         for (source, institution_id), n in held_now.items():
             log.warning("fix requests held by the storm guard source=%s institution_id=%s count=%d",
                         source, institution_id, n)
+        if cfg.renew_before > 0:
+            effects += self._renewals(now, facts, storm_left)
         gone = store.abandon_candidates(now - cfg.retry_for - cfg.abandon_after)
         if gone:
             store.set_outcomes([ep.id for ep in gone], "abandoned")
@@ -473,6 +507,57 @@ class RepairLoop:
             self._pruned_at = now
         effects.append(("pending", store.pending_counts()))
         effects.append(("held", store.held_counts()))
+        return effects
+
+    def _storm_held(self, source: str, institution_id: str, now: float, facts: FleetFacts,
+                    storm_left: dict[tuple[str, str], int]) -> bool:
+        """Whether one more new request at this institution is held by the storm guard (and
+        if not, count it)."""
+        at = (source, institution_id)
+        if at not in storm_left:
+            limit = storm_limit(facts.accounts.get(at, 0), self.cfg.storm_min,
+                                self.cfg.storm_share)
+            storm_left[at] = limit - self.store.storm_count(*at, now, STORM_WINDOW)
+        if storm_left[at] <= 0:
+            return True
+        storm_left[at] -= 1
+        return False
+
+    def _renewals(self, now: float, facts: FleetFacts,
+                  storm_left: dict[tuple[str, str], int]) -> list[Effect]:
+        """Create the consent_renewal requests that are due (``renew_before`` ahead of the
+        end, not while the institution is in an outage, through the storm guard)."""
+        store, effects = self.store, []
+        held_now: Counter[tuple[str, str]] = Counter()
+        batch: list[tuple[ConsentPeriod, str, str, bool]] = []
+        expired: list[int] = []
+        for period in store.due_periods(now + self.cfg.renew_before):
+            decision = renewal_decision(
+                period, now, renew_before=self.cfg.renew_before,
+                in_outage=(period.source, period.institution_id) in facts.outages)
+            if decision == "expired":
+                expired.append(period.id)
+            if decision != "create":
+                continue
+            held = self._storm_held(period.source, period.institution_id, now, facts,
+                                    storm_left)
+            request_id = self.new_id()
+            body = json.dumps(renewal_body(period, request_id), separators=(",", ":"),
+                              ensure_ascii=False)
+            batch.append((period, request_id, body, held))
+            if held:
+                effects.append(("request", period.source, period.provider, KIND_RENEWAL, "held"))
+                held_now[(period.source, period.institution_id)] += 1
+            if len(batch) >= _WRITE_BATCH:
+                store.add_renewals(batch, now)
+                batch = []
+        if batch:
+            store.add_renewals(batch, now)
+        if expired:
+            store.close_expired(expired, now)
+        for (source, institution_id), n in held_now.items():
+            log.warning("consent renewals held by the storm guard source=%s institution_id=%s "
+                        "count=%d", source, institution_id, n)
         return effects
 
     # --- links ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.remediation.episodes import Episode, Mark
+from exporter.remediation.renewals import RENEWAL_ID_BASE, ConsentPeriod
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS fix_episodes (
@@ -87,6 +88,29 @@ CREATE TABLE IF NOT EXISTS fix_baselines (
     source TEXT PRIMARY KEY,
     done_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS consent_periods (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    owner_id TEXT NOT NULL,
+    login_id TEXT NOT NULL,
+    institution_id TEXT NOT NULL,
+    institution TEXT NOT NULL,
+    code TEXT NOT NULL,
+    category TEXT NOT NULL,
+    end_at REAL NOT NULL,
+    seen_at REAL NOT NULL,
+    accounts TEXT NOT NULL,
+    request_id TEXT,
+    requested_at REAL,
+    delivered_at REAL,
+    outcome TEXT,
+    closed_at REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS consent_periods_open
+    ON consent_periods (source, owner_id, login_id) WHERE closed_at IS NULL;
+CREATE INDEX IF NOT EXISTS consent_periods_waiting
+    ON consent_periods (end_at) WHERE closed_at IS NULL AND request_id IS NULL;
 CREATE TABLE IF NOT EXISTS fix_releases (
     source TEXT NOT NULL,
     institution_id TEXT NOT NULL,
@@ -103,6 +127,11 @@ _EPISODE_COLUMNS = (
 _EPISODE_COLUMNS_OF_E = ", ".join(f"e.{c.strip()}" for c in _EPISODE_COLUMNS.split(","))
 
 PENDING, HELD, DELIVERED = "pending", "held", "delivered"
+
+_PERIOD_COLUMNS = (
+    "id, source, provider, owner_id, login_id, institution_id, institution, code, category, "
+    "end_at, seen_at, accounts, request_id, requested_at, delivered_at, outcome, closed_at")
+_PERIOD_COLUMNS_OF_P = ", ".join(f"p.{c.strip()}" for c in _PERIOD_COLUMNS.split(","))
 
 
 class StoreError(Exception):
@@ -133,6 +162,21 @@ def _episode(row: tuple) -> Episode:
                    category, opened_at, broken_since, bool(backlog), marks, id_, bool(any_fixed),
                    request_id, kind, request_category, requested_at, delivered_at, outcome,
                    closed_at, close_reason, request_code=request_code)
+
+
+def _period(row: tuple) -> ConsentPeriod:
+    (id_, source, provider, owner_id, login_id, institution_id, institution, code, category,
+     end_at, seen_at, accounts, request_id, requested_at, delivered_at, outcome, closed_at) = row
+    return ConsentPeriod(source, provider, owner_id, login_id, institution_id, institution, code,
+                         category, end_at, seen_at, json.loads(accounts), id_, request_id,
+                         requested_at, delivered_at, outcome, closed_at)
+
+
+def _period_episode(p: ConsentPeriod) -> Episode:
+    """A consent period as the episode a redirect token names (source, login, open or not)."""
+    return Episode(p.source, p.provider, p.owner_id, p.login_id, p.institution_id, p.institution,
+                   p.code, p.category, p.seen_at, p.seen_at, False, {}, p.outbox_id,
+                   request_id=p.request_id, kind="consent_renewal", closed_at=p.closed_at)
 
 
 def _mutable(ep: Episode) -> tuple:
@@ -237,6 +281,10 @@ class RemediationStore:
         return self.episode(row[0]) if row else None
 
     def episode(self, episode_id: int) -> Episode | None:
+        """The episode (or consent period, by its outbox id) a redirect token names."""
+        if episode_id >= RENEWAL_ID_BASE:
+            period = self.period(episode_id - RENEWAL_ID_BASE)
+            return _period_episode(period) if period is not None else None
         row = self.db.execute(f"SELECT {_EPISODE_COLUMNS} FROM fix_episodes WHERE id = ?",
                               (episode_id,)).fetchone()
         return _episode(row) if row else None
@@ -302,6 +350,91 @@ class RemediationStore:
         with self._tx():
             self.db.executemany("UPDATE fix_episodes SET outcome = ? WHERE id = ?",
                                 [(outcome, i) for i in episode_ids])
+
+    # --- consent periods ------------------------------------------------------------------
+
+    def period(self, period_id: int) -> ConsentPeriod | None:
+        row = self.db.execute(f"SELECT {_PERIOD_COLUMNS} FROM consent_periods WHERE id = ?",
+                              (period_id,)).fetchone()
+        return _period(row) if row else None
+
+    def open_periods(self, keys: Iterable[tuple[str, str, str]]
+                     ) -> dict[tuple[str, str, str], ConsentPeriod]:
+        """The open consent periods of these logins (source, owner_id, login_id)."""
+        out: dict[tuple[str, str, str], ConsentPeriod] = {}
+        for chunk in _chunks(list(keys)):
+            rows = self.db.execute(
+                f"WITH k(s, o, l) AS (VALUES {_triples(len(chunk))}) "
+                f"SELECT {_PERIOD_COLUMNS_OF_P} FROM k JOIN consent_periods p ON p.source = k.s "
+                "AND p.owner_id = k.o AND p.login_id = k.l AND p.closed_at IS NULL",
+                [v for key in chunk for v in key]).fetchall()
+            for row in rows:
+                period = _period(row)
+                out[period.login] = period
+        return out
+
+    def save_periods(self, periods: list[ConsentPeriod], now: float) -> None:
+        """Write folded consent periods (closed ones first, so their login is free for the
+        new period), cancelling the requests of closed ones not delivered yet."""
+        closed = [p for p in periods if p.closed_at is not None]
+        with self._tx():
+            for p in sorted(periods, key=lambda p: p.closed_at is None):
+                values = (p.institution, p.code, p.category, p.end, json.dumps(
+                    p.accounts, separators=(",", ":")), p.outcome, p.closed_at)
+                if p.id is None:
+                    p.id = self.db.execute(
+                        "INSERT INTO consent_periods (institution, code, category, end_at, "
+                        "accounts, outcome, closed_at, source, provider, owner_id, login_id, "
+                        "institution_id, seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (*values, p.source, p.provider, p.owner_id, p.login_id,
+                         p.institution_id, p.seen_at)).lastrowid
+                else:
+                    self.db.execute(
+                        "UPDATE consent_periods SET institution = ?, code = ?, category = ?, "
+                        "end_at = ?, accounts = ?, outcome = ?, closed_at = ? WHERE id = ?",
+                        (*values, p.id))
+            self.db.executemany(
+                "UPDATE fix_outbox SET state = 'cancelled', finished_at = ? "
+                "WHERE id = ? AND state IN ('pending', 'held')",
+                [(now, p.request_id) for p in closed if p.request_id is not None])
+
+    def due_periods(self, upto_end: float, batch: int = 5000) -> Iterator[ConsentPeriod]:
+        """Open consent periods without a request whose end is at or before ``upto_end``."""
+        after = -1.0
+        while True:
+            rows = self.db.execute(
+                f"SELECT {_PERIOD_COLUMNS} FROM consent_periods WHERE closed_at IS NULL "
+                "AND request_id IS NULL AND end_at <= ? AND end_at > ? ORDER BY end_at, id "
+                "LIMIT ?", (upto_end, after, batch)).fetchall()
+            yield from (_period(r) for r in rows)
+            if len(rows) < batch:
+                return
+            after = rows[-1][9]
+
+    def close_expired(self, ids: list[int], now: float) -> None:
+        """Consent periods whose end passed without a request (the login breaks with 947 and
+        gets a fix request instead)."""
+        with self._tx():
+            self.db.executemany("UPDATE consent_periods SET closed_at = ? WHERE id = ?",
+                                [(now, i) for i in ids])
+
+    def add_renewals(self, requests: list[tuple[ConsentPeriod, str, str, bool]],
+                     now: float) -> None:
+        """(period, request id, body, held) each: outbox rows and period marks, one
+        transaction."""
+        with self._tx():
+            self.db.executemany(
+                "INSERT INTO fix_outbox (id, episode_id, source, provider, institution_id, "
+                "institution, kind, backlog, was_held, body, state, created_at, next_attempt_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'consent_renewal', 0, ?, ?, ?, ?, ?)",
+                [(rid, p.outbox_id, p.source, p.provider, p.institution_id, p.institution,
+                  int(held), body, HELD if held else PENDING, now, now)
+                 for p, rid, body, held in requests])
+            self.db.executemany(
+                "UPDATE consent_periods SET request_id = ?, requested_at = ? WHERE id = ?",
+                [(rid, now, p.id) for p, rid, _, _ in requests])
+        for p, rid, _, _ in requests:
+            p.request_id, p.requested_at = rid, now
 
     # --- baselines and releases -----------------------------------------------------------
 
@@ -372,9 +505,12 @@ class RemediationStore:
         skip = set(skip)
         rows = self.db.execute(
             "SELECT o.id, o.episode_id, o.source, o.provider, o.institution_id, o.kind, o.body, "
-            "o.created_at, o.attempts, e.owner_id, e.login_id FROM fix_outbox o "
-            "JOIN fix_episodes e ON e.id = o.episode_id WHERE o.state = 'pending' "
-            "AND o.next_attempt_at <= ? ORDER BY o.next_attempt_at LIMIT ?",
+            "o.created_at, o.attempts, coalesce(e.owner_id, p.owner_id), "
+            "coalesce(e.login_id, p.login_id) FROM fix_outbox o "
+            "LEFT JOIN fix_episodes e ON e.id = o.episode_id "
+            f"LEFT JOIN consent_periods p ON p.id = o.episode_id - {RENEWAL_ID_BASE} "
+            "WHERE o.state = 'pending' AND o.next_attempt_at <= ? "
+            "AND coalesce(e.id, p.id) IS NOT NULL ORDER BY o.next_attempt_at LIMIT ?",
             (now, limit + len(skip))).fetchall()
         return [OutboxRow(*r) for r in rows if r[0] not in skip][:limit]
 
@@ -410,7 +546,12 @@ class RemediationStore:
                  for s in pending])
             self.db.executemany(
                 "UPDATE fix_episodes SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL",
-                [(s.at, s.row.episode_id) for s in pending if s.result == DELIVERED])
+                [(s.at, s.row.episode_id) for s in pending if s.result == DELIVERED
+                 and s.row.episode_id < RENEWAL_ID_BASE])
+            self.db.executemany(
+                "UPDATE consent_periods SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL",
+                [(s.at, s.row.episode_id - RENEWAL_ID_BASE) for s in pending
+                 if s.result == DELIVERED and s.row.episode_id >= RENEWAL_ID_BASE])
         return delivered
 
     def pending_counts(self) -> dict[str, int]:
@@ -430,8 +571,14 @@ class RemediationStore:
         return dict(self.db.execute("SELECT state, count(*) FROM fix_outbox GROUP BY state"))
 
     def prune(self, closed_before: float) -> int:
-        """Forget closed episodes (and their outbox rows) past the rebroke window."""
+        """Forget closed episodes and consent periods (and their outbox rows) past the
+        rebroke window."""
         with self._tx():
+            self.db.execute(
+                "DELETE FROM fix_outbox WHERE episode_id IN (SELECT id + ? FROM consent_periods "
+                "WHERE closed_at IS NOT NULL AND closed_at < ?)", (RENEWAL_ID_BASE, closed_before))
+            self.db.execute("DELETE FROM consent_periods WHERE closed_at IS NOT NULL "
+                            "AND closed_at < ?", (closed_before,))
             self.db.execute(
                 "DELETE FROM fix_outbox WHERE episode_id IN (SELECT id FROM fix_episodes "
                 "WHERE closed_at IS NOT NULL AND closed_at < ?)", (closed_before,))

@@ -17,6 +17,8 @@ DESIGN.md (``id``, ``provider``, ``customer_id`` / ``user_guid``, ``login_id``, 
 and ``users.fix_share`` of its users complete the repair ``users.fix_after_nights`` nights
 later: they follow the ``link`` (through any redirects, e.g. the agent's ``/fix/<token>``)
 to the sandbox's page and complete it, or repair the login in the app when there is no link.
+A completed repair of a login with an expiring consent renews it (``consent_renewal``
+requests; the listing counts those as ``renewed``).
 """
 
 from __future__ import annotations
@@ -286,6 +288,8 @@ async def list_fix_requests(rt: SandboxRuntime, request: Request) -> Response:
             results["never"] += 1
         elif r.result is None or r.result.get("in_progress"):
             results["waiting"] += 1
+        elif r.kind == "consent_renewal" and r.result.get("fixed"):
+            results["renewed"] = results.get("renewed", 0) + 1  # a consent renewed
         else:
             results["fixed" if r.result.get("fixed") else "nothing_to_fix"] += 1
     return JSONResponse({"counts": dict(sorted(rt.fix_request_counts.items())),

@@ -208,6 +208,10 @@ def account_json(sim: ProviderSim, rt: SandboxRuntime, cust: int, k: int, j: int
         "authorizationExpires": False,
         "displayPosition": j + 1,
     }
+    consent = sim.consent_dates(k, night, clock)
+    if consent is not None:  # an OAuth consent with an end (ints, as the spec types them)
+        out["authorizationStartDate"], out["authorizationEndDate"] = consent
+        out["authorizationExpires"] = True
     if role != NEVER:
         attempt_night, code = sim.last_attempt(k, night, role)
         attempt = int(sim.attempt_time(k, attempt_night, role, clock))
@@ -221,7 +225,8 @@ def account_json(sim: ProviderSim, rt: SandboxRuntime, cust: int, k: int, j: int
         keep = ("id", "accountNumberDisplay", "name", "type", "aggregationStatusCode", "status",
                 "customerId", "institutionId", "aggregationSuccessDate",
                 "aggregationAttemptDate", "createdDate", "currency", "institutionLoginId",
-                "authorizationExpires", "displayPosition", "linkedAccountDate")
+                "authorizationExpires", "authorizationStartDate", "authorizationEndDate",
+                "displayPosition", "linkedAccountDate")
         out = {key: out[key] for key in keep if key in out}
     return out
 

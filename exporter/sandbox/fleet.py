@@ -15,6 +15,10 @@ throughout), ``fixed_by_user`` (a credentials failure for 1–3 nights, then ok)
 is CLOSED), ``unknown`` (a code not in the catalog from some night), ``never`` (never
 aggregated: Finicity without aggregationStatusCode, MX ``CREATED``), ``manual`` (MX manual
 member, ``connection_status: null``).
+
+Consent (Finicity, ``finicity.consent``): some normal logins at the OAuth banks have a
+consent that ends on a night; from then on they answer 947 until their user renews, which
+starts a new period (:meth:`ProviderSim.renew_consent`, the second kind of mutable state).
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ SKIP = ""  # the connection was not attempted that night
 # Salts: one per independent decision, so changing one rate does not reshuffle the others.
 (_S_UNITS, _S_INST, _S_ACCTS, _S_ROLE, _S_OTP, _S_ONSET, _S_LEN, _S_BLIP, _S_BLIPN, _S_SKIP,
  _S_NOISE, _S_NOISEC, _S_OUT, _S_OUTC, _S_PERS, _S_MFA, _S_UNK, S_GUID, S_MISC, _S_MAINT,
- _S_MAINTC) = (0x1000 + i for i in range(21))
+ _S_MAINTC, _S_CONSENT, _S_CONSENT_END, _S_CONSENT_WAVE) = (0x1000 + i for i in range(24))
+CONSENT_EXPIRED = "947"
+"""What Finicity answers for a login whose OAuth consent has ended."""
 
 # Roles whose trouble a completed Connect Fix cures for good (a credentials problem, a one-off
 # MFA question); an OTP loop asks again on the next refresh, so its fix lasts one attempt.
@@ -208,6 +214,10 @@ class ProviderSim:
     fixes: dict[int, Fix] = field(default_factory=dict)
     # Institution index -> a status declared through the control API (overrides the scenario).
     declared_overrides: dict[int, str] = field(default_factory=dict)
+    # Connection -> the night its first consent period ends (consent connections only).
+    consent_first_end: dict[int, int] = field(default_factory=dict)
+    # Connection -> (night renewed, night the renewed period ends): its latest renewal.
+    renewals: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     # -- hashing -----------------------------------------------------------------------
 
@@ -247,6 +257,9 @@ class ProviderSim:
                    (MANUAL, rates.manual if self.provider == "mx" else 0.0),
                    (UNKNOWN, rates.unknown)]
         otp = cfg.otp
+        consent = cfg.consent
+        consent_insts = (set(consent.institution_ranks) & set(range(len(self.institutions)))
+                         if consent.enabled and self.provider == "finicity" else set())
         window = rates.event_window
         self.units = cfg.units
         k = 0
@@ -282,6 +295,11 @@ class ProviderSim:
                 institution = self.institutions[inst]
                 institution.connections += 1
                 institution.accounts += n_acc
+                if role == NORMAL and inst in consent_insts and self.u(_S_CONSENT, k) < consent.share:
+                    wave = self.u(_S_CONSENT_WAVE, k) < consent.wave_share
+                    span = min(consent.wave_nights, consent.period_nights) if wave \
+                        else consent.period_nights
+                    self.consent_first_end[k] = 1 + self.h(_S_CONSENT_END, k) % span
                 k += 1
             self.unit_conn_start.append(k)
 
@@ -359,6 +377,33 @@ class ProviderSim:
                 return o.declared_status
         return "online"
 
+    # -- consent -----------------------------------------------------------------------
+
+    def consent_end_night(self, k: int, night: int) -> int | None:
+        """The night connection ``k``'s consent period current on ``night`` ends (None: its
+        consent does not expire)."""
+        first = self.consent_first_end.get(k)
+        if first is None:
+            return None
+        renewal = self.renewals.get(k)
+        return renewal[1] if renewal is not None and renewal[0] <= night else first
+
+    def consent_dates(self, k: int, night: int, clock: SandboxClock) -> tuple[int, int] | None:
+        """(authorizationStartDate, authorizationEndDate) as the API reports them on
+        ``night``: one day per night from the first night's start."""
+        end = self.consent_end_night(k, night)
+        if end is None:
+            return None
+        end_ts = clock.night_start(0) + end * 86400
+        return end_ts - self.cfg.consent.period_nights * 86400, end_ts
+
+    def renew_consent(self, k: int, night: int) -> bool:
+        """The user renewed connection ``k``'s consent on ``night``: a new period starts."""
+        if k not in self.consent_first_end:
+            return False
+        self.renewals[k] = (night, night + self.cfg.consent.period_nights)
+        return True
+
     # -- status on a night -------------------------------------------------------------
 
     def code_on(self, k: int, n: int, role: int) -> str:
@@ -384,6 +429,10 @@ class ProviderSim:
             for o in self.outages:
                 if inst == o.inst and o.active(n) and self.u(o.salt_share, k) < o.share:
                     return o.codes.pick(self.h(o.salt_code, k))
+        if role == NORMAL and self.consent_first_end:
+            end = self.consent_end_night(k, n)
+            if end is not None and n >= end:
+                return CONSENT_EXPIRED
         if role == PERSISTENT:
             return self._persistent.pick(self.h(_S_PERS, k))
         if role == FIXED and onset <= n < onset + self.conn_len[k]:
@@ -527,13 +576,17 @@ class Fleet:
         something: the connection showed a code the catalog calls fixable (credentials, MFA,
         a user action at the bank); then it reads as a good aggregation at this moment, and
         a credentials problem stays cured (an OTP loop asks again at the next refresh).
-        False (nothing changes) for ok, outage, closed or unknown codes."""
+        A login with an expiring consent renews it (a new period from tonight), also before
+        its end. False (nothing changes) for ok, outage, closed or unknown codes."""
         sim = self.sim(provider)
         code = self.current_code(provider, k)
+        night = self.clock.night
+        renewed = sim.renew_consent(k, night)
+        if renewed:
+            self.revision += 1
         if sim.conn_role[k] not in _FIXABLE_ROLES or not self.catalog.lookup(provider,
                                                                              code).fixable:
-            return False
-        night = self.clock.night
+            return renewed
         at = max(int(self.clock.now()), self.clock.night_start(night) + 1)
         self.clock.reserve(at)
         sim.fixes[k] = Fix(night, at)

@@ -109,6 +109,28 @@ class OtpConfig(_Strict):
         return self
 
 
+class ConsentConfig(_Strict):
+    """OAuth consent periods at some Finicity banks (MX publishes no consent end); off
+    unless enabled (the demo turns it on).
+
+    ``share`` of the plain connections at the institutions at ``institution_ranks`` have a
+    consent that ends after ``period_nights`` nights; their first end falls on one of the
+    first ``period_nights`` nights, or, for ``wave_share`` of them, one of the first
+    ``wave_nights`` (a re-consent wave). On its end night the login answers 947 until its
+    user renews (a repair through a link, before or after the end), which starts a new
+    period from that night. The API reports an end as the first night's start plus one day
+    per night (``authorizationEndDate``, with ``authorizationExpires: true``), so the end
+    date of a period never moves while it lasts and a renewal always reports a later one.
+    """
+
+    enabled: bool = False
+    institution_ranks: list[int] = Field([3, 5], description="the OAuth banks, by size rank")
+    share: float = Field(0.8, ge=0, le=1)
+    period_nights: int = Field(90, ge=2, le=3650)
+    wave_share: float = Field(0.25, ge=0, le=1)
+    wave_nights: int = Field(7, ge=1)
+
+
 class ProviderFleet(_Strict):
     """The synthetic fleet of one provider and the codes it draws from."""
 
@@ -126,6 +148,7 @@ class ProviderFleet(_Strict):
     outage: OutageConfig
     maintenance: MaintenanceConfig = MaintenanceConfig()
     otp: OtpConfig
+    consent: ConsentConfig = ConsentConfig()
 
     @model_validator(mode="after")
     def _check(self) -> ProviderFleet:

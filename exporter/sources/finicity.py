@@ -388,6 +388,7 @@ class FinicitySource(Source):
             success_ts=account.aggregationSuccessDate,
             owner_id=account.customerId or customer_id,
             login_id=account.institutionLoginId,
+            consent_end=account.consent_end,
         )
 
     async def _load_institution(self, institution_id: str) -> tuple[str, float]:

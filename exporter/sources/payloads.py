@@ -114,18 +114,35 @@ def _epoch(raw: object) -> float | None:
     return parsed.timestamp()
 
 
-def _timestamp(raw: object, info: ValidationInfo) -> float | None:
-    """A plausible timestamp, None when absent; garbage becomes None and is noted."""
+def _plausible(raw: object, info: ValidationInfo, ahead: float) -> float | None:
+    """A timestamp in [2000-01-01, now + ``ahead``], None when absent; garbage becomes None
+    and is noted."""
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
     notes = info.context if isinstance(info.context, Notes) else None
     now = notes.now if notes is not None else time.time()
     value = _epoch(raw)
-    if value is not None and math.isfinite(value) and EARLIEST_TS <= value <= now + FUTURE_TOLERANCE:
+    if value is not None and math.isfinite(value) and EARLIEST_TS <= value <= now + ahead:
         return value
     if notes is not None:
         notes.reasons.append("invalid_timestamp")
     return None
+
+
+def _timestamp(raw: object, info: ValidationInfo) -> float | None:
+    """A plausible past timestamp (within the clock skew of now)."""
+    return _plausible(raw, info, FUTURE_TOLERANCE)
+
+
+CONSENT_HORIZON = 10 * 366 * 86_400.0
+"""How far ahead a consent end may lie; beyond it, milliseconds or garbage."""
+
+
+def _consent_end(raw: object, info: ValidationInfo) -> float | None:
+    """A consent end (Finicity ``authorizationEndDate``): epoch seconds as a number or a
+    string, or ISO-8601 as in some of the spec's examples. In the future as a rule, so
+    bounded by :data:`CONSENT_HORIZON` instead of the clock skew."""
+    return _plausible(raw, info, CONSENT_HORIZON)
 
 
 def _integer(raw: object) -> int | None:
@@ -193,6 +210,7 @@ def _object(raw: object) -> object:
 Id = Annotated[str | None, BeforeValidator(_id)]
 RequiredId = Annotated[str, BeforeValidator(_required_id)]
 Timestamp = Annotated[float | None, BeforeValidator(_timestamp)]
+ConsentEnd = Annotated[float | None, BeforeValidator(_consent_end)]
 Flag = Annotated[bool | None, BeforeValidator(_flag)]
 Count = Annotated[int | None, BeforeValidator(_count)]
 Integer = Annotated[int | None, BeforeValidator(_integer)]
@@ -276,6 +294,15 @@ class FinicityAccount(Payload):
     """absent: never aggregated when there is no attempt date either, else drift"""
     aggregationAttemptDate: Timestamp = None
     aggregationSuccessDate: Timestamp = None
+    authorizationExpires: Flag = None
+    """whether the consent has an end (the spec's default: false)"""
+    authorizationEndDate: ConsentEnd = None
+
+    @property
+    def consent_end(self) -> float | None:
+        """The end of the user's consent, only when ``authorizationExpires`` is true (the
+        end date means nothing otherwise)."""
+        return self.authorizationEndDate if self.authorizationExpires else None
 
 
 class FinicityAccountsPage(Payload):

@@ -5,9 +5,11 @@ Public names are re-exported here; modules import ``from exporter.tracker import
 
 from exporter.records import clean_label
 from exporter.tracker.aggregates import (
+    CONSENT_WINDOWS,
     OTHER,
     AgeHistogram,
     ChunkDelta,
+    ConsentHorizon,
     FleetState,
     Snapshot,
     SourceAggregate,
@@ -18,12 +20,14 @@ from exporter.tracker.tracker import Tracker, TrackerEvents
 from exporter.tracker.transition import AccountState, CodeFacts, transition
 
 __all__ = [
+    "CONSENT_WINDOWS",
     "OTHER",
     "AccountEvent",
     "AccountState",
     "AgeHistogram",
     "ChunkDelta",
     "CodeFacts",
+    "ConsentHorizon",
     "EventKind",
     "FleetState",
     "Snapshot",

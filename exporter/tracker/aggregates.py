@@ -15,9 +15,11 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from exporter.state import MINUTE, Contributions
+from exporter.state import DAY, MINUTE, Contributions
 
 OTHER = "other"
+CONSENT_WINDOWS = (("7d", 7 * DAY), ("30d", 30 * DAY), ("90d", 90 * DAY))
+"""``within`` of ``openfinance_consent_expiring_accounts``: cumulative windows from now."""
 
 @dataclass(frozen=True, slots=True)
 class AgeHistogram:
@@ -57,6 +59,35 @@ class AgeHistogram:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsentHorizon:
+    """One institution's consent ends counted per day, ascending, for the expiring counts
+    at scrape time (ends change only with sweeps; "within 7 days" moves with the clock)."""
+
+    days: array
+    """distinct day starts (epoch seconds), ascending"""
+    cumulative: array
+    """accounts whose consent ends on or before ``days[i]``'s day"""
+
+    @classmethod
+    def of(cls, per_day: dict[float, int]) -> ConsentHorizon:
+        days, cumulative, running = array("d"), array("q"), 0
+        for day in sorted(per_day):
+            running += per_day[day]
+            days.append(day * DAY)
+            cumulative.append(running)
+        return cls(days, cumulative)
+
+    def _upto(self, ts: float) -> int:
+        i = bisect_right(self.days, ts)
+        return self.cumulative[i - 1] if i else 0
+
+    def expiring(self, now: float, within: float) -> int:
+        """Accounts whose consent ends in [now, now + within], to the day: an end counts
+        by its day, so each edge of a window errs by under a day."""
+        return self._upto(now + within) - self._upto(now - DAY)
+
+
+@dataclass(frozen=True, slots=True)
 class SourceAggregate:
     """Everything the collector shows for one source, computed once per sweep. Each tuple of
     rows is sorted (institution first): /metrics finds an institution's rows by bisection."""
@@ -77,6 +108,9 @@ class SourceAggregate:
     """when each account last aggregated successfully (accounts that never did excluded)."""
     never_succeeded: int = 0
     state_accounts: int = 0
+    consent: tuple[tuple[str, str, ConsentHorizon], ...] = ()
+    """(institution_id, institution, consent ends): institutions (folded like the others)
+    with accounts whose consent expires"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +145,10 @@ class ChunkDelta:
     __slots__ = (
         "accounts",
         "broken",
+        "consent",
         "gone_accounts",
         "gone_broken",
+        "gone_consent",
         "gone_otp",
         "gone_success",
         "never",
@@ -129,6 +165,8 @@ class ChunkDelta:
         self.gone_broken: list[tuple[str, float]] = []
         self.success: list[float] = []
         self.gone_success: list[float] = []
+        self.consent: list[tuple[str, float]] = []
+        self.gone_consent: list[tuple[str, float]] = []
         self.never = 0
 
 
@@ -149,6 +187,8 @@ class FleetState:
         """(category, minute of broken_since) → accounts"""
         self.success: Counter[float] = Counter()
         """minute of the last success → accounts"""
+        self.consent: Counter[tuple[str, float]] = Counter()
+        """(institution_id, day of the consent end) → accounts"""
         self.never = 0
 
     def merge(self, rows: Contributions, classify: Callable[[str], tuple[str, int]],
@@ -163,6 +203,8 @@ class FleetState:
             _move(self.broken, (classify(code)[0], float(minute)), sign * n)
         for minute, n in rows.success:
             _move(self.success, float(minute), sign * n)
+        for inst, day, n in rows.consent:
+            _move(self.consent, (inst, float(day)), sign * n)
         self.never += sign * rows.never_succeeded
 
     def total(self) -> int:
@@ -174,6 +216,8 @@ class FleetState:
         _shift(self.otp, delta.otp, delta.gone_otp)
         _shift(self.broken, delta.broken, delta.gone_broken)
         _shift(self.success, delta.success, delta.gone_success)
+        if delta.consent or delta.gone_consent:
+            _shift(self.consent, delta.consent, delta.gone_consent)
         self.never += delta.never
 
     def aggregate(self, source: str, provider: str, names: dict[str, str],
@@ -206,6 +250,9 @@ class FleetState:
         for (category, minute), n in self.broken.items():
             broken[category][minute] = n
         success = AgeHistogram.of(self.success)
+        consent: dict[tuple[str, str], dict[float, int]] = defaultdict(lambda: defaultdict(int))
+        for (inst_id, day), n in self.consent.items():
+            consent[label(inst_id)][day] += n
         return SourceAggregate(
             source=source,
             provider=provider,
@@ -217,6 +264,7 @@ class FleetState:
             success=success,
             never_succeeded=self.never,
             state_accounts=success.total + self.never,
+            consent=tuple((*k, ConsentHorizon.of(d)) for k, d in sorted(consent.items())),
         )
 
 

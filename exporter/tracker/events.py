@@ -25,6 +25,10 @@ class EventKind(StrEnum):
     BACK_TO_OK = "back_to_ok"
     REMOVED = "removed"
     """dropped by a complete sweep (gone upstream)"""
+    CONSENT = "consent"
+    """the account's consent end changed (set, moved, or no longer expiring; a later end
+    than before means the user renewed); with a steady subscriber, also every time an
+    account with an expiring consent is seen again"""
     STILL_BROKEN = "still_broken"
     """only to subscribers with ``steady=True``: a fixable, non-ok account seen again with
     the same code"""
@@ -56,6 +60,8 @@ class AccountEvent:
     broken_since: float | None
     at: float
     """the tracker clock's now"""
+    consent_end: float | None = None
+    """when the account's consent ends (Finicity OAuth), None when it does not expire"""
 
 
 Subscriber = Callable[[Sequence[AccountEvent]], Awaitable[None]]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from exporter.records import STATUS_MISSING, AccountStatus
 from exporter.sources.base import SweepReport
-from exporter.state import MINUTE, OTP
+from exporter.state import DAY, MINUTE, OTP
 from exporter.tracker.aggregates import ChunkDelta
 from exporter.tracker.events import AccountEvent
 from exporter.tracker.transition import STORED_FIELDS, AccountState, transition
@@ -165,6 +165,8 @@ class SweepSession:
                 broken, success = state.broken_since, state.success_ts
                 if broken is not None:
                     delta.broken.append((category, broken // MINUTE))
+                if state.consent_end is not None:
+                    delta.consent.append((inst_id, state.consent_end // DAY))
                 if success is None:
                     delta.never += 1
                 else:
@@ -184,12 +186,12 @@ class SweepSession:
             if state is prev:  # a re-poll: the same attempt seen again
                 continue
             # both sides by name at once (no slices, no attribute reads per record)
-            (p_inst, p_code, p_broken, p_streak, p_flags, p_attempt, p_success, p_category,
-             p_fixable) = prev
-            (inst_id, code, broken, streak, flags, attempt, success, category,
+            (p_inst, p_code, p_broken, p_streak, p_flags, p_attempt, p_success, p_consent,
+             p_category, p_fixable) = prev
+            (inst_id, code, broken, streak, flags, attempt, success, consent, category,
              fixable) = state
             if (p_code == code and p_inst == inst_id and p_streak == streak
-                    and p_flags == flags and p_broken == broken):
+                    and p_flags == flags and p_broken == broken and p_consent == consent):
                 # the usual night: at most the attempt and the success moved (the fields
                 # before ``attempt_ts`` are the same)
                 if attempt != p_attempt or p_success != success:
@@ -213,6 +215,11 @@ class SweepSession:
                         delta.gone_broken.append((p_category, p_broken // MINUTE))
                     if broken is not None:
                         delta.broken.append((category, broken // MINUTE))
+                if p_consent != consent or (consent is not None and p_inst != inst_id):
+                    if p_consent is not None:
+                        delta.gone_consent.append((p_inst, p_consent // DAY))
+                    if consent is not None:
+                        delta.consent.append((inst_id, consent // DAY))
             if p_success != success:
                 if p_success is None:
                     delta.never -= 1

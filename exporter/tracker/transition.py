@@ -11,6 +11,8 @@ it returns; tests drive it as a table of cases.
 - ``broken_since`` is set when an account leaves a healthy category (ok or manual), kept
   across code changes while it stays broken, cleared when it is healthy again.
 - A record without a success time keeps the last success stored.
+- The consent end is the record's (Finicity ``authorizationEndDate`` when it expires, else
+  None); a change of it is a CONSENT event (a later end: the user renewed).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class CodeFacts(NamedTuple):
 class AccountState(NamedTuple):
     """The tracker's state of one account.
 
-    The first seven fields are what the store keeps, in the order it keeps them (a stored
+    The first eight fields are what the store keeps, in the order it keeps them (a stored
     row becomes a state, and a state a row, by slicing: nothing per field); ``category``
     and ``fixable`` derive from the code and come last. Of the stored fields, those before
     ``attempt_ts`` change rarely and the two times nightly: the session compares those to
@@ -59,6 +61,8 @@ class AccountState(NamedTuple):
     """the newest aggregation attempt seen"""
     success_ts: float | None
     """the last successful aggregation"""
+    consent_end: float | None
+    """when the user's consent ends (Finicity OAuth), None when it does not expire"""
     category: str
     fixable: bool
 
@@ -88,31 +92,37 @@ def transition(prev: AccountState | None, record: AccountStatus, facts: CodeFact
                now: float, otp_threshold: int, *, emit: bool = True,
                steady: bool = False) -> tuple[AccountState, Sequence[AccountEvent]]:
     """The account's next state and the events of the change. ``steady`` also emits
-    STILL_BROKEN (only steady subscribers receive it); ``emit=False`` skips building events
+    STILL_BROKEN (only steady subscribers receive it) and CONSENT for an unchanged consent
+    end (so a consumer that missed a change catches up); ``emit=False`` skips building events
     nobody receives (the state is the same either way).
 
     When nothing moves (a re-poll: the same or an older attempt, same code, institution and
     success) the result is ``prev`` itself, so a caller can tell by identity."""
     code, category, fixable, otp_code, ok, healthy = facts
-    attempt, success = record.attempt_ts, record.success_ts
+    attempt, success, consent = record.attempt_ts, record.success_ts, record.consent_end
+    p_consent = None
     if prev is None:
         streak = flags = 0
         prev_attempt = None
         broken = None if healthy else (attempt or now)
     else:
-        (p_inst, p_code, p_broken, streak, p_flags, prev_attempt, p_success, p_category,
-         p_fixable) = prev
+        (p_inst, p_code, p_broken, streak, p_flags, prev_attempt, p_success, p_consent,
+         p_category, p_fixable) = prev
         # no new attempt (streak and marks stay), and nothing else moved either
         if ((attempt is None or (prev_attempt is not None and attempt <= prev_attempt))
                 and p_code == code and p_inst == record.institution_id
+                and p_consent == consent
                 and (success is None or success == p_success)
                 and (p_broken is None) == healthy
                 and bool(p_flags & OTP) == bool(
                     otp_code and (streak >= otp_threshold or p_flags & RELAPSED))
                 and p_category == category and p_fixable == fixable):
-            if emit and steady and fixable and category != OK:
-                return prev, _events([EventKind.STILL_BROKEN], record, prev, prev, p_broken,
-                                     now)
+            if emit and steady:  # re-announced to steady subscribers
+                kinds = [EventKind.STILL_BROKEN] if fixable and category != OK else []
+                if consent is not None:
+                    kinds.append(EventKind.CONSENT)
+                if kinds:
+                    return prev, _events(kinds, record, prev, prev, p_broken, now)
             return prev, _NO_EVENTS
         flags = p_flags
         if success is None:
@@ -134,24 +144,36 @@ def transition(prev: AccountState | None, record: AccountStatus, facts: CodeFact
     else:
         flags &= ~OTP
     state = _new(AccountState, (record.institution_id, code, broken, streak, flags, attempt,
-                                success, category, fixable))
+                                success, consent, category, fixable))
     if not emit:
         return state, _NO_EVENTS
+    if consent != p_consent or (steady and consent is not None):
+        return state, _with_consent(transition_events(prev, record, state, now, steady),
+                                    record, state, prev, now)
+    return state, transition_events(prev, record, state, now, steady)
+
+
+def transition_events(prev: AccountState | None, record: AccountStatus, state: AccountState,
+                      now: float, steady: bool) -> Sequence[AccountEvent]:
+    """The category, fixability and OTP events of a change from ``prev`` to ``state``."""
+    code, category, fixable, broken = state.code, state.category, state.fixable, state.broken_since
+    flags = state.flags
     otp, relapsed = flags & OTP, flags & RELAPSED
     if prev is None:
         if category == OK:
-            return state, _NO_EVENTS
+            return _NO_EVENTS
         kinds = [EventKind.ENTERED]
         if fixable:
             kinds.append(EventKind.BECAME_FIXABLE)
         if otp:
             kinds.append(EventKind.OTP_SUSPECT)
-        return state, _events(kinds, record, state, None, broken, now)
+        return _events(kinds, record, state, None, broken, now)
+    p_code, p_flags, p_category, p_fixable = prev.code, prev.flags, prev.category, prev.fixable
     p_otp, p_relapsed = p_flags & OTP, p_flags & RELAPSED
     if p_code == code and otp == p_otp and relapsed == p_relapsed:
         if steady and fixable and category != OK:
-            return state, _events([EventKind.STILL_BROKEN], record, state, prev, broken, now)
-        return state, _NO_EVENTS
+            return _events([EventKind.STILL_BROKEN], record, state, prev, broken, now)
+        return _NO_EVENTS
     kinds = []
     if p_category != category:
         if p_category != OK:
@@ -164,8 +186,14 @@ def transition(prev: AccountState | None, record: AccountStatus, facts: CodeFact
     if otp and not p_otp:
         kinds.append(EventKind.OTP_SUSPECT)
     if not kinds:
-        return state, _NO_EVENTS
-    return state, _events(kinds, record, state, prev, broken or p_broken, now)
+        return _NO_EVENTS
+    return _events(kinds, record, state, prev, broken or prev.broken_since, now)
+
+
+def _with_consent(events: Sequence[AccountEvent], record: AccountStatus, state: AccountState,
+                  prev: AccountState | None, now: float) -> list[AccountEvent]:
+    """``events`` and the CONSENT event of a changed consent end."""
+    return [*events, *_events([EventKind.CONSENT], record, state, prev, state.broken_since, now)]
 
 
 def _events(kinds: list[EventKind], record: AccountStatus, state: AccountState,
@@ -175,5 +203,6 @@ def _events(kinds: list[EventKind], record: AccountStatus, state: AccountState,
                          record.owner_id, record.login_id, state.institution_id,
                          record.institution, state.code, state.category, state.fixable,
                          state.otp_suspect, prev.code if prev else None,
-                         prev.category if prev else None, broken_since, now)
+                         prev.category if prev else None, broken_since, now,
+                         state.consent_end)
             for kind in kinds]

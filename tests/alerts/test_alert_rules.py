@@ -346,6 +346,8 @@ PARAMETERS_OF = {
     "OpenFinanceInstitutionOTPSurge": ("otp_surge_for", ["otp_surge_min_accounts", "otp_surge_ratio"], []),
     "OpenFinanceFixableBacklogHigh": (
         "fixable_backlog_for", ["fixable_backlog_min_accounts", "fixable_backlog_ratio"], []),
+    "OpenFinanceConsentWave": (
+        "consent_wave_for", ["consent_wave_ratio", "consent_wave_min_accounts"], []),
     "OpenFinanceExporterDown": ("exporter_down_for", [], []),
     "OpenFinanceSweepFailing": ("sweep_failing_for", [], ["sweep_failing_window"]),
     "OpenFinanceDataStale": ("stale_for", ["stale_after_seconds"], []),

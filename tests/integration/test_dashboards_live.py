@@ -33,7 +33,9 @@ generate = dashboards_generator()
 DASHBOARD_FILES = sorted(p.name for p in DASHBOARDS_DIR.glob("*.json"))
 # Small enough for a sweep of about a second; OTP shares raised so both providers have suspects.
 _PROVIDER = {"units": 120, "institutions": 8, "otp": {"loop_share": 0.12, "relapse_share": 0.08}}
-SCENARIO: dict[str, Any] = {"finicity": _PROVIDER, "mx": _PROVIDER}
+# Consent periods at two Finicity banks, as in the demo (the consent horizon panels).
+SCENARIO: dict[str, Any] = {"finicity": {**_PROVIDER, "consent": {"enabled": True}},
+                            "mx": _PROVIDER}
 GRAFANA_REGEX_SPECIAL = set("$^*{}[]'+?.()|\\")
 # Panels about events this run never produces: push and the repair loop are off here.
 NOT_IN_THIS_RUN = generate.PUSH_AND_REPAIR

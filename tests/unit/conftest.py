@@ -86,13 +86,15 @@ def acct(clock) -> Callable[..., AccountStatus]:
 
     def make(key: str = "a1", code: str | int | None = 0, *, inst: str = "4222", name: str = "FinBank",
              attempt: float | str | None = "now", success: float | str | None = "auto",
-             source: str = "fin", provider: str = "finicity") -> AccountStatus:
+             source: str = "fin", provider: str = "finicity",
+             consent_end: float | None = None) -> AccountStatus:
         attempt_ts = clock.now - 3600 if attempt == "now" else attempt
         if success == "auto":
             success_ts = attempt_ts if code in (0, "0", "CONNECTED") else None
         else:
             success_ts = success
         code = "NONE" if code is None else str(code)
-        return AccountStatus(source, provider, key, inst, name, code, attempt_ts, success_ts)
+        return AccountStatus(source, provider, key, inst, name, code, attempt_ts, success_ts,
+                             consent_end=consent_end)
 
     return make

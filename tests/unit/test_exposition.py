@@ -34,13 +34,15 @@ def test_every_catalogued_metric_is_described_by_the_exporter(harness):
 def test_snapshot_metrics_come_from_collectors_and_the_rest_from_instruments(harness):
     from exporter.metrics.collectors import (
         AgeCollector,
+        ConsentCollector,
         FleetCollector,
         InstitutionHealthCollector,
         RoutingCollector,
     )
 
     collectors = (FleetCollector(None, []), AgeCollector(None, None),
-                  InstitutionHealthCollector(None), RoutingCollector(None))
+                  InstitutionHealthCollector(None), RoutingCollector(None),
+                  ConsentCollector(None, None))
     from_collectors = {f.name for c in collectors for f in c.describe()}
     assert from_collectors == {m.name for m in METRICS if m.from_snapshot}
 

@@ -46,7 +46,8 @@ def folded(events: list[AccountEvent], state: dict[str, str]) -> None:
 
 def as_dict(fleet: FleetState) -> dict:
     return {"accounts": dict(fleet.accounts), "otp": dict(fleet.otp),
-            "broken": dict(fleet.broken), "success": dict(fleet.success), "never": fleet.never}
+            "broken": dict(fleet.broken), "success": dict(fleet.success), "never": fleet.never,
+            "consent": dict(fleet.consent)}
 
 
 record = st.tuples(
@@ -55,6 +56,7 @@ record = st.tuples(
     st.sampled_from(["1", "2", "3"]),       # institution
     st.sampled_from([None, -2, -1, 0, 0]),  # attempt: none, older nights, tonight
     st.sampled_from([None, "attempt", -3]),  # success: none, at the attempt, days ago
+    st.sampled_from([None, None, 10, 40]),  # consent: none, or ending in days
 )
 sweep = st.tuples(st.lists(record, max_size=12), st.booleans(), st.integers(0, 2))
 
@@ -76,13 +78,15 @@ def test_incremental_aggregates_always_equal_a_rebuild_from_the_rows(sweeps, bat
             tracker.subscribe(subscriber)
             for records, complete, advance in sweeps:
                 session = await tracker.begin("fin", "finicity")
-                for key, code, inst, attempt, success in records:
+                for key, code, inst, attempt, success, consent in records:
                     at = None if attempt is None else clock.now + attempt * DAY - 3600
                     ok = success == "attempt" and at is not None
                     succ = at if ok else (None if success in (None, "attempt")
                                           else clock.now + success * DAY)
+                    end = None if consent is None else clock.now + consent * DAY
                     await session.add([AccountStatus("fin", "finicity", f"acct-{key}", inst,
-                                                     f"Bank {inst}", code, at, succ)])
+                                                     f"Bank {inst}", code, at, succ,
+                                                     consent_end=end)])
                 await session.finish(SweepReport(complete=complete))
                 assert as_dict(tracker.fleet("fin")) == as_dict(rebuilt(tracker))
                 # the events tell a consumer exactly which accounts are broken, and how
