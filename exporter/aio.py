@@ -33,6 +33,18 @@ async def wait_for_event(event: asyncio.Event, timeout: float, *, clear: bool = 
     return was_set
 
 
+async def complete_even_if_cancelled(step: Awaitable[T]) -> T:
+    """Run ``step`` to its end even when the caller is cancelled meanwhile (then re-raise the
+    cancel once it has finished): for bookkeeping that must not stop half-way, such as
+    marking applied events done and saying so."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
 def quiet_when_cancelled(job: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T | None]]:
     """A scheduled coroutine job that ends quietly when the agent's stop cancels it: the
     scheduler logs a cancelled job as a failure, at error level with a traceback."""

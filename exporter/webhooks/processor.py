@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
-from exporter.aio import wait_for_event
+from exporter.aio import complete_even_if_cancelled, wait_for_event
 from exporter.records import AccountStatus
 from exporter.webhooks.inbox import InboxError, PendingEvent, WebhookInbox
 from exporter.webhooks.observer import WebhookObserver
@@ -192,15 +192,19 @@ class PushProcessor:
             except Exception as exc:
                 await self._failed(key, rows, exc)
                 return
-            done = self.clock()
-            await self.inbox.mark_done(ids, done)
-            for row in rows:
-                self.observer.push_refresh(name, max(0.0, done - row.received_at))
-            log.debug("push: source=%s re-read one owner events=%d records=%d", name,
-                      len(rows), len(records))
+            # applied: marked done and said so as one step, even when a stop cancels us now
+            await complete_even_if_cancelled(self._done(name, rows, len(records)))
         except InboxError as exc:
             # Applied (or dropped) but not marked: the rows are redone after a restart.
             log.error("push: cannot update the webhook inbox: %s", exc)
+
+    async def _done(self, name: str, rows: list[PendingEvent], records: int) -> None:
+        done = self.clock()
+        await self.inbox.mark_done([r.id for r in rows], done)
+        for row in rows:
+            self.observer.push_refresh(name, max(0.0, done - row.received_at))
+        log.debug("push: source=%s re-read one owner events=%d records=%d", name,
+                  len(rows), records)
 
     async def _apply(self, source: RefreshSource, records: Sequence[AccountStatus]) -> None:
         """Apply one re-read's records, together with the other re-reads of the source that

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from exporter.aio import wait_for_event
+from exporter.aio import complete_even_if_cancelled, wait_for_event
 from exporter.server import report_pending_tasks
 
 
@@ -83,3 +83,23 @@ def test_a_second_signal_exits_at_once_when_the_clean_stop_hangs():
     assert done.returncode == 1, done.stdout + done.stderr
     assert "stopping" in done.stdout
     assert "second stop signal" in done.stdout
+
+
+async def test_a_step_that_must_complete_finishes_when_its_caller_is_cancelled():
+    """The push processor marks applied events done this way: a stop that cancels it
+    mid-write must not leave the write done but unsaid (or half done)."""
+    gate, finished = asyncio.Event(), []
+
+    async def bookkeeping() -> None:
+        await gate.wait()
+        finished.append(True)
+
+    caller = asyncio.create_task(complete_even_if_cancelled(bookkeeping()))
+    await asyncio.sleep(0)
+    caller.cancel()
+    await asyncio.sleep(0)
+    assert not caller.done() and finished == []  # still waiting for the step
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert finished == [True]
