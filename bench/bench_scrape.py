@@ -57,6 +57,7 @@ from exporter.config import Settings  # noqa: E402
 from exporter.health.declared import DeclaredStatus  # noqa: E402
 from exporter.health.directory import InstitutionFacts  # noqa: E402
 from exporter.records import AccountStatus  # noqa: E402
+from exporter.routing.advisor import Advisor  # noqa: E402
 from exporter.sources.base import SweepReport  # noqa: E402
 
 PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0;q=0.5,"
@@ -257,6 +258,10 @@ def main() -> None:
         fill_directory(agent, fleet, now)
         fill_self_metrics(agent, fleet, args.funnels)
         loop.call(agent.health.ages.run())
+        # routing advice on every key, for the fleet's two aggregators (the agent was built
+        # without sources)
+        agent.routing = Advisor(settings.routing, ("finicity", "mx"), agent.metrics.agent)
+        advice = agent.routing.update(agent.health.report())
         setup = time.perf_counter() - t
         url = f"http://127.0.0.1:{port}/metrics"
         rng = random.Random(11)
@@ -272,7 +277,9 @@ def main() -> None:
                   f"{series:,} series ({live:,} of them live: self-metrics and ages, rendered "
                   f"per scrape), {len(text) / 1e6:.1f} MB of text, "
                   f"{len(agent.metrics.exposition.render(HEADERS['Accept'], 'gzip')[0]) / 1e3:.0f}"
-                  f" KB gzipped (set up in {setup:.0f} s)")
+                  f" KB gzipped (set up in {setup:.0f} s); routing advice for "
+                  f"{len(advice):,} institution keys, "
+                  f"{text.count(b'openfinance_routing_share{'):,} routing_share series")
             profile = os.environ.get("BENCH_PYSPY")
             spy = None
             if profile:

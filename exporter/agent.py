@@ -51,7 +51,7 @@ class Agent:
         self.metrics = build_metrics(lambda: self.tracker.snapshot, clock=clock,
                                      catalog=self.catalog,
                                      institutions=lambda: self.health,
-                                     routing_rows=lambda: self.routing.rows())
+                                     routing=lambda: getattr(self, "routing", None))
         self.state_file = open_state_file(settings.state.path)  # one agent per file
         if self.state_file.recovered_to is not None:
             self.metrics.agent.state_recovered()

@@ -30,7 +30,7 @@ from exporter.metrics.collectors import (
 )
 from exporter.metrics.exposition import OPENMETRICS, TEXT, Exposition
 from exporter.metrics.observers import AgentMetrics
-from exporter.metrics.snapshot_text import InstitutionRows, SnapshotText
+from exporter.metrics.snapshot_text import InstitutionRows, RoutingRows, SnapshotText
 from exporter.tracker import Snapshot
 
 __all__ = ["OPENMETRICS", "TEXT", "AgeCollector", "AgentMetrics", "Exposition",
@@ -58,15 +58,15 @@ class Metrics:
 def build_metrics(snapshot: Callable[[], Snapshot], *, clock: Callable[[], float],
                   catalog: Catalog | None = None,
                   institutions: Callable[[], InstitutionRows | None] = lambda: None,
-                  routing_rows: Callable[[], Iterable[tuple[str, str, str, int]]] = tuple,
+                  routing: Callable[[], RoutingRows | None] = lambda: None,
                   ) -> Metrics:
     """Registry, collectors, self-metrics and exposition over a tracker's ``snapshot``.
 
     ``snapshot`` is called at scrape time (the tracker may be built after this, with
     ``events=metrics.agent``). ``institutions`` gives institution health
-    (``exporter.health.wiring.HealthWiring``), read at scrape time too, as are
-    ``routing_rows`` (``exporter.routing.advisor.Advisor.rows``: in the live part, as
-    they move with the advice's own clock, not with the snapshot).
+    (``exporter.health.wiring.HealthWiring``), read at scrape time too, as is ``routing``
+    (``exporter.routing.advisor.Advisor``: its rows are kept per institution key with the
+    snapshot part and re-rendered when its version moves).
     """
     # ``*_created`` series double the exposition and nothing here queries them.
     disable_created_metrics()
@@ -80,9 +80,13 @@ def build_metrics(snapshot: Callable[[], Snapshot], *, clock: Callable[[], float
     fleet.register(FleetCollector(snapshot, catalog))
     live.register(AgeCollector(snapshot, clock))
     live.register(ConsentCollector(snapshot, clock))
-    live.register(RoutingCollector(routing_rows))
-    exposition = Exposition(SnapshotText(snapshot, catalog, institutions), live)
+    fleet.register(RoutingCollector(lambda: _routing_rows(routing())))
+    exposition = Exposition(SnapshotText(snapshot, catalog, institutions, routing), live)
     return Metrics(fleet, live, agent, exposition)
+
+
+def _routing_rows(routing: RoutingRows | None) -> Iterable[tuple[str, str, str, int]]:
+    return () if routing is None else [r for rows in routing.rows_by_key().values() for r in rows]
 
 
 def _rows(institutions: InstitutionRows | None):

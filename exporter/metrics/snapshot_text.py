@@ -32,9 +32,11 @@ FLEET = ("accounts", "fixable_accounts", "otp_suspected_accounts", "status_trans
 """the per-institution fleet families, in FleetCollector's order"""
 HEALTH = ("institution_declared_status", "institution_key_info",
           "institution_refresh_accounts")
-FAMILIES = (*HEALTH, *FLEET, "status_code_info", "state_accounts")
+FAMILIES = (*HEALTH, *FLEET, "status_code_info", "state_accounts", "routing_share")
 """every family of the snapshot part, in the order the collectors yield them (registered in
 this order by :func:`exporter.metrics.build_metrics`)"""
+SHARED = ("status_code_info", "routing_share")
+"""families kept once, not per source"""
 
 Key = tuple[str, str]
 Rows = tuple[tuple, ...]
@@ -59,6 +61,16 @@ class InstitutionRows(Protocol):
         """Refresh rows (with their value) of the institutions a source's snapshot shows."""
 
 
+class RoutingRows(Protocol):
+    """The routing advice as /metrics reads it (``exporter.routing.advisor.Advisor``)."""
+
+    version: Hashable
+    """moves whenever a row may have changed"""
+
+    def rows_by_key(self) -> Mapping[str, Rows]:
+        """Each institution key's rows (key, institution, provider, share), keys in order."""
+
+
 def _fleet_rows(agg: SourceAggregate) -> tuple[Rows, ...]:
     return agg.accounts, agg.fixable, agg.otp_suspected, agg.transitions
 
@@ -69,7 +81,7 @@ class _Source:
     def __init__(self, formats: dict[str, FamilyFormat]):
         self.agg: SourceAggregate | None = None
         self.blocks = {short: BlockList(formats[short]) for short in FAMILIES
-                       if short != "status_code_info"}
+                       if short not in SHARED}
         self.rows: list[Rows] = [() for _ in FLEET]
         self.sets: list[set] = [set() for _ in FLEET]
         self.facts_version: Hashable = None
@@ -138,14 +150,18 @@ class SnapshotText:
     """The snapshot part of /metrics, per format, as a list of texts (headers and segments)."""
 
     def __init__(self, snapshot: Callable[[], Snapshot], catalog: Catalog,
-                 institutions: Callable[[], InstitutionRows | None] = lambda: None):
+                 institutions: Callable[[], InstitutionRows | None] = lambda: None,
+                 routing: Callable[[], RoutingRows | None] = lambda: None):
         self._snapshot = snapshot
         self._institutions = institutions
+        self._routing = routing
+        self._routing_version: Hashable = None
         self.formats = {short: FamilyFormat(short) for short in FAMILIES}
         self._info = BlockList(self.formats["status_code_info"])
         self._info.put(("",), tuple(
             (e.provider, e.code, e.name, e.category, str(e.fixable).lower(), 1)
             for e in catalog))
+        self._shares = BlockList(self.formats["routing_share"])
         self._sources: dict[str, _Source] = {}
         self._order: list[str] = []
         self._version: Hashable = object()
@@ -155,9 +171,17 @@ class SnapshotText:
         that changes whenever the text may have changed."""
         snap = self._snapshot()
         health = self._institutions()
-        version = (snap.version, health.rows_version() if health is not None else None)
+        routing = self._routing()
+        version = (snap.version, health.rows_version() if health is not None else None,
+                   routing.version if routing is not None else None)
         if version == self._version:
             return version
+        if version[2] != self._routing_version:
+            self._routing_version = version[2]
+            by_key = routing.rows_by_key() if routing is not None else {}
+            self._shares.drop_except({(key,) for key in by_key})
+            for key, rows in by_key.items():
+                self._shares.put((key,), rows)
         for name in [n for n in self._sources if n not in snap.sources]:
             del self._sources[name]
         for name, agg in snap.sources.items():
@@ -182,8 +206,9 @@ class SnapshotText:
         out: list[bytes] = []
         for short in FAMILIES:
             out.append(self.formats[short].header[openmetrics])
-            if short == "status_code_info":
-                out.extend(self._info.segments())
+            if short in SHARED:
+                out.extend((self._info if short == "status_code_info" else
+                            self._shares).segments())
                 continue
             for name in self._order:
                 out.extend(self._sources[name].blocks[short].segments())

@@ -114,6 +114,8 @@ class Advisor:
         self._gone: set[str] = set()
         self._generated_at: float | None = None
         self._lock = threading.Lock()
+        self.version = 0
+        """moves whenever a row of ``openfinance_routing_share`` may have changed"""
         if observer is not None:
             observer.routing_providers(tuple(self.weights))
 
@@ -144,7 +146,12 @@ class Advisor:
                 if before is None or (before.tracks, before.shares, before.since) != (
                         advice.tracks, advice.shares, since):
                     self._dirty.add(inst.key)
+                if (before is None or before.shares != advice.shares
+                        or getattr(before, "name", None) != inst.name):  # (restored: no name)
+                    self.version += 1
             gone = set(self._advice) - set(current)
+            if gone:
+                self.version += 1
             self._gone |= gone
             self._dirty -= gone
             self._advice = current
@@ -222,9 +229,17 @@ class Advisor:
             return dict(self._advice)
 
     def rows(self) -> list[tuple[str, str, str, int]]:
-        """(key, institution, provider, share): the rows of ``openfinance_routing_share``."""
-        return [(a.key, a.name, p, share) for a in self.current()
-                for p, share in a.shares.items()]
+        """(key, institution, provider, share): the rows of ``openfinance_routing_share``, in
+        key order."""
+        return [row for block in self.rows_by_key().values() for row in block]
+
+    def rows_by_key(self) -> dict[str, tuple[tuple[str, str, str, int], ...]]:
+        """The rows of each institution key, keys in order (/metrics keeps them per key and
+        re-renders a key's block only when :attr:`version` moved and its rows changed)."""
+        with self._lock:
+            advice = sorted(self._advice.values(), key=lambda a: a.key)
+        return {a.key: tuple((a.key, a.name, p, share) for p, share in a.shares.items())
+                for a in advice}
 
     def as_json(self, advice: list[InstitutionAdvice], now: float) -> dict[str, Any]:
         return {"generated_at": rfc3339(now), "hold_seconds": self.hold,

@@ -2,7 +2,7 @@
 
 A real tracker (state on disk, folding on or off) and real institution health (directory,
 refresh lag read from the state database) go through random sweeps, pushes, declared-status
-and home-page changes and refresh-lag reads; after each, every way of asking for /metrics
+and home-page changes, refresh-lag reads and routing advice; after each, every way of asking for /metrics
 (text or OpenMetrics, plain or gzip) must give exactly what ``prometheus_client`` renders
 from the collectors.
 """
@@ -87,7 +87,21 @@ step = st.one_of(
               st.integers(0, len(DECLARED) - 1)),
     st.tuples(st.just("ages")),
     st.tuples(st.just("advance"), st.integers(1, 9)),
+    st.tuples(st.just("routing"), st.dictionaries(
+        st.integers(0, 7), st.tuples(st.integers(0, 100), st.integers(0, len(NAMES) - 1)),
+        max_size=6), st.booleans()),
 )
+
+
+class Routing:
+    """The advice as /metrics reads it (the Advisor's two members)."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.by_key: dict[str, tuple] = {}
+
+    def rows_by_key(self) -> dict[str, tuple]:
+        return dict(sorted(self.by_key.items()))
 
 
 def institution(source: str, inst: int, which: int) -> tuple[str, str]:
@@ -107,8 +121,9 @@ def test_incremental_exposition_always_equals_a_full_render(steps, fold, prerend
             tracker = Tracker(StateStore(path), clock=clock, institution_min_accounts=fold)
             wiring = HealthWiring(HealthConfig(), [], lambda: tracker.snapshot, clock,
                                   Problems(), str(path))
+            routing = Routing()
             metrics = build_metrics(lambda: tracker.snapshot, clock=clock,
-                                    institutions=lambda: wiring)
+                                    institutions=lambda: wiring, routing=lambda: routing)
             for s in steps:
                 if s[0] == "sweep":
                     _kind, source, accounts, complete = s
@@ -128,6 +143,15 @@ def test_incremental_exposition_always_equals_a_full_render(steps, fold, prerend
                         DECLARED[declared], clock.now))
                 elif s[0] == "ages":
                     assert await wiring.ages.run()
+                elif s[0] == "routing":  # advice for some keys moved (or only re-evaluated)
+                    _kind, advice, moved = s
+                    for k, (share, name) in advice.items():
+                        routing.by_key[f"bank{k}.com"] = (
+                            (f"bank{k}.com", NAMES[name], "finicity", share),
+                            (f"bank{k}.com", NAMES[name], "mx", 100 - share))
+                    if advice and moved:
+                        routing.by_key.pop(next(iter(sorted(routing.by_key))))
+                    routing.version += 1
                 else:
                     clock.advance(s[1] * 3600 * 7)
                 if prerender:

@@ -354,7 +354,7 @@ async def test_the_status_page_shows_where_to_route_new_links():
 def test_routing_metrics_follow_the_advice():
     advisor: Advisor | None = None
     metrics = build_metrics(lambda: _snapshot(5, 35), clock=lambda: NOW,
-                            routing_rows=lambda: advisor.rows() if advisor else ())
+                            routing=lambda: advisor)
     advisor = Advisor(RoutingConfig(hold=0), ["finicity", "mx"], metrics.agent)
     changes = "openfinance_routing_changes_total"
     assert metrics.value(changes, {"provider": "mx", "direction": "back"}) == 0
