@@ -24,12 +24,12 @@ from exporter.routing.advisor import Advisor
 from exporter.routing.routes import routing_routes
 from exporter.routing.store import RoutingStore
 from exporter.server import Server, create_app, http_server, serve_until_signal
-from exporter.sources import build_source
 from exporter.sources.base import Source
 from exporter.state import StateStore
 from exporter.statefile import open_state_file
 from exporter.sweeps import SweepRunner, build_scheduler
 from exporter.tracker import Tracker
+from exporter.upstreams import build_source
 from exporter.webconfig import WebConfigFile
 from exporter.webhooks.service import PushService
 

@@ -1,8 +1,11 @@
-"""Upstream payloads as pydantic models: the sources' one validation boundary.
+"""What every aggregator's payload models share: lenient field types, the error body and the
+:class:`PayloadReader` that validates and counts.
 
-Every body the sources read is validated here, leniently where the APIs are loose (ids and
-codes as numbers or strings, epoch dates as numbers, strings or ISO-8601, flags as
-``"true"``), and strictly where a record would otherwise be wrong. What cannot be used is
+Every body the sources read is validated by a model of its aggregator package
+(``exporter.upstreams.finicity.payloads``, ``exporter.upstreams.mx.payloads``) built on
+these types, leniently where the APIs are loose (ids and codes as numbers or strings, epoch
+dates as numbers, strings or ISO-8601, flags as ``"true"``), and strictly where a record
+would otherwise be wrong. What cannot be used is
 counted once, under one set of reasons:
 
 - ``malformed_json``: a 2xx body that is not JSON (counted by the client);
@@ -28,14 +31,13 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    Field,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
 )
 from pydantic_core import PydanticCustomError
 
-from exporter.records import MAX_LABEL, STATUS_MISSING
+from exporter.records import MAX_LABEL
 from exporter.sources.base import Clock, UpstreamObserver
 from exporter.sources.errors import MalformedResponse
 
@@ -145,7 +147,7 @@ def _consent_end(raw: object, info: ValidationInfo) -> float | None:
     return _plausible(raw, info, CONSENT_HORIZON)
 
 
-def _integer(raw: object) -> int | None:
+def read_integer(raw: object) -> int | None:
     """An integer sent as a number or a string (``185``, ``"185"``, ``"10023,"``, ``185.0``)."""
     if isinstance(raw, bool):
         return None
@@ -160,26 +162,7 @@ def _integer(raw: object) -> int | None:
     return None
 
 
-def _finicity_code(raw: object) -> str:
-    if raw is None:
-        return NEVER_AGGREGATED
-    code = _integer(raw)
-    if code is None:
-        raise PydanticCustomError("invalid_code", "not a Finicity code")
-    return str(code)
-
-
-def _mx_code(raw: object) -> str:
-    if raw is None:
-        return NEVER_AGGREGATED
-    if isinstance(raw, str):
-        text = raw.strip().upper()
-        if text and text.isprintable() and len(text) <= 64:
-            return text
-    raise PydanticCustomError("invalid_code", "not an MX connection status")
-
-
-def _flag(raw: object) -> bool | None:
+def read_flag(raw: object) -> bool | None:
     """``true``/``false`` as booleans or strings; anything else is unknown (None)."""
     if isinstance(raw, bool):
         return raw
@@ -189,7 +172,7 @@ def _flag(raw: object) -> bool | None:
 
 
 def _count(raw: object) -> int | None:
-    value = _integer(raw)
+    value = read_integer(raw)
     return value if value is not None and value >= 0 else None
 
 
@@ -202,7 +185,7 @@ def _text(raw: object) -> str | None:
     return None
 
 
-def _object(raw: object) -> object:
+def object_or_empty(raw: object) -> object:
     """A nested object that is optional: anything but an object reads as an empty one."""
     return raw if isinstance(raw, dict) else {}
 
@@ -211,9 +194,11 @@ Id = Annotated[str | None, BeforeValidator(_id)]
 RequiredId = Annotated[str, BeforeValidator(_required_id)]
 Timestamp = Annotated[float | None, BeforeValidator(_timestamp)]
 ConsentEnd = Annotated[float | None, BeforeValidator(_consent_end)]
-Flag = Annotated[bool | None, BeforeValidator(_flag)]
+Flag = Annotated[bool | None, BeforeValidator(read_flag)]
 Count = Annotated[int | None, BeforeValidator(_count)]
-Integer = Annotated[int | None, BeforeValidator(_integer)]
+Integer = Annotated[int | None, BeforeValidator(read_integer)]
+
+
 def _url(raw: object) -> str:
     """A link for the user's browser: an absolute http(s) URL. Real Connect Fix links carry
     a signature and run past any id length, so only a generous bound applies."""
@@ -227,8 +212,6 @@ def _url(raw: object) -> str:
 
 Text = Annotated[str | None, BeforeValidator(_text)]
 Url = Annotated[str, BeforeValidator(_url)]
-FinicityCode = Annotated[str, BeforeValidator(_finicity_code)]
-MxCode = Annotated[str, BeforeValidator(_mx_code)]
 Items = list[Any]
 """A list whose items are validated one by one, so that one bad item costs only itself."""
 
@@ -245,7 +228,7 @@ class ErrorDetail(Payload):
 
 
 def _error_detail(raw: object) -> object:
-    return {"message": raw} if isinstance(raw, str) else _object(raw)
+    return {"message": raw} if isinstance(raw, str) else object_or_empty(raw)
 
 
 class ErrorPayload(Payload):
@@ -266,153 +249,6 @@ class ErrorPayload(Payload):
     def text(self) -> str | None:
         message = self.message or self.error.message
         return message[:200] if message is not None else None
-
-
-# --------------------------------------------------------------------------- Finicity
-
-
-class FinicityToken(Payload):
-    token: RequiredId
-
-
-class FinicityCustomer(Payload):
-    id: RequiredId
-
-
-class FinicityCustomersPage(Payload):
-    customers: Items
-    moreAvailable: Flag = None
-    found: Count = None
-
-
-class FinicityAccount(Payload):
-    id: RequiredId
-    institutionId: RequiredId
-    customerId: Id = None
-    institutionLoginId: Id = None
-    aggregationStatusCode: FinicityCode = STATUS_MISSING
-    """absent: never aggregated when there is no attempt date either, else drift"""
-    aggregationAttemptDate: Timestamp = None
-    aggregationSuccessDate: Timestamp = None
-    authorizationExpires: Flag = None
-    """whether the consent has an end (the spec's default: false)"""
-    authorizationEndDate: ConsentEnd = None
-
-    @property
-    def consent_end(self) -> float | None:
-        """The end of the user's consent, only when ``authorizationExpires`` is true (the
-        end date means nothing otherwise)."""
-        return self.authorizationEndDate if self.authorizationExpires else None
-
-
-class FinicityAccountsPage(Payload):
-    accounts: Items
-
-
-class FinicityInstitution(Payload):
-    displayName: Text = None
-    name: Text = None
-
-
-class FinicityInstitutionBody(Payload):
-    institution: FinicityInstitution
-
-
-class FinicityFixLink(Payload):
-    link: Url
-
-
-# --------------------------------------------------------------------------- MX
-
-
-class MxPagination(Payload):
-    current_page: Count = None
-    total_pages: Count = None
-
-
-Pagination = Annotated[MxPagination, BeforeValidator(_object)]
-
-
-class MxUser(Payload):
-    guid: RequiredId
-    is_disabled: Flag = None
-
-
-class MxPage(Payload):
-    """A page of any MX list; ``items`` is the list under the subclass's key."""
-
-    items: Items
-    pagination: Pagination = MxPagination()
-
-
-class MxUsersPage(MxPage):
-    items: Items = Field(alias="users")
-
-
-class MxMembersPage(MxPage):
-    items: Items = Field(alias="members")
-
-
-class MxMember(Payload):
-    guid: RequiredId
-    institution_code: RequiredId
-    user_guid: Id = None
-    connection_status: MxCode = STATUS_MISSING
-    """null for manual members (``NONE``); absent is drift (a slimmer default answer)"""
-    aggregated_at: Timestamp = None
-    successfully_aggregated_at: Timestamp = None
-    is_being_aggregated: Flag = None
-
-
-V1_PRODUCT_FLAGS = {
-    "supports_account_verification": "account_verification",
-    "supports_account_identification": "identity_verification",
-    "supports_transaction_history": "transaction_history",
-    "supports_account_statement": "statements",
-}
-"""v20111101's ``supports_*`` flags and the v20250224 ``supported_products`` they became."""
-
-
-def _products(raw: object) -> tuple[str, ...] | None:
-    """v20250224 ``supported_products``: the valid product names, in order, once each."""
-    if not isinstance(raw, list):
-        return None
-    return tuple(dict.fromkeys(p for p in raw if isinstance(p, str) and p.isidentifier()))
-
-
-class MxInstitution(Payload):
-    """``GET /institutions/{institution_code}`` in either version: v20250224 lists
-    ``supported_products``; v20111101 has one ``supports_*`` flag per product."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    name: Text = None
-    guid: Id = None
-    is_hidden: Flag = None
-    supports_oauth: Flag = None
-    supported_products: Annotated[tuple[str, ...] | None, BeforeValidator(_products)] = None
-
-    @property
-    def products(self) -> tuple[str, ...]:
-        """The products the institution supports, in v20250224's names, whichever version
-        answered."""
-        if self.supported_products is not None:
-            return self.supported_products
-        extra = self.model_extra or {}
-        return tuple(product for flag, product in V1_PRODUCT_FLAGS.items()
-                     if _flag(extra.get(flag)) is True)
-
-
-class MxInstitutionBody(Payload):
-    institution: MxInstitution
-
-
-class MxWidgetUrl(Payload):
-    url: Url
-
-
-class MxWidgetUrlBody(Payload):
-    widget_url: MxWidgetUrl
 
 
 # --------------------------------------------------------------------------- the boundary

@@ -10,10 +10,10 @@ import pytest
 
 from exporter.config import FinicitySourceConfig
 from exporter.records import AccountStatus
-from exporter.sources import build_source
 from exporter.sources.base import AuthLockoutRisk, SweepFailed
 from exporter.sources.errors import UpstreamStatusError
-from exporter.sources.finicity import FinicitySource
+from exporter.upstreams import build_source
+from exporter.upstreams.finicity import FinicitySource
 from tests.unit.support import NOW, FakeTime, Recorder, Sink, load_fixture
 
 APP_KEY, PARTNER_SECRET = "app-key-0123456789abcdef", "partner-secret-aqJ5Ic4SEVx2IgDQ"

@@ -6,14 +6,9 @@ import pytest
 
 from exporter.records import STATUS_MISSING, clean_label
 from exporter.sources.errors import MalformedResponse
-from exporter.sources.payloads import (
-    ErrorPayload,
-    FinicityAccount,
-    FinicityAccountsPage,
-    MxMember,
-    MxUsersPage,
-    PayloadReader,
-)
+from exporter.sources.payloads import ErrorPayload, PayloadReader
+from exporter.upstreams.finicity.payloads import FinicityAccount, FinicityAccountsPage
+from exporter.upstreams.mx.payloads import MxMember, MxUsersPage
 from tests.unit.support import NOW, Recorder
 
 

@@ -36,8 +36,10 @@ from exporter.sources.base import (
 from exporter.sources.client import UpstreamClient
 from exporter.sources.drift import DEFAULT_MISSING_SHARE, DriftMeter
 from exporter.sources.errors import UpstreamError, UpstreamStatusError
-from exporter.sources.payloads import (
-    NEVER_AGGREGATED,
+from exporter.sources.payloads import NEVER_AGGREGATED, PayloadReader
+from exporter.sources.sharding import in_shard
+from exporter.sources.sweep import TtlCache, institution_name, sweep_units
+from exporter.upstreams.finicity.payloads import (
     FinicityAccount,
     FinicityAccountsPage,
     FinicityCustomer,
@@ -45,10 +47,7 @@ from exporter.sources.payloads import (
     FinicityFixLink,
     FinicityInstitutionBody,
     FinicityToken,
-    PayloadReader,
 )
-from exporter.sources.sharding import in_shard
-from exporter.sources.sweep import TtlCache, institution_name, sweep_units
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,10 @@ from exporter.sources.base import (
 from exporter.sources.client import UpstreamClient
 from exporter.sources.drift import DEFAULT_MISSING_SHARE, DriftMeter
 from exporter.sources.errors import UpstreamStatusError
-from exporter.sources.payloads import (
+from exporter.sources.payloads import Payload, PayloadReader
+from exporter.sources.sharding import in_shard
+from exporter.sources.sweep import TtlCache, institution_name, sweep_units
+from exporter.upstreams.mx.payloads import (
     MxInstitutionBody,
     MxMember,
     MxMembersPage,
@@ -45,11 +48,7 @@ from exporter.sources.payloads import (
     MxUser,
     MxUsersPage,
     MxWidgetUrlBody,
-    Payload,
-    PayloadReader,
 )
-from exporter.sources.sharding import in_shard
-from exporter.sources.sweep import TtlCache, institution_name, sweep_units
 
 log = logging.getLogger(__name__)
 
