@@ -76,7 +76,7 @@ class Agent:
             for s in sources:
                 self.metrics.agent.remediation_source(s.name, s.provider)
         self.health = HealthWiring(settings.health, sources, lambda: self.tracker.snapshot,
-                                   clock, self.metrics.agent, settings.state.path)
+                                   clock, settings.state.path)
         self.routing = Advisor(settings.routing, (s.provider for s in sources),
                                self.metrics.agent)
         self.routing_store = RoutingStore(settings.state.path)

@@ -116,18 +116,23 @@ def _epoch(raw: object) -> float | None:
     return parsed.timestamp()
 
 
+def note(info: ValidationInfo, reason: str) -> None:
+    """Count ``reason`` once the item is validated, when a :class:`PayloadReader` validates
+    it (a field kept in a repaired form: the record is kept)."""
+    if isinstance(info.context, Notes):
+        info.context.reasons.append(reason)
+
+
 def _plausible(raw: object, info: ValidationInfo, ahead: float) -> float | None:
     """A timestamp in [2000-01-01, now + ``ahead``], None when absent; garbage becomes None
     and is noted."""
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
-    notes = info.context if isinstance(info.context, Notes) else None
-    now = notes.now if notes is not None else time.time()
+    now = info.context.now if isinstance(info.context, Notes) else time.time()
     value = _epoch(raw)
     if value is not None and math.isfinite(value) and EARLIEST_TS <= value <= now + ahead:
         return value
-    if notes is not None:
-        notes.reasons.append("invalid_timestamp")
+    note(info, "invalid_timestamp")
     return None
 
 
@@ -210,7 +215,14 @@ def _url(raw: object) -> str:
     raise PydanticCustomError("invalid_id", "not an http(s) URL")
 
 
+def _plain_text(raw: object) -> str | None:
+    """A string that is not blank, stripped; anything else is None."""
+    return (raw.strip() or None) if isinstance(raw, str) else None
+
+
 Text = Annotated[str | None, BeforeValidator(_text)]
+PlainText = Annotated[str | None, BeforeValidator(_plain_text)]
+"""A free-form string such as a home page address (checked where it is used)."""
 Url = Annotated[str, BeforeValidator(_url)]
 Items = list[Any]
 """A list whose items are validated one by one, so that one bad item costs only itself."""
@@ -288,8 +300,9 @@ class PayloadReader:
 
     def body(self, model: type[M], raw: object, route: str) -> M:
         """A whole answer; one that does not fit is counted and raises ``MalformedResponse``."""
+        notes = Notes(self._clock())
         try:
-            return model.model_validate(raw)
+            parsed = model.model_validate(raw, context=notes)
         except ValidationError as exc:
             reason = _reason(exc)
             self.invalid(reason)
@@ -298,6 +311,8 @@ class PayloadReader:
                 self._drift.shape(route, where)
             raise MalformedResponse(f"{route} answered an unusable body ({reason} at {where})",
                                     route=route, status="200") from None
+        self._count(notes)
+        return parsed
 
     def items(self, model: type[M], raws: list[Any]) -> list[M]:
         """A page's usable items, in one validation call; one bad item costs only itself.
@@ -311,8 +326,7 @@ class PayloadReader:
             items = _list_of(model).validate_python(raws, context=notes)
         except ValidationError:
             return [i for i in (self.item(model, raw) for raw in raws) if i is not None]
-        for reason in notes.reasons:
-            self.invalid(reason)
+        self._count(notes)
         return items
 
     def item(self, model: type[M], raw: object) -> M | None:
@@ -323,6 +337,21 @@ class PayloadReader:
         except ValidationError as exc:
             self.invalid(_reason(exc))
             return None
+        self._count(notes)
+        return item
+
+    def record(self, model: type[M], raw: object, malformed: str) -> M | None:
+        """A body read leniently (no drift, no error): one that does not fit is counted as
+        ``malformed`` and reads as None."""
+        notes = Notes(self._clock())
+        try:
+            parsed = model.model_validate(raw, context=notes)
+        except ValidationError:
+            self.invalid(malformed)
+            return None
+        self._count(notes)
+        return parsed
+
+    def _count(self, notes: Notes) -> None:
         for reason in notes.reasons:
             self.invalid(reason)
-        return item

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, ValidationInfo
 from pydantic_core import PydanticCustomError
 
 from exporter.records import STATUS_MISSING
+from exporter.sources.institution import INSTITUTION, OVERALL, DeclaredStatus, Institution
 from exporter.sources.payloads import (
     NEVER_AGGREGATED,
     ConsentEnd,
@@ -17,10 +18,12 @@ from exporter.sources.payloads import (
     Id,
     Items,
     Payload,
+    PlainText,
     RequiredId,
     Text,
     Timestamp,
     Url,
+    note,
     read_integer,
 )
 
@@ -75,9 +78,85 @@ class FinicityAccountsPage(Payload):
     accounts: Items
 
 
+# --------------------------------------------------------------------------- institutions
+
+PRODUCTS = ("transAgg", "stateAgg", "voa", "voi", "ach", "aha")
+"""The products of ``productionStatus`` (beta), each with its own status."""
+KNOWN_STATUSES = frozenset({
+    "online", "offline", "maintenance", "testing", "beta", "validated", "migrating",
+    "investigating",
+})
+"""``status`` (online, offline, maintenance, testing, beta, validated, migrating) and the
+product statuses (online, offline, maintenance, investigating), as documented."""
+OTHER_STATUS = "other"
+"""Label value of a status outside the documented set (counted, so the label stays bounded)."""
+
+
+def _declared(raw: object, info: ValidationInfo) -> str | None:
+    """A declared status in lower case: ``invalid_declared_status`` when it is no string
+    (ignored), ``unknown_declared_status`` when it is outside the documented set (kept as
+    ``other``)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        note(info, "invalid_declared_status")
+        return None
+    # "testing (Limited Availability)" is how the spec describes one value; keep the word.
+    value = raw.strip().lower().split(" ", 1)[0]
+    if value not in KNOWN_STATUSES:
+        note(info, "unknown_declared_status")
+        return OTHER_STATUS
+    return value
+
+
+def _production(raw: object, info: ValidationInfo) -> object:
+    """``productionStatus``: an object, else ignored (``invalid_declared_status``)."""
+    if raw is None or isinstance(raw, dict):
+        return raw
+    note(info, "invalid_declared_status")
+    return None
+
+
+Declared = Annotated[str | None, BeforeValidator(_declared)]
+
+
+class FinicityProductionStatus(Payload):
+    overallStatus: Declared = None
+    transAgg: Declared = None
+    stateAgg: Declared = None
+    voa: Declared = None
+    voi: Declared = None
+    ach: Declared = None
+    aha: Declared = None
+
+
 class FinicityInstitution(Payload):
+    """``GET /institution/v2/institutions/{id}``'s record: its names, home page and the
+    statuses it declares; a bad declared value never hides the good ones."""
+
     displayName: Text = None
     name: Text = None
+    urlHomeApp: PlainText = None
+    status: Declared = None
+    productionStatus: Annotated[FinicityProductionStatus | None,
+                                BeforeValidator(_production)] = None
+
+    def declared(self) -> DeclaredStatus | None:
+        """(product, status) pairs: ``institution`` (``status``), ``overall``
+        (``productionStatus.overallStatus``), then each product's; None when none is set."""
+        pairs: list[tuple[str, str]] = []
+        if self.status:
+            pairs.append((INSTITUTION, self.status))
+        production = self.productionStatus
+        if production is not None:
+            for field, product in (("overallStatus", OVERALL), *((p, p) for p in PRODUCTS)):
+                value = getattr(production, field)
+                if value:
+                    pairs.append((product, value))
+        return DeclaredStatus(tuple(pairs)) if pairs else None
+
+    def typed(self) -> Institution:
+        return Institution(self.displayName or self.name, self.urlHomeApp, self.declared())
 
 
 class FinicityInstitutionBody(Payload):

@@ -9,6 +9,7 @@ from pydantic import BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from exporter.records import STATUS_MISSING
+from exporter.sources.institution import Institution
 from exporter.sources.payloads import (
     NEVER_AGGREGATED,
     Count,
@@ -16,6 +17,7 @@ from exporter.sources.payloads import (
     Id,
     Items,
     Payload,
+    PlainText,
     RequiredId,
     Text,
     Timestamp,
@@ -104,6 +106,8 @@ class MxInstitution(Payload):
     is_hidden: Flag = None
     supports_oauth: Flag = None
     supported_products: Annotated[tuple[str, ...] | None, BeforeValidator(_products)] = None
+    url: PlainText = None
+    """the institution's home page (MX declares no status)"""
 
     @property
     def products(self) -> tuple[str, ...]:
@@ -114,6 +118,9 @@ class MxInstitution(Payload):
         extra = self.model_extra or {}
         return tuple(product for flag, product in V1_PRODUCT_FLAGS.items()
                      if read_flag(extra.get(flag)) is True)
+
+    def typed(self) -> Institution:
+        return Institution(self.name, self.url)
 
 
 class MxInstitutionBody(Payload):

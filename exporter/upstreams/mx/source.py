@@ -268,6 +268,7 @@ class MxSource(Source):
         """``institution.name``, else the code."""
         return await institution_name(
             lambda: self._call("GET", INSTITUTION_ROUTE, {"institution_code": code}),
-            lambda body: self.payloads.body(MxInstitutionBody, body, INSTITUTION_ROUTE).institution.name,
+            lambda body: self.payloads.body(MxInstitutionBody, body,
+                                            INSTITUTION_ROUTE).institution.typed(),
             code, self.config.institution_cache_ttl,
             seen=self.seen_hook(code))
