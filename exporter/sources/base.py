@@ -32,8 +32,7 @@ class UpstreamObserver(Protocol):
     def invalid_record(self, source: str, reason: str) -> None:
         """A payload or record that could not be used, or a field that was dropped.
 
-        ``reason``: ``malformed_json``, ``missing_field``, ``invalid_code``,
-        ``invalid_timestamp`` (the record is kept without that time) or ``invalid_id``.
+        ``reason``: one of ``exporter.sources.payloads.REASONS``.
         """
 
     def auth_failure(self, source: str) -> None:

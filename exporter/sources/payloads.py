@@ -5,15 +5,20 @@ Every body the sources read is validated by a model of its aggregator package
 (``exporter.upstreams.finicity.payloads``, ``exporter.upstreams.mx.payloads``) built on
 these types, leniently where the APIs are loose (ids and codes as numbers or strings, epoch
 dates as numbers, strings or ISO-8601, flags as ``"true"``), and strictly where a record
-would otherwise be wrong. What cannot be used is
-counted once, under one set of reasons:
+would otherwise be wrong. What cannot be used is counted once, under one set of reasons
+(:data:`REASONS`, the ``reason`` label of ``openfinance_invalid_records_total``):
 
 - ``malformed_json``: a 2xx body that is not JSON (counted by the client);
 - ``missing_field``: a required field or list is absent or empty, or an item is not an object;
 - ``invalid_code``: a status code that cannot be a code;
 - ``invalid_timestamp``: a date that is unparseable or outside [2000-01-01, now + 2 days];
   the record is kept with that time as None;
-- ``invalid_id``: an id of the wrong type, or one that is not a printable string.
+- ``invalid_id``: an id of the wrong type, or one that is not a printable string;
+- ``malformed_institution``: an institution body that is no institution record (it declares
+  nothing);
+- ``invalid_declared_status``: a declared status that is no string (ignored);
+- ``unknown_declared_status``: a declared status outside the documented set (shown as
+  ``other``).
 
 Models ignore fields they do not name: PII in the payloads never reaches a record.
 """
@@ -52,7 +57,11 @@ FUTURE_TOLERANCE = 2 * 86_400.0
 """How far ahead of now a date may be (clock skew); beyond it, milliseconds or garbage."""
 NEVER_AGGREGATED = "NONE"
 """The code of a Finicity account never aggregated and of an MX member with a null status."""
-REASONS = ("malformed_json", "missing_field", "invalid_code", "invalid_timestamp", "invalid_id")
+REASONS = ("malformed_json", "missing_field", "invalid_code", "invalid_timestamp", "invalid_id",
+           "malformed_institution", "invalid_declared_status", "unknown_declared_status")
+"""Every value of ``invalid_records{reason}``, whichever aggregator counts it."""
+VALIDATION_REASONS = REASONS[:5]
+"""The reasons a failed validation can carry (the rest are counted where they are noted)."""
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -268,7 +277,7 @@ class ErrorPayload(Payload):
 
 def _reason(exc: ValidationError) -> str:
     kind = exc.errors(include_url=False, include_context=False, include_input=False)[0]["type"]
-    return kind if kind in REASONS else "missing_field"
+    return kind if kind in VALIDATION_REASONS else "missing_field"
 
 
 @functools.cache
@@ -292,6 +301,7 @@ class PayloadReader:
         self._logged: set[str] = set()
 
     def invalid(self, reason: str) -> None:
+        """Count one unusable or repaired value under ``reason`` (one of :data:`REASONS`)."""
         self._observer.invalid_record(self.source, reason)
         if reason not in self._logged:
             self._logged.add(reason)

@@ -250,8 +250,7 @@ class FinicitySource(Source):
         catalog: Catalog | None = None,
         missing_share: float = DEFAULT_MISSING_SHARE,
     ):
-        if config.app_key is None or config.partner_id is None or config.partner_secret is None:
-            raise ValueError(f"source {config.name}: app_key, partner_id and partner_secret are required")
+        config.require_credentials()
         self.name = config.name
         self.config = config
         self.observer = observer or NullObserver()

@@ -118,8 +118,7 @@ class MxSource(Source):
         transport: httpx.AsyncBaseTransport | None = None,
         missing_share: float = DEFAULT_MISSING_SHARE,
     ):
-        if config.client_id is None or config.api_key is None:
-            raise ValueError(f"source {config.name}: client_id and api_key are required")
+        config.require_credentials()
         self.name = config.name
         self.config = config
         self.observer = observer or NullObserver()
