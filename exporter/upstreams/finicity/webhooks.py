@@ -10,7 +10,15 @@ from typing import Annotated
 from pydantic import BeforeValidator, Field, StrictStr, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
-from exporter.sources.notices import HOUR, Delivery, Malformed, body_key, owner, parse_json
+from exporter.sources.notices import (
+    HOUR,
+    Delivery,
+    Malformed,
+    Owner,
+    body_key,
+    owner,
+    parse_json,
+)
 from exporter.sources.payloads import Payload
 
 # Dedupe keys are kept for the sender's retry window plus a margin.
@@ -45,7 +53,7 @@ class ConnectEvent(Payload):
     """``{customerId, eventType, eventId, payload}`` of an event that names its customer."""
 
     eventId: Annotated[str | None, BeforeValidator(_event_id)] = None
-    customerId: object = None
+    customerId: Owner
 
 
 class TxPushEvent(Payload):
@@ -86,10 +94,10 @@ def connect(body: bytes) -> Delivery:
         return Delivery(event if event in FINICITY_PASSIVE else "other", ignored=True)
     try:
         found = ConnectEvent.model_validate(doc)
-    except ValidationError:
-        raise Malformed("eventId is not a string", event) from None
+    except ValidationError as exc:
+        raise Malformed(exc.errors(include_url=False)[0]["msg"], event) from None
     key = f"e:{found.eventId}" if found.eventId else body_key(body)
-    return Delivery(event, (owner(found.customerId, event),), key, FINICITY_KEEP)
+    return Delivery(event, (found.customerId,), key, FINICITY_KEEP)
 
 
 def txpush(body: bytes) -> Delivery:
