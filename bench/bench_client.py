@@ -30,7 +30,7 @@ from bench.bench_sweep import CountingObserver, cpu_seconds, event_loop_factory
 from bench.bench_tracker import reference_loop
 from exporter.config import FinicitySourceConfig, MxSourceConfig
 from exporter.demo import sandbox_config
-from exporter.sources import build_source, finicity, mx  # noqa: F401 - imported before timing
+from exporter.upstreams import build_source, finicity, mx  # noqa: F401 - imported before timing
 from tests.integration.procs import Sandbox
 
 

@@ -108,8 +108,8 @@ def sandbox_sweep(url: str, concurrency: int = 16) -> tuple[Sweep, Callable[[], 
     """The Finicity source sweeping the sandbox (``bench_sweep.py``'s setup), source ``sbx``."""
     from exporter.config import FinicitySourceConfig
     from exporter.sandbox import credentials
-    from exporter.sources import build_source
     from exporter.sources.base import NullObserver
+    from exporter.upstreams import build_source
 
     config = FinicitySourceConfig(
         name="sbx", provider="finicity", base_url=f"{url}/finicity", customer_type="all",

@@ -54,11 +54,11 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_tracker import reference_loop  # noqa: E402
 from exporter.agent import Agent  # noqa: E402
 from exporter.config import Settings  # noqa: E402
-from exporter.health.declared import DeclaredStatus  # noqa: E402
 from exporter.health.directory import InstitutionFacts  # noqa: E402
 from exporter.records import AccountStatus  # noqa: E402
 from exporter.routing.advisor import Advisor  # noqa: E402
 from exporter.sources.base import SweepReport  # noqa: E402
+from exporter.sources.institution import DeclaredStatus  # noqa: E402
 
 PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0;q=0.5,"
                      "application/openmetrics-text;version=0.0.1;q=0.4,"

@@ -32,10 +32,10 @@ from bench.bench_tracker import reference_loop
 from exporter.config import FinicitySourceConfig
 from exporter.metrics import AgentMetrics
 from exporter.sandbox import credentials
-from exporter.sources import build_source
 from exporter.sources.base import NullObserver
 from exporter.state import StateStore
 from exporter.tracker import Tracker
+from exporter.upstreams import build_source
 from tests.integration.procs import Sandbox
 
 

@@ -24,12 +24,12 @@ from exporter.routing.advisor import Advisor
 from exporter.routing.routes import routing_routes
 from exporter.routing.store import RoutingStore
 from exporter.server import Server, create_app, http_server, serve_until_signal
-from exporter.sources import build_source
 from exporter.sources.base import Source
 from exporter.state import StateStore
 from exporter.statefile import open_state_file
 from exporter.sweeps import SweepRunner, build_scheduler
 from exporter.tracker import Tracker
+from exporter.upstreams import build_source
 from exporter.webconfig import WebConfigFile
 from exporter.webhooks.service import PushService
 
@@ -76,7 +76,7 @@ class Agent:
             for s in sources:
                 self.metrics.agent.remediation_source(s.name, s.provider)
         self.health = HealthWiring(settings.health, sources, lambda: self.tracker.snapshot,
-                                   clock, self.metrics.agent, settings.state.path)
+                                   clock, settings.state.path)
         self.routing = Advisor(settings.routing, (s.provider for s in sources),
                                self.metrics.agent)
         self.routing_store = RoutingStore(settings.state.path)

@@ -14,7 +14,7 @@ import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -148,12 +148,29 @@ class _SourceBase(_Strict):
             raise ValueError("must be an http(s) URL")
         return v.rstrip("/")
 
+    CREDENTIALS: ClassVar[tuple[str, ...]] = ()
+    """The credentials a source of this provider needs: each is required, may come from the
+    per-source environment variable, and a secret one from ``<field>_file`` too."""
+    SECRETS: ClassVar[tuple[str, ...]] = ()
+    """Which of :attr:`CREDENTIALS` are secrets (``SecretStr``, never logged)."""
+
     def secret_fields(self) -> tuple[str, ...]:
-        return ()
+        return self.SECRETS
+
+    def require_credentials(self) -> None:
+        """``ValueError`` naming every credential when one is missing (a source built
+        without :func:`load_config`)."""
+        if any(getattr(self, field) is None for field in self.CREDENTIALS):
+            names = self.CREDENTIALS
+            listed = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+            raise ValueError(f"source {self.name}: {listed} are required")
 
 
 class FinicitySourceConfig(_SourceBase):
     """Mastercard Open Finance US (the Finicity API)."""
+
+    CREDENTIALS = ("app_key", "partner_id", "partner_secret")
+    SECRETS = ("app_key", "partner_secret")
 
     provider: Literal["finicity"]
     base_url: str = "https://api.finicity.com"
@@ -173,9 +190,6 @@ class FinicitySourceConfig(_SourceBase):
     _check_renew = field_validator("token_renew_after", "institution_status_refresh",
                                    mode="before")(_duration_validator)
 
-    def secret_fields(self) -> tuple[str, ...]:
-        return ("app_key", "partner_secret")
-
 
 MxProduct = Literal["account_verification", "identity_verification", "transactions",
                    "transaction_history", "statements", "investments", "rewards"]
@@ -185,6 +199,9 @@ MxProduct = Literal["account_verification", "identity_verification", "transactio
 class MxSourceConfig(_SourceBase):
     """MX Platform API: v20250224 (``Accept-Version: v20250224``, ``Accept:
     application/json``) unless ``api_version`` pins v20111101 for a partner not yet migrated."""
+
+    CREDENTIALS = ("client_id", "api_key")
+    SECRETS = ("api_key",)
 
     provider: Literal["mx"]
     api_version: Literal["v20250224", "v20111101"] = "v20250224"
@@ -197,11 +214,11 @@ class MxSourceConfig(_SourceBase):
     include_disabled_users: bool = False
     webhooks: MxWebhookConfig | None = None
 
-    def secret_fields(self) -> tuple[str, ...]:
-        return ("api_key",)
-
 
 SourceConfig = Annotated[FinicitySourceConfig | MxSourceConfig, Field(discriminator="provider")]
+SOURCE_MODELS: dict[str, type[FinicitySourceConfig] | type[MxSourceConfig]] = {
+    "finicity": FinicitySourceConfig, "mx": MxSourceConfig}
+"""Each provider's config model, with its credential rules."""
 
 
 class WebConfig(_Strict):
@@ -353,15 +370,16 @@ def _source_env_name(source_name: str, field: str) -> str:
 
 def _resolve_secrets(data: dict[str, Any], env: Mapping[str, str], problems: list[str]) -> None:
     """Fill ``<field>`` from ``<field>_file`` or the per-source environment variable."""
-    secret_names = {"finicity": ("app_key", "partner_secret"), "mx": ("api_key",)}
-    plain_from_env = {"finicity": ("partner_id",), "mx": ("client_id",)}
     for i, src in enumerate(data.get("sources") or []):
         if not isinstance(src, dict):
             continue
         provider, name = src.get("provider"), src.get("name")
-        if provider not in secret_names or not isinstance(name, str):
+        model = SOURCE_MODELS.get(provider) if isinstance(provider, str) else None
+        if model is None or not isinstance(name, str):
             continue
-        for field in secret_names[provider] + plain_from_env[provider]:
+        secrets = model.SECRETS
+        plain = tuple(f for f in model.CREDENTIALS if f not in secrets)
+        for field in secrets + plain:
             env_value = env.get(_source_env_name(name, field))
             if env_value:
                 src[field] = env_value
@@ -372,13 +390,13 @@ def _resolve_secrets(data: dict[str, Any], env: Mapping[str, str], problems: lis
                     src[field] = Path(path).read_text(encoding="utf-8").strip()
                 except OSError as exc:
                     problems.append(f"sources[{i}].{file_key}: cannot read file ({exc.strerror})")
-        for field in secret_names[provider]:
+        for field in secrets:
             if not src.get(field) and not src.get(f"{field}_file"):
                 problems.append(
                     f"sources[{i}].{field}: required (set it, {field}_file, "
                     f"or {_source_env_name(name, field)})"
                 )
-        for field in plain_from_env[provider]:
+        for field in plain:
             if not src.get(field):
                 problems.append(
                     f"sources[{i}].{field}: required (set it or {_source_env_name(name, field)})"

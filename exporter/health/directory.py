@@ -7,11 +7,11 @@ the health report and the metrics read it. Keys are recomputed only when the fac
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from exporter.health.declared import DeclaredStatus, declared_from_finicity
 from exporter.health.keys import InstitutionRef, institution_keys, name_key
+from exporter.sources.institution import DeclaredStatus, Institution
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,25 +82,19 @@ class InstitutionDirectory:
         return name_key(name, institution_id)
 
 
-def _text(value: object) -> str | None:
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
-def finicity_facts(source: str, institution_id: str, institution: object, name: str, now: float,
-                   problem: Callable[[str], None] = lambda reason: None) -> InstitutionFacts:
-    """The facts of one Finicity institution record (``body["institution"]``); ``name`` is
-    the label the source already chose for it."""
-    record = institution if isinstance(institution, Mapping) else {}
+def finicity_facts(source: str, institution_id: str, institution: Institution | None,
+                   name: str, now: float) -> InstitutionFacts:
+    """The facts of one Finicity institution as its package read it (None: unknown); ``name``
+    is the label the source already chose for it."""
+    found = institution or Institution()
     return InstitutionFacts(
         source=source, provider="finicity", institution_id=institution_id, name=name,
-        home_url=_text(record.get("urlHomeApp")),
-        declared=declared_from_finicity(record, problem) if record else None,
-        checked_at=now)
+        home_url=found.home_url, declared=found.declared, checked_at=now)
 
 
-def mx_facts(source: str, institution_code: str, institution: object,
+def mx_facts(source: str, institution_code: str, institution: Institution | None,
              name: str) -> InstitutionFacts:
-    """The facts of one MX institution (``body["institution"]``): MX declares no status."""
-    record = institution if isinstance(institution, Mapping) else {}
+    """The facts of one MX institution: MX declares no status."""
+    home_url = institution.home_url if institution is not None else None
     return InstitutionFacts(source=source, provider="mx", institution_id=institution_code,
-                            name=name, home_url=_text(record.get("url")))
+                            name=name, home_url=home_url)

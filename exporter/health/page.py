@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from html import escape
 from typing import Protocol
 
-from exporter.health.declared import INSTITUTION, ONLINE
 from exporter.health.history import Pair, Point
 from exporter.health.report import (
     HealthReport,
@@ -22,6 +21,7 @@ from exporter.health.report import (
     RefreshLag,
     rfc3339,
 )
+from exporter.sources.institution import INSTITUTION, ONLINE
 
 _STYLE = """
 body{font:15px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1b1b1b;background:#fff}

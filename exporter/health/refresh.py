@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 
 from exporter.health.directory import InstitutionDirectory, finicity_facts
+from exporter.sources.institution import Institution
 
 log = logging.getLogger(__name__)
 
-Lookup = Callable[[str], Awaitable[object]]
-"""institution_id → the body of ``GET /institution/v2/institutions/{id}`` (or None: gone)"""
+Lookup = Callable[[str], Awaitable[Institution | None]]
+"""institution_id → the institution as the source read it (None: gone)"""
 
 
 class DeclaredStatusRefresher:
@@ -72,17 +73,13 @@ class DeclaredStatusRefresher:
         """``started`` (the run's start) is the status's time, so the next run finds it due."""
         async with gate:
             try:
-                body = await self._lookup(institution_id)
+                institution = await self._lookup(institution_id)
             except Exception as exc:  # the source's error types vary; keep the last status
                 log.warning("institution status lookup failed", extra={
                     "source": self.source, "institution_id": institution_id,
                     "error": type(exc).__name__})
                 self._problem(self.source, "lookup_failed")
                 return False
-        record = body.get("institution") if isinstance(body, Mapping) else None
-        if body is not None and not isinstance(record, Mapping):
-            self._problem(self.source, "malformed_institution")
-        self._directory.record(finicity_facts(
-            self.source, institution_id, record, name, started,
-            lambda reason: self._problem(self.source, reason)))
+        self._directory.record(finicity_facts(self.source, institution_id, institution, name,
+                                              started))
         return True

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from exporter.health.declared import DeclaredStatus
 from exporter.health.directory import InstitutionDirectory
 from exporter.health.lag import REFRESH_CLASSES, AgeCounts
 from exporter.health.sides import (
@@ -30,6 +29,7 @@ from exporter.health.sides import (
     Thresholds,
     side_of,
 )
+from exporter.sources.institution import DeclaredStatus
 
 FOLDED = "other"
 """The tracker's institution_id (and name) for institutions folded below the size cap."""

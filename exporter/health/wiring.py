@@ -32,27 +32,24 @@ from exporter.health.report import (
 )
 from exporter.health.routes import Advice, health_routes
 from exporter.health.sides import HEALTH_SIDES, side_of
+from exporter.sources.institution import Institution
 
 log = logging.getLogger(__name__)
-
-
-class HealthObserver(Protocol):
-    def invalid_record(self, source: str, reason: str) -> None: ...
 
 
 class HealthSource(Protocol):
     name: str
     provider: str
     config: Any
-    institution_seen: Callable[[str, str, object], None] | None
+    institution_seen: Callable[[str, str, Institution], None] | None
 
-    async def institution(self, institution_id: str) -> object: ...
+    async def institution(self, institution_id: str) -> Institution | None: ...
 
 
 class HealthWiring:
     def __init__(self, config: HealthConfig, sources: Sequence[HealthSource],
                  snapshot: Callable[[], SnapshotView], clock: Callable[[], float],
-                 observer: HealthObserver, state_path: str | None = None) -> None:
+                 state_path: str | None = None) -> None:
         self.directory = InstitutionDirectory(load_key_mapping(config.institution_keys_file))
         self.thresholds = config.thresholds()
         self.ages: InstitutionAges | None = None
@@ -61,7 +58,6 @@ class HealthWiring:
                                         config.refresh_lag_interval)
         self._snapshot = snapshot
         self._clock = clock
-        self._observer = observer
         self.history: InstitutionHistory | None = None
         if state_path is not None:
             self.history = InstitutionHistory(HistoryStore(state_path), self.report, clock)
@@ -78,8 +74,7 @@ class HealthWiring:
             if source.provider == "finicity" and every > 0:
                 self.refreshers.append(DeclaredStatusRefresher(
                     source.name, source.institution, self.directory,
-                    self._institutions(source.name), every, clock,
-                    problem=self._problem))
+                    self._institutions(source.name), every, clock))
 
     def sweep_published(self, source: str) -> asyncio.Task[int] | None:
         """A sweep of ``source`` published its snapshot: the institutions of a Finicity
@@ -125,18 +120,13 @@ class HealthWiring:
         if self.history is not None:
             self.history.store.close()
 
-    def _problem(self, source: str, reason: str) -> None:
-        if reason != "lookup_failed":  # a failed request is counted by the client already
-            self._observer.invalid_record(source, reason)
-
-    def _recorder(self, source: HealthSource) -> Callable[[str, str, object], None]:
-        def record(institution_id: str, name: str, body: object) -> None:
-            record_ = body.get("institution") if isinstance(body, dict) else None
+    def _recorder(self, source: HealthSource) -> Callable[[str, str, Institution], None]:
+        def record(institution_id: str, name: str, institution: Institution) -> None:
             if source.provider == "finicity":
-                facts = finicity_facts(source.name, institution_id, record_, name, self._clock(),
-                                       lambda reason: self._problem(source.name, reason))
+                facts = finicity_facts(source.name, institution_id, institution, name,
+                                       self._clock())
             else:
-                facts = mx_facts(source.name, institution_id, record_, name)
+                facts = mx_facts(source.name, institution_id, institution, name)
             self.directory.record(facts)
         return record
 

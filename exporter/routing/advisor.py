@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from exporter.health.declared import INSTITUTION, OVERALL
 from exporter.health.report import (
     FOLDED,
     HealthReport,
@@ -39,6 +38,7 @@ from exporter.routing.advice import (
 )
 from exporter.routing.config import RoutingConfig, load_institution_ids
 from exporter.routing.store import Kept, RoutingStore
+from exporter.sources.institution import INSTITUTION, OVERALL
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from exporter.records import AccountStatus
+from exporter.sources.institution import Institution
 
 Clock = Callable[[], float]
 """Seconds: wall time (epoch) or monotonic, injected so that tests never wait."""
@@ -31,8 +32,7 @@ class UpstreamObserver(Protocol):
     def invalid_record(self, source: str, reason: str) -> None:
         """A payload or record that could not be used, or a field that was dropped.
 
-        ``reason``: ``malformed_json``, ``missing_field``, ``invalid_code``,
-        ``invalid_timestamp`` (the record is kept without that time) or ``invalid_id``.
+        ``reason``: one of ``exporter.sources.payloads.REASONS``.
         """
 
     def auth_failure(self, source: str) -> None:
@@ -137,17 +137,17 @@ class Source(abc.ABC):
         The URL is a bearer secret: never log it.
         """
 
-    institution_seen: Callable[[str, str, object], None] | None = None
-    """Set by the agent (institution health): called with (institution_id, name, body) after
-    each successful institution lookup of the name cache."""
+    institution_seen: Callable[[str, str, Institution], None] | None = None
+    """Set by the agent (institution health): called with (institution_id, name,
+    institution) after each successful institution lookup of the name cache."""
 
-    def seen_hook(self, institution_id: str) -> Callable[[str, object], None] | None:
+    def seen_hook(self, institution_id: str) -> Callable[[str, Institution], None] | None:
         """``institution_seen`` bound to one institution, for ``sweep.institution_name``."""
         hook = self.institution_seen
-        return None if hook is None else lambda name, body: hook(institution_id, name, body)
+        return None if hook is None else lambda name, found: hook(institution_id, name, found)
 
-    async def institution(self, institution_id: str) -> object:
-        """The institution record's body as the aggregator sends it, None when unknown (404);
+    async def institution(self, institution_id: str) -> Institution | None:
+        """The institution as the aggregator describes it, None when unknown (404);
         ``UpstreamError`` when the lookup fails. Institution health re-reads declared statuses
         with it (same client, token and rate limit as a sweep)."""
         raise NotImplementedError(f"{type(self).__name__} has no institution lookup")

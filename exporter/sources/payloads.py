@@ -1,16 +1,24 @@
-"""Upstream payloads as pydantic models: the sources' one validation boundary.
+"""What every aggregator's payload models share: lenient field types, the error body and the
+:class:`PayloadReader` that validates and counts.
 
-Every body the sources read is validated here, leniently where the APIs are loose (ids and
-codes as numbers or strings, epoch dates as numbers, strings or ISO-8601, flags as
-``"true"``), and strictly where a record would otherwise be wrong. What cannot be used is
-counted once, under one set of reasons:
+Every body the sources read is validated by a model of its aggregator package
+(``exporter.upstreams.finicity.payloads``, ``exporter.upstreams.mx.payloads``) built on
+these types, leniently where the APIs are loose (ids and codes as numbers or strings, epoch
+dates as numbers, strings or ISO-8601, flags as ``"true"``), and strictly where a record
+would otherwise be wrong. What cannot be used is counted once, under one set of reasons
+(:data:`REASONS`, the ``reason`` label of ``openfinance_invalid_records_total``):
 
 - ``malformed_json``: a 2xx body that is not JSON (counted by the client);
 - ``missing_field``: a required field or list is absent or empty, or an item is not an object;
 - ``invalid_code``: a status code that cannot be a code;
 - ``invalid_timestamp``: a date that is unparseable or outside [2000-01-01, now + 2 days];
   the record is kept with that time as None;
-- ``invalid_id``: an id of the wrong type, or one that is not a printable string.
+- ``invalid_id``: an id of the wrong type, or one that is not a printable string;
+- ``malformed_institution``: an institution body that is no institution record (it declares
+  nothing);
+- ``invalid_declared_status``: a declared status that is no string (ignored);
+- ``unknown_declared_status``: a declared status outside the documented set (shown as
+  ``other``).
 
 Models ignore fields they do not name: PII in the payloads never reaches a record.
 """
@@ -28,14 +36,13 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    Field,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
 )
 from pydantic_core import PydanticCustomError
 
-from exporter.records import MAX_LABEL, STATUS_MISSING
+from exporter.records import MAX_LABEL
 from exporter.sources.base import Clock, UpstreamObserver
 from exporter.sources.errors import MalformedResponse
 
@@ -50,7 +57,11 @@ FUTURE_TOLERANCE = 2 * 86_400.0
 """How far ahead of now a date may be (clock skew); beyond it, milliseconds or garbage."""
 NEVER_AGGREGATED = "NONE"
 """The code of a Finicity account never aggregated and of an MX member with a null status."""
-REASONS = ("malformed_json", "missing_field", "invalid_code", "invalid_timestamp", "invalid_id")
+REASONS = ("malformed_json", "missing_field", "invalid_code", "invalid_timestamp", "invalid_id",
+           "malformed_institution", "invalid_declared_status", "unknown_declared_status")
+"""Every value of ``invalid_records{reason}``, whichever aggregator counts it."""
+VALIDATION_REASONS = REASONS[:5]
+"""The reasons a failed validation can carry (the rest are counted where they are noted)."""
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -114,18 +125,23 @@ def _epoch(raw: object) -> float | None:
     return parsed.timestamp()
 
 
+def note(info: ValidationInfo, reason: str) -> None:
+    """Count ``reason`` once the item is validated, when a :class:`PayloadReader` validates
+    it (a field kept in a repaired form: the record is kept)."""
+    if isinstance(info.context, Notes):
+        info.context.reasons.append(reason)
+
+
 def _plausible(raw: object, info: ValidationInfo, ahead: float) -> float | None:
     """A timestamp in [2000-01-01, now + ``ahead``], None when absent; garbage becomes None
     and is noted."""
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
-    notes = info.context if isinstance(info.context, Notes) else None
-    now = notes.now if notes is not None else time.time()
+    now = info.context.now if isinstance(info.context, Notes) else time.time()
     value = _epoch(raw)
     if value is not None and math.isfinite(value) and EARLIEST_TS <= value <= now + ahead:
         return value
-    if notes is not None:
-        notes.reasons.append("invalid_timestamp")
+    note(info, "invalid_timestamp")
     return None
 
 
@@ -145,7 +161,7 @@ def _consent_end(raw: object, info: ValidationInfo) -> float | None:
     return _plausible(raw, info, CONSENT_HORIZON)
 
 
-def _integer(raw: object) -> int | None:
+def read_integer(raw: object) -> int | None:
     """An integer sent as a number or a string (``185``, ``"185"``, ``"10023,"``, ``185.0``)."""
     if isinstance(raw, bool):
         return None
@@ -160,26 +176,7 @@ def _integer(raw: object) -> int | None:
     return None
 
 
-def _finicity_code(raw: object) -> str:
-    if raw is None:
-        return NEVER_AGGREGATED
-    code = _integer(raw)
-    if code is None:
-        raise PydanticCustomError("invalid_code", "not a Finicity code")
-    return str(code)
-
-
-def _mx_code(raw: object) -> str:
-    if raw is None:
-        return NEVER_AGGREGATED
-    if isinstance(raw, str):
-        text = raw.strip().upper()
-        if text and text.isprintable() and len(text) <= 64:
-            return text
-    raise PydanticCustomError("invalid_code", "not an MX connection status")
-
-
-def _flag(raw: object) -> bool | None:
+def read_flag(raw: object) -> bool | None:
     """``true``/``false`` as booleans or strings; anything else is unknown (None)."""
     if isinstance(raw, bool):
         return raw
@@ -189,7 +186,7 @@ def _flag(raw: object) -> bool | None:
 
 
 def _count(raw: object) -> int | None:
-    value = _integer(raw)
+    value = read_integer(raw)
     return value if value is not None and value >= 0 else None
 
 
@@ -202,7 +199,7 @@ def _text(raw: object) -> str | None:
     return None
 
 
-def _object(raw: object) -> object:
+def object_or_empty(raw: object) -> object:
     """A nested object that is optional: anything but an object reads as an empty one."""
     return raw if isinstance(raw, dict) else {}
 
@@ -211,9 +208,11 @@ Id = Annotated[str | None, BeforeValidator(_id)]
 RequiredId = Annotated[str, BeforeValidator(_required_id)]
 Timestamp = Annotated[float | None, BeforeValidator(_timestamp)]
 ConsentEnd = Annotated[float | None, BeforeValidator(_consent_end)]
-Flag = Annotated[bool | None, BeforeValidator(_flag)]
+Flag = Annotated[bool | None, BeforeValidator(read_flag)]
 Count = Annotated[int | None, BeforeValidator(_count)]
-Integer = Annotated[int | None, BeforeValidator(_integer)]
+Integer = Annotated[int | None, BeforeValidator(read_integer)]
+
+
 def _url(raw: object) -> str:
     """A link for the user's browser: an absolute http(s) URL. Real Connect Fix links carry
     a signature and run past any id length, so only a generous bound applies."""
@@ -225,10 +224,15 @@ def _url(raw: object) -> str:
     raise PydanticCustomError("invalid_id", "not an http(s) URL")
 
 
+def _plain_text(raw: object) -> str | None:
+    """A string that is not blank, stripped; anything else is None."""
+    return (raw.strip() or None) if isinstance(raw, str) else None
+
+
 Text = Annotated[str | None, BeforeValidator(_text)]
+PlainText = Annotated[str | None, BeforeValidator(_plain_text)]
+"""A free-form string such as a home page address (checked where it is used)."""
 Url = Annotated[str, BeforeValidator(_url)]
-FinicityCode = Annotated[str, BeforeValidator(_finicity_code)]
-MxCode = Annotated[str, BeforeValidator(_mx_code)]
 Items = list[Any]
 """A list whose items are validated one by one, so that one bad item costs only itself."""
 
@@ -245,7 +249,7 @@ class ErrorDetail(Payload):
 
 
 def _error_detail(raw: object) -> object:
-    return {"message": raw} if isinstance(raw, str) else _object(raw)
+    return {"message": raw} if isinstance(raw, str) else object_or_empty(raw)
 
 
 class ErrorPayload(Payload):
@@ -268,159 +272,12 @@ class ErrorPayload(Payload):
         return message[:200] if message is not None else None
 
 
-# --------------------------------------------------------------------------- Finicity
-
-
-class FinicityToken(Payload):
-    token: RequiredId
-
-
-class FinicityCustomer(Payload):
-    id: RequiredId
-
-
-class FinicityCustomersPage(Payload):
-    customers: Items
-    moreAvailable: Flag = None
-    found: Count = None
-
-
-class FinicityAccount(Payload):
-    id: RequiredId
-    institutionId: RequiredId
-    customerId: Id = None
-    institutionLoginId: Id = None
-    aggregationStatusCode: FinicityCode = STATUS_MISSING
-    """absent: never aggregated when there is no attempt date either, else drift"""
-    aggregationAttemptDate: Timestamp = None
-    aggregationSuccessDate: Timestamp = None
-    authorizationExpires: Flag = None
-    """whether the consent has an end (the spec's default: false)"""
-    authorizationEndDate: ConsentEnd = None
-
-    @property
-    def consent_end(self) -> float | None:
-        """The end of the user's consent, only when ``authorizationExpires`` is true (the
-        end date means nothing otherwise)."""
-        return self.authorizationEndDate if self.authorizationExpires else None
-
-
-class FinicityAccountsPage(Payload):
-    accounts: Items
-
-
-class FinicityInstitution(Payload):
-    displayName: Text = None
-    name: Text = None
-
-
-class FinicityInstitutionBody(Payload):
-    institution: FinicityInstitution
-
-
-class FinicityFixLink(Payload):
-    link: Url
-
-
-# --------------------------------------------------------------------------- MX
-
-
-class MxPagination(Payload):
-    current_page: Count = None
-    total_pages: Count = None
-
-
-Pagination = Annotated[MxPagination, BeforeValidator(_object)]
-
-
-class MxUser(Payload):
-    guid: RequiredId
-    is_disabled: Flag = None
-
-
-class MxPage(Payload):
-    """A page of any MX list; ``items`` is the list under the subclass's key."""
-
-    items: Items
-    pagination: Pagination = MxPagination()
-
-
-class MxUsersPage(MxPage):
-    items: Items = Field(alias="users")
-
-
-class MxMembersPage(MxPage):
-    items: Items = Field(alias="members")
-
-
-class MxMember(Payload):
-    guid: RequiredId
-    institution_code: RequiredId
-    user_guid: Id = None
-    connection_status: MxCode = STATUS_MISSING
-    """null for manual members (``NONE``); absent is drift (a slimmer default answer)"""
-    aggregated_at: Timestamp = None
-    successfully_aggregated_at: Timestamp = None
-    is_being_aggregated: Flag = None
-
-
-V1_PRODUCT_FLAGS = {
-    "supports_account_verification": "account_verification",
-    "supports_account_identification": "identity_verification",
-    "supports_transaction_history": "transaction_history",
-    "supports_account_statement": "statements",
-}
-"""v20111101's ``supports_*`` flags and the v20250224 ``supported_products`` they became."""
-
-
-def _products(raw: object) -> tuple[str, ...] | None:
-    """v20250224 ``supported_products``: the valid product names, in order, once each."""
-    if not isinstance(raw, list):
-        return None
-    return tuple(dict.fromkeys(p for p in raw if isinstance(p, str) and p.isidentifier()))
-
-
-class MxInstitution(Payload):
-    """``GET /institutions/{institution_code}`` in either version: v20250224 lists
-    ``supported_products``; v20111101 has one ``supports_*`` flag per product."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    name: Text = None
-    guid: Id = None
-    is_hidden: Flag = None
-    supports_oauth: Flag = None
-    supported_products: Annotated[tuple[str, ...] | None, BeforeValidator(_products)] = None
-
-    @property
-    def products(self) -> tuple[str, ...]:
-        """The products the institution supports, in v20250224's names, whichever version
-        answered."""
-        if self.supported_products is not None:
-            return self.supported_products
-        extra = self.model_extra or {}
-        return tuple(product for flag, product in V1_PRODUCT_FLAGS.items()
-                     if _flag(extra.get(flag)) is True)
-
-
-class MxInstitutionBody(Payload):
-    institution: MxInstitution
-
-
-class MxWidgetUrl(Payload):
-    url: Url
-
-
-class MxWidgetUrlBody(Payload):
-    widget_url: MxWidgetUrl
-
-
 # --------------------------------------------------------------------------- the boundary
 
 
 def _reason(exc: ValidationError) -> str:
     kind = exc.errors(include_url=False, include_context=False, include_input=False)[0]["type"]
-    return kind if kind in REASONS else "missing_field"
+    return kind if kind in VALIDATION_REASONS else "missing_field"
 
 
 @functools.cache
@@ -444,6 +301,7 @@ class PayloadReader:
         self._logged: set[str] = set()
 
     def invalid(self, reason: str) -> None:
+        """Count one unusable or repaired value under ``reason`` (one of :data:`REASONS`)."""
         self._observer.invalid_record(self.source, reason)
         if reason not in self._logged:
             self._logged.add(reason)
@@ -452,8 +310,9 @@ class PayloadReader:
 
     def body(self, model: type[M], raw: object, route: str) -> M:
         """A whole answer; one that does not fit is counted and raises ``MalformedResponse``."""
+        notes = Notes(self._clock())
         try:
-            return model.model_validate(raw)
+            parsed = model.model_validate(raw, context=notes)
         except ValidationError as exc:
             reason = _reason(exc)
             self.invalid(reason)
@@ -462,6 +321,8 @@ class PayloadReader:
                 self._drift.shape(route, where)
             raise MalformedResponse(f"{route} answered an unusable body ({reason} at {where})",
                                     route=route, status="200") from None
+        self._count(notes)
+        return parsed
 
     def items(self, model: type[M], raws: list[Any]) -> list[M]:
         """A page's usable items, in one validation call; one bad item costs only itself.
@@ -475,8 +336,7 @@ class PayloadReader:
             items = _list_of(model).validate_python(raws, context=notes)
         except ValidationError:
             return [i for i in (self.item(model, raw) for raw in raws) if i is not None]
-        for reason in notes.reasons:
-            self.invalid(reason)
+        self._count(notes)
         return items
 
     def item(self, model: type[M], raw: object) -> M | None:
@@ -487,6 +347,21 @@ class PayloadReader:
         except ValidationError as exc:
             self.invalid(_reason(exc))
             return None
+        self._count(notes)
+        return item
+
+    def record(self, model: type[M], raw: object, malformed: str) -> M | None:
+        """A body read leniently (no drift, no error): one that does not fit is counted as
+        ``malformed`` and reads as None."""
+        notes = Notes(self._clock())
+        try:
+            parsed = model.model_validate(raw, context=notes)
+        except ValidationError:
+            self.invalid(malformed)
+            return None
+        self._count(notes)
+        return parsed
+
+    def _count(self, notes: Notes) -> None:
         for reason in notes.reasons:
             self.invalid(reason)
-        return item

@@ -14,6 +14,7 @@ from exporter.config import ShardConfig
 from exporter.records import AccountStatus, clean_label
 from exporter.sources.base import Clock, SweepFailed, SweepReport, SweepSink
 from exporter.sources.errors import UpstreamError, UpstreamStatusError
+from exporter.sources.institution import Institution
 from exporter.sources.sharding import in_shard
 
 log = logging.getLogger(__name__)
@@ -168,15 +169,17 @@ async def sweep_units(
     )
 
 
-async def institution_name(get: Callable[[], Awaitable[Any]], parse: Callable[[Any], str | None],
-                           fallback: str, ttl: float,
-                           seen: Callable[[str, Any], None] | None = None) -> tuple[str, float]:
+async def institution_name(get: Callable[[], Awaitable[Any]],
+                           parse: Callable[[Any], Institution], fallback: str, ttl: float,
+                           seen: Callable[[str, Institution], None] | None = None,
+                           ) -> tuple[str, float]:
     """The label-safe display name of an institution for the name cache, with its TTL.
 
-    ``get`` fetches the body, ``parse`` reads the name from it (raising ``UpstreamError`` when
-    the body does not fit). The id (``fallback``) stands in when the institution is unknown
-    (404, kept the full TTL) or when the lookup failed (kept only briefly, so that a passing
-    error does not stick). ``seen(name, body)`` gets each successfully read body.
+    ``get`` fetches the body, ``parse`` reads it into an :class:`Institution` (raising
+    ``UpstreamError`` when the body does not fit). The id (``fallback``) stands in when the
+    institution is unknown (404, kept the full TTL) or when the lookup failed (kept only
+    briefly, so that a passing error does not stick). ``seen(name, institution)`` gets each
+    institution read.
     """
     try:
         body = await get()
@@ -187,10 +190,10 @@ async def institution_name(get: Callable[[], Awaitable[Any]], parse: Callable[[A
     if body is None:
         return fallback, ttl
     try:
-        name = parse(body)
+        institution = parse(body)
     except UpstreamError:
         return fallback, min(ttl, FALLBACK_TTL)
-    label = clean_label(name, fallback)
+    label = clean_label(institution.name, fallback)
     if seen is not None:
-        seen(label, body)
+        seen(label, institution)
     return label, ttl

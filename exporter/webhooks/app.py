@@ -38,9 +38,9 @@ from starlette.types import Receive, Scope, Send
 
 from exporter.aio import Gate
 from exporter.config import SourceConfig
+from exporter.sources.notices import Delivery, Malformed
 from exporter.webhooks import events
 from exporter.webhooks.config import MxWebhookConfig
-from exporter.webhooks.events import Delivery, Malformed
 from exporter.webhooks.forward import Forwarder
 from exporter.webhooks.inbox import InboxError, PendingEvent, WebhookInbox
 from exporter.webhooks.observer import WebhookObserver

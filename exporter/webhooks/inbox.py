@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from exporter.webhooks.events import Delivery
+from exporter.sources.notices import Delivery
 
 T = TypeVar("T")
 

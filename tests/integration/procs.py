@@ -125,8 +125,8 @@ def served_owners(config: Path, source: str) -> dict[str, Counter]:
     """What the sandbox serves now, per owner: (institution_id, code) counts, read with the
     agent's own source class (so codes are normalised the same way)."""
     from exporter.config import Settings
-    from exporter.sources import build_source
     from exporter.sources.base import NullObserver
+    from exporter.upstreams import build_source
 
     settings = Settings(**yaml.safe_load(config.read_text()))
     cfg = next(s for s in settings.sources if s.name == source)

@@ -15,7 +15,7 @@ import yaml
 
 from exporter.config import Settings
 from exporter.sandbox.credentials import MX_API_KEY, MX_CLIENT_ID
-from exporter.sources import build_source
+from exporter.upstreams import build_source
 from tests.integration.procs import Sandbox, agent_config, served_owners
 from tests.unit.support import Recorder
 

@@ -5,7 +5,7 @@ import textwrap
 import pytest
 
 from exporter.cli import main
-from exporter.config import ConfigError, load_config
+from exporter.config import SOURCE_MODELS, ConfigError, load_config
 from exporter.durations import parse_duration
 
 GOOD = """
@@ -132,3 +132,32 @@ def test_check_config_exits_2_and_never_echoes_secrets(tmp_path, capsys):
 def test_check_config_accepts_a_good_file(good, capsys):
     assert main(["check-config", "--config.file", str(good)]) == 0
     assert "2 source(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("provider,message", [
+    ("finicity", "source x: app_key, partner_id and partner_secret are required"),
+    ("mx", "source x: client_id and api_key are required"),
+])
+def test_a_source_built_without_its_credentials_names_every_one(provider, message):
+    from exporter.sources.base import NullObserver
+    from exporter.upstreams import build_source
+
+    config = SOURCE_MODELS[provider](name="x", provider=provider)
+    with pytest.raises(ValueError, match=message):
+        build_source(config, NullObserver())
+    assert set(config.secret_fields()) < set(config.CREDENTIALS)
+
+
+def test_the_credential_rules_are_the_config_models(tmp_path, monkeypatch):
+    """Each credential a model declares is required by load_config, from the file, the
+    environment or (secrets only) a ``_file``."""
+    for provider, model in SOURCE_MODELS.items():
+        path = tmp_path / f"{provider}.yml"
+        path.write_text(f"sources:\n  - name: s1\n    provider: {provider}\n")
+        with pytest.raises(ConfigError) as caught:
+            load_config(path)
+        for field in model.CREDENTIALS:
+            assert any(p.startswith(f"sources[0].{field}: required") for p in caught.value.problems)
+        for field in model.CREDENTIALS:
+            monkeypatch.setenv(f"OPENFINANCE_SOURCE_S1_{field.upper()}", "v-1")
+        assert load_config(path).sources[0].secret_fields() == model.SECRETS

@@ -9,9 +9,9 @@ import sqlite3
 import pytest
 
 from exporter.sources.base import SweepReport
-from exporter.sources.payloads import FinicityAccount
 from exporter.state import SCHEMA_VERSION, StateStore
 from exporter.tracker import EventKind, Tracker
+from exporter.upstreams.finicity.payloads import FinicityAccount
 from tests.unit.conftest import DAY, Harness
 from tests.unit.support import NOW
 from tests.unit.test_source_payloads import account, reader

@@ -30,13 +30,13 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
 from exporter.health.config import HealthConfig
-from exporter.health.declared import DeclaredStatus
 from exporter.health.directory import InstitutionFacts
 from exporter.health.wiring import HealthWiring
 from exporter.metrics import Metrics, blocks, build_metrics, gzipped
 from exporter.metrics.lines import FamilyFormat, RegistryText
 from exporter.records import AccountStatus
 from exporter.sources.base import SweepReport
+from exporter.sources.institution import DeclaredStatus
 from exporter.state import StateStore
 from exporter.tracker import Snapshot, Tracker
 from tests.unit.conftest import DAY, Clock
@@ -50,11 +50,6 @@ HOMES = [None, "https://a.example.com", "https://www.b.example.com", "https://a.
 DECLARED = [None, DeclaredStatus((("institution", "online"),)),
             DeclaredStatus((("institution", "maintenance"), ("overall", "offline"),
                             ("transAgg", "online")))]
-
-
-class Problems:
-    def invalid_record(self, source: str, reason: str) -> None:
-        pass
 
 
 def full_render(metrics: Metrics, om: bool) -> bytes:
@@ -120,7 +115,7 @@ def test_incremental_exposition_always_equals_a_full_render(steps, fold, prerend
             path = Path(tmp) / "state.db"
             tracker = Tracker(StateStore(path), clock=clock, institution_min_accounts=fold)
             wiring = HealthWiring(HealthConfig(), [], lambda: tracker.snapshot, clock,
-                                  Problems(), str(path))
+                                  str(path))
             routing = Routing()
             metrics = build_metrics(lambda: tracker.snapshot, clock=clock,
                                     institutions=lambda: wiring, routing=lambda: routing)
@@ -258,7 +253,7 @@ def test_unusual_families_are_written_by_prometheus_client_itself():
 async def test_institution_health_that_is_not_there_yet_or_any_more_shows_nothing(tmp_path):
     clock = Clock()
     tracker = Tracker(StateStore(tmp_path / "state.db"), clock=clock)
-    wiring = HealthWiring(HealthConfig(), [], lambda: tracker.snapshot, clock, Problems(),
+    wiring = HealthWiring(HealthConfig(), [], lambda: tracker.snapshot, clock,
                           str(tmp_path / "state.db"))
     current: dict[str, HealthWiring | None] = {"health": None}
     metrics = build_metrics(lambda: tracker.snapshot, clock=clock,

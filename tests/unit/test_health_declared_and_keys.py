@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from exporter.health.declared import declared_from_finicity
 from exporter.health.directory import (
     InstitutionDirectory,
     InstitutionFacts,
@@ -22,8 +21,35 @@ from exporter.health.keys import (
     normalise_domain,
     normalise_name,
 )
+from exporter.sources.institution import Institution
+from exporter.sources.payloads import PayloadReader
+from exporter.upstreams.finicity.payloads import FinicityInstitutionBody
+from exporter.upstreams.mx.payloads import MxInstitutionBody
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+class Problems:
+    def __init__(self, seen: list[str]) -> None:
+        self.invalid = seen
+
+    def invalid_record(self, source: str, reason: str) -> None:
+        self.invalid.append(reason)
+
+
+def read_finicity(record: object, problems: list[str] | None = None) -> Institution:
+    """One institution record read by the Finicity package, its problems counted."""
+    reader = PayloadReader("fin", Problems([] if problems is None else problems), lambda: 0.0)
+    return reader.body(FinicityInstitutionBody, {"institution": record}, "/i").institution.typed()
+
+
+def declared_from_finicity(record: object, problem=None):
+    seen: list[str] = []
+    declared = read_finicity(record, seen).declared
+    for reason in seen:
+        if problem is not None:
+            problem(reason)
+    return declared
 
 
 def test_status_and_production_status_become_product_status_pairs():
@@ -160,15 +186,17 @@ def test_directory_says_which_declared_statuses_are_due():
 
 def test_facts_from_the_recorded_institution_fixtures():
     fin = json.loads((FIXTURES / "finicity/institution_4222.json").read_text())
-    facts = finicity_facts("fin", "4222", fin["institution"], "Chase", 1000.0)
+    facts = finicity_facts("fin", "4222", read_finicity(fin["institution"]), "Chase", 1000.0)
     assert (facts.home_url, facts.checked_at) == ("https://www.example-bank.com", 1000.0)
     assert facts.declared is not None
     mx = json.loads((FIXTURES / "mx/institution_chase.json").read_text())
-    facts = mx_facts("mx", "chase", mx["institution"], "Chase")
+    reader = PayloadReader("mx", Problems([]), lambda: 0.0)
+    facts = mx_facts("mx", "chase", reader.body(MxInstitutionBody, mx, "/i").institution.typed(),
+                     "Chase")
     assert facts.provider == "mx" and facts.declared is None
 
 
-def test_facts_survive_a_record_that_is_not_an_object():
-    facts = finicity_facts("fin", "1", ["not", "a", "record"], "1", 5.0)
+def test_facts_of_an_institution_that_is_unknown_or_declares_nothing():
+    facts = finicity_facts("fin", "1", Institution(), "1", 5.0)
     assert (facts.home_url, facts.declared, facts.checked_at) == (None, None, 5.0)
     assert mx_facts("mx", "x", None, "x").home_url is None

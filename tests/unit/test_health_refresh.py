@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from exporter.health.declared import DeclaredStatus
 from exporter.health.directory import InstitutionDirectory, InstitutionFacts
 from exporter.health.refresh import DeclaredStatusRefresher
+from exporter.sources.institution import DeclaredStatus, Institution
 
 
 class Clock:
@@ -25,8 +25,8 @@ async def test_institutions_with_accounts_are_read_once_per_interval():
 
     async def lookup(inst_id: str):
         calls.append(inst_id)
-        return {"institution": {"id": int(inst_id), "status": "online",
-                                "urlHomeApp": f"https://bank{inst_id}.com"}}
+        return Institution(f"Bank {inst_id}", f"https://bank{inst_id}.com",
+                           DeclaredStatus((("institution", "online"),)))
 
     directory, clock, problems = InstitutionDirectory(), Clock(10_000.0), []
     refresher = _refresher(lookup, directory, clock, problems)
@@ -59,14 +59,17 @@ async def test_a_failed_lookup_keeps_the_last_status_and_is_retried_next_run():
     assert problems == ["lookup_failed", "lookup_failed"]
 
 
-async def test_a_malformed_body_is_counted_and_clears_nothing_but_the_status():
+async def test_an_institution_that_declares_nothing_clears_the_status_and_is_read():
     directory, clock, problems = InstitutionDirectory(), Clock(10_000.0), []
+    directory.record(InstitutionFacts("fin", "finicity", "1", "A",
+                                      declared=DeclaredStatus((("institution", "online"),)),
+                                      checked_at=1.0))
 
     async def lookup(inst_id: str):
-        return {"institution": "gone", "status": "online"} if inst_id == "1" else {
-            "institution": {"status": 7}}
+        return Institution() if inst_id == "1" else None
 
     refresher = _refresher(lookup, directory, clock, problems)
     assert await refresher.run() == 2
     assert directory.declared("fin", "1") is None and directory.declared("fin", "2") is None
-    assert sorted(problems) == ["invalid_declared_status", "malformed_institution"]
+    assert directory.due("fin", ["1", "2"], clock.now, 900.0) == []
+    assert problems == []

@@ -8,10 +8,10 @@ from html.parser import HTMLParser
 import httpx
 from starlette.applications import Starlette
 
-from exporter.health.declared import DeclaredStatus
 from exporter.health.directory import InstitutionDirectory, InstitutionFacts
 from exporter.health.report import build_report
 from exporter.health.routes import health_routes
+from exporter.sources.institution import DeclaredStatus
 from exporter.tracker import AgeHistogram, Snapshot, SourceAggregate
 
 NOW = 1_800_000_000.0

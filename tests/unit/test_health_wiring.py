@@ -11,7 +11,12 @@ from exporter.health.config import HealthConfig
 from exporter.health.wiring import HealthWiring
 from exporter.metrics import build_metrics
 from exporter.server import create_app
+from exporter.sources.institution import DeclaredStatus, Institution
+from exporter.sources.payloads import PayloadReader
 from exporter.tracker import Snapshot, SourceAggregate
+from exporter.upstreams.finicity.payloads import FinicityInstitutionBody
+from exporter.upstreams.mx.payloads import MxInstitutionBody
+from tests.unit.support import Recorder
 
 
 class FakeSource:
@@ -21,9 +26,10 @@ class FakeSource:
         self.institution_seen = None
         self.looked_up: list[str] = []
 
-    async def institution(self, institution_id: str) -> object:
+    async def institution(self, institution_id: str) -> Institution | None:
         self.looked_up.append(institution_id)
-        return {"institution": {"status": "maintenance", "urlHomeApp": "https://chase.com"}}
+        return Institution(home_url="https://chase.com",
+                           declared=DeclaredStatus((("institution", "maintenance"),)))
 
 
 SNAP = Snapshot(version=1, sources={
@@ -32,31 +38,26 @@ SNAP = Snapshot(version=1, sources={
 })
 
 
-class Problems:
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str]] = []
-
-    def invalid_record(self, source: str, reason: str) -> None:
-        self.seen.append((source, reason))
-
-
-def _wiring(sources, problems=None) -> HealthWiring:
-    return HealthWiring(HealthConfig(), sources, lambda: SNAP, lambda: 1000.0,
-                        problems or Problems())
+def _wiring(sources) -> HealthWiring:
+    return HealthWiring(HealthConfig(), sources, lambda: SNAP, lambda: 1000.0)
 
 
 def test_institution_lookups_feed_keys_and_declared_statuses():
     fin, mx = FakeSource("fin", "finicity"), FakeSource("mx", "mx")
-    problems = Problems()
-    wiring = _wiring([fin, mx], problems)
-    fin.institution_seen("4222", "Chase", {"institution": {
-        "status": "online", "urlHomeApp": "https://www.chase.com", "productionStatus": 5}})
-    mx.institution_seen("chase", "Chase", {"institution": {"url": "https://chase.com"}})
+    wiring = _wiring([fin, mx])
+    problems = Recorder()
+    read = PayloadReader("fin", problems, lambda: 1000.0)
+    fin.institution_seen("4222", "Chase", read.body(FinicityInstitutionBody, {"institution": {
+        "status": "online", "urlHomeApp": "https://www.chase.com", "productionStatus": 5}},
+        "/institution").institution.typed())
+    mx.institution_seen("chase", "Chase", read.body(
+        MxInstitutionBody, {"institution": {"url": "https://chase.com"}},
+        "/institutions").institution.typed())
     declared, keys, refresh = wiring.rows()
     assert refresh == [], "no refresh rows before the state was read"
     assert declared == [("fin", "finicity", "4222", "Chase", "institution", "online")]
     assert keys == [("fin", "finicity", "4222", "chase.com"), ("mx", "mx", "chase", "chase.com")]
-    assert problems.seen == [("fin", "invalid_declared_status")]
+    assert problems.invalid == ["invalid_declared_status"]
     (inst,) = wiring.report().institutions
     assert [p.provider for p in inst.providers] == ["finicity", "mx"]
 
@@ -95,8 +96,7 @@ async def test_an_institution_that_turns_unhealthy_has_its_declared_status_read_
             ("5555", "Wells", "103", "credentials", 30)))})  # user side: not unhealthy
     current = {"snap": snapshot(1, 20, 0)}
     fin, mx = FakeSource("fin", "finicity"), FakeSource("mx", "mx")
-    wiring = HealthWiring(HealthConfig(), [fin, mx], lambda: current["snap"], lambda: 1000.0,
-                          Problems())
+    wiring = HealthWiring(HealthConfig(), [fin, mx], lambda: current["snap"], lambda: 1000.0)
 
     async def published(source: str = "fin") -> None:
         reading = wiring.sweep_published(source)

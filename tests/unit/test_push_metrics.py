@@ -6,7 +6,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from exporter.metrics.observers import AgentMetrics
-from exporter.webhooks.events import FINICITY_KEEP, Delivery
+from exporter.sources.notices import Delivery
+from exporter.upstreams.finicity.webhooks import FINICITY_KEEP
 from exporter.webhooks.processor import PushProcessor
 from tests.unit.test_webhooks_support import Clock, FakeSource, FakeTracker, RecordingObserver
 

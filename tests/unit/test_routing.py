@@ -10,7 +10,6 @@ import pytest
 from starlette.applications import Starlette
 
 from exporter.config import ConfigError, load_config
-from exporter.health.declared import DeclaredStatus
 from exporter.health.directory import InstitutionDirectory, InstitutionFacts
 from exporter.health.report import build_report
 from exporter.health.routes import health_routes
@@ -30,6 +29,7 @@ from exporter.routing.advice import (
 from exporter.routing.advisor import Advisor
 from exporter.routing.config import RoutingConfig, load_institution_ids
 from exporter.routing.routes import routing_routes
+from exporter.sources.institution import DeclaredStatus
 from exporter.tracker import AgeHistogram, Snapshot, SourceAggregate
 
 HOLD, RECOVER = 1800.0, 7200.0

@@ -10,10 +10,10 @@ import pytest
 
 from exporter.config import FinicitySourceConfig
 from exporter.records import AccountStatus
-from exporter.sources import build_source
 from exporter.sources.base import AuthLockoutRisk, SweepFailed
 from exporter.sources.errors import UpstreamStatusError
-from exporter.sources.finicity import FinicitySource
+from exporter.upstreams import build_source
+from exporter.upstreams.finicity import FinicitySource
 from tests.unit.support import NOW, FakeTime, Recorder, Sink, load_fixture
 
 APP_KEY, PARTNER_SECRET = "app-key-0123456789abcdef", "partner-secret-aqJ5Ic4SEVx2IgDQ"
@@ -408,6 +408,27 @@ async def test_institution_lookups_are_cached_single_flight_and_refreshed_after_
     time.now += 3601
     await source.sweep(Sink())
     assert len(server.calls("/institution/")) == 2
+
+
+async def test_an_institution_lookup_reads_the_declared_status_and_home_page():
+    server = FakeFinicity()
+    found = await make_source(server).institution("4222")
+    assert found is not None and found.home_url == "https://www.example-bank.com"
+    assert found.declared is not None and found.declared.status is not None
+    assert await make_source(server).institution("999999") is None
+    assert await make_source(server).institution("not-a-number") is None
+
+
+async def test_a_malformed_institution_body_is_counted_and_declares_nothing():
+    server, observer = many_customers(1), Recorder()
+    server.institutions = {"1": {"institution": "gone", "status": "online"},
+                           "2": {"institution": {"status": 7}}}
+    source = make_source(server, observer=observer)
+    gone, bad = await source.institution("1"), await source.institution("2")
+    assert gone is not None and bad is not None
+    assert (gone.declared, bad.declared, gone.home_url) == (None, None, None)
+    assert sorted(observer.invalid) == ["invalid_declared_status", "malformed_institution"]
+    assert observer.drift == []
 
 
 # ---------------------------------------------------------------------------- politeness

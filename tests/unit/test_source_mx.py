@@ -10,10 +10,10 @@ import pytest
 
 from exporter.config import MxSourceConfig
 from exporter.records import AccountStatus
-from exporter.sources import build_source
 from exporter.sources.base import AuthLockoutRisk, SweepFailed
 from exporter.sources.errors import MalformedResponse, UpstreamStatusError
-from exporter.sources.mx import MxSource
+from exporter.upstreams import build_source
+from exporter.upstreams.mx import MxSource
 from tests.unit.support import FakeTime, Recorder, Sink, load_fixture
 
 CLIENT_ID, API_KEY = "client-id-1234", "api-key-abcdef0123456789"

@@ -6,14 +6,9 @@ import pytest
 
 from exporter.records import STATUS_MISSING, clean_label
 from exporter.sources.errors import MalformedResponse
-from exporter.sources.payloads import (
-    ErrorPayload,
-    FinicityAccount,
-    FinicityAccountsPage,
-    MxMember,
-    MxUsersPage,
-    PayloadReader,
-)
+from exporter.sources.payloads import ErrorPayload, PayloadReader
+from exporter.upstreams.finicity.payloads import FinicityAccount, FinicityAccountsPage
+from exporter.upstreams.mx.payloads import MxMember, MxUsersPage
 from tests.unit.support import NOW, Recorder
 
 
@@ -152,3 +147,12 @@ def test_error_bodies_of_either_provider_are_read_and_never_raise(body, code, te
     (None, "4222"), (42, "4222"), ("x" * 300, "x" * 200), ('Quote " and \\ kept', 'Quote " and \\ kept')])
 def test_clean_label_makes_display_names_label_safe(raw, expected):
     assert clean_label(raw, "4222") == expected
+
+
+def test_the_invalid_records_help_names_every_reason_of_the_one_vocabulary():
+    from exporter.metrics.catalog import spec
+    from exporter.sources.payloads import REASONS
+
+    help_text = spec("invalid_records").help
+    assert [r for r in REASONS if r not in help_text] == []
+    assert len(set(REASONS)) == len(REASONS) == 8

@@ -16,7 +16,7 @@ from exporter.config import MxSourceConfig
 from exporter.records import STATUS_MISSING
 from exporter.sources.base import SweepFailed
 from exporter.sources.drift import DriftMeter, names_version
-from exporter.sources.payloads import MxInstitutionBody
+from exporter.upstreams.mx.payloads import MxInstitutionBody
 from tests.unit.conftest import DAY
 from tests.unit.support import FakeTime, Recorder, Sink
 from tests.unit.test_source_finicity import make_source as finicity_source

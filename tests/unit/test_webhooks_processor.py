@@ -6,7 +6,9 @@ import asyncio
 
 import pytest
 
-from exporter.webhooks.events import FINICITY_KEEP, MX_KEEP, Delivery
+from exporter.sources.notices import Delivery
+from exporter.upstreams.finicity.webhooks import FINICITY_KEEP
+from exporter.upstreams.mx.webhooks import MX_KEEP
 from exporter.webhooks.inbox import WebhookInbox
 from exporter.webhooks.processor import PushProcessor
 from tests.unit.test_webhooks_support import (

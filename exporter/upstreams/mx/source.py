@@ -37,7 +37,10 @@ from exporter.sources.base import (
 from exporter.sources.client import UpstreamClient
 from exporter.sources.drift import DEFAULT_MISSING_SHARE, DriftMeter
 from exporter.sources.errors import UpstreamStatusError
-from exporter.sources.payloads import (
+from exporter.sources.payloads import Payload, PayloadReader
+from exporter.sources.sharding import in_shard
+from exporter.sources.sweep import TtlCache, institution_name, sweep_units
+from exporter.upstreams.mx.payloads import (
     MxInstitutionBody,
     MxMember,
     MxMembersPage,
@@ -45,11 +48,7 @@ from exporter.sources.payloads import (
     MxUser,
     MxUsersPage,
     MxWidgetUrlBody,
-    Payload,
-    PayloadReader,
 )
-from exporter.sources.sharding import in_shard
-from exporter.sources.sweep import TtlCache, institution_name, sweep_units
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +118,7 @@ class MxSource(Source):
         transport: httpx.AsyncBaseTransport | None = None,
         missing_share: float = DEFAULT_MISSING_SHARE,
     ):
-        if config.client_id is None or config.api_key is None:
-            raise ValueError(f"source {config.name}: client_id and api_key are required")
+        config.require_credentials()
         self.name = config.name
         self.config = config
         self.observer = observer or NullObserver()
@@ -269,6 +267,7 @@ class MxSource(Source):
         """``institution.name``, else the code."""
         return await institution_name(
             lambda: self._call("GET", INSTITUTION_ROUTE, {"institution_code": code}),
-            lambda body: self.payloads.body(MxInstitutionBody, body, INSTITUTION_ROUTE).institution.name,
+            lambda body: self.payloads.body(MxInstitutionBody, body,
+                                            INSTITUTION_ROUTE).institution.typed(),
             code, self.config.institution_cache_ttl,
             seen=self.seen_hook(code))

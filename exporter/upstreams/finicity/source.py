@@ -36,8 +36,11 @@ from exporter.sources.base import (
 from exporter.sources.client import UpstreamClient
 from exporter.sources.drift import DEFAULT_MISSING_SHARE, DriftMeter
 from exporter.sources.errors import UpstreamError, UpstreamStatusError
-from exporter.sources.payloads import (
-    NEVER_AGGREGATED,
+from exporter.sources.institution import Institution
+from exporter.sources.payloads import NEVER_AGGREGATED, PayloadReader
+from exporter.sources.sharding import in_shard
+from exporter.sources.sweep import TtlCache, institution_name, sweep_units
+from exporter.upstreams.finicity.payloads import (
     FinicityAccount,
     FinicityAccountsPage,
     FinicityCustomer,
@@ -45,10 +48,7 @@ from exporter.sources.payloads import (
     FinicityFixLink,
     FinicityInstitutionBody,
     FinicityToken,
-    PayloadReader,
 )
-from exporter.sources.sharding import in_shard
-from exporter.sources.sweep import TtlCache, institution_name, sweep_units
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +250,7 @@ class FinicitySource(Source):
         catalog: Catalog | None = None,
         missing_share: float = DEFAULT_MISSING_SHARE,
     ):
-        if config.app_key is None or config.partner_id is None or config.partner_secret is None:
-            raise ValueError(f"source {config.name}: app_key, partner_id and partner_secret are required")
+        config.require_credentials()
         self.name = config.name
         self.config = config
         self.observer = observer or NullObserver()
@@ -397,21 +396,27 @@ class FinicitySource(Source):
         if not institution_id.isdigit():
             return institution_id, self.config.institution_cache_ttl
 
-        def name(body: Any) -> str | None:
-            found = self.payloads.body(FinicityInstitutionBody, body, INSTITUTION_ROUTE).institution
-            return found.displayName or found.name
+        def parse(body: Any) -> Institution:
+            return self.payloads.body(FinicityInstitutionBody, body,
+                                      INSTITUTION_ROUTE).institution.typed()
 
         return await institution_name(
             lambda: self._call("GET", INSTITUTION_ROUTE, {"institutionId": institution_id}),
-            name, institution_id, self.config.institution_cache_ttl,
+            parse, institution_id, self.config.institution_cache_ttl,
             seen=self.seen_hook(institution_id))
 
-    async def institution(self, institution_id: str) -> object:
+    async def institution(self, institution_id: str) -> Institution | None:
+        """The institution record; one that is no record counts ``malformed_institution``
+        and reads as an institution that declares nothing."""
         if not institution_id.isdigit():
             return None
         try:
-            return await self._call("GET", INSTITUTION_ROUTE, {"institutionId": institution_id})
+            body = await self._call("GET", INSTITUTION_ROUTE, {"institutionId": institution_id})
         except UpstreamStatusError as exc:
             if exc.http_status == 404:
                 return None
             raise
+        if body is None:
+            return Institution()
+        found = self.payloads.record(FinicityInstitutionBody, body, "malformed_institution")
+        return Institution() if found is None else found.institution.typed()
