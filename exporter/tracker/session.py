@@ -1,8 +1,10 @@
 """One sweep of one source, as storage: batching, read-ahead, the seen-bitmap, narrow updates.
 
-The rule itself is :func:`~exporter.tracker.transition.transition`; this module only finds
-each account's previous state, calls the rule, and writes what changed in one transaction
-per chunk, with the aggregates moved and the events emitted only once it committed.
+The rule itself is :func:`~exporter.tracker.transition.transition` (the next state, the
+events and the aggregates' delta); this module only finds each account's previous state,
+calls the rule, and writes what changed in one transaction per chunk, with the aggregates
+moved and the events emitted only once it committed. What it may use of the tracker comes
+in a :class:`SweepContext`.
 """
 
 from __future__ import annotations
