@@ -181,7 +181,7 @@ class ChunkDelta:
         """Count one account's move from ``prev`` (None: a new account) to ``state``: the
         keys its old state counted under go, those its new one counts under come. Only keys
         that differ are appended (the usual night moves the success time alone)."""
-        (inst, code, broken, _streak, flags, _attempt, success, consent, category,
+        (inst, code, broken, streak, flags, _attempt, success, consent, category,
          fixable) = state
         if prev is None:
             self.accounts.append((inst, code, category, fixable))
@@ -196,23 +196,17 @@ class ChunkDelta:
             else:
                 self.success.append(success // MINUTE)
             return
-        # the fields before the attempt and the consent end (the success alone moves on
-        # the usual night): compared as slices, in C
-        if prev[:5] != state[:5] or prev[7] != consent:
-            self._count_labels(prev, state)
-        p_success = prev[6]
+        (p_inst, p_code, p_broken, p_streak, p_flags, _p_attempt, p_success, p_consent,
+         p_category, p_fixable) = prev
         if p_success != success:
             if p_success is None:
                 self.never -= 1
             else:
                 self.gone_success.append(p_success // MINUTE)
             self.success.append(success // MINUTE)
-
-    def _count_labels(self, prev: AccountState, state: AccountState) -> None:
-        """Everything but the success time: label sets, OTP, broken-since, consent end."""
-        (inst, code, broken, _s, flags, _a, _success, consent, category, fixable) = state
-        (p_inst, p_code, p_broken, _ps, p_flags, _pa, _p_success, p_consent, p_category,
-         p_fixable) = prev
+        if (p_code == code and p_inst == inst and p_streak == streak and p_flags == flags
+                and p_broken == broken and p_consent == consent):
+            return  # the usual night: the success alone moved
         if p_code != code or p_inst != inst:
             self.gone_accounts.append((p_inst, p_code, p_category, p_fixable))
             self.accounts.append((inst, code, category, fixable))

@@ -201,10 +201,14 @@ class SweepSession:
                     self._seen_count += 1
             if state is prev:  # a re-poll: the same attempt seen again
                 continue
-            if prev[:5] == state[:5] and prev[7] == state[7]:
-                # the usual night: at most the attempt and the success (fields 5, 6) moved
-                if prev[5:7] != state[5:7]:
-                    stamps.append((*state[5:7], row_id))
+            (p_inst, p_code, p_broken, p_streak, p_flags, p_attempt, p_success, p_consent,
+             _pc, _pf) = prev
+            (inst, code, broken, streak, flags, attempt, success, consent, _c, _f) = state
+            if (p_code == code and p_inst == inst and p_streak == streak
+                    and p_flags == flags and p_broken == broken and p_consent == consent):
+                # the usual night: at most the attempt and the success moved
+                if attempt != p_attempt or p_success != success:
+                    stamps.append((attempt, success, row_id))
             else:
                 updates.append((*state[:STORED_FIELDS], row_id))
         if self._unknown:

@@ -143,36 +143,30 @@ def _nothing_moved(prev: AccountState, record: AccountStatus, facts: CodeFacts,
 def _next_state(prev: AccountState | None, record: AccountStatus, facts: CodeFacts,
                 now: float, otp_threshold: int) -> AccountState:
     """The state after ``record`` (``prev`` None: a first sighting)."""
+    code, category, fixable, otp_code, ok, healthy = facts
     if prev is None:
         streak = flags = 0
         p_attempt = p_success = p_broken = None
     else:
-        p_broken, streak, flags, p_attempt, p_success = prev[2:7]
-    attempt = record.attempt_ts
-    broken = None if facts.healthy else (p_broken or attempt or now)
-    if attempt is not None and (p_attempt is None or attempt > p_attempt):
-        streak, flags = _mfa_step(streak, flags, facts)
+        (_i, _c, p_broken, streak, flags, p_attempt, p_success, _e, _g, _f) = prev
+    attempt, success = record.attempt_ts, record.success_ts
+    broken = None if healthy else (p_broken or attempt or now)
+    if attempt is not None and (p_attempt is None or attempt > p_attempt):  # a new attempt:
+        if otp_code:  # MFA again extends the streak (a relapse if right after a fix)
+            streak, flags = streak + 1, RELAPSED if flags & (AFTER_FIX | RELAPSED) else 0
+        elif ok:  # a success ends it, remembering there was one
+            streak, flags = 0, AFTER_FIX if streak else 0
+        else:  # anything else resets it
+            streak = flags = 0
     else:
         attempt = p_attempt  # the same or an older attempt: keep the newest seen
-    if facts.otp and (streak >= otp_threshold or flags & RELAPSED):
+    if otp_code and (streak >= otp_threshold or flags & RELAPSED):
         flags |= OTP
     else:
         flags &= ~OTP
-    success = record.success_ts
-    return _new(AccountState, (record.institution_id, facts.code, broken, streak, flags,
-                               attempt, p_success if success is None else success,
-                               record.consent_end, facts.category, facts.fixable))
-
-
-def _mfa_step(streak: int, flags: int, facts: CodeFacts) -> tuple[int, int]:
-    """(streak, flags) after a new, distinct attempt: MFA again extends the streak (a
-    relapse right after a fix), a success ends it (remembering there was one), anything
-    else resets it."""
-    if facts.otp:
-        return streak + 1, RELAPSED if flags & (AFTER_FIX | RELAPSED) else 0
-    if facts.ok:
-        return 0, AFTER_FIX if streak else 0
-    return 0, 0
+    return _new(AccountState, (record.institution_id, code, broken, streak, flags, attempt,
+                               p_success if success is None else success, record.consent_end,
+                               category, fixable))
 
 
 def _seen_again(prev: AccountState, record: AccountStatus,
