@@ -27,6 +27,8 @@ from typing import NamedTuple
 
 import orjson
 
+from exporter.account_flags import AFTER_FIX, OTP, RELAPSED
+
 SCHEMA_VERSION = 4
 
 _SCHEMA = """
@@ -97,13 +99,6 @@ DROP INDEX IF EXISTS accounts_by_key;
 _MIGRATE_FROM_3 = """
 ALTER TABLE accounts ADD COLUMN consent_end REAL;
 """
-
-OTP = 1
-"""``flags`` bit: the account is an OTP-loop suspect."""
-RELAPSED = 2
-"""``flags`` bit: it fell back to MFA right after a fix (and is still there)."""
-AFTER_FIX = 4
-"""``flags`` bit: its last distinct attempt succeeded after an MFA streak."""
 
 log = logging.getLogger(__name__)
 

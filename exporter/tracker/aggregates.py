@@ -14,7 +14,12 @@ from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from exporter.tracker.transition import AccountState
+
+from exporter.account_flags import OTP
 from exporter.state import DAY, MINUTE, Contributions
 
 OTHER = "other"
@@ -151,6 +156,7 @@ class ChunkDelta:
         "gone_consent",
         "gone_otp",
         "gone_success",
+        "moved",
         "never",
         "otp",
         "success",
@@ -168,6 +174,60 @@ class ChunkDelta:
         self.consent: list[tuple[str, float]] = []
         self.gone_consent: list[tuple[str, float]] = []
         self.never = 0
+        self.moved: list[tuple[str, str, str]] = []
+        """(institution_id, from_category, to_category) of each change of category"""
+
+    def count(self, prev: AccountState | None, state: AccountState) -> None:
+        """Count one account's move from ``prev`` (None: a new account) to ``state``: the
+        keys its old state counted under go, those its new one counts under come. Only keys
+        that differ are appended (the usual night moves the success time alone)."""
+        (inst, code, broken, streak, flags, _attempt, success, consent, category,
+         fixable) = state
+        if prev is None:
+            self.accounts.append((inst, code, category, fixable))
+            if flags & OTP:
+                self.otp.append(inst)
+            if broken is not None:
+                self.broken.append((category, broken // MINUTE))
+            if consent is not None:
+                self.consent.append((inst, consent // DAY))
+            if success is None:
+                self.never += 1
+            else:
+                self.success.append(success // MINUTE)
+            return
+        (p_inst, p_code, p_broken, p_streak, p_flags, _p_attempt, p_success, p_consent,
+         p_category, p_fixable) = prev
+        if p_success != success:
+            if p_success is None:
+                self.never -= 1
+            else:
+                self.gone_success.append(p_success // MINUTE)
+            self.success.append(success // MINUTE)
+        if (p_code == code and p_inst == inst and p_streak == streak and p_flags == flags
+                and p_broken == broken and p_consent == consent):
+            return  # the usual night: the success alone moved
+        if p_code != code or p_inst != inst:
+            self.gone_accounts.append((p_inst, p_code, p_category, p_fixable))
+            self.accounts.append((inst, code, category, fixable))
+            if p_category != category:
+                self.moved.append((inst, p_category, category))
+        otp, p_otp = flags & OTP, p_flags & OTP
+        if p_otp != otp or (otp and p_inst != inst):
+            if p_otp:
+                self.gone_otp.append(p_inst)
+            if otp:
+                self.otp.append(inst)
+        if p_broken != broken or p_category != category:
+            if p_broken is not None:
+                self.gone_broken.append((p_category, p_broken // MINUTE))
+            if broken is not None:
+                self.broken.append((category, broken // MINUTE))
+        if p_consent != consent or (consent is not None and p_inst != inst):
+            if p_consent is not None:
+                self.gone_consent.append((p_inst, p_consent // DAY))
+            if consent is not None:
+                self.consent.append((inst, consent // DAY))
 
 
 class FleetState:

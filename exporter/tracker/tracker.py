@@ -30,11 +30,11 @@ from weakref import WeakSet
 from exporter.catalog import Catalog
 from exporter.records import AccountStatus
 from exporter.sources.base import SweepReport
-from exporter.state import OTP, StateStore, read_contributions
+from exporter.state import StateStore, read_contributions
 from exporter.tracker.aggregates import OTHER, FleetState, Snapshot
 from exporter.tracker.events import AccountEvent, EventKind, Subscriber
-from exporter.tracker.session import SweepSession
-from exporter.tracker.transition import CodeFacts
+from exporter.tracker.session import SweepContext, SweepSession
+from exporter.tracker.transition import CodeFacts, removed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -156,11 +156,7 @@ class Tracker:
     async def begin(self, source: str, provider: str, *, read_ahead: bool = True) -> SweepSession:
         return await self.run(self._begin, source, provider, read_ahead)
 
-    def end(self, session: SweepSession) -> None:
-        """On the writer thread: a finished session no longer hears of other writes."""
-        self._sessions[session.source].discard(session)
-
-    def written(self, session: SweepSession, keys: Iterable[str]) -> None:
+    def _written(self, session: SweepSession, keys: Iterable[str]) -> None:
         """On the writer thread, after ``session`` committed ``keys``: other open sessions
         of the source drop rows they read ahead for them (they are stale now)."""
         others = [s for s in self._sessions[session.source] if s is not session]
@@ -183,10 +179,24 @@ class Tracker:
         ``source`` as it begins; on the writer thread."""
         if source not in self._fleets:
             self._fleets[source] = self._read_fleet(source, provider)
-        session = SweepSession(self, source, provider, self.store.last_id(),
-                               self._fleets[source].total(), read_ahead=read_ahead)
+        session = SweepSession(self._context(source, provider), source, provider,
+                               self.store.last_id(), self._fleets[source].total(),
+                               read_ahead=read_ahead)
         self._sessions[source].add(session)
         return session
+
+    def _context(self, source: str, provider: str) -> SweepContext:
+        """What a session of ``source`` may use of the tracker."""
+        return SweepContext(
+            store=self.store, batch_size=self.batch_size, run=self.run, deliver=self.deliver,
+            clock=self.clock, otp_threshold=self.otp_streak_threshold,
+            emit=self.subscribed, steady=self.steady, facts=self.code_facts(source),
+            resolve=lambda code: self.resolve(source, provider, code),
+            classes=self.classes(provider), fleet=lambda: self.fleet(source),
+            note_unknown=lambda count: self.note_unknown(source, provider, count),
+            written=self._written, ended=self._sessions[source].discard,
+            drop_unseen=lambda seen, upto: self._drop_unseen(source, provider, seen, upto),
+            publish=lambda: self.publish_sync(source, provider))
 
     def fleet(self, source: str) -> FleetState:
         """The live aggregates of one source (empty until it is loaded or swept)."""
@@ -212,11 +222,10 @@ class Tracker:
             if code != OTHER and classes[code][0] == UNKNOWN)
         return fleet
 
-    def drop_unseen(self, session: SweepSession, seen: bytearray,
-                    upto: int) -> list[AccountEvent]:
+    def _drop_unseen(self, source: str, provider: str, seen: bytearray,
+                     upto: int) -> list[AccountEvent]:
         """On the writer thread, at the end of a complete sweep: delete the accounts it did
         not see, move the aggregates, and return their REMOVED events."""
-        source, provider = session.source, session.provider
         classes = self.classes(provider)
         dropped = self.store.drop_unseen(source, seen, upto, rows=bool(self._subscribers))
         if dropped is None:
@@ -228,11 +237,7 @@ class Tracker:
         if not rows:
             return []
         names, _transitions = self.store.labels(source)
-        now = self.clock()
-        return [AccountEvent(EventKind.REMOVED, source, provider, key, None, None, inst,
-                             names.get(inst, inst), code, *classes[code], bool(flags & OTP),
-                             None, None, broken, now)
-                for key, inst, code, broken, flags in rows]
+        return removed(source, provider, rows, names, classes.__getitem__, self.clock())
 
     def publish_sync(self, source: str, provider: str) -> None:
         """Build one source's aggregate (a step per series, not per account) and swap it in;

@@ -1,4 +1,6 @@
-"""The product's central rule: (previous state, record, code facts, now) → (new state, events).
+"""The product's central rule: (previous state, record, code facts, now) → (new state,
+events, the account's contribution to the aggregates). Also the REMOVED events of accounts
+gone upstream, and the MFA flag bits (:mod:`exporter.account_flags`).
 
 Pure: no storage, no clock, no I/O. The session calls it once per record and stores what
 it returns; tests drive it as a table of cases.
@@ -13,16 +15,23 @@ it returns; tests drive it as a table of cases.
 - A record without a success time keeps the last success stored.
 - The consent end is the record's (Finicity ``authorizationEndDate`` when it expires, else
   None); a change of it is a CONSENT event (a later end: the user renewed).
+- Nothing moved (the same or an older attempt, the same code, institution, success and
+  consent end): the previous state itself comes back, and no contribution moves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+from exporter.account_flags import AFTER_FIX, OTP, RELAPSED
 from exporter.records import AccountStatus
-from exporter.state import AFTER_FIX, OTP, RELAPSED
 from exporter.tracker.events import AccountEvent, EventKind
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from exporter.tracker.aggregates import ChunkDelta
 
 OK = "ok"
 
@@ -89,68 +98,96 @@ _NO_EVENTS: tuple[AccountEvent, ...] = ()
 
 
 def transition(prev: AccountState | None, record: AccountStatus, facts: CodeFacts,
-               now: float, otp_threshold: int, *, emit: bool = True,
-               steady: bool = False) -> tuple[AccountState, Sequence[AccountEvent]]:
-    """The account's next state and the events of the change. ``steady`` also emits
+               now: float, otp_threshold: int, *, emit: bool = True, steady: bool = False,
+               delta: ChunkDelta | None = None) -> tuple[AccountState, Sequence[AccountEvent]]:
+    """The account's next state and the events of the change; with ``delta``, also counts
+    the account's contribution to the aggregates into it. ``steady`` also emits
     STILL_BROKEN (only steady subscribers receive it) and CONSENT for an unchanged consent
     end (so a consumer that missed a change catches up); ``emit=False`` skips building events
     nobody receives (the state is the same either way).
 
     When nothing moves (a re-poll: the same or an older attempt, same code, institution and
     success) the result is ``prev`` itself, so a caller can tell by identity."""
+    if prev is not None and _nothing_moved(prev, record, facts, otp_threshold):
+        return prev, _seen_again(prev, record, now) if emit and steady else _NO_EVENTS
+    state = _next_state(prev, record, facts, now, otp_threshold)
+    if delta is not None:
+        delta.count(prev, state)
+    if not emit:
+        return state, _NO_EVENTS
+    events = transition_events(prev, record, state, now, steady)
+    consent = state.consent_end
+    if consent != (prev.consent_end if prev else None) or (steady and consent is not None):
+        return state, _with_consent(events, record, state, prev, now)
+    return state, events
+
+
+def _nothing_moved(prev: AccountState, record: AccountStatus, facts: CodeFacts,
+                   otp_threshold: int) -> bool:
+    """No new attempt (streak and marks stay), and nothing else moved either."""
+    attempt, p_attempt = record.attempt_ts, prev.attempt_ts
+    if attempt is not None and (p_attempt is None or attempt > p_attempt):
+        return False  # a new attempt (most nights: checked first)
+    code, category, fixable, otp_code, _ok, healthy = facts
+    success = record.success_ts
+    (inst, p_code, broken, streak, flags, _a, p_success, consent, p_category, p_fixable) = prev
+    return (p_code == code and inst == record.institution_id
+            and consent == record.consent_end
+            and (success is None or success == p_success)
+            and (broken is None) == healthy
+            and bool(flags & OTP) == bool(
+                otp_code and (streak >= otp_threshold or flags & RELAPSED))
+            and p_category == category and p_fixable == fixable)
+
+
+def _next_state(prev: AccountState | None, record: AccountStatus, facts: CodeFacts,
+                now: float, otp_threshold: int) -> AccountState:
+    """The state after ``record`` (``prev`` None: a first sighting)."""
     code, category, fixable, otp_code, ok, healthy = facts
-    attempt, success, consent = record.attempt_ts, record.success_ts, record.consent_end
-    p_consent = None
     if prev is None:
         streak = flags = 0
-        prev_attempt = None
-        broken = None if healthy else (attempt or now)
+        p_attempt = p_success = p_broken = None
     else:
-        (p_inst, p_code, p_broken, streak, p_flags, prev_attempt, p_success, p_consent,
-         p_category, p_fixable) = prev
-        # no new attempt (streak and marks stay), and nothing else moved either
-        if ((attempt is None or (prev_attempt is not None and attempt <= prev_attempt))
-                and p_code == code and p_inst == record.institution_id
-                and p_consent == consent
-                and (success is None or success == p_success)
-                and (p_broken is None) == healthy
-                and bool(p_flags & OTP) == bool(
-                    otp_code and (streak >= otp_threshold or p_flags & RELAPSED))
-                and p_category == category and p_fixable == fixable):
-            if emit and steady:  # re-announced to steady subscribers
-                kinds = [EventKind.STILL_BROKEN] if fixable and category != OK else []
-                if consent is not None:
-                    kinds.append(EventKind.CONSENT)
-                if kinds:
-                    return prev, _events(kinds, record, prev, prev, p_broken, now)
-            return prev, _NO_EVENTS
-        flags = p_flags
-        if success is None:
-            success = p_success
-        broken = None if healthy else (p_broken or attempt or now)
-    if attempt is not None and (prev_attempt is None or attempt > prev_attempt):
-        if otp_code:  # a new attempt, MFA again
-            flags = RELAPSED if flags & (AFTER_FIX | RELAPSED) else 0
-            streak += 1
-        elif ok:
-            flags = AFTER_FIX if streak else 0
-            streak = 0
-        else:
+        (_i, _c, p_broken, streak, flags, p_attempt, p_success, _e, _g, _f) = prev
+    attempt, success = record.attempt_ts, record.success_ts
+    broken = None if healthy else (p_broken or attempt or now)
+    if attempt is not None and (p_attempt is None or attempt > p_attempt):  # a new attempt:
+        if otp_code:  # MFA again extends the streak (a relapse if right after a fix)
+            streak, flags = streak + 1, RELAPSED if flags & (AFTER_FIX | RELAPSED) else 0
+        elif ok:  # a success ends it, remembering there was one
+            streak, flags = 0, AFTER_FIX if streak else 0
+        else:  # anything else resets it
             streak = flags = 0
-    elif prev_attempt is not None:
-        attempt = prev_attempt  # the same or an older attempt: keep the newest seen
+    else:
+        attempt = p_attempt  # the same or an older attempt: keep the newest seen
     if otp_code and (streak >= otp_threshold or flags & RELAPSED):
         flags |= OTP
     else:
         flags &= ~OTP
-    state = _new(AccountState, (record.institution_id, code, broken, streak, flags, attempt,
-                                success, consent, category, fixable))
-    if not emit:
-        return state, _NO_EVENTS
-    if consent != p_consent or (steady and consent is not None):
-        return state, _with_consent(transition_events(prev, record, state, now, steady),
-                                    record, state, prev, now)
-    return state, transition_events(prev, record, state, now, steady)
+    return _new(AccountState, (record.institution_id, code, broken, streak, flags, attempt,
+                               p_success if success is None else success, record.consent_end,
+                               category, fixable))
+
+
+def _seen_again(prev: AccountState, record: AccountStatus,
+                now: float) -> Sequence[AccountEvent]:
+    """What steady subscribers hear of an account that did not move: STILL_BROKEN while it
+    is fixable and not ok, CONSENT while its consent expires."""
+    kinds = [EventKind.STILL_BROKEN] if prev.fixable and prev.category != OK else []
+    if record.consent_end is not None:
+        kinds.append(EventKind.CONSENT)
+    return _events(kinds, record, prev, prev, prev.broken_since, now) if kinds else _NO_EVENTS
+
+
+def removed(source: str, provider: str, rows: Iterable[tuple], names: dict[str, str],
+            classify: Callable[[str], tuple[str, bool]], now: float) -> list[AccountEvent]:
+    """The REMOVED events of accounts a complete sweep no longer saw, from their stored
+    ``(account_key, institution_id, code, broken_since, flags)``: no owner or login id
+    (never stored), the stored code and its category."""
+    return [AccountEvent(EventKind.REMOVED, source, provider, key, None, None, inst,
+                         names.get(inst, inst), code, *classify(code), bool(flags & OTP),
+                         None, None, broken, now)
+            for key, inst, code, broken, flags in rows]
 
 
 def transition_events(prev: AccountState | None, record: AccountStatus, state: AccountState,
