@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from exporter.remediation.episodes import Episode, Mark
 from exporter.remediation.renewals import RENEWAL_ID_BASE, ConsentPeriod
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS fix_episodes (
@@ -245,16 +248,24 @@ class RemediationStore:
 
     def open_episodes(self, keys: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], Episode]:
         """The open episodes of these logins (source, owner_id, login_id), read in batches."""
-        out: dict[tuple[str, str, str], Episode] = {}
+        return self._open_by_login(keys, "fix_episodes e", _EPISODE_COLUMNS_OF_E, _episode)
+
+    def _open_by_login(self, keys: Iterable[tuple[str, str, str]], table: str, columns: str,
+                       parse: Callable[[tuple], T]) -> dict[tuple[str, str, str], T]:
+        """The open rows (``closed_at IS NULL``) of ``table`` (with its alias) for these
+        logins, read in batches and parsed; keyed by their ``login``."""
+        alias = table.split()[-1]
+        out: dict[tuple[str, str, str], T] = {}
         for chunk in _chunks(list(keys)):
             rows = self.db.execute(
                 f"WITH k(s, o, l) AS (VALUES {_triples(len(chunk))}) "
-                f"SELECT {_EPISODE_COLUMNS_OF_E} FROM k JOIN fix_episodes e ON e.source = k.s "
-                "AND e.owner_id = k.o AND e.login_id = k.l AND e.closed_at IS NULL",
+                f"SELECT {columns} FROM k JOIN {table} ON {alias}.source = k.s "
+                f"AND {alias}.owner_id = k.o AND {alias}.login_id = k.l "
+                f"AND {alias}.closed_at IS NULL",
                 [v for key in chunk for v in key]).fetchall()
             for row in rows:
-                ep = _episode(row)
-                out[ep.login] = ep
+                item = parse(row)
+                out[item.login] = item  # type: ignore[attr-defined]
         return out
 
     def last_fixed(self, keys: Iterable[tuple[str, str, str]]
@@ -361,17 +372,7 @@ class RemediationStore:
     def open_periods(self, keys: Iterable[tuple[str, str, str]]
                      ) -> dict[tuple[str, str, str], ConsentPeriod]:
         """The open consent periods of these logins (source, owner_id, login_id)."""
-        out: dict[tuple[str, str, str], ConsentPeriod] = {}
-        for chunk in _chunks(list(keys)):
-            rows = self.db.execute(
-                f"WITH k(s, o, l) AS (VALUES {_triples(len(chunk))}) "
-                f"SELECT {_PERIOD_COLUMNS_OF_P} FROM k JOIN consent_periods p ON p.source = k.s "
-                "AND p.owner_id = k.o AND p.login_id = k.l AND p.closed_at IS NULL",
-                [v for key in chunk for v in key]).fetchall()
-            for row in rows:
-                period = _period(row)
-                out[period.login] = period
-        return out
+        return self._open_by_login(keys, "consent_periods p", _PERIOD_COLUMNS_OF_P, _period)
 
     def save_periods(self, periods: list[ConsentPeriod], now: float) -> None:
         """Write folded consent periods (closed ones first, so their login is free for the
