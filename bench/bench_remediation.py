@@ -50,7 +50,7 @@ from exporter.remediation.loop import RepairLoop
 from exporter.remediation.observer import NullRemediationObserver
 from exporter.sources.base import SweepReport
 from exporter.sources.transport import AiohttpTransport
-from exporter.state import StateStore
+from exporter.state.accounts import StateStore
 from exporter.tracker import Tracker
 from exporter.tracker.events import AccountEvent, EventKind
 

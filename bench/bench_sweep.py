@@ -33,7 +33,7 @@ from exporter.config import FinicitySourceConfig
 from exporter.metrics import AgentMetrics
 from exporter.sandbox import credentials
 from exporter.sources.base import NullObserver
-from exporter.state import StateStore
+from exporter.state.accounts import StateStore
 from exporter.tracker import Tracker
 from exporter.upstreams import build_source
 from tests.integration.procs import Sandbox

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from exporter.metrics import build_metrics
 from exporter.records import AccountStatus
 from exporter.sources.base import SweepReport
-from exporter.state import StateStore
+from exporter.state.accounts import StateStore
 from exporter.tracker import Tracker
 
 NOW = 1_763_700_000.0

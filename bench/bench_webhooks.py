@@ -59,8 +59,8 @@ async def serve(config_path: str) -> None:
     """The listener alone: PushService with an instant source (owning its shard) and a
     tracker that drops."""
     from exporter.config import load_config
-    from exporter.server import http_server, serve_until_signal
     from exporter.sources.sharding import in_shard
+    from exporter.web.server import http_server, serve_until_signal
     from exporter.webhooks.observer import NullWebhookObserver
     from exporter.webhooks.service import PushService
 

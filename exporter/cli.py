@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from exporter import __version__
-from exporter.catalog import Catalog
 from exporter.config import ConfigError, Settings, load_config
 from exporter.logs import LEVELS, setup_logging
 from exporter.remediation import commands as remediation_commands
-from exporter.statefile import StateFileError
-from exporter.webconfig import load_web_config
+from exporter.state.file import StateFileError
+from exporter.status_codes import Catalog
+from exporter.web.toolkit import load_web_config
 
 log = logging.getLogger("exporter")
 

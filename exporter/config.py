@@ -224,7 +224,7 @@ SOURCE_MODELS: dict[str, type[FinicitySourceConfig] | type[MxSourceConfig]] = {
 class WebConfig(_Strict):
     listen_address: str = ":9877"
     telemetry_path: str = "/metrics"
-    # exporter-toolkit web config (TLS, basic auth, headers): exporter/webconfig.py
+    # exporter-toolkit web config (TLS, basic auth, headers): exporter/web/toolkit.py
     config_file: Path | None = None
     read_header_timeout: Duration = Field(
         10.0, gt=0, description="Longest a client may take to send its request's headers.")

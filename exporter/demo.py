@@ -17,10 +17,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporter.addresses import split_listen_address
 from exporter.config import Settings
 from exporter.sandbox import credentials, runtime_of
-from exporter.server import http_server, serve_until_signal
+from exporter.web.addresses import split_listen_address
+from exporter.web.server import http_server, serve_until_signal
 
 log = logging.getLogger(__name__)
 

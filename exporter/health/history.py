@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from exporter.health.report import FOLDED, HealthReport, provider_counts, rfc3339
 from exporter.health.sides import HEALTH_SIDES
-from exporter.statetables import StateTables
+from exporter.state.tables import StateTables
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def points_of(report: HealthReport) -> dict[Pair, Point]:
 
 
 class HistoryStore(StateTables):
-    """The ``institution_history`` table (see :class:`~exporter.statetables.StateTables`)."""
+    """The ``institution_history`` table (see :class:`~exporter.state.tables.StateTables`)."""
 
     def __init__(self, path: str | Path):
         super().__init__(path, _SCHEMA)

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
-from exporter.catalog import Catalog
 from exporter.metrics.collectors import (
     AgeCollector,
     ConsentCollector,
@@ -31,6 +30,7 @@ from exporter.metrics.collectors import (
 from exporter.metrics.exposition import OPENMETRICS, TEXT, Exposition
 from exporter.metrics.observers import AgentMetrics
 from exporter.metrics.snapshot_text import InstitutionRows, RoutingRows, SnapshotText
+from exporter.status_codes import Catalog
 from exporter.tracker import Snapshot
 
 __all__ = ["OPENMETRICS", "TEXT", "AgeCollector", "AgentMetrics", "Exposition",

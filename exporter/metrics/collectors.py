@@ -20,8 +20,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from exporter.catalog import Catalog
 from exporter.metrics.catalog import AGE_BUCKETS, spec
+from exporter.status_codes import Catalog
 from exporter.tracker import CONSENT_WINDOWS, AgeHistogram, Snapshot
 
 _FAMILIES = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily,

@@ -2,7 +2,7 @@
 
 :class:`AgentMetrics` implements :class:`exporter.sources.base.UpstreamObserver` (requests,
 retries, auth failures, invalid records), :class:`exporter.tracker.TrackerEvents` (unknown
-codes), :class:`exporter.sweeps.SweepObserver` (sweep results, durations, progress) and
+codes), :class:`exporter.agent.sweeps.SweepObserver` (sweep results, durations, progress) and
 :class:`exporter.webhooks.observer.WebhookObserver` (webhook deliveries, push re-reads). The
 producers know nothing of Prometheus; nothing else sets these instruments.
 
@@ -197,12 +197,12 @@ class AgentMetrics:
     def fix_click(self, result: str) -> None:
         self._inc("fix_clicks", result)
 
-    # WebObserver (exporter.webconfig)
+    # WebObserver (exporter.web.toolkit)
     def web_auth_refused(self, reason: str) -> None:
         self._inc("web_requests_refused", reason)
 
     def web_config_reload(self, result: str) -> None:
-        """Logged by exporter.webconfig (a failure at error level); not a metric."""
+        """Logged by exporter.web.toolkit (a failure at error level); not a metric."""
 
     def fix_institution(self, source: str, provider: str, institution_id: str,
                         institution: str, code: str, outcome: str | None) -> None:

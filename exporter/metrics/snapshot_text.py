@@ -23,9 +23,9 @@ from bisect import bisect_left
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Protocol
 
-from exporter.catalog import Catalog
 from exporter.metrics.blocks import BlockList
 from exporter.metrics.lines import FamilyFormat
+from exporter.status_codes import Catalog
 from exporter.tracker import Snapshot, SourceAggregate
 
 FLEET = ("accounts", "fixable_accounts", "otp_suspected_accounts", "status_transitions")

@@ -20,8 +20,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from exporter.aio import Gate
-from exporter.ratelimit import TokenBucket
 from exporter.remediation.signing import BadToken, read_token
+from exporter.web.tokenbucket import TokenBucket
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.routing.advice import Track
-from exporter.statetables import StateTables
+from exporter.state.tables import StateTables
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS routing_advice (

@@ -30,9 +30,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.catalog import Catalog
 from exporter.sandbox.clock import SandboxClock
 from exporter.sandbox.scenario import ProviderFleet, Scenario
+from exporter.status_codes import Catalog
 
 _M64 = 0xFFFFFFFFFFFFFFFF
 _TWO64 = float(1 << 64)

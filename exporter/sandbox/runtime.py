@@ -13,12 +13,12 @@ from typing import Any
 import httpx
 from starlette.responses import JSONResponse, Response
 
-from exporter.catalog import Catalog
 from exporter.sandbox.clock import SandboxClock
 from exporter.sandbox.fleet import Fleet
 from exporter.sandbox.links import ConnectLinks, FixRequests
 from exporter.sandbox.scenario import Scenario
 from exporter.sandbox.webhooks import WebhookEmitter
+from exporter.status_codes import Catalog
 
 __all__ = ["SandboxRuntime"]
 

@@ -1,5 +1,5 @@
 """Run the sandbox with uvicorn inside the current event loop (next to the agent, if wanted),
-on the agent's own quiet server class (:class:`exporter.server.Server`)."""
+on the agent's own quiet server class (:class:`exporter.web.server.Server`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from exporter.sandbox.app import create_app, runtime_of
 from exporter.sandbox.clock import SandboxClock
 from exporter.sandbox.runtime import SandboxRuntime
 from exporter.sandbox.scenario import Scenario
-from exporter.server import Server
+from exporter.web.server import Server
 
 
 class SandboxServer:

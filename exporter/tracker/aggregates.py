@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from exporter.tracker.transition import AccountState
 
-from exporter.account_flags import OTP
-from exporter.state import DAY, MINUTE, Contributions
+from exporter.state.accounts import DAY, MINUTE, Contributions
+from exporter.tracker.transition import OTP
 
 OTHER = "other"
 CONSENT_WINDOWS = (("7d", 7 * DAY), ("30d", 30 * DAY), ("90d", 90 * DAY))
@@ -255,10 +255,10 @@ class FleetState:
               sign: int = 1) -> None:
         """Add (``sign=1``) or remove (``-1``) what a set of stored rows contributes;
         ``classify`` gives a stored code's (category, fixable)."""
-        for inst, code, n, n_otp in rows.accounts:
+        for inst, code, flags, n in rows.accounts:
             _move(self.accounts, (inst, code, *classify(code)), sign * n)
-            if n_otp:
-                _move(self.otp, inst, sign * n_otp)
+            if flags & OTP:
+                _move(self.otp, inst, sign * n)
         for code, minute, n in rows.broken:
             _move(self.broken, (classify(code)[0], float(minute)), sign * n)
         for minute, n in rows.success:

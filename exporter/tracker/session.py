@@ -16,7 +16,7 @@ from typing import Any
 
 from exporter.records import STATUS_MISSING, AccountStatus
 from exporter.sources.base import SweepReport
-from exporter.state import StateStore
+from exporter.state.accounts import StateStore
 from exporter.tracker.aggregates import ChunkDelta, FleetState
 from exporter.tracker.events import AccountEvent
 from exporter.tracker.transition import STORED_FIELDS, AccountState, CodeFacts, transition

@@ -27,10 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 from weakref import WeakSet
 
-from exporter.catalog import Catalog
 from exporter.records import AccountStatus
 from exporter.sources.base import SweepReport
-from exporter.state import StateStore, read_contributions
+from exporter.state.accounts import StateStore, read_contributions
+from exporter.status_codes import Catalog
 from exporter.tracker.aggregates import OTHER, FleetState, Snapshot
 from exporter.tracker.events import AccountEvent, EventKind, Subscriber
 from exporter.tracker.session import SweepContext, SweepSession

@@ -1,6 +1,7 @@
 """The product's central rule: (previous state, record, code facts, now) → (new state,
 events, the account's contribution to the aggregates). Also the REMOVED events of accounts
-gone upstream, and the MFA flag bits (:mod:`exporter.account_flags`).
+gone upstream, and the MFA flag bits it sets and reads (:data:`OTP`, :data:`RELAPSED`,
+:data:`AFTER_FIX`).
 
 Pure: no storage, no clock, no I/O. The session calls it once per record and stores what
 it returns; tests drive it as a table of cases.
@@ -24,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from exporter.account_flags import AFTER_FIX, OTP, RELAPSED
 from exporter.records import AccountStatus
 from exporter.tracker.events import AccountEvent, EventKind
 
@@ -34,6 +34,13 @@ if TYPE_CHECKING:
     from exporter.tracker.aggregates import ChunkDelta
 
 OK = "ok"
+
+OTP = 1
+"""``flags`` bit: the account is an OTP-loop suspect."""
+RELAPSED = 2
+"""``flags`` bit: it fell back to MFA right after a fix (and is still there)."""
+AFTER_FIX = 4
+"""``flags`` bit: its last distinct attempt succeeded after an MFA streak."""
 
 
 class CodeFacts(NamedTuple):

@@ -23,8 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-from exporter.addresses import split_listen_address
 from exporter.durations import non_negative_duration
+from exporter.web.addresses import split_listen_address
 
 Seconds = Annotated[float, BeforeValidator(non_negative_duration), Field(json_schema_extra={"format": "duration"})]
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{32,128}$")

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from alerts import generate
-from exporter.catalog import CATEGORIES
 from exporter.metrics.catalog import series_labels
+from exporter.status_codes import CATEGORIES
 from tests.alerts.alerts_support import (
     ALERT_NAMES,
     GENERATOR,

@@ -982,7 +982,7 @@ def _web_secret(docs: list[dict]) -> dict:
 
 
 def test_web_config_is_a_secret_mounted_with_its_certificates_and_passed_as_a_flag():
-    from exporter.webconfig import parse_web_config
+    from exporter.web.toolkit import parse_web_config
 
     docs = render(WEBCONFIG)
     values = ci_values("webconfig-values.yaml")["webConfig"]
@@ -1005,7 +1005,7 @@ def test_web_config_is_a_secret_mounted_with_its_certificates_and_passed_as_a_fl
 
 
 def test_the_agent_loads_the_rendered_web_config_with_the_secrets_laid_out_as_mounted(tmp_path):
-    from exporter.webconfig import load_web_config
+    from exporter.web.toolkit import load_web_config
     from tests.tls_support import CA
 
     docs = render(WEBCONFIG)
@@ -1092,7 +1092,7 @@ def test_no_web_config_by_default():
 def test_schema_of_the_web_config_matches_the_agents_model():
     import typing
 
-    from exporter import webconfig
+    from exporter.web import toolkit as webconfig
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     node = schema["definitions"]["webConfigFile"]

@@ -16,9 +16,9 @@ import httpx
 import pytest
 import yaml
 
-from exporter.catalog import Catalog
 from exporter.config import Settings
 from exporter.sources.errors import UpstreamError
+from exporter.status_codes import Catalog
 from exporter.upstreams import build_source
 from tests.integration.procs import EXPORTER, REPO, Proc, free_port, wait_for
 from tests.integration.prom import scrape, stop_all

@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from exporter.catalog import Catalog
+from exporter.status_codes import Catalog
 from tests.integration.procs import AgentProc, Sandbox, agent_config, free_port, wait_for
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from exporter.catalog import Catalog
+from exporter.status_codes import Catalog
 from tests.integration.procs import EXPORTER, REPO, AgentProc, Sandbox, wait_for
 from tests.integration.test_repair_loop import (
     SECRET,

@@ -7,7 +7,7 @@ import pytest
 from exporter.metrics import build_metrics
 from exporter.records import AccountStatus
 from exporter.sources.base import SweepReport
-from exporter.state import StateStore
+from exporter.state.accounts import StateStore
 from exporter.tracker import Tracker
 
 T0 = 1_763_700_000.0  # a Friday night in November 2025

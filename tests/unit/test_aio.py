@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from exporter.aio import complete_even_if_cancelled, wait_for_event
-from exporter.server import report_pending_tasks
+from exporter.web.server import report_pending_tasks
 
 
 async def test_returns_true_when_set_and_clears():
@@ -47,7 +47,7 @@ async def test_a_slow_shutdown_names_what_it_waits_for(caplog):
 
     task = asyncio.create_task(stuck_somewhere(), name="stuck-task")
     await asyncio.sleep(0)
-    with caplog.at_level(logging.WARNING, logger="exporter.server"):
+    with caplog.at_level(logging.WARNING, logger="exporter.web.server"):
         report_pending_tasks()
     task.cancel()
     (message,) = [r.getMessage() for r in caplog.records]
@@ -56,7 +56,7 @@ async def test_a_slow_shutdown_names_what_it_waits_for(caplog):
 
 SERVE_THEN_HANG = """
 import asyncio, logging, os, signal, sys
-from exporter.server import http_server, serve_until_signal
+from exporter.web.server import http_server, serve_until_signal
 from starlette.applications import Starlette
 
 logging.basicConfig(level=logging.WARNING, stream=sys.stdout)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.catalog import CATEGORIES, Catalog, normalise_code
 from exporter.cli import main
+from exporter.status_codes import CATEGORIES, Catalog, normalise_code
 
 REFERENCE = Path(__file__).resolve().parents[2].parent / "shared/reference/status-codes.csv"
 

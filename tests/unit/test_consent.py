@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 
 from exporter.sources.base import SweepReport
-from exporter.state import SCHEMA_VERSION, StateStore
+from exporter.state.accounts import SCHEMA_VERSION, StateStore
 from exporter.tracker import EventKind, Tracker
 from exporter.upstreams.finicity.payloads import FinicityAccount
 from tests.unit.conftest import DAY, Harness

@@ -37,7 +37,7 @@ from exporter.metrics.lines import FamilyFormat, RegistryText
 from exporter.records import AccountStatus
 from exporter.sources.base import SweepReport
 from exporter.sources.institution import DeclaredStatus
-from exporter.state import StateStore
+from exporter.state.accounts import StateStore
 from exporter.tracker import Snapshot, Tracker
 from tests.unit.conftest import DAY, Clock
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.catalog import Catalog
+from exporter.status_codes import Catalog
 from tools import build_catalog
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from exporter.catalog import CATEGORIES
 from exporter.health.config import HealthConfig
 from exporter.health.directory import InstitutionDirectory, InstitutionFacts
 from exporter.health.report import build_report, declared_series, key_series, refresh_lag
 from exporter.health.sides import DEFAULT_THRESHOLDS, SIDES, side_of
 from exporter.sources.institution import DeclaredStatus
+from exporter.status_codes import CATEGORIES
 from exporter.tracker import AgeHistogram, Snapshot, SourceAggregate
 
 NOW = 1_800_000_000.0

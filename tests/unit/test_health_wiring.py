@@ -10,12 +10,12 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from exporter.health.config import HealthConfig
 from exporter.health.wiring import HealthWiring
 from exporter.metrics import build_metrics
-from exporter.server import create_app
 from exporter.sources.institution import DeclaredStatus, Institution
 from exporter.sources.payloads import PayloadReader
 from exporter.tracker import Snapshot, SourceAggregate
 from exporter.upstreams.finicity.payloads import FinicityInstitutionBody
 from exporter.upstreams.mx.payloads import MxInstitutionBody
+from exporter.web.server import create_app
 from tests.unit.support import Recorder
 
 

@@ -14,9 +14,9 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from exporter.listener_limits import ListenerLimits
-from exporter.server import BODY_SLICE, create_app, http_server
-from exporter.webconfig import WebConfigFile
+from exporter.web.limits import ListenerLimits
+from exporter.web.server import BODY_SLICE, create_app, http_server
+from exporter.web.toolkit import WebConfigFile
 from tests.integration.procs import free_port
 from tests.tls_support import CA
 

@@ -23,7 +23,7 @@ from exporter.aio import Gate, quiet_when_cancelled
 from exporter.config import Settings
 from exporter.remediation.links import ClickLimiter
 from exporter.remediation.signing import MAX_EPISODE_ID, BadToken, make_token, read_token
-from exporter.webconfig import BasicAuth, BcryptQueue
+from exporter.web.toolkit import BasicAuth, BcryptQueue
 from exporter.webhooks.verify import SecretRing, basic_auth_ok, finicity_signature, token_ok
 from tests.unit.test_remediation_support import Clock
 from tests.unit.test_webhooks_support import SECRET, connect_event, sign

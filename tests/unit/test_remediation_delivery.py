@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from exporter.remediation.delivery import backoff_delay, retry_after
-from exporter.server import Server, http_server
+from exporter.web.server import Server, http_server
 from tests.unit.test_remediation_support import (
     DAY,
     HOUR,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from exporter.catalog import Catalog
+from exporter.status_codes import Catalog
 from tests.unit.test_sandbox_support import Sandbox
 
 CATALOG = Catalog.default()

@@ -11,7 +11,7 @@ from typing import ClassVar
 import httpx
 
 from exporter.sandbox import FINICITY_APP_KEY, SandboxServer, load_scenario
-from exporter.server import Server
+from exporter.web.server import Server
 from tests.unit.test_sandbox_support import SMALL
 
 

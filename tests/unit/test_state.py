@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from exporter.records import AccountStatus
 from exporter.sources.base import SweepReport
-from exporter.state import SCHEMA_VERSION, StateStore
+from exporter.state.accounts import SCHEMA_VERSION, StateStore
 from exporter.tracker import AccountEvent, AgeHistogram, EventKind, FleetState, Tracker
 from tests.unit.conftest import DAY, T0, Clock
 
@@ -385,7 +385,7 @@ async def test_first_sightings_are_found_before_and_after_the_key_merge(tmp_path
 async def test_two_new_keys_of_one_hash_are_indexed_at_once(tmp_path, acct, clock, monkeypatch):
     """The staging lookup holds one id per hash: a second key of the same hash makes the
     chunk merge into the key index in its own transaction (nothing is lost or doubled)."""
-    import exporter.state as state
+    import exporter.state.accounts as state
 
     store = StateStore(tmp_path / "s.db")
     tracker = Tracker(store, clock=clock, batch_size=2)
@@ -436,7 +436,7 @@ def test_the_staging_table_finds_what_it_was_given(batches, tiny_hashes):
     entered is found with its id through growth; a key whose hash is already taken is
     refused (``add`` says so: the store then merges); a key never entered is found only
     if it shares an entered key's hash (the store then checks the row's key)."""
-    import exporter.state as state
+    import exporter.state.accounts as state
 
     def hashed(key: str) -> int:
         return (len(key) * 7 + ord(key[0])) % 61 if tiny_hashes else hash(key)
@@ -462,3 +462,11 @@ def test_the_staging_table_finds_what_it_was_given(batches, tiny_hashes):
             assert stranger not in staging.find([stranger]) or (hashed(stranger) or 1) in taken
     finally:
         del state.hash
+
+
+def test_the_schema_2_migration_uses_the_rules_flag_bits():
+    """A schema-1 file's MFA columns become the bits the transition rule reads."""
+    from exporter.state.accounts import _SCHEMA_2_FLAGS
+    from exporter.tracker.transition import AFTER_FIX, OTP, RELAPSED
+
+    assert _SCHEMA_2_FLAGS == {"otp": OTP, "relapsed": RELAPSED, "after_fix": AFTER_FIX}

@@ -1,4 +1,4 @@
-"""exporter/statefile.py: one agent per state file; a corrupt file is moved aside."""
+"""exporter/state/file.py: one agent per state file; a corrupt file is moved aside."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from exporter.state import StateStore
-from exporter.statefile import StateFileError, StateFileLocked, open_state_file
+from exporter.state.accounts import StateStore
+from exporter.state.file import StateFileError, StateFileLocked, open_state_file
 
 NOW = 1_764_500_000.0  # 2025-11-30T10:53:20Z
 
@@ -71,7 +71,7 @@ def test_a_second_agent_on_the_same_file_is_refused(tmp_path):
         with pytest.raises(StateFileLocked, match=rf"in use by another agent \(pid {os.getpid()}"):
             open_state_file(path)
         # Another process too (flock is per open file, so this holds across processes).
-        code = ("import sys; from exporter.statefile import open_state_file, StateFileLocked\n"
+        code = ("import sys; from exporter.state.file import open_state_file, StateFileLocked\n"
                 "try: open_state_file(sys.argv[1])\n"
                 "except StateFileLocked as e: print(e); sys.exit(3)\n")
         proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
@@ -90,7 +90,7 @@ def test_a_corrupt_file_that_cannot_move_is_a_clear_error(tmp_path, monkeypatch)
     def refuse(src, dst):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("exporter.statefile.os.replace", refuse)
+    monkeypatch.setattr("exporter.state.file.os.replace", refuse)
     with pytest.raises(StateFileError, match="cannot be moved aside \\(Permission denied\\)"):
         open_state_file(path)
     open_state_file(tmp_path / "other.db").release()  # the failed attempt left no lock behind
@@ -101,7 +101,7 @@ def test_a_corrupt_file_that_cannot_move_is_a_clear_error(tmp_path, monkeypatch)
 def test_write_failures_are_classified_from_real_sqlite_errors(tmp_path, monkeypatch):
     import resource
 
-    from exporter.statefile import write_failure_reason
+    from exporter.state.file import write_failure_reason
 
     path = tmp_path / "state.db"
     _database(path)

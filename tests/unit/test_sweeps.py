@@ -10,10 +10,10 @@ import subprocess
 import sys
 
 from exporter.agent import Agent
+from exporter.agent.sweeps import SweepRunner
 from exporter.config import Settings, StateConfig
 from exporter.metrics.catalog import METRICS
 from exporter.sources.base import AuthLockoutRisk, Source, SweepFailed, SweepReport
-from exporter.sweeps import SweepRunner
 
 
 class FakeSource(Source):

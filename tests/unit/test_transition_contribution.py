@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from exporter.account_flags import OTP
 from exporter.records import AccountStatus
 from exporter.tracker import ChunkDelta, CodeFacts, EventKind, FleetState, transition
-from exporter.tracker.transition import removed
+from exporter.tracker.transition import OTP, removed
 
 NOW = 1_763_700_000.0
 DAY = 86400.0

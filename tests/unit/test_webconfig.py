@@ -1,4 +1,4 @@
-"""exporter/webconfig.py: the exporter-toolkit web config file, parsed strictly, and served.
+"""exporter/web/toolkit.py: the exporter-toolkit web config file, parsed strictly, and served.
 
 Parsing and the auth cache are checked directly; the middleware through httpx's ASGI
 transport; TLS, mutual TLS and certificate rotation against a real uvicorn server on a
@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from exporter.webconfig import (
+from exporter.web.toolkit import (
     TLS_READ_BUFFER,
     BasicAuth,
     WebConfigError,

@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 
-from exporter.catalog import Catalog
 from exporter.config import FinicitySourceConfig
 from exporter.records import STATUS_MISSING, AccountStatus
 from exporter.sources.base import (
@@ -40,6 +39,7 @@ from exporter.sources.institution import Institution
 from exporter.sources.payloads import NEVER_AGGREGATED, PayloadReader
 from exporter.sources.sharding import in_shard
 from exporter.sources.sweep import TtlCache, institution_name, sweep_units
+from exporter.status_codes import Catalog
 from exporter.upstreams.finicity.payloads import (
     FinicityAccount,
     FinicityAccountsPage,

@@ -21,15 +21,15 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from exporter import __version__
-from exporter.addresses import split_listen_address
-from exporter.listener_limits import (
+from exporter.metrics import Exposition
+from exporter.web.addresses import split_listen_address
+from exporter.web.limits import (
     KEEP_ALIVE_IDLE,
     ListenerLimits,
     bound_tls_handshake,
     guarded_protocol,
 )
-from exporter.metrics import Exposition
-from exporter.webconfig import WebConfigFile
+from exporter.web.toolkit import WebConfigFile
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def http_server(app, listen_address: str, web_config: WebConfigFile | None = Non
     """A server for ``app``; with ``web_config`` (``--web.config.file``) behind its TLS, basic
     auth and headers. ``authenticate=False`` (the webhook listener, whose routes authenticate
     each sender themselves) takes only the TLS and the headers. ``limits``: header size and
-    time, connections (exporter/listener_limits.py); keep-alive idle 30 s."""
+    time, connections (exporter/web/limits.py); keep-alive idle 30 s."""
     host, port = split_listen_address(listen_address)
     server_limits = limits or ListenerLimits()
     if web_config is not None:

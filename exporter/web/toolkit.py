@@ -65,7 +65,7 @@ from pydantic import (
 
 from exporter.config import ConfigError, read_yaml
 from exporter.durations import parse_duration
-from exporter.ratelimit import TokenBucket
+from exporter.web.tokenbucket import TokenBucket
 
 log = logging.getLogger(__name__)
 

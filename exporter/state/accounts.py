@@ -27,8 +27,6 @@ from typing import NamedTuple
 
 import orjson
 
-from exporter.account_flags import AFTER_FIX, OTP, RELAPSED
-
 SCHEMA_VERSION = 4
 
 _SCHEMA = """
@@ -85,6 +83,9 @@ INSERT INTO accounts (source, account_key, institution_id, code, attempt_ts, suc
 DROP TABLE accounts_v1;
 DROP TABLE IF EXISTS sweeps;
 """
+_SCHEMA_2_FLAGS = {"otp": 1, "relapsed": 2, "after_fix": 4}
+"""The bits schema 2 gave schema 1's three MFA columns (the tracker's rule still uses them;
+a migration keeps its own copy, as the file it reads was written then)."""
 # Schema 2 kept the key index as a unique index on accounts, updated by every first
 # sighting (random inserts for random keys); schema 3 keeps it as its own table, merged in
 # key order from the rows first seen since the last merge (ids above keys_merged.upto).
@@ -203,7 +204,7 @@ class StateStore:
             return  # nothing to write: a read-only file still opens (its sweeps then fail)
         with self.transaction() as db:
             script = _SCHEMA if version != 1 else _MIGRATE_FROM_1.format(
-                schema=_SCHEMA, otp=OTP, relapsed=RELAPSED, after_fix=AFTER_FIX)
+                schema=_SCHEMA, **_SCHEMA_2_FLAGS)
             if version in (1, 2):
                 script += _MIGRATE_FROM_2
             if version in (2, 3):  # (schema 1's rows were copied into the new table)
@@ -484,7 +485,7 @@ class Contributions(NamedTuple):
     catalog's business: rows are grouped by code)."""
 
     accounts: list[tuple[str, str, int, int]]
-    """(institution_id, code, accounts, OTP suspects)"""
+    """(institution_id, code, flags, accounts): the flag bits are the tracker's to read"""
     broken: list[tuple[str, int, int]]
     """(code, minute of broken_since, accounts)"""
     success: list[tuple[int, int]]
@@ -504,8 +505,8 @@ def read_contributions(conn: sqlite3.Connection, source: str, *,
     minute = f"CAST(%s / {MINUTE} AS INTEGER)"
     with closing(conn.cursor()) as cur:
         accounts = cur.execute(
-            f"SELECT institution_id, code, count(*), sum(flags & {OTP}) "
-            f"FROM {_SCAN} WHERE {where} GROUP BY 1, 2", args).fetchall()
+            f"SELECT institution_id, code, flags, count(*) "
+            f"FROM {_SCAN} WHERE {where} GROUP BY 1, 2, 3", args).fetchall()
         broken = cur.execute(
             f"SELECT code, {minute % 'broken_since'}, count(*) FROM {_SCAN} "
             f"WHERE {where} AND broken_since IS NOT NULL GROUP BY 1, 2", args).fetchall()

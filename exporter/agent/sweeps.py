@@ -21,7 +21,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from exporter.aio import quiet_when_cancelled
 from exporter.config import ScheduleConfig
 from exporter.sources.base import AuthLockoutRisk, Source, SweepFailed, SweepReport
-from exporter.statefile import write_failure_reason
+from exporter.state.file import write_failure_reason
 from exporter.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class SweepObserver(Protocol):
 
     def state_write_failed(self, source: str, reason: str) -> None:
         """A sweep failed because the state database could not be written (``reason`` from
-        :func:`exporter.statefile.write_failure_reason`)."""
+        :func:`exporter.state.file.write_failure_reason`)."""
 
     def source_stopped(self, source: str) -> None:
         """The source sweeps no more until restart (credentials refused)."""

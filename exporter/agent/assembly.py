@@ -11,11 +11,10 @@ import time
 from collections.abc import Callable
 
 from exporter import __version__
+from exporter.agent.sweeps import SweepRunner, build_scheduler
 from exporter.aio import Gate
-from exporter.catalog import Catalog
 from exporter.config import Settings
 from exporter.health.wiring import HealthWiring
-from exporter.listener_limits import ListenerLimits
 from exporter.metrics import build_metrics
 from exporter.metrics.observers import AgentMetrics
 from exporter.remediation.links import fix_app, fix_route
@@ -23,14 +22,15 @@ from exporter.remediation.loop import RepairLoop
 from exporter.routing.advisor import Advisor
 from exporter.routing.routes import routing_routes
 from exporter.routing.store import RoutingStore
-from exporter.server import Server, create_app, http_server, serve_until_signal
 from exporter.sources.base import Source
-from exporter.state import StateStore
-from exporter.statefile import open_state_file
-from exporter.sweeps import SweepRunner, build_scheduler
+from exporter.state.accounts import StateStore
+from exporter.state.file import open_state_file
+from exporter.status_codes import Catalog
 from exporter.tracker import Tracker
 from exporter.upstreams import build_source
-from exporter.webconfig import WebConfigFile
+from exporter.web.limits import ListenerLimits
+from exporter.web.server import Server, create_app, http_server, serve_until_signal
+from exporter.web.toolkit import WebConfigFile
 from exporter.webhooks.service import PushService
 
 log = logging.getLogger(__name__)
