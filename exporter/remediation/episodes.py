@@ -46,7 +46,10 @@ class Mark:
 
 
 @dataclass(slots=True)
-class Episode:
+class LoginCase:
+    """What a fix episode and a consent period share: the login, its institution and the
+    code and category it shows; one request, with the fields below, is sent for it."""
+
     source: str
     provider: str
     owner_id: str
@@ -54,8 +57,30 @@ class Episode:
     institution_id: str
     institution: str
     code: str
-    """the latest fixable code (the request carries the one current at its creation)"""
     category: str
+
+    @property
+    def login(self) -> tuple[str, str, str]:
+        return (self.source, self.owner_id, self.login_id)
+
+    def request_fields(self, request_id: str, kind: str, account_ids: list[str],
+                       broken_since: str | None) -> dict[str, Any]:
+        """The JSON fields every request to the partner's endpoint carries, in that order."""
+        owner_field = "user_guid" if self.provider == "mx" else "customer_id"
+        return {
+            "id": request_id, "kind": kind, "source": self.source, "provider": self.provider,
+            "institution_id": self.institution_id, "institution": self.institution,
+            "code": str(self.code), "category": self.category,
+            owner_field: self.owner_id, "login_id": self.login_id,
+            "account_ids": account_ids, "broken_since": broken_since,
+        }
+
+
+@dataclass(slots=True)
+class Episode(LoginCase):
+    """One breakage of one login; ``code`` is the latest fixable code (the request carries
+    the one current at its creation)."""
+
     opened_at: float
     broken_since: float
     backlog: bool
@@ -73,10 +98,6 @@ class Episode:
     rebroke: bool = False
     request_code: str | None = None
     """the fixable code the request was made for (set with ``request_id``)"""
-
-    @property
-    def login(self) -> tuple[str, str, str]:
-        return (self.source, self.owner_id, self.login_id)
 
     @property
     def fixable_now(self) -> bool:
@@ -179,16 +200,9 @@ def rfc3339(ts: float) -> str:
 
 def request_body(ep: Episode, request_id: str, kind: str) -> dict[str, Any]:
     """The JSON the partner's endpoint receives (``link`` is added at delivery)."""
-    owner_field = "user_guid" if ep.provider == "mx" else "customer_id"
     # An MX record is a member: its account guids are not known to the tracker.
     account_ids = [] if ep.provider == "mx" else sorted(ep.accounts)
-    body: dict[str, Any] = {
-        "id": request_id, "kind": kind, "source": ep.source, "provider": ep.provider,
-        "institution_id": ep.institution_id, "institution": ep.institution,
-        "code": str(ep.code), "category": ep.category,
-        owner_field: ep.owner_id, "login_id": ep.login_id,
-        "account_ids": account_ids, "broken_since": rfc3339(ep.broken_since),
-    }
+    body = ep.request_fields(request_id, kind, account_ids, rfc3339(ep.broken_since))
     if kind == KIND_OTP:
         body["guidance"] = OTP_GUIDANCE
     return body

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.remediation.episodes import rfc3339
+from exporter.remediation.episodes import LoginCase, rfc3339
 from exporter.tracker.events import AccountEvent, EventKind
 
 KIND_RENEWAL = "consent_renewal"
@@ -25,15 +25,7 @@ with the fix episodes (whose ids stay far below it)."""
 
 
 @dataclass(slots=True)
-class ConsentPeriod:
-    source: str
-    provider: str
-    owner_id: str
-    login_id: str
-    institution_id: str
-    institution: str
-    code: str
-    category: str
+class ConsentPeriod(LoginCase):
     end: float
     """the period's end: the earliest consent end among the login's accounts"""
     seen_at: float
@@ -45,10 +37,6 @@ class ConsentPeriod:
     delivered_at: float | None = None
     outcome: str | None = None
     closed_at: float | None = None
-
-    @property
-    def login(self) -> tuple[str, str, str]:
-        return (self.source, self.owner_id, self.login_id)
 
     @property
     def outbox_id(self) -> int:
@@ -116,12 +104,5 @@ def renewal_body(period: ConsentPeriod, request_id: str) -> dict[str, Any]:
     """The JSON the partner's endpoint receives (``link`` is added at delivery): a fix
     request's fields, ``broken_since`` null (nothing is broken yet), plus
     ``authorization_end``."""
-    owner_field = "user_guid" if period.provider == "mx" else "customer_id"
-    return {
-        "id": request_id, "kind": KIND_RENEWAL, "source": period.source,
-        "provider": period.provider, "institution_id": period.institution_id,
-        "institution": period.institution, "code": str(period.code),
-        "category": period.category, owner_field: period.owner_id,
-        "login_id": period.login_id, "account_ids": sorted(period.accounts),
-        "broken_since": None, "authorization_end": rfc3339(period.end),
-    }
+    return {**period.request_fields(request_id, KIND_RENEWAL, sorted(period.accounts), None),
+            "authorization_end": rfc3339(period.end)}
