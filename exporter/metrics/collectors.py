@@ -34,7 +34,21 @@ def family(short: str) -> Metric:
     return _FAMILIES[s.type](s.name, s.help, labels=s.labels)
 
 
-class FleetCollector(Collector):
+class CatalogCollector(Collector):
+    """A collector of families of the metrics catalogue, listed by short name in ``NAMES``;
+    ``describe()`` yields them empty, so registering it never triggers ``collect()``."""
+
+    NAMES: tuple[str, ...] = ()
+
+    def describe(self) -> Iterator[Metric]:
+        return (family(short) for short in self.NAMES)
+
+    def families(self) -> tuple[Metric, ...]:
+        """A fresh, empty family per name of ``NAMES``, in that order."""
+        return tuple(family(short) for short in self.NAMES)
+
+
+class FleetCollector(CatalogCollector):
     """Fleet state and the state-store size from the current snapshot.
 
     ``openfinance_accounts{source="finicity-prod",provider="finicity",institution_id="4222",
@@ -48,12 +62,9 @@ class FleetCollector(Collector):
         self._snapshot = snapshot
         self._catalog = catalog
 
-    def describe(self) -> Iterator[Metric]:
-        return (family(short) for short in self.NAMES)
-
     def collect(self) -> Iterator[Metric]:
         snap = self._snapshot()
-        accounts, fixable, otp, transitions, info, state = (family(s) for s in self.NAMES)
+        accounts, fixable, otp, transitions, info, state = self.families()
         for agg in snap.sources.values():
             base = (agg.source, agg.provider)
             for inst_id, inst, code, category, n in agg.accounts:
@@ -70,7 +81,7 @@ class FleetCollector(Collector):
         yield from (accounts, fixable, otp, transitions, info, state)
 
 
-class AgeCollector(Collector):
+class AgeCollector(CatalogCollector):
     """Gauge histograms of broken-account age and last-success age, as of now.
 
     ``openfinance_broken_account_age_seconds_bucket{source="mx-prod",provider="mx",
@@ -83,9 +94,6 @@ class AgeCollector(Collector):
         self._snapshot = snapshot
         self._clock = clock
 
-    def describe(self) -> Iterator[Metric]:
-        return (family(short) for short in self.NAMES)
-
     @staticmethod
     def _buckets(ages: AgeHistogram, now: float, extra_inf: int = 0):
         """Cumulative counts of ages ≤ each bound, and the sum of ages."""
@@ -95,7 +103,7 @@ class AgeCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         now = self._clock()
-        broken, success = (family(s) for s in self.NAMES)
+        broken, success = self.families()
         for agg in self._snapshot().sources.values():
             for category, ages in sorted(agg.broken_since.items()):
                 buckets, s = self._buckets(ages, now)
@@ -106,7 +114,7 @@ class AgeCollector(Collector):
         yield success
 
 
-class ConsentCollector(Collector):
+class ConsentCollector(CatalogCollector):
     """Accounts whose consent ends within each window from now (the windows move with the
     clock, the ends only with sweeps: counted at scrape time from per-day counts, a few
     steps per institution).
@@ -120,9 +128,6 @@ class ConsentCollector(Collector):
     def __init__(self, snapshot: Callable[[], Snapshot], clock: Callable[[], float]):
         self._snapshot = snapshot
         self._clock = clock
-
-    def describe(self) -> Iterator[Metric]:
-        return (family(short) for short in self.NAMES)
 
     def collect(self) -> Iterator[Metric]:
         now = self._clock()
@@ -138,7 +143,7 @@ class ConsentCollector(Collector):
 Rows = Callable[[], tuple[Iterable[tuple[str, ...]], Iterable[tuple[str, ...]], Iterable[tuple]]]
 
 
-class InstitutionHealthCollector(Collector):
+class InstitutionHealthCollector(CatalogCollector):
     """Institution health (``exporter.health``): declared statuses, institution keys and the
     refresh lag per institution.
 
@@ -157,11 +162,8 @@ class InstitutionHealthCollector(Collector):
     def __init__(self, rows: Rows):
         self._rows = rows
 
-    def describe(self) -> Iterator[Metric]:
-        return (family(short) for short in self.NAMES)
-
     def collect(self) -> Iterator[Metric]:
-        declared, keys, refresh = (family(s) for s in self.NAMES)
+        declared, keys, refresh = self.families()
         declared_rows, key_rows, refresh_rows = self._rows()
         for row in declared_rows:
             declared.add_metric(row, 1)
@@ -174,7 +176,7 @@ class InstitutionHealthCollector(Collector):
         yield refresh
 
 
-class RoutingCollector(Collector):
+class RoutingCollector(CatalogCollector):
     """The routing advice (``exporter.routing``) as last evaluated: per institution key and
     aggregator, the share of new links.
 
@@ -187,9 +189,6 @@ class RoutingCollector(Collector):
 
     def __init__(self, rows: Callable[[], Iterable[tuple[str, str, str, int]]]):
         self._rows = rows
-
-    def describe(self) -> Iterator[Metric]:
-        return (family(short) for short in self.NAMES)
 
     def collect(self) -> Iterator[Metric]:
         share = family("routing_share")
