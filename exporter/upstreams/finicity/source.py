@@ -11,34 +11,24 @@ import asyncio
 import enum
 import logging
 import math
-import random as _random
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-import httpx
 
 from exporter.config import FinicitySourceConfig
 from exporter.records import STATUS_MISSING, AccountStatus
 from exporter.sources.base import (
     AuthLockoutRisk,
-    Clock,
-    NullObserver,
-    Sleep,
-    Source,
     SweepFailed,
     SweepReport,
     SweepSink,
     UpstreamObserver,
 )
-from exporter.sources.client import UpstreamClient
-from exporter.sources.drift import DEFAULT_MISSING_SHARE, DriftMeter
 from exporter.sources.errors import UpstreamError, UpstreamStatusError
 from exporter.sources.institution import Institution
-from exporter.sources.payloads import NEVER_AGGREGATED, PayloadReader
-from exporter.sources.sharding import in_shard
-from exporter.sources.sweep import TtlCache, institution_name, sweep_units
+from exporter.sources.payloads import NEVER_AGGREGATED
+from exporter.sources.sweep import institution_name, sweep_units
+from exporter.sources.upstream import UpstreamSource
 from exporter.status_codes import Catalog
 from exporter.upstreams.finicity.payloads import (
     FinicityAccount,
@@ -232,62 +222,36 @@ class CustomerWalk:
         return not self.truncated and not self._short()
 
 
-class FinicitySource(Source):
+class FinicitySource(UpstreamSource):
     """Polls every account of one Finicity partner, read-only."""
 
     provider = "finicity"
+    status_field = "aggregationStatusCode"
 
-    def __init__(
-        self,
-        config: FinicitySourceConfig,
-        observer: UpstreamObserver | None = None,
-        *,
-        clock: Clock = time.time,
-        monotonic: Clock = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
-        random: Clock = _random.random,
-        transport: httpx.AsyncBaseTransport | None = None,
-        catalog: Catalog | None = None,
-        missing_share: float = DEFAULT_MISSING_SHARE,
-    ):
-        config.require_credentials()
-        self.name = config.name
-        self.config = config
-        self.observer = observer or NullObserver()
-        self.clock = clock
-        catalog = catalog or Catalog.default()
-        self.drift = DriftMeter(config.name, self.provider, self.observer,
-                                status_field="aggregationStatusCode", missing_share=missing_share)
-        self.observer.upstream_api(config.name, self.provider, API_VERSION)
-        self.http = UpstreamClient(
-            source=config.name,
-            base_url=config.base_url,
-            http=config.http,
-            observer=self.observer,
-            headers={
-                "Finicity-App-Key": config.app_key.get_secret_value(),
-                "Accept": "application/json",
-            },
-            transport=transport,
-            clock=clock,
-            monotonic=monotonic,
-            sleep=sleep,
-            random=random,
-            is_outcome_code=lambda code: catalog.get("finicity", str(code)) is not None,
-            drift=self.drift,
-        )
+    def __init__(self, config: FinicitySourceConfig, observer: UpstreamObserver | None = None,
+                 *, catalog: Catalog | None = None, **options: Any):
+        """``options``: the clocks, sleep, random, transport and missing share of
+        :class:`~exporter.sources.upstream.UpstreamSource`."""
+        self._catalog = catalog or Catalog.default()
+        super().__init__(config, observer, **options)
         self._token = PartnerToken(self, config.partner_id, config.partner_secret.get_secret_value())
-        self.payloads = PayloadReader(config.name, self.observer, clock, self.drift)
-        self._institutions: TtlCache[str, str] = TtlCache(self._load_institution, clock)
         self._start_meaning = StartMeaning.RECORD_INDEX
         self._accounts_route = SIMPLE_ACCOUNTS_ROUTE if config.simple_accounts else ACCOUNTS_ROUTE
+
+    def api_version(self) -> str:
+        return API_VERSION
+
+    def headers(self) -> dict[str, str]:
+        return {"Finicity-App-Key": self.config.app_key.get_secret_value(),
+                "Accept": "application/json"}
+
+    def is_outcome_code(self, code: int) -> bool:
+        """Finicity sends aggregation outcomes (catalogued codes) as HTTP 500: final."""
+        return self._catalog.get("finicity", str(code)) is not None
 
     @property
     def stopped(self) -> bool:
         return self._token.stopped
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
 
     async def sweep(self, sink: SweepSink) -> SweepReport:
         """Walk the customers, then read each one's accounts; a failed customer makes it partial."""
@@ -304,9 +268,6 @@ class FinicitySource(Source):
         """Re-read one customer's accounts; ``[]`` when the customer is gone (404)."""
         self._token.check_stopped()
         return await self._customer_accounts(owner_id)
-
-    def owns(self, owner_id: str) -> bool:
-        return in_shard(owner_id, self.config.shard)
 
     async def fix_link(self, owner_id: str, login_id: str) -> str:
         """A Connect Fix link for one institution login (``POST /connect/v2/generate/fix``)."""

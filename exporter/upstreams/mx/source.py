@@ -11,35 +11,24 @@ request. Institution names come from ``GET /institutions/{institution_code}``, n
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
-import random as _random
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-
-import httpx
 
 from exporter.config import MxSourceConfig
 from exporter.records import AccountStatus
 from exporter.sources.base import (
     AuthLockoutRisk,
-    Clock,
-    NullObserver,
-    Sleep,
-    Source,
     SweepReport,
     SweepSink,
     UpstreamObserver,
 )
-from exporter.sources.client import UpstreamClient
-from exporter.sources.drift import DEFAULT_MISSING_SHARE, DriftMeter
 from exporter.sources.errors import UpstreamStatusError
-from exporter.sources.payloads import Payload, PayloadReader
-from exporter.sources.sharding import in_shard
-from exporter.sources.sweep import TtlCache, institution_name, sweep_units
+from exporter.sources.payloads import Payload
+from exporter.sources.sweep import institution_name, sweep_units
+from exporter.sources.upstream import UpstreamSource
 from exporter.upstreams.mx.payloads import (
     MxInstitutionBody,
     MxMember,
@@ -101,52 +90,27 @@ def basic_auth(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
-class MxSource(Source):
+class MxSource(UpstreamSource):
     """Polls every member of one MX client, read-only."""
 
     provider = "mx"
+    status_field = "connection_status"
 
-    def __init__(
-        self,
-        config: MxSourceConfig,
-        observer: UpstreamObserver | None = None,
-        *,
-        clock: Clock = time.time,
-        monotonic: Clock = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
-        random: Clock = _random.random,
-        transport: httpx.AsyncBaseTransport | None = None,
-        missing_share: float = DEFAULT_MISSING_SHARE,
-    ):
-        config.require_credentials()
-        self.name = config.name
-        self.config = config
-        self.observer = observer or NullObserver()
+    def __init__(self, config: MxSourceConfig, observer: UpstreamObserver | None = None,
+                 **options: Any):
+        """``options``: the clocks, sleep, random, transport and missing share of
+        :class:`~exporter.sources.upstream.UpstreamSource`."""
         self.version = API_VERSIONS[config.api_version]
-        self.drift = DriftMeter(config.name, self.provider, self.observer,
-                                status_field="connection_status", missing_share=missing_share)
-        self.observer.upstream_api(config.name, self.provider, self.version.name)
-        self.http = UpstreamClient(
-            source=config.name,
-            base_url=config.base_url,
-            http=config.http,
-            observer=self.observer,
-            headers={**self.version.headers(),
-                     "Authorization": basic_auth(config.client_id, config.api_key.get_secret_value())},
-            transport=transport,
-            clock=clock,
-            monotonic=monotonic,
-            sleep=sleep,
-            random=random,
-            drift=self.drift,
-        )
-        self.payloads = PayloadReader(config.name, self.observer, clock, self.drift)
-        self._institutions: TtlCache[str, str] = TtlCache(self._load_institution, clock)
+        super().__init__(config, observer, **options)
         self._records_per_page = min(max(config.page_size, 10), 1000)
         self.stopped = False
 
-    async def aclose(self) -> None:
-        await self.http.aclose()
+    def api_version(self) -> str:
+        return self.version.name
+
+    def headers(self) -> dict[str, str]:
+        return {**self.version.headers(), "Authorization": basic_auth(
+            self.config.client_id, self.config.api_key.get_secret_value())}
 
     async def sweep(self, sink: SweepSink) -> SweepReport:
         """Walk the users, then each one's members; a failed user makes the sweep partial."""
@@ -165,9 +129,6 @@ class MxSource(Source):
     async def refresh_owner(self, owner_id: str) -> list[AccountStatus]:
         """Re-read one user's members; ``[]`` when the user is gone (404)."""
         return await self._user_members(owner_id)
-
-    def owns(self, owner_id: str) -> bool:
-        return in_shard(owner_id, self.config.shard)
 
     async def fix_link(self, owner_id: str, login_id: str) -> str:
         """A Connect widget URL opened on the broken member (valid ten minutes, single use)."""
