@@ -19,9 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from exporter.sandbox import credentials
 from exporter.sources.sharding import shard_of
-from exporter.webhooks.verify import finicity_signature
 from tests.integration.procs import (
     AgentProc,
     Sandbox,
@@ -30,13 +28,20 @@ from tests.integration.procs import (
     wait_for,
     with_webhooks,
 )
+from tests.integration.push_support import (
+    FIN,
+    MX,
+    MX_PASSWORD,
+    MX_USER,
+    SOURCE,
+    connect_event,
+    fix_logins,
+    signed_post,
+)
 
 pytestmark = pytest.mark.integration
 
 SHARDS = 3
-FIN, MX = "finicity-sandbox", "mx-sandbox"
-SOURCE = {"finicity": FIN, "mx": MX}
-MX_USER, MX_PASSWORD = "mx-hooks", "mx-hooks-password-123"
 TXPUSH_TOKEN = "txpush-" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6"
 # Route templates of one owner's read (the agent's `endpoint` label).
 UNIT_READ = {FIN: "/aggregation/v1/customers/{customerId}/accounts",
@@ -122,21 +127,10 @@ def fleet(tmp_path_factory):
         fleet.stop()
 
 
-def fix_logins(sandbox: Sandbox, provider: str, shard: int, n: int = 1) -> list[dict]:
+def shard_fixes(sandbox: Sandbox, provider: str, shard: int, n: int = 1) -> list[dict]:
     """A user of the sandbox repairs ``n`` broken logins of distinct owners of ``shard``."""
-    logins = httpx.get(f"{sandbox.url}/sandbox/truth/logins", params={"provider": provider},
-                       timeout=30).json()["logins"]
-    fixed: list[dict] = []
-    for login in logins:
-        if (len(fixed) < n and login["fixable"] and shard_of(login["owner_id"], SHARDS) == shard
-                and login["owner_id"] not in {f["owner_id"] for f in fixed}):
-            answer = httpx.post(f"{sandbox.url}/sandbox/fix", timeout=10, params={
-                "provider": provider, "owner_id": login["owner_id"],
-                "login_id": login["login_id"]}).json()
-            if answer["fixed"]:
-                fixed.append(login)
-    assert len(fixed) == n, f"no {provider} login of shard {shard} could be fixed"
-    return fixed
+    return [login for login, _ in fix_logins(
+        sandbox, provider, n, owners=lambda owner: shard_of(owner, SHARDS) == shard)]
 
 
 def post_event(fleet: Fleet, provider: str, login: dict, n: int = 0) -> httpx.Response:
@@ -144,12 +138,8 @@ def post_event(fleet: Fleet, provider: str, login: dict, n: int = 0) -> httpx.Re
     MX member webhook with HTTP Basic."""
     owner = login["owner_id"]
     if provider == "finicity":
-        body = (f'{{"customerId":"{owner}","eventType":"done","eventId":"fix-{owner}-{n}",'
-                f'"payload":{{}}}}').encode()
-        secret = credentials.FINICITY_PARTNER_SECRET.encode()
-        return httpx.post(f"{fleet.hooks()}/{FIN}", content=body, timeout=15, headers={
-            "Content-Type": "application/json",
-            "X-Finicity-Signature": finicity_signature(secret, body)})
+        return signed_post(f"{fleet.hooks()}/{FIN}", connect_event(owner, f"fix-{owner}-{n}"),
+                           timeout=15)
     body = (f'{{"action":"updated","member":{{"guid":"{login["login_id"]}",'
             f'"user_guid":"{owner}","connection_status":"CONNECTED"}}}}').encode()
     return httpx.post(f"{fleet.hooks()}/{MX}", content=body, timeout=15,
@@ -165,7 +155,7 @@ def test_events_for_every_shard_posted_to_pod_0_are_read_once_by_their_owners_sh
     reads = {(i, s): fleet.reads(i, s) for i in range(SHARDS) for s in (FIN, MX)}
     sweeps = {(i, s): fleet.agents[i].sweeps(s) for i in range(SHARDS) for s in (FIN, MX)}
 
-    fixed = [(provider, *fix_logins(fleet.sandbox, provider, shard))
+    fixed = [(provider, *shard_fixes(fleet.sandbox, provider, shard))
              for provider in SOURCE for shard in range(SHARDS)]
     assert fleet.summed() != fleet.truth(), "the fixes changed what the sandbox serves"
     for provider, login in fixed:
@@ -219,7 +209,7 @@ def _inbox_rows(path: Path, owner: str) -> int:
 
 def test_a_stopped_peer_gets_503_and_nothing_kept_then_the_retry_is_applied_once(fleet):
     zero = fleet.agents[0]
-    (login,) = fix_logins(fleet.sandbox, "finicity", 2)
+    (login,) = shard_fixes(fleet.sandbox, "finicity", 2)
     owner = login["owner_id"]
     before = {name: events(zero, result=name) for name in ("accepted", "forwarded", "ignored")}
     reads0 = fleet.reads(0, FIN)

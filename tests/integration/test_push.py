@@ -15,54 +15,26 @@ from collections import Counter
 
 import httpx
 import pytest
-import yaml
 
-from exporter.sandbox import credentials
-from exporter.webhooks.verify import finicity_signature
-from tests.integration.procs import (
-    AgentProc,
-    Sandbox,
-    agent_config,
-    free_port,
-    served_owners,
-    wait_for,
-    with_webhooks,
+from tests.integration.procs import AgentProc, free_port, served_owners, wait_for
+from tests.integration.push_support import (
+    FIN,
+    MX,
+    MX_USER,
+    connect_event,
+    push_stack,
+    signed_post,
 )
 
 pytestmark = pytest.mark.integration
 
-FIN, MX = "finicity-sandbox", "mx-sandbox"
-MX_USER, MX_PASSWORD = "mx-hooks", "mx-hooks-password-123"
-
-
-def signed_post(url: str, body: bytes, secret: str = credentials.FINICITY_PARTNER_SECRET):
-    return httpx.post(url, content=body, timeout=10, headers={
-        "Content-Type": "application/json",
-        "X-Finicity-Signature": finicity_signature(secret.encode(), body)})
-
-
-def connect_event(customer: str, event_id: str, event_type: str = "done") -> bytes:
-    return (f'{{"customerId":"{customer}","eventType":"{event_type}",'
-            f'"eventId":"{event_id}","payload":{{}}}}').encode()
-
 
 @pytest.fixture
 def stack(tmp_path):
-    scenario = tmp_path / "scenario.yml"
-    scenario.write_text(yaml.safe_dump({"finicity": {"units": 200}, "mx": {"units": 100}}))
-    sandbox = Sandbox(tmp_path, scenario, night_seconds=0)
-    config = agent_config(tmp_path / "agent.yml", sandbox.url, tmp_path / "state.db",
-                          interval=3600)
     hook_port = free_port()
-    with_webhooks(config, hook_port, MX_USER, MX_PASSWORD)
-    agent = AgentProc(tmp_path, config)
-    hooks = f"http://127.0.0.1:{hook_port}/webhooks"
-    try:
-        agent.wait_sweeps({FIN: 1, MX: 1})
-        yield sandbox, agent, config, hooks, tmp_path
-    finally:
-        agent.stop()
-        sandbox.stop()
+    with push_stack(tmp_path, {"finicity": {"units": 200}, "mx": {"units": 100}},
+                    hook_port) as (sandbox, agent, config):
+        yield sandbox, agent, config, f"http://127.0.0.1:{hook_port}/webhooks", tmp_path
 
 
 def test_an_event_moves_exactly_its_customers_series_within_seconds(stack):

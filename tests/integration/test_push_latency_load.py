@@ -19,19 +19,15 @@ from collections import Counter
 
 import httpx
 import pytest
-import yaml
 
-from exporter.sandbox import credentials
-from exporter.webhooks.verify import finicity_signature
-from tests.integration.procs import (
-    AgentProc,
-    Sandbox,
-    agent_config,
-    free_port,
-    served_owners,
-    wait_for,
+from tests.integration.procs import free_port, served_owners, wait_for
+from tests.integration.push_support import (
+    FIN,
+    connect_event,
+    fix_logins,
+    push_stack,
+    signed_headers,
 )
-from tests.integration.test_push import FIN, connect_event
 
 pytestmark = pytest.mark.integration
 
@@ -41,57 +37,27 @@ GROUP_APPLY = re.compile(r"applied (\d+) re-reads together")
 
 @pytest.fixture
 def stack(tmp_path):
-    scenario = tmp_path / "scenario.yml"
-    scenario.write_text(yaml.safe_dump({"finicity": {"units": 200}, "mx": {"units": 20},
-                                        "faults": {"slow": 1.0, "slow_seconds": 0.05}}))
-    sandbox = Sandbox(tmp_path, scenario, night_seconds=0)
-    config = agent_config(tmp_path / "agent.yml", sandbox.url, tmp_path / "state.db",
-                          interval=3600)
     hook_port = free_port()
-    doc = yaml.safe_load(config.read_text())
-    doc["webhooks"] = {"listen_address": f"127.0.0.1:{hook_port}", "concurrency": 8}
-    doc["sources"] = [s for s in doc["sources"] if s["name"] == FIN]
-    doc["sources"][0]["webhooks"] = {}
-    config.write_text(yaml.safe_dump(doc))
-    agent = AgentProc(tmp_path, config)
-    try:
-        agent.wait_sweeps({FIN: 1})
+
+    def finicity_only(doc: dict) -> None:
+        doc["webhooks"]["concurrency"] = 8
+        doc["sources"] = [s for s in doc["sources"] if s["name"] == FIN]
+
+    scenario = {"finicity": {"units": 200}, "mx": {"units": 20},
+                "faults": {"slow": 1.0, "slow_seconds": 0.05}}
+    with push_stack(tmp_path, scenario, hook_port, edit=finicity_only,
+                    sources=(FIN,)) as (sandbox, agent, config):
         yield sandbox, agent, config, f"http://127.0.0.1:{hook_port}/webhooks/{FIN}", tmp_path
-    finally:
-        agent.stop()
-        sandbox.stop()
-
-
-def fix_logins(sandbox: Sandbox, count: int) -> set[str]:
-    """Users of the sandbox repair ``count`` logins of distinct customers (control API)."""
-    logins = httpx.get(f"{sandbox.url}/sandbox/truth/logins", params={"provider": "finicity"},
-                       timeout=30).json()["logins"]
-    fixed: set[str] = set()
-    for login in logins:
-        if len(fixed) == count:
-            break
-        if not login["fixable"] or login["owner_id"] in fixed:
-            continue
-        answer = httpx.post(f"{sandbox.url}/sandbox/fix", timeout=10, params={
-            "provider": "finicity", "owner_id": login["owner_id"],
-            "login_id": login["login_id"]}).json()
-        if answer["fixed"]:
-            fixed.add(login["owner_id"])
-    assert len(fixed) == count, "not enough fixable logins in the sandbox"
-    return fixed
 
 
 async def post_all(url: str, bodies: list[bytes]) -> Counter:
     """Post every body at once over 32 connections; returns the answers' status counts."""
-    secret = credentials.FINICITY_PARTNER_SECRET.encode()
     gate = asyncio.Semaphore(32)
     limits = httpx.Limits(max_connections=32)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         async def post(body: bytes) -> int:
             async with gate:
-                answer = await client.post(url, content=body, headers={
-                    "Content-Type": "application/json",
-                    "X-Finicity-Signature": finicity_signature(secret, body)})
+                answer = await client.post(url, content=body, headers=signed_headers(body))
                 return answer.status_code
         return Counter(await asyncio.gather(*(post(b) for b in bodies)))
 
@@ -101,7 +67,7 @@ def test_many_owners_at_once_each_fix_reaches_metrics_and_each_event_applies_onc
     before_owners = served_owners(config, FIN)
     assert agent.accounts(FIN) == sum(before_owners.values(), Counter())
     sweeps = agent.sweeps(FIN)
-    fixed = fix_logins(sandbox, FIXES)
+    fixed = {login["owner_id"] for login, _ in fix_logins(sandbox, "finicity", FIXES)}
     after_owners = served_owners(config, FIN)
     assert {o for o in after_owners if after_owners[o] != before_owners.get(o)} == fixed
     owners = sorted(after_owners)

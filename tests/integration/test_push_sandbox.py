@@ -16,23 +16,19 @@ from collections import Counter
 
 import httpx
 import pytest
-import yaml
 
-from tests.integration.procs import (
-    AgentProc,
-    Sandbox,
-    agent_config,
-    free_port,
-    served_owners,
-    wait_for,
-    with_webhooks,
+from tests.integration.procs import Sandbox, free_port, served_owners, wait_for
+from tests.integration.push_support import (
+    FIN,
+    MX,
+    MX_PASSWORD,
+    MX_USER,
+    SOURCE,
+    fix_logins,
+    push_stack,
 )
 
 pytestmark = pytest.mark.integration
-
-FIN, MX = "finicity-sandbox", "mx-sandbox"
-SOURCE = {"finicity": FIN, "mx": MX}
-MX_USER, MX_PASSWORD = "mx-hooks", "mx-hooks-password-123"
 
 
 @pytest.fixture
@@ -40,43 +36,27 @@ def stack(tmp_path, request):
     """Sandbox + agent with push; ``request.param``: the MX source's api_version."""
     hook_port = free_port()
     hooks = f"http://127.0.0.1:{hook_port}/webhooks"
-    scenario = tmp_path / "scenario.yml"
-    scenario.write_text(yaml.safe_dump({
+    scenario = {
         "finicity": {"units": 200}, "mx": {"units": 100},
         # the sandbox's emitter, as the aggregators would be configured
         "webhooks": {"finicity_url": f"{hooks}/{FIN}", "mx_url": f"{hooks}/{MX}",
                      "mx_username": MX_USER, "mx_password": MX_PASSWORD,
                      "redeliver_once": True, "retry_seconds": 0.5},
-    }))
-    sandbox = Sandbox(tmp_path, scenario, night_seconds=0)
-    config = agent_config(tmp_path / "agent.yml", sandbox.url, tmp_path / "state.db",
-                          interval=3600)
-    with_webhooks(config, hook_port, MX_USER, MX_PASSWORD)
-    doc = yaml.safe_load(config.read_text())
-    for src in doc["sources"]:
-        if src["provider"] == "mx":
-            src["api_version"] = getattr(request, "param", "v20250224")
-    config.write_text(yaml.safe_dump(doc))
-    agent = AgentProc(tmp_path, config)
-    try:
-        agent.wait_sweeps({FIN: 1, MX: 1})
+    }
+
+    def mx_version(doc: dict) -> None:
+        for src in doc["sources"]:
+            if src["provider"] == "mx":
+                src["api_version"] = getattr(request, "param", "v20250224")
+
+    with push_stack(tmp_path, scenario, hook_port, edit=mx_version) as (sandbox, agent, config):
         yield sandbox, agent, config
-    finally:
-        agent.stop()
-        sandbox.stop()
 
 
 def fix_one(sandbox: Sandbox, provider: str) -> dict:
     """A user of the sandbox repairs one login that has a fixable code (control API)."""
-    logins = httpx.get(f"{sandbox.url}/sandbox/truth/logins", params={"provider": provider},
-                       timeout=30).json()["logins"]
-    for login in (x for x in logins if x["fixable"]):
-        fixed = httpx.post(f"{sandbox.url}/sandbox/fix", timeout=10, params={
-            "provider": provider, "owner_id": login["owner_id"],
-            "login_id": login["login_id"]}).json()
-        if fixed["fixed"]:
-            return fixed
-    raise AssertionError(f"no {provider} login could be fixed")
+    [(_login, fixed)] = fix_logins(sandbox, provider)
+    return fixed
 
 
 def sandbox_webhooks(sandbox: Sandbox) -> dict:
