@@ -17,10 +17,9 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-import yaml
 
-from tests.integration.procs import AgentProc, Sandbox, free_port, wait_for
-from tests.integration.test_repair_loop import SOURCES, Receiver, repair_config, signature_ok
+from tests.integration.procs import wait_for
+from tests.integration.test_repair_loop import SOURCES, Receiver, redirect_rig, signature_ok
 
 pytestmark = pytest.mark.integration
 
@@ -44,20 +43,9 @@ def _renewals(receiver: Receiver) -> dict[str, dict]:
 
 @pytest.fixture
 def rig(tmp_path):
-    scenario = tmp_path / "scenario.yml"
-    scenario.write_text(yaml.safe_dump(SCENARIO))
-    sandbox = Sandbox(tmp_path, scenario)
-    receiver = Receiver()
-    fix_port = free_port()
-    path = repair_config(tmp_path, sandbox.url, receiver.url, link="redirect",
-                         public_url=f"http://127.0.0.1:{fix_port}",
-                         listen_address=f"127.0.0.1:{fix_port}", storm_min=10_000,
-                         renew_before=f"{RENEW_BEFORE_DAYS}d")
-    agent = AgentProc(tmp_path, path, name="agent")
-    yield sandbox, receiver, agent
-    agent.stop()
-    receiver.stop()
-    sandbox.stop()
+    with redirect_rig(tmp_path, SCENARIO, storm_min=10_000,
+                      renew_before=f"{RENEW_BEFORE_DAYS}d") as (sandbox, receiver, start):
+        yield sandbox, receiver, start("agent")
 
 
 def test_consent_renewals_are_sent_once_per_login_and_period_and_counted_when_renewed(rig):

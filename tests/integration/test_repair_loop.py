@@ -15,6 +15,8 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -90,28 +92,39 @@ def repair_config(tmp_path, sandbox_url: str, receiver_url: str, **remediation) 
     return path
 
 
-@pytest.fixture
-def rig(tmp_path):
-    scenario = tmp_path / "scenario.yml"
-    scenario.write_text(yaml.safe_dump(SMALL))
-    sandbox = Sandbox(tmp_path, scenario)
+@contextmanager
+def redirect_rig(work: Path, scenario: dict, **remediation
+                 ) -> Iterator[tuple[Sandbox, Receiver, Callable[[str], AgentProc]]]:
+    """The sandbox serving ``scenario``, a receiver, and a way to start agents (by name)
+    with the repair loop on and fix links redirecting through the agent's own listener;
+    stops them all after."""
+    scenario_path = work / "scenario.yml"
+    scenario_path.write_text(yaml.safe_dump(scenario))
+    sandbox = Sandbox(work, scenario_path)
     receiver = Receiver()
     fix_port = free_port()
-    path = repair_config(tmp_path, sandbox.url, receiver.url, link="redirect",
+    path = repair_config(work, sandbox.url, receiver.url, link="redirect",
                          public_url=f"http://127.0.0.1:{fix_port}",
-                         listen_address=f"127.0.0.1:{fix_port}",
-                         backoff_base="1s", backoff_max="2s")
+                         listen_address=f"127.0.0.1:{fix_port}", **remediation)
     agents: list[AgentProc] = []
 
     def start(name: str) -> AgentProc:
-        agents.append(AgentProc(tmp_path, path, name=name))
+        agents.append(AgentProc(work, path, name=name))
         return agents[-1]
 
-    yield sandbox, receiver, start
-    for a in agents:
-        a.stop()
-    receiver.stop()
-    sandbox.stop()
+    try:
+        yield sandbox, receiver, start
+    finally:
+        for a in agents:
+            a.stop()
+        receiver.stop()
+        sandbox.stop()
+
+
+@pytest.fixture
+def rig(tmp_path):
+    with redirect_rig(tmp_path, SMALL, backoff_base="1s", backoff_max="2s") as rig:
+        yield rig
 
 
 def test_one_signed_request_per_broken_login_survives_sigkill_and_ends_fixed(rig):
