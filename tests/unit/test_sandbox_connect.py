@@ -15,17 +15,14 @@ from tests.unit.test_sandbox_support import (
     Sandbox,
     finicity_spec,
     mx_spec,
+    sandbox_fixture,
     schema_errors,
 )
 
 FIX = "/connect/v2/generate/fix"
 
 
-@pytest.fixture
-async def sb():
-    sandbox = Sandbox()
-    yield sandbox
-    await sandbox.close()
+sb = sandbox_fixture()
 
 
 def find(sb: Sandbox, provider: str, role: int, *, fixable: bool = True) -> int:

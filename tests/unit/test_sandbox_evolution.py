@@ -7,10 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import pytest
-
 from exporter.status_codes import Catalog
-from tests.unit.test_sandbox_support import Sandbox
+from tests.unit.test_sandbox_support import Sandbox, sandbox_fixture
 
 CATALOG = Catalog.default()
 
@@ -100,11 +98,7 @@ def truth_otp(truth: dict[str, Any]) -> dict[tuple, int]:
             for r in truth["otp_suspects"]}
 
 
-@pytest.fixture
-async def sb():
-    sandbox = Sandbox()
-    yield sandbox
-    await sandbox.close()
+sb = sandbox_fixture()
 
 
 async def test_same_seed_gives_byte_identical_responses():

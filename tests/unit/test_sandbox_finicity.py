@@ -5,16 +5,12 @@ from __future__ import annotations
 import pytest
 
 from exporter.sandbox import FINICITY_APP_KEY, FINICITY_PARTNER_ID
-from tests.unit.test_sandbox_support import Sandbox, finicity_spec, schema_errors
+from tests.unit.test_sandbox_support import Sandbox, finicity_spec, sandbox_fixture, schema_errors
 
 AUTH = "/finicity/aggregation/v2/partners/authentication"
 
 
-@pytest.fixture
-async def sb():
-    sandbox = Sandbox()
-    yield sandbox
-    await sandbox.close()
+sb = sandbox_fixture()
 
 
 async def test_token_is_issued_for_the_sandbox_credentials(sb):

@@ -12,17 +12,12 @@ from tests.unit.test_sandbox_support import (
     MX_ACCEPT,
     MX_AUTH,
     MX_HEADERS,
-    Sandbox,
     mx_spec,
+    sandbox_fixture,
     schema_errors,
 )
 
-
-@pytest.fixture
-async def sb():
-    sandbox = Sandbox()
-    yield sandbox
-    await sandbox.close()
+sb = sandbox_fixture()
 
 
 async def test_wrong_basic_credentials_get_401(sb):

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import base64
 import copy
+from collections.abc import AsyncIterator, Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
@@ -119,6 +121,19 @@ class Sandbox:
             if page >= body["pagination"]["total_pages"]:
                 return guids
             page += 1
+
+
+def sandbox_fixture() -> Callable[[], AsyncIterator[Sandbox]]:
+    """The ``sb`` fixture of a sandbox test module (``sb = sandbox_fixture()``): a fresh
+    in-process sandbox per test, closed after."""
+
+    @pytest.fixture
+    async def sb() -> AsyncIterator[Sandbox]:
+        sandbox = Sandbox()
+        yield sandbox
+        await sandbox.close()
+
+    return sb
 
 
 @cache
