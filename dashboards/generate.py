@@ -244,6 +244,20 @@ def _target(expr: str, legend: str = "__auto", *, instant: bool = False,
     return q
 
 
+def _quantiles(series: str, by: str, legend: str,
+               quantiles: tuple[float, ...] = (0.5, 0.9)) -> list[prom.Dataquery]:
+    """A target per quantile of a histogram: ``series`` (its buckets, or their rate) summed
+    by ``by`` and ``le``; the legend is ``p50 <legend>``, ``p90 <legend>``, …"""
+    return [_target(f"histogram_quantile({q}, sum by ({by}, le) ({series}))",
+                    f"p{round(q * 100)} {legend}") for q in quantiles]
+
+
+def _bucket_bars(buckets: str) -> list[prom.Dataquery]:
+    """The target of a bar gauge with a bar per bucket of a histogram (upper bound ``le``)."""
+    return [_target(f"sum by (le) ({buckets}{{{SOURCE_PROVIDER}}})", "{{le}}", instant=True,
+                    fmt=PromQueryFormat.HEATMAP)]
+
+
 def _table_target(expr: str) -> prom.Dataquery:
     return _target(expr, instant=True, fmt=PromQueryFormat.TABLE)
 
@@ -545,10 +559,7 @@ def _repair_funnel(d: dash.Dashboard) -> dash.Dashboard:
         "Median time to fix by category", "Median (p50) and p90 of request delivered → back "
         "at ok over the trailing day, by category. Filtered by source and provider only. "
         + _REPAIR_OFF, "s",
-        [_target("histogram_quantile(0.5, sum by (category, le) "
-                 f"(increase({resolution}[1d])))", "p50 {{category}}"),
-         _target("histogram_quantile(0.9, sum by (category, le) "
-                 f"(increase({resolution}[1d])))", "p90 {{category}}")]))
+        _quantiles(f"increase({resolution}[1d])", "category", "{{category}}")))
     fixed_share = (f"{funnel_step('fixed', _FUNNEL_BY)} / ({funnel_step('requested', _FUNNEL_BY)}"
                    " > 0)")
     d = d.with_panel(_table(
@@ -716,25 +727,19 @@ def fleet_overview() -> dash.Dashboard:
         "since accounts in the categories that hold the fixable codes (credentials, "
         "user_action, mfa, oauth) left `ok`. Filtered by source and provider only (the age "
         "histogram carries no institution).", "s",
-        [_target("histogram_quantile(0.5, sum by (category, le) "
-                 f"(openfinance_broken_account_age_seconds_bucket{{{SOURCE_PROVIDER}, "
-                 f'category=~"{FIXABLE_CATEGORIES}"}}))', "p50 {{category}}"),
-         _target("histogram_quantile(0.9, sum by (category, le) "
-                 f"(openfinance_broken_account_age_seconds_bucket{{{SOURCE_PROVIDER}, "
-                 f'category=~"{FIXABLE_CATEGORIES}"}}))', "p90 {{category}}")]))
+        _quantiles(f"openfinance_broken_account_age_seconds_bucket{{{SOURCE_PROVIDER}, "
+                   f'category=~"{FIXABLE_CATEGORIES}"}}', "category", "{{category}}")))
     d = d.with_panel(_bargauge(
         "Broken accounts by time since they left ok", "How long non-ok accounts have been "
         "broken (each bar counts accounts in that age bucket, upper bound in seconds). Old "
         "fixable accounts need a repair link; old 9xx need a support ticket.", "short",
-        [_target("sum by (le) (openfinance_broken_account_age_seconds_bucket"
-                 f"{{{SOURCE_PROVIDER}}})", "{{le}}", instant=True, fmt=PromQueryFormat.HEATMAP)],
+        _bucket_bars("openfinance_broken_account_age_seconds_bucket"),
         thresholds=_steps((None, "orange"))))
     d = d.with_panel(_bargauge(
         "Accounts by time since last successful aggregation", "Each bar counts accounts whose "
         "last successful aggregation is that old (upper bound in seconds; never-succeeded "
         "accounts count only in +Inf).", "short",
-        [_target("sum by (le) (openfinance_account_last_success_age_seconds_bucket"
-                 f"{{{SOURCE_PROVIDER}}})", "{{le}}", instant=True, fmt=PromQueryFormat.HEATMAP)],
+        _bucket_bars("openfinance_account_last_success_age_seconds_bucket"),
         thresholds=_steps((None, "blue"))))
 
     d = _repair_funnel(d)
@@ -969,12 +974,8 @@ def agent_health() -> dash.Dashboard:
     d = d.with_panel(_timeseries(
         "Sweep duration", "p50 and p90 of sweep duration over the sweep window, and the mean.",
         "s",
-        [_target("histogram_quantile(0.5, sum by (source, le) "
-                 f"(rate(openfinance_sweep_duration_seconds_bucket{{{AGENT}}}[$window])))",
-                 "p50 {{source}}"),
-         _target("histogram_quantile(0.9, sum by (source, le) "
-                 f"(rate(openfinance_sweep_duration_seconds_bucket{{{AGENT}}}[$window])))",
-                 "p90 {{source}}"),
+        [*_quantiles(f"rate(openfinance_sweep_duration_seconds_bucket{{{AGENT}}}[$window])",
+                     "source", "{{source}}"),
          _target(f"sum by (source) (rate(openfinance_sweep_duration_seconds_sum{{{AGENT}}}"
                  "[$window])) / sum by (source) "
                  f"(rate(openfinance_sweep_duration_seconds_count{{{AGENT}}}[$window]))",
@@ -1020,12 +1021,9 @@ def agent_health() -> dash.Dashboard:
     d = d.with_panel(_timeseries(
         "Upstream latency by endpoint", "p50 and p99 of request duration by route template.",
         "s",
-        [_target("histogram_quantile(0.5, sum by (source, endpoint, le) "
-                 f"(rate(openfinance_upstream_request_duration_seconds_bucket{{{AGENT}}}"
-                 "[$__rate_interval])))", "p50 {{endpoint}}"),
-         _target("histogram_quantile(0.99, sum by (source, endpoint, le) "
-                 f"(rate(openfinance_upstream_request_duration_seconds_bucket{{{AGENT}}}"
-                 "[$__rate_interval])))", "p99 {{endpoint}}")], legend_table=True))
+        _quantiles(f"rate(openfinance_upstream_request_duration_seconds_bucket{{{AGENT}}}"
+                   "[$__rate_interval])", "source, endpoint", "{{endpoint}}", (0.5, 0.99)),
+        legend_table=True))
     d = d.with_panel(_timeseries(
         "Retries by reason", "Retried upstream requests per second: rate_limited (429, "
         "honours Retry-After), server_error, timeout, connect_error, token_expired.", "reqps",
@@ -1098,10 +1096,7 @@ def _push(d: dash.Dashboard, up_fallback: str) -> dash.Dashboard:
         "Webhook event to /metrics latency", "p50 and p99 over the sweep window of the time "
         "from a webhook event's arrival to its owner's re-read applied to /metrics (target: "
         f"p99 under 2 s). Empty while no event was applied. {off}", "s",
-        [_target(f"histogram_quantile(0.5, sum by (source, le) (rate({refresh}[$window])))",
-                 "p50 {{source}}"),
-         _target(f"histogram_quantile(0.99, sum by (source, le) (rate({refresh}[$window])))",
-                 "p99 {{source}}")]))
+        _quantiles(f"rate({refresh}[$window])", "source", "{{source}}", (0.5, 0.99))))
     d = d.with_panel(_timeseries(
         "Failed webhook re-reads", "Events whose owner re-read failed per sweep window: "
         "retried (another attempt is scheduled) or given_up (still failing after "
