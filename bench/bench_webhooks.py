@@ -41,8 +41,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import httpx
 import yaml
@@ -125,16 +126,11 @@ async def drive_burst(url: str, requests: list[bytes],
     todo = iter(range(len(requests)))
 
     async def worker() -> None:
-        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-        try:
+        async with connection(parts) as send:
             for i in todo:
                 sent[i] = time.time()
-                status = await exchange(reader, writer, requests[i])
+                await send(requests[i])
                 answered[i] = time.time() - sent[i]
-                if status != 200:
-                    raise SystemExit(f"unexpected answer {status}")
-        finally:
-            writer.close()
     await asyncio.gather(*(worker() for _ in range(clients)))
     return sent, answered
 
@@ -159,6 +155,23 @@ def signed_requests(url: str, events: int, owners: int,
 
 def event_id(i: int) -> str:
     return f"{i}-{i:024x}"
+
+
+@contextlib.asynccontextmanager
+async def connection(parts: SplitResult) -> AsyncIterator[Callable[[bytes], Awaitable[None]]]:
+    """A keep-alive connection to the listener at ``parts``; yields ``send(request)``, which
+    exchanges one raw request and stops the bench on any answer but 200."""
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+
+    async def send(request: bytes) -> None:
+        status = await exchange(reader, writer, request)
+        if status != 200:
+            raise SystemExit(f"unexpected answer {status}")
+
+    try:
+        yield send
+    finally:
+        writer.close()
 
 
 async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -189,15 +202,10 @@ async def drive_open(url: str, requests: list[bytes], rate: float,
     queue: asyncio.Queue[int | None] = asyncio.Queue()
 
     async def worker() -> None:
-        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-        try:
+        async with connection(parts) as send:
             while (i := await queue.get()) is not None:
-                status = await exchange(reader, writer, requests[i])
+                await send(requests[i])
                 answered[i] = time.time() - due[i]
-                if status != 200:
-                    raise SystemExit(f"unexpected answer {status}")
-        finally:
-            writer.close()
 
     workers = [asyncio.create_task(worker()) for _ in range(clients)]
     start = time.time() + 0.05
