@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_tracker import reference_loop  # noqa: E402
 from exporter.sandbox import credentials  # noqa: E402
 from exporter.webhooks.verify import finicity_signature  # noqa: E402
+from tests.integration.listeners_support import slow_header_clients  # noqa: E402
 from tests.integration.procs import (  # noqa: E402
     AgentProc,
     Sandbox,
@@ -123,13 +124,7 @@ def bench_scrapes(pid: int, url: str, n: int, verify: ssl.SSLContext | bool = Tr
 
 
 def bench_slow(agent: AgentProc, hooks_port: int, per_listener: int, owners: list[str]) -> None:
-    clients = []
-    for port in (agent.port, hooks_port):
-        for _ in range(per_listener):
-            s = socket.create_connection(("127.0.0.1", port), timeout=5)
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-            s.setblocking(False)
-            clients.append(s)
+    clients = slow_header_clients((agent.port, hooks_port), per_listener)
     opened = time.monotonic()
     closed: dict[int, float] = {}
 

@@ -4,7 +4,6 @@ attacker would (bytes no HTTP library would send)."""
 
 from __future__ import annotations
 
-import json
 import socket
 import sqlite3
 from pathlib import Path
@@ -14,11 +13,12 @@ import yaml
 from exporter.sandbox import credentials
 from exporter.webhooks.verify import finicity_signature
 from tests.integration.procs import AgentProc, Sandbox, free_port, with_webhooks
+from tests.integration.push_support import FIN, MX, MX_PASSWORD, MX_USER, connect_event
 from tests.integration.test_repair_loop import SMALL, Receiver, repair_config
 
-FIN, MX = "finicity-sandbox", "mx-sandbox"
+__all__ = ["FIN", "MX", "MX_PASSWORD", "MX_USER", "connect_event"]  # (re-exported)
+
 SOURCES = (FIN, MX)
-MX_USER, MX_PASSWORD = "mx-hooks", "mx-hooks-password-123"
 HEADER_TIMEOUT = 2.0  # read_header_timeout of both listeners in these tests
 
 
@@ -67,9 +67,17 @@ class Rig:
         self.sandbox.stop()
 
 
-def connect_event(customer: str, event_id: str) -> bytes:
-    return json.dumps({"customerId": customer, "eventType": "done", "eventId": event_id,
-                       "payload": {}}).encode()
+def slow_header_clients(ports, per_port: int) -> list[socket.socket]:
+    """``per_port`` non-blocking connections to each port, each having sent a request line
+    and the start of a header it never finishes (the caller trickles the rest)."""
+    clients = []
+    for port in ports:
+        for _ in range(per_port):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            s.setblocking(False)
+            clients.append(s)
+    return clients
 
 
 def signature(body: bytes) -> str:

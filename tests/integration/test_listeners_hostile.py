@@ -35,6 +35,7 @@ from tests.integration.listeners_support import (
     raw_request,
     rss_bytes,
     signature,
+    slow_header_clients,
     status,
 )
 from tests.integration.procs import served_owners, wait_for
@@ -159,13 +160,7 @@ def test_header_blocks_are_bounded_in_size_on_both_listeners(rig):
 def test_slow_header_clients_are_cut_off_while_others_are_served(rig):
     """150 clients per listener each send one header byte every half second; each is closed
     once ``read_header_timeout`` passes, while signed webhooks and scrapes are answered."""
-    clients = []
-    for port in ports(rig).values():
-        for _ in range(150):
-            s = socket.create_connection(("127.0.0.1", port), timeout=5)
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-            s.setblocking(False)
-            clients.append(s)
+    clients = slow_header_clients(ports(rig).values(), 150)
     opened = time.monotonic()
     closed_at: dict[int, float] = {}
     stop = threading.Event()
