@@ -76,6 +76,12 @@ class HealthWiring:
                     source.name, source.institution, self.directory,
                     self._institutions(source.name), every, clock))
 
+    def sweep_done(self, source: str, result: str) -> None:
+        """The sweep subscriber (``exporter.agent.sweeps.SweepDone``): a sweep that did not
+        fail or get cancelled has published its snapshot."""
+        if result in ("success", "partial"):
+            self.sweep_published(source)
+
     def sweep_published(self, source: str) -> asyncio.Task[int] | None:
         """A sweep of ``source`` published its snapshot: the institutions of a Finicity
         source that have just turned degraded or down have their declared status re-read now

@@ -34,7 +34,7 @@ from exporter.status_codes import Catalog
 from exporter.tracker import Snapshot
 
 __all__ = ["OPENMETRICS", "TEXT", "AgeCollector", "AgentMetrics", "Exposition",
-           "FleetCollector", "InstitutionRows", "Metrics", "build_metrics"]
+           "FleetCollector", "InstitutionRows", "Metrics", "agent_metrics", "build_metrics"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,25 +55,31 @@ class Metrics:
         return None
 
 
+def agent_metrics() -> AgentMetrics:
+    """The self-metrics on a registry of their own, rendered on every scrape: built first,
+    since every part of the agent reports to them; :func:`build_metrics` adds the rest."""
+    # ``*_created`` series double the exposition and nothing here queries them.
+    disable_created_metrics()
+    return AgentMetrics(CollectorRegistry(auto_describe=True))
+
+
 def build_metrics(snapshot: Callable[[], Snapshot], *, clock: Callable[[], float],
                   catalog: Catalog | None = None,
                   institutions: Callable[[], InstitutionRows | None] = lambda: None,
                   routing: Callable[[], RoutingRows | None] = lambda: None,
-                  ) -> Metrics:
+                  agent: AgentMetrics | None = None) -> Metrics:
     """Registry, collectors, self-metrics and exposition over a tracker's ``snapshot``.
 
-    ``snapshot`` is called at scrape time (the tracker may be built after this, with
-    ``events=metrics.agent``). ``institutions`` gives institution health
+    ``snapshot`` is called at scrape time. ``institutions`` gives institution health
     (``exporter.health.wiring.HealthWiring``), read at scrape time too, as is ``routing``
     (``exporter.routing.advisor.Advisor``: its rows are kept per institution key with the
-    snapshot part and re-rendered when its version moves).
+    snapshot part and re-rendered when its version moves). ``agent``: the self-metrics,
+    when built before (:func:`agent_metrics`); a new set otherwise.
     """
-    # ``*_created`` series double the exposition and nothing here queries them.
-    disable_created_metrics()
+    agent = agent or agent_metrics()
     catalog = catalog or Catalog.default()
     fleet = CollectorRegistry(auto_describe=True)
-    live = CollectorRegistry(auto_describe=True)
-    agent = AgentMetrics(live)
+    live = agent.registry
     # Institution health first: it changes less often than the fleet series, and the gzip
     # side reuses the stream's CRC up to the first piece that changed.
     fleet.register(InstitutionHealthCollector(lambda: _rows(institutions())))

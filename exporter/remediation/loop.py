@@ -282,6 +282,14 @@ class RepairLoop:
         delivered at full speed slowed a sweep several-fold), else no limit."""
         return self.cfg.sweep_deliveries_per_second if self._sweeping else None
 
+    def sweep_done(self, source: str, result: str) -> None:
+        """The sweep subscriber (``exporter.agent.sweeps.SweepDone``): a sweep of ``source``
+        ended with ``result`` (success, partial, failed or cancelled)."""
+        if result == "cancelled":
+            self.sweep_ended(source, published=False)
+        else:
+            self.sweep_finished(source, result == "success", published=result != "failed")
+
     def sweep_finished(self, source: str, complete: bool, published: bool = True) -> None:
         """A sweep of ``source`` ended (``published``: its snapshot is out, i.e. it did not
         fail). After the first complete one, new episodes are no longer backlog: queued

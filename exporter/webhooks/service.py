@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.routing import Route
 
 from exporter.aio import Gate
 from exporter.config import SourceConfig
@@ -28,7 +29,9 @@ class PushService:
     def __init__(self, config: WebhooksConfig, source_configs: Sequence[SourceConfig],
                  sources: Mapping[str, RefreshSource], tracker: RecordSink,
                  observer: WebhookObserver, state_path: str | Path, *,
-                 clock: Callable[[], float] = time.time, gate: Gate | None = None):
+                 clock: Callable[[], float] = time.time, gate: Gate | None = None,
+                 routes: Sequence[Route] = ()):
+        """``routes``: other features' routes on the webhook listener (the fix links)."""
         self.config = config
         self.source_configs = list(source_configs)
         self.sources = sources
@@ -44,7 +47,8 @@ class PushService:
         self.app: Starlette = create_webhook_app(
             self.receivers, self.inbox, observer, clock=clock,
             max_body_bytes=config.max_body_bytes, read_timeout=config.read_timeout,
-            on_accepted=self.processor.add, forward=self.forward, gate=gate)
+            on_accepted=self.processor.add, forward=self.forward, gate=gate,
+            routes=routes)
 
     async def start(self) -> None:
         """Open the inbox (raises ``InboxError``), resolve the secrets, start processing
