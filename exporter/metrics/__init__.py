@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
+from exporter.health.wiring import HealthWiring
 from exporter.metrics.collectors import (
     AgeCollector,
     ConsentCollector,
@@ -29,12 +30,13 @@ from exporter.metrics.collectors import (
 )
 from exporter.metrics.exposition import OPENMETRICS, TEXT, Exposition
 from exporter.metrics.observers import AgentMetrics
-from exporter.metrics.snapshot_text import InstitutionRows, RoutingRows, SnapshotText
+from exporter.metrics.snapshot_text import SnapshotText
+from exporter.routing.advisor import Advisor
 from exporter.status_codes import Catalog
 from exporter.tracker import Snapshot
 
 __all__ = ["OPENMETRICS", "TEXT", "AgeCollector", "AgentMetrics", "Exposition",
-           "FleetCollector", "InstitutionRows", "Metrics", "agent_metrics", "build_metrics"]
+           "FleetCollector", "Metrics", "agent_metrics", "build_metrics"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +67,8 @@ def agent_metrics() -> AgentMetrics:
 
 def build_metrics(snapshot: Callable[[], Snapshot], *, clock: Callable[[], float],
                   catalog: Catalog | None = None,
-                  institutions: Callable[[], InstitutionRows | None] = lambda: None,
-                  routing: Callable[[], RoutingRows | None] = lambda: None,
+                  institutions: Callable[[], HealthWiring | None] = lambda: None,
+                  routing: Callable[[], Advisor | None] = lambda: None,
                   agent: AgentMetrics | None = None) -> Metrics:
     """Registry, collectors, self-metrics and exposition over a tracker's ``snapshot``.
 
@@ -91,9 +93,9 @@ def build_metrics(snapshot: Callable[[], Snapshot], *, clock: Callable[[], float
     return Metrics(fleet, live, agent, exposition)
 
 
-def _routing_rows(routing: RoutingRows | None) -> Iterable[tuple[str, str, str, int]]:
+def _routing_rows(routing: Advisor | None) -> Iterable[tuple[str, str, str, int]]:
     return () if routing is None else [r for rows in routing.rows_by_key().values() for r in rows]
 
 
-def _rows(institutions: InstitutionRows | None):
+def _rows(institutions: HealthWiring | None):
     return ((), (), ()) if institutions is None else institutions.rows()

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
@@ -54,6 +54,7 @@ from exporter.remediation.renewals import (
 )
 from exporter.remediation.signing import make_token
 from exporter.remediation.store import OutboxRow, RemediationStore
+from exporter.sources.base import Source
 from exporter.tracker.events import AccountEvent, EventKind
 
 log = logging.getLogger(__name__)
@@ -65,12 +66,6 @@ _QUEUE_BATCHES = 64
 FOLDED = "other"
 """The tracker's institution_id (and name) for institutions folded below its size cap."""
 Effect = tuple[Any, ...]
-
-
-class FixLinkSource(Protocol):
-    """The part of ``exporter.sources.base.Source`` the loop uses."""
-
-    async def fix_link(self, owner_id: str, login_id: str) -> str: ...
 
 
 class InstitutionLabels:
@@ -108,7 +103,7 @@ def funnel(ep: Episode, outcome: str | None) -> Effect:
 
 class RepairLoop:
     def __init__(self, cfg: RemediationConfig, db_path: str | Path, *,
-                 sources: Mapping[str, FixLinkSource], snapshot: Callable[[], Any],
+                 sources: Mapping[str, Source], snapshot: Callable[[], Any],
                  clock: Callable[[], float] = time.time,
                  observer: RemediationObserver | None = None,
                  client: httpx.AsyncClient | None = None,

@@ -15,19 +15,21 @@ from starlette.routing import Route
 
 from exporter.aio import Gate
 from exporter.config import SourceConfig
+from exporter.sources.base import Source
+from exporter.tracker import Tracker
 from exporter.webhooks.app import Receiver, build_receivers, create_webhook_app
 from exporter.webhooks.config import WebhooksConfig
 from exporter.webhooks.forward import Forwarder
 from exporter.webhooks.inbox import WebhookInbox
 from exporter.webhooks.observer import WebhookObserver
-from exporter.webhooks.processor import PushProcessor, RecordSink, RefreshSource
+from exporter.webhooks.processor import PushProcessor
 
 log = logging.getLogger(__name__)
 
 
 class PushService:
     def __init__(self, config: WebhooksConfig, source_configs: Sequence[SourceConfig],
-                 sources: Mapping[str, RefreshSource], tracker: RecordSink,
+                 sources: Mapping[str, Source], tracker: Tracker,
                  observer: WebhookObserver, state_path: str | Path, *,
                  clock: Callable[[], float] = time.time, gate: Gate | None = None,
                  routes: Sequence[Route] = ()):
