@@ -1,4 +1,6 @@
-"""Assembles the agent from a configuration: store, tracker, metrics, sources, scheduler, server.
+"""Assembles the agent from a configuration, in the order its parts depend on each other:
+self-metrics, state, tracker, sources, institution health, routing, repair loop, push,
+/metrics, sweeps, the HTTP app (:meth:`Agent.__init__`, read top to bottom).
 
 There is no module-level state: everything is built here and passed down, so tests and the
 ``demo`` command can build as many agents as they like.
@@ -17,8 +19,7 @@ from exporter.agent.sweeps import SweepNotices, SweepRunner, build_scheduler
 from exporter.aio import Gate
 from exporter.config import Settings
 from exporter.health.wiring import HealthWiring
-from exporter.metrics import agent_metrics as self_metrics
-from exporter.metrics import build_metrics
+from exporter.metrics import agent_metrics, build_metrics
 from exporter.remediation.links import fix_app, fix_route
 from exporter.remediation.loop import RepairLoop
 from exporter.routing.advisor import Advisor
@@ -51,12 +52,11 @@ class Agent:
         self.settings = settings
         self.clock = clock
         self.catalog = Catalog.default()
-        # Self-metrics: every part below reports to them.
-        agent_metrics = self_metrics()
+        self_metrics = agent_metrics()  # every part below reports to them
         # State: one agent per file; the tracker's store on it.
         self.state_file = open_state_file(settings.state.path)
         if self.state_file.recovered_to is not None:
-            agent_metrics.state_recovered()
+            self_metrics.state_recovered()
         self.store = StateStore(settings.state.path)
         # Tracker: records in, account events and snapshots out.
         self.tracker = tracker = Tracker(
@@ -64,13 +64,14 @@ class Agent:
             otp_streak_threshold=settings.tracker.otp_streak_threshold,
             institution_min_accounts=settings.tracker.institution_min_accounts,
             max_unknown_codes=settings.tracker.max_unknown_codes,
-            events=agent_metrics, batch_size=settings.state.batch_size)
+            events=self_metrics, batch_size=settings.state.batch_size)
 
         def snapshot() -> Snapshot:  # health, the repair loop and /metrics read it
             return tracker.snapshot
+
         # Sources: the configured upstreams (or the ones given, in tests and the demo).
         if sources is None:
-            sources = [build_source(cfg, agent_metrics, clock,
+            sources = [build_source(cfg, self_metrics, clock,
                                     missing_share=settings.drift.missing_share)
                        for cfg in settings.sources]
         self.sources = sources
@@ -80,7 +81,7 @@ class Agent:
                                             settings.state.path)
         # Routing advice: from the health reports, kept in the state database.
         self.routing = routing = Advisor(settings.routing, (s.provider for s in sources),
-                                         agent_metrics)
+                                         self_metrics)
         self.routing_store = RoutingStore(settings.state.path)
         # Webhook deliveries and fix clicks pass through the gate; a stop closes it first.
         self.gate = Gate()
@@ -91,25 +92,25 @@ class Agent:
         if settings.remediation.enabled:
             self.repair = RepairLoop(
                 settings.remediation, settings.state.path, sources=by_name,
-                snapshot=snapshot, clock=clock, observer=agent_metrics)
+                snapshot=snapshot, clock=clock, observer=self_metrics)
             tracker.subscribe(self.repair.on_events, steady=True)
             for s in sources:
-                agent_metrics.remediation_source(s.name, s.provider)
+                self_metrics.remediation_source(s.name, s.provider)
             if settings.remediation.link == "redirect":
                 fix_routes.append(fix_route(self.repair, clock, self.gate))
         # Push (optional): the webhook listener; owners re-read, applied through the tracker.
         self.push: PushService | None = None
         if settings.webhooks is not None:
             self.push = PushService(
-                settings.webhooks, settings.sources, by_name, tracker, agent_metrics,
+                settings.webhooks, settings.sources, by_name, tracker, self_metrics,
                 settings.state.path, clock=clock, gate=self.gate, routes=fix_routes)
         # /metrics: the collectors over the snapshot, health and routing; the self-metrics.
         self.metrics = build_metrics(snapshot, clock=clock, catalog=self.catalog,
                                      institutions=lambda: health, routing=lambda: routing,
-                                     agent=agent_metrics)
+                                     agent=self_metrics)
         # Sweeps: one job per source; then the repair loop and health hear each sweep.
         repair = [self.repair] if self.repair is not None else []
-        notices = SweepNotices(agent_metrics, started=[r.sweep_started for r in repair],
+        notices = SweepNotices(self_metrics, started=[r.sweep_started for r in repair],
                                done=[*(r.sweep_done for r in repair), health.sweep_done])
         self.runner = SweepRunner(sources, tracker, notices, clock,
                                   on_snapshot=self.metrics.exposition.prerender)
@@ -118,7 +119,7 @@ class Agent:
         health.schedule(self.scheduler)
         routing.schedule(self.scheduler, health.report, self.routing_store)
         # HTTP: /metrics, the probes, and the health and routing pages.
-        self.web_config = (WebConfigFile(settings.web.config_file, observer=agent_metrics)
+        self.web_config = (WebConfigFile(settings.web.config_file, observer=self_metrics)
                            if settings.web.config_file else None)
         self.ready = self._stopped = False
         self.app = create_app(self.metrics.exposition, lambda: self.ready,
