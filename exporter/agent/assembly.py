@@ -44,11 +44,12 @@ DRAIN_FOR = 12.0
 
 
 class Agent:
-    """One running agent. ``start()`` loads state and schedules sweeps; ``serve()`` runs HTTP."""
+    """One running agent, built part by part in dependency order, each part from parts already
+    built (nothing starts here). ``start()`` loads state and schedules sweeps; ``run()``
+    serves HTTP."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time,
                  sources: list[Source] | None = None):
-        """Builds the parts in dependency order, each from parts already built (none started)."""
         self.settings = settings
         self.clock = clock
         self.catalog = Catalog.default()
@@ -114,8 +115,7 @@ class Agent:
                                done=[*(r.sweep_done for r in repair), health.sweep_done])
         self.runner = SweepRunner(sources, tracker, notices, clock,
                                   on_snapshot=self.metrics.exposition.prerender)
-        self.scheduler = build_scheduler(
-            self.runner, {cfg.name: cfg.schedule for cfg in settings.sources})
+        self.scheduler = build_scheduler(self.runner, {c.name: c.schedule for c in settings.sources})
         health.schedule(self.scheduler)
         routing.schedule(self.scheduler, health.report, self.routing_store)
         # HTTP: /metrics, the probes, and the health and routing pages.
