@@ -1,4 +1,6 @@
-"""Assembles the agent from a configuration: store, tracker, metrics, sources, scheduler, server.
+"""Assembles the agent from a configuration, in the order its parts depend on each other:
+self-metrics, state, tracker, sources, institution health, routing, repair loop, push,
+/metrics, sweeps, the HTTP app (:meth:`Agent.__init__`, read top to bottom).
 
 There is no module-level state: everything is built here and passed down, so tests and the
 ``demo`` command can build as many agents as they like.
@@ -10,13 +12,14 @@ import logging
 import time
 from collections.abc import Callable
 
+from starlette.routing import Route
+
 from exporter import __version__
-from exporter.agent.sweeps import SweepRunner, build_scheduler
+from exporter.agent.sweeps import SweepNotices, SweepRunner, build_scheduler
 from exporter.aio import Gate
 from exporter.config import Settings
 from exporter.health.wiring import HealthWiring
-from exporter.metrics import build_metrics
-from exporter.metrics.observers import AgentMetrics
+from exporter.metrics import agent_metrics, build_metrics
 from exporter.remediation.links import fix_app, fix_route
 from exporter.remediation.loop import RepairLoop
 from exporter.routing.advisor import Advisor
@@ -26,7 +29,7 @@ from exporter.sources.base import Source
 from exporter.state.accounts import StateStore
 from exporter.state.file import open_state_file
 from exporter.status_codes import Catalog
-from exporter.tracker import Tracker
+from exporter.tracker import Snapshot, Tracker
 from exporter.upstreams import build_source
 from exporter.web.limits import ListenerLimits
 from exporter.web.server import Server, create_app, http_server, serve_until_signal
@@ -41,71 +44,88 @@ DRAIN_FOR = 12.0
 
 
 class Agent:
-    """One running agent. ``start()`` loads state and schedules sweeps; ``serve()`` runs HTTP."""
+    """One running agent, built part by part in dependency order, each part from parts already
+    built (nothing starts here). ``start()`` loads state and schedules sweeps; ``run()``
+    serves HTTP."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time,
                  sources: list[Source] | None = None):
         self.settings = settings
         self.clock = clock
         self.catalog = Catalog.default()
-        self.metrics = build_metrics(lambda: self.tracker.snapshot, clock=clock,
-                                     catalog=self.catalog,
-                                     institutions=lambda: self.health,
-                                     routing=lambda: getattr(self, "routing", None))
-        self.state_file = open_state_file(settings.state.path)  # one agent per file
+        self_metrics = agent_metrics()  # every part below reports to them
+        # State: one agent per file; the tracker's store on it.
+        self.state_file = open_state_file(settings.state.path)
         if self.state_file.recovered_to is not None:
-            self.metrics.agent.state_recovered()
+            self_metrics.state_recovered()
         self.store = StateStore(settings.state.path)
-        self.tracker = Tracker(
+        # Tracker: records in, account events and snapshots out.
+        self.tracker = tracker = Tracker(
             self.store, catalog=self.catalog, clock=clock,
             otp_streak_threshold=settings.tracker.otp_streak_threshold,
             institution_min_accounts=settings.tracker.institution_min_accounts,
             max_unknown_codes=settings.tracker.max_unknown_codes,
-            events=self.metrics.agent, batch_size=settings.state.batch_size)
+            events=self_metrics, batch_size=settings.state.batch_size)
+
+        def snapshot() -> Snapshot:  # health, the repair loop and /metrics read it
+            return tracker.snapshot
+
+        # Sources: the configured upstreams (or the ones given, in tests and the demo).
         if sources is None:
-            sources = [build_source(cfg, self.metrics.agent, clock,
+            sources = [build_source(cfg, self_metrics, clock,
                                     missing_share=settings.drift.missing_share)
                        for cfg in settings.sources]
         self.sources = sources
+        by_name = {s.name: s for s in sources}
+        # Institution health: fed by the sources' institution lookups.
+        self.health = health = HealthWiring(settings.health, sources, snapshot, clock,
+                                            settings.state.path)
+        # Routing advice: from the health reports, kept in the state database.
+        self.routing = routing = Advisor(settings.routing, (s.provider for s in sources),
+                                         self_metrics)
+        self.routing_store = RoutingStore(settings.state.path)
+        # Webhook deliveries and fix clicks pass through the gate; a stop closes it first.
+        self.gate = Gate()
+        # Repair loop (optional): a tracker subscriber; its fix links go on the webhook
+        # listener (the contract's place for them, internet-facing).
         self.repair: RepairLoop | None = None
+        fix_routes: list[Route] = []
         if settings.remediation.enabled:
             self.repair = RepairLoop(
-                settings.remediation, settings.state.path, sources={s.name: s for s in sources},
-                snapshot=lambda: self.tracker.snapshot, clock=clock, observer=self.metrics.agent)
-            self.tracker.subscribe(self.repair.on_events, steady=True)
+                settings.remediation, settings.state.path, sources=by_name,
+                snapshot=snapshot, clock=clock, observer=self_metrics)
+            tracker.subscribe(self.repair.on_events, steady=True)
             for s in sources:
-                self.metrics.agent.remediation_source(s.name, s.provider)
-        self.health = HealthWiring(settings.health, sources, lambda: self.tracker.snapshot,
-                                   clock, settings.state.path)
-        self.routing = Advisor(settings.routing, (s.provider for s in sources),
-                               self.metrics.agent)
-        self.routing_store = RoutingStore(settings.state.path)
-        self.runner = SweepRunner(sources, self.tracker,
-                                  _SweepObservers(self.metrics.agent, self.repair, self.health),
-                                  clock, on_snapshot=self.metrics.exposition.prerender)
-        self.scheduler = build_scheduler(
-            self.runner, {cfg.name: cfg.schedule for cfg in settings.sources})
-        self.web_config = (WebConfigFile(settings.web.config_file, observer=self.metrics.agent)
-                           if settings.web.config_file else None)
-        self.health.schedule(self.scheduler)
-        self.routing.schedule(self.scheduler, self.health.report, self.routing_store)
-        # Webhook deliveries and fix clicks pass through it; a stop closes it first.
-        self.gate = Gate()
+                self_metrics.remediation_source(s.name, s.provider)
+            if settings.remediation.link == "redirect":
+                fix_routes.append(fix_route(self.repair, clock, self.gate))
+        # Push (optional): the webhook listener; owners re-read, applied through the tracker.
         self.push: PushService | None = None
         if settings.webhooks is not None:
             self.push = PushService(
-                settings.webhooks, settings.sources, {s.name: s for s in sources},
-                self.tracker, self.metrics.agent, settings.state.path, clock=clock,
-                gate=self.gate)
-            if self.repair is not None and settings.remediation.link == "redirect":
-                # The contract's place for fix links: the internet-facing webhook listener.
-                self.push.app.router.routes.append(fix_route(self.repair, clock, self.gate))
-        self.ready = False
-        self._stopped = False
+                settings.webhooks, settings.sources, by_name, tracker, self_metrics,
+                settings.state.path, clock=clock, gate=self.gate, routes=fix_routes)
+        # /metrics: the collectors over the snapshot, health and routing; the self-metrics.
+        self.metrics = build_metrics(snapshot, clock=clock, catalog=self.catalog,
+                                     institutions=lambda: health, routing=lambda: routing,
+                                     agent=self_metrics)
+        # Sweeps: one job per source; then the repair loop and health hear each sweep.
+        repair = [self.repair] if self.repair is not None else []
+        notices = SweepNotices(self_metrics, started=[r.sweep_started for r in repair],
+                               done=[*(r.sweep_done for r in repair), health.sweep_done])
+        self.runner = SweepRunner(sources, tracker, notices, clock,
+                                  on_snapshot=self.metrics.exposition.prerender)
+        self.scheduler = build_scheduler(self.runner, {c.name: c.schedule for c in settings.sources})
+        health.schedule(self.scheduler)
+        routing.schedule(self.scheduler, health.report, self.routing_store)
+        # HTTP: /metrics, the probes, and the health and routing pages.
+        self.web_config = (WebConfigFile(settings.web.config_file, observer=self_metrics)
+                           if settings.web.config_file else None)
+        self.ready = self._stopped = False
         self.app = create_app(self.metrics.exposition, lambda: self.ready,
                               settings.web.telemetry_path,
-                              [*self.health.routes(self.routing.update),
-                               *routing_routes(self.routing, self.health.report)])
+                              [*health.routes(routing.update),
+                               *routing_routes(routing, health.report)])
 
     async def start(self) -> None:
         await self.tracker.load({s.name: s.provider for s in self.sources})
@@ -195,38 +215,3 @@ class Agent:
         finally:
             await self.stop()
 
-
-class _SweepObservers:
-    """The sweep observer: the self-metrics, then what follows sweeps. The repair loop hears
-    when a sweep starts and ends (deliveries are paced meanwhile, and no request is created
-    for that source until its snapshot is published) and each complete sweep (its first one
-    ends the backlog); institution health hears each published snapshot (institutions that
-    turned unhealthy have their declared status re-read at once)."""
-
-    def __init__(self, metrics: AgentMetrics, repair: RepairLoop | None, health: HealthWiring):
-        self._metrics = metrics
-        self._repair = repair
-        self._health = health
-
-    def __getattr__(self, name: str):
-        return getattr(self._metrics, name)
-
-    def sweep_started(self, source: str) -> None:
-        self._metrics.sweep_started(source)
-        if self._repair is not None:
-            self._repair.sweep_started(source)
-
-    def sweep_cancelled(self, source: str, duration: float) -> None:
-        self._metrics.sweep_cancelled(source, duration)
-        if self._repair is not None:
-            self._repair.sweep_ended(source, published=False)
-
-    def sweep_finished(self, source: str, result: str, duration: float, *,
-                       records: int | None = None, completed_at: float | None = None) -> None:
-        self._metrics.sweep_finished(source, result, duration, records=records,
-                                     completed_at=completed_at)
-        if self._repair is not None:
-            self._repair.sweep_finished(source, completed_at is not None,
-                                        published=result != "failed")
-        if result != "failed":
-            self._health.sweep_published(source)

@@ -1,7 +1,8 @@
 """Running sweeps: one APScheduler job per source, never two sweeps of a source at once.
 
 A sweep asks the source for every account, feeds the records to a tracker session, and
-reports the outcome to a :class:`SweepObserver` (the self-metrics). Failures are logged and
+reports the outcome to a :class:`SweepObserver`: the self-metrics, or :class:`SweepNotices`
+(the self-metrics, then the subscribers the agent registers). Failures are logged and
 counted, never raised into the scheduler; a failed sweep leaves the published snapshot
 untouched.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -52,6 +53,53 @@ class SweepObserver(Protocol):
 
     def source_stopped(self, source: str) -> None:
         """The source sweeps no more until restart (credentials refused)."""
+
+
+SweepStarted = Callable[[str], None]
+"""A subscriber told that a sweep of a source (the argument) began."""
+SweepDone = Callable[[str, str], None]
+"""A subscriber told that a sweep of a source ended: (source, result), the result being
+``success`` (complete), ``partial``, ``failed`` (nothing published) or ``cancelled``."""
+
+
+class SweepNotices:
+    """The sweep observer of the agent: each call goes to the self-metrics, and the start
+    and end of each sweep then to the subscribers given here, in order."""
+
+    def __init__(self, metrics: SweepObserver, *, started: Sequence[SweepStarted] = (),
+                 done: Sequence[SweepDone] = ()):
+        self.metrics = metrics
+        self.started = list(started)
+        self.done = list(done)
+
+    def source_added(self, source: str, provider: str) -> None:
+        self.metrics.source_added(source, provider)
+
+    def sweep_progress(self, source: str, ratio: float) -> None:
+        self.metrics.sweep_progress(source, ratio)
+
+    def state_write_failed(self, source: str, reason: str) -> None:
+        self.metrics.state_write_failed(source, reason)
+
+    def source_stopped(self, source: str) -> None:
+        self.metrics.source_stopped(source)
+
+    def sweep_started(self, source: str) -> None:
+        self.metrics.sweep_started(source)
+        for fn in self.started:
+            fn(source)
+
+    def sweep_cancelled(self, source: str, duration: float) -> None:
+        self.metrics.sweep_cancelled(source, duration)
+        for fn in self.done:
+            fn(source, "cancelled")
+
+    def sweep_finished(self, source: str, result: str, duration: float, *,
+                       records: int | None = None, completed_at: float | None = None) -> None:
+        self.metrics.sweep_finished(source, result, duration, records=records,
+                                    completed_at=completed_at)
+        for fn in self.done:
+            fn(source, result)
 
 
 class ProgressLog:

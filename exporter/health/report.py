@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from exporter.health.directory import InstitutionDirectory
 from exporter.health.lag import REFRESH_CLASSES, AgeCounts
@@ -30,35 +30,11 @@ from exporter.health.sides import (
     side_of,
 )
 from exporter.sources.institution import DeclaredStatus
+from exporter.tracker import AgeHistogram, Snapshot, SourceAggregate
 
 FOLDED = "other"
 """The tracker's institution_id (and name) for institutions folded below the size cap."""
 STATE_ORDER = {"down": 0, "degraded": 1, "healthy": 2, NO_STATE: 3}
-
-
-class Ages(Protocol):
-    """A tracker ``AgeHistogram``: per-minute timestamps, ascending, with cumulative counts."""
-
-    minutes: Any
-    cumulative: Any
-    total: int
-
-    def since(self, ts: float) -> int: ...
-
-
-class SourceView(Protocol):
-    """What the report reads of a tracker ``SourceAggregate``."""
-
-    source: str
-    provider: str
-    accounts: tuple[tuple[str, str, str, str, int], ...]
-    success: Ages
-    never_succeeded: int
-
-
-class SnapshotView(Protocol):
-    version: int
-    sources: Mapping[str, SourceView]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +72,7 @@ def _no_ages(source: str) -> Mapping[str, AgeCounts]:
     return {}
 
 
-def institution_age_counts(agg: SourceView, ages: Mapping[str, AgeCounts]
+def institution_age_counts(agg: SourceAggregate, ages: Mapping[str, AgeCounts]
                            ) -> dict[tuple[str, str], AgeCounts]:
     """(institution_id, name) as the snapshot labels them → age counts; the institutions the
     snapshot folds are summed under its folded entry."""
@@ -120,7 +96,7 @@ def age_counts(shown: Iterable[tuple[str, str]], ages: Mapping[str, AgeCounts]
     return out
 
 
-def refresh_lag(ages: Ages, never_succeeded: int, now: float,
+def refresh_lag(ages: AgeHistogram, never_succeeded: int, now: float,
                 thresholds: Thresholds = DEFAULT_THRESHOLDS) -> RefreshLag:
     """The same test as the recording rule: the median age is at most a bound exactly when at
     least half the accounts (never-succeeded ones included) succeeded within it."""
@@ -250,7 +226,7 @@ def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def build_report(snapshot: SnapshotView, directory: InstitutionDirectory, now: float,
+def build_report(snapshot: Snapshot, directory: InstitutionDirectory, now: float,
                  thresholds: Thresholds = DEFAULT_THRESHOLDS,
                  ages: AgesBySource = _no_ages) -> HealthReport:
     """Group the snapshot's account counts by institution key; worst state first."""
@@ -298,7 +274,7 @@ def declared_rows(source: str, provider: str, institution_id: str, name: str,
                  for product, status in declared.statuses)
 
 
-def declared_series(snapshot: SnapshotView, directory: InstitutionDirectory):
+def declared_series(snapshot: Snapshot, directory: InstitutionDirectory):
     """``(source, provider, institution_id, institution, product, status)`` for every
     institution the snapshot shows unfolded: the rows of
     ``openfinance_institution_declared_status``."""
@@ -309,7 +285,7 @@ def declared_series(snapshot: SnapshotView, directory: InstitutionDirectory):
                                          directory.declared(agg.source, inst_id))
 
 
-def key_series(snapshot: SnapshotView, directory: InstitutionDirectory):
+def key_series(snapshot: Snapshot, directory: InstitutionDirectory):
     """``(source, provider, institution_id, key)``: the rows of
     ``openfinance_institution_key_info``."""
     for agg in snapshot.sources.values():
@@ -332,7 +308,7 @@ def institution_refresh_rows(source: str, provider: str, institution_id: str, na
                  for cls in REFRESH_CLASSES)
 
 
-def refresh_series(snapshot: SnapshotView, ages: AgesBySource):
+def refresh_series(snapshot: Snapshot, ages: AgesBySource):
     """``(source, provider, institution_id, institution, refresh, accounts)``: the rows of
     ``openfinance_institution_refresh_accounts`` (none before the first read)."""
     for agg in snapshot.sources.values():

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from starlette.routing import Route
 
@@ -21,7 +21,6 @@ from exporter.health.refresh import DeclaredStatusRefresher
 from exporter.health.report import (
     FOLDED,
     HealthReport,
-    SnapshotView,
     age_counts,
     build_report,
     declared_rows,
@@ -32,23 +31,16 @@ from exporter.health.report import (
 )
 from exporter.health.routes import Advice, health_routes
 from exporter.health.sides import HEALTH_SIDES, side_of
+from exporter.sources.base import Source
 from exporter.sources.institution import Institution
+from exporter.tracker import Snapshot
 
 log = logging.getLogger(__name__)
 
 
-class HealthSource(Protocol):
-    name: str
-    provider: str
-    config: Any
-    institution_seen: Callable[[str, str, Institution], None] | None
-
-    async def institution(self, institution_id: str) -> Institution | None: ...
-
-
 class HealthWiring:
-    def __init__(self, config: HealthConfig, sources: Sequence[HealthSource],
-                 snapshot: Callable[[], SnapshotView], clock: Callable[[], float],
+    def __init__(self, config: HealthConfig, sources: Sequence[Source],
+                 snapshot: Callable[[], Snapshot], clock: Callable[[], float],
                  state_path: str | None = None) -> None:
         self.directory = InstitutionDirectory(load_key_mapping(config.institution_keys_file))
         self.thresholds = config.thresholds()
@@ -75,6 +67,12 @@ class HealthWiring:
                 self.refreshers.append(DeclaredStatusRefresher(
                     source.name, source.institution, self.directory,
                     self._institutions(source.name), every, clock))
+
+    def sweep_done(self, source: str, result: str) -> None:
+        """The sweep subscriber (``exporter.agent.sweeps.SweepDone``): a sweep that did not
+        fail or get cancelled has published its snapshot."""
+        if result in ("success", "partial"):
+            self.sweep_published(source)
 
     def sweep_published(self, source: str) -> asyncio.Task[int] | None:
         """A sweep of ``source`` published its snapshot: the institutions of a Finicity
@@ -120,7 +118,7 @@ class HealthWiring:
         if self.history is not None:
             self.history.store.close()
 
-    def _recorder(self, source: HealthSource) -> Callable[[str, str, Institution], None]:
+    def _recorder(self, source: Source) -> Callable[[str, str, Institution], None]:
         def record(institution_id: str, name: str, institution: Institution) -> None:
             if source.provider == "finicity":
                 facts = finicity_facts(source.name, institution_id, institution, name,

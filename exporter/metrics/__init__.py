@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
+from exporter.health.wiring import HealthWiring
 from exporter.metrics.collectors import (
     AgeCollector,
     ConsentCollector,
@@ -29,12 +30,13 @@ from exporter.metrics.collectors import (
 )
 from exporter.metrics.exposition import OPENMETRICS, TEXT, Exposition
 from exporter.metrics.observers import AgentMetrics
-from exporter.metrics.snapshot_text import InstitutionRows, RoutingRows, SnapshotText
+from exporter.metrics.snapshot_text import SnapshotText
+from exporter.routing.advisor import Advisor
 from exporter.status_codes import Catalog
 from exporter.tracker import Snapshot
 
 __all__ = ["OPENMETRICS", "TEXT", "AgeCollector", "AgentMetrics", "Exposition",
-           "FleetCollector", "InstitutionRows", "Metrics", "build_metrics"]
+           "FleetCollector", "Metrics", "agent_metrics", "build_metrics"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,25 +57,31 @@ class Metrics:
         return None
 
 
-def build_metrics(snapshot: Callable[[], Snapshot], *, clock: Callable[[], float],
-                  catalog: Catalog | None = None,
-                  institutions: Callable[[], InstitutionRows | None] = lambda: None,
-                  routing: Callable[[], RoutingRows | None] = lambda: None,
-                  ) -> Metrics:
-    """Registry, collectors, self-metrics and exposition over a tracker's ``snapshot``.
-
-    ``snapshot`` is called at scrape time (the tracker may be built after this, with
-    ``events=metrics.agent``). ``institutions`` gives institution health
-    (``exporter.health.wiring.HealthWiring``), read at scrape time too, as is ``routing``
-    (``exporter.routing.advisor.Advisor``: its rows are kept per institution key with the
-    snapshot part and re-rendered when its version moves).
-    """
+def agent_metrics() -> AgentMetrics:
+    """The self-metrics on a registry of their own, rendered on every scrape: built first,
+    since every part of the agent reports to them; :func:`build_metrics` adds the rest."""
     # ``*_created`` series double the exposition and nothing here queries them.
     disable_created_metrics()
+    return AgentMetrics(CollectorRegistry(auto_describe=True))
+
+
+def build_metrics(snapshot: Callable[[], Snapshot], *, clock: Callable[[], float],
+                  catalog: Catalog | None = None,
+                  institutions: Callable[[], HealthWiring | None] = lambda: None,
+                  routing: Callable[[], Advisor | None] = lambda: None,
+                  agent: AgentMetrics | None = None) -> Metrics:
+    """Registry, collectors, self-metrics and exposition over a tracker's ``snapshot``.
+
+    ``snapshot`` is called at scrape time. ``institutions`` gives institution health
+    (``exporter.health.wiring.HealthWiring``), read at scrape time too, as is ``routing``
+    (``exporter.routing.advisor.Advisor``: its rows are kept per institution key with the
+    snapshot part and re-rendered when its version moves). ``agent``: the self-metrics,
+    when built before (:func:`agent_metrics`); a new set otherwise.
+    """
+    agent = agent or agent_metrics()
     catalog = catalog or Catalog.default()
     fleet = CollectorRegistry(auto_describe=True)
-    live = CollectorRegistry(auto_describe=True)
-    agent = AgentMetrics(live)
+    live = agent.registry
     # Institution health first: it changes less often than the fleet series, and the gzip
     # side reuses the stream's CRC up to the first piece that changed.
     fleet.register(InstitutionHealthCollector(lambda: _rows(institutions())))
@@ -85,9 +93,9 @@ def build_metrics(snapshot: Callable[[], Snapshot], *, clock: Callable[[], float
     return Metrics(fleet, live, agent, exposition)
 
 
-def _routing_rows(routing: RoutingRows | None) -> Iterable[tuple[str, str, str, int]]:
+def _routing_rows(routing: Advisor | None) -> Iterable[tuple[str, str, str, int]]:
     return () if routing is None else [r for rows in routing.rows_by_key().values() for r in rows]
 
 
-def _rows(institutions: InstitutionRows | None):
+def _rows(institutions: HealthWiring | None):
     return ((), (), ()) if institutions is None else institutions.rows()

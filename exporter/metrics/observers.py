@@ -44,6 +44,7 @@ class AgentMetrics:
     """Self-metrics: one instrument per catalogued non-snapshot metric, set by observer calls."""
 
     def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
         self._instruments = {s.short: _instrument(s, registry)
                              for s in METRICS if not s.from_snapshot}
         self._held: set[tuple[str, str, str]] = set()

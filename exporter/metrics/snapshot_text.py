@@ -20,11 +20,12 @@ test holds the two together). The tracker's rows are sorted by institution, whic
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Protocol
+from collections.abc import Callable, Hashable, Iterable
 
+from exporter.health.wiring import HealthWiring
 from exporter.metrics.blocks import BlockList
 from exporter.metrics.lines import FamilyFormat
+from exporter.routing.advisor import Advisor
 from exporter.status_codes import Catalog
 from exporter.tracker import Snapshot, SourceAggregate
 
@@ -40,35 +41,6 @@ SHARED = ("status_code_info", "routing_share")
 
 Key = tuple[str, str]
 Rows = tuple[tuple, ...]
-
-
-class InstitutionRows(Protocol):
-    """Institution health as /metrics reads it (``exporter.health.wiring.HealthWiring``)."""
-
-    def rows(self) -> tuple[Iterable[tuple], Iterable[tuple], Iterable[tuple]]:
-        """Every row of the three families (the collector's)."""
-
-    def rows_version(self) -> tuple[Hashable, Hashable]:
-        """(a value that changes whenever a declared-status or key row may have changed,
-        one for the refresh rows), the snapshot aside."""
-
-    def institution_rows(self, source: str, provider: str, institution_id: str,
-                         name: str) -> tuple[Rows, Rows]:
-        """One institution's declared-status rows and key rows (labels only)."""
-
-    def refresh_rows(self, source: str, provider: str,
-                     shown: Iterable[Key]) -> Mapping[Key, Rows]:
-        """Refresh rows (with their value) of the institutions a source's snapshot shows."""
-
-
-class RoutingRows(Protocol):
-    """The routing advice as /metrics reads it (``exporter.routing.advisor.Advisor``)."""
-
-    version: Hashable
-    """moves whenever a row may have changed"""
-
-    def rows_by_key(self) -> Mapping[str, Rows]:
-        """Each institution key's rows (key, institution, provider, share), keys in order."""
 
 
 def _fleet_rows(agg: SourceAggregate) -> tuple[Rows, ...]:
@@ -111,7 +83,7 @@ class _Source:
         self.agg = agg
         return appeared, gone
 
-    def health(self, agg: SourceAggregate, health: InstitutionRows, appeared: set[Key],
+    def health(self, agg: SourceAggregate, health: HealthWiring, appeared: set[Key],
                gone: set[Key]) -> None:
         """Move the institution-health blocks to the health rows and the shown institutions."""
         facts, lag = health.rows_version()
@@ -150,8 +122,8 @@ class SnapshotText:
     """The snapshot part of /metrics, per format, as a list of texts (headers and segments)."""
 
     def __init__(self, snapshot: Callable[[], Snapshot], catalog: Catalog,
-                 institutions: Callable[[], InstitutionRows | None] = lambda: None,
-                 routing: Callable[[], RoutingRows | None] = lambda: None):
+                 institutions: Callable[[], HealthWiring | None] = lambda: None,
+                 routing: Callable[[], Advisor | None] = lambda: None):
         self._snapshot = snapshot
         self._institutions = institutions
         self._routing = routing

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
@@ -54,6 +54,7 @@ from exporter.remediation.renewals import (
 )
 from exporter.remediation.signing import make_token
 from exporter.remediation.store import OutboxRow, RemediationStore
+from exporter.sources.base import Source
 from exporter.tracker.events import AccountEvent, EventKind
 
 log = logging.getLogger(__name__)
@@ -65,12 +66,6 @@ _QUEUE_BATCHES = 64
 FOLDED = "other"
 """The tracker's institution_id (and name) for institutions folded below its size cap."""
 Effect = tuple[Any, ...]
-
-
-class FixLinkSource(Protocol):
-    """The part of ``exporter.sources.base.Source`` the loop uses."""
-
-    async def fix_link(self, owner_id: str, login_id: str) -> str: ...
 
 
 class InstitutionLabels:
@@ -108,7 +103,7 @@ def funnel(ep: Episode, outcome: str | None) -> Effect:
 
 class RepairLoop:
     def __init__(self, cfg: RemediationConfig, db_path: str | Path, *,
-                 sources: Mapping[str, FixLinkSource], snapshot: Callable[[], Any],
+                 sources: Mapping[str, Source], snapshot: Callable[[], Any],
                  clock: Callable[[], float] = time.time,
                  observer: RemediationObserver | None = None,
                  client: httpx.AsyncClient | None = None,
@@ -281,6 +276,14 @@ class RepairLoop:
         of this agent runs (a sweep and the deliveries share one event loop, and a burst
         delivered at full speed slowed a sweep several-fold), else no limit."""
         return self.cfg.sweep_deliveries_per_second if self._sweeping else None
+
+    def sweep_done(self, source: str, result: str) -> None:
+        """The sweep subscriber (``exporter.agent.sweeps.SweepDone``): a sweep of ``source``
+        ended with ``result`` (success, partial, failed or cancelled)."""
+        if result == "cancelled":
+            self.sweep_ended(source, published=False)
+        else:
+            self.sweep_finished(source, result == "success", published=result != "failed")
 
     def sweep_finished(self, source: str, complete: bool, published: bool = True) -> None:
         """A sweep of ``source`` ended (``published``: its snapshot is out, i.e. it did not

@@ -49,11 +49,6 @@ class TrackerEvents(Protocol):
     def unknown_code(self, source: str, provider: str) -> None: ...
 
 
-class _NoEvents:
-    def unknown_code(self, source: str, provider: str) -> None:
-        pass
-
-
 class _Classes(dict):
     """code → (category, fixable) of one provider's stored codes, filled on first use."""
 
@@ -91,7 +86,7 @@ class Tracker:
         self.otp_streak_threshold = otp_streak_threshold
         self.institution_min_accounts = institution_min_accounts
         self.max_unknown_codes = max_unknown_codes
-        self.events = events or _NoEvents()
+        self.events = events
         self.batch_size = batch_size
         self._snapshot = Snapshot()
         self._fleets: dict[str, FleetState] = {}
@@ -303,5 +298,6 @@ class Tracker:
 
     def note_unknown(self, source: str, provider: str, count: int) -> None:
         """Count records that carried a code unknown to the catalog."""
-        for _ in range(count):
-            self.events.unknown_code(source, provider)
+        if self.events is not None:
+            for _ in range(count):
+                self.events.unknown_code(source, provider)

@@ -511,14 +511,6 @@ class WebObserver(Protocol):
         ...
 
 
-class NoopWebObserver:
-    def web_config_reload(self, result: str) -> None:
-        pass
-
-    def web_auth_refused(self, reason: str) -> None:
-        pass
-
-
 _Stamp = tuple[tuple[str, int, int, int] | tuple[str], ...]
 
 
@@ -545,7 +537,7 @@ class WebConfigFile:
 
     def __init__(self, path: str | Path, *, observer: WebObserver | None = None):
         self.path = Path(path)
-        self.observer = observer or NoopWebObserver()
+        self.observer = observer
         self._bcrypt = BcryptQueue()
         self.config = load_web_config(self.path)
         self._stamp = self._current_stamp(self.config)
@@ -575,6 +567,12 @@ class WebConfigFile:
         tls = cfg.tls_server_config
         self._tls = build_ssl_context(tls, str(self.path)) if tls.enabled else None
 
+    def refused(self, reason: str) -> None:
+        """Report a request refused by basic auth or the rate limit (``missing``,
+        ``invalid`` or ``rate_limited``)."""
+        if self.observer is not None:
+            self.observer.web_auth_refused(reason)
+
     def refresh(self) -> bool:
         """Re-read if anything changed; True when a new configuration took effect."""
         stamp = self._current_stamp(self.config)
@@ -590,7 +588,8 @@ class WebConfigFile:
             self.reload_failures += 1
             log.error("web config not reloaded, the previous one stays in force: %s",
                       "; ".join(exc.problems))
-            self.observer.web_config_reload("failure")
+            if self.observer is not None:
+                self.observer.web_config_reload("failure")
             return False
         self._stamp = self._current_stamp(cfg)
         self.reloads += 1
@@ -598,7 +597,8 @@ class WebConfigFile:
             self._sync_front()
         log.info("web config reloaded path=%s tls=%s basic_auth=%s", self.path,
                  self.tls_enabled, "on" if self.auth.enabled else "off")
-        self.observer.web_config_reload("success")
+        if self.observer is not None:
+            self.observer.web_config_reload("success")
         return True
 
     # TLS: uvicorn builds one listening socket with one SSLContext. The front context's
@@ -692,7 +692,7 @@ class WebConfigMiddleware:
         headers = web.headers
         is_open = not self.authenticate or scope.get("path", "") in self.open_paths
         if not is_open and web.limiter is not None and not web.limiter.allow():
-            web.observer.web_auth_refused("rate_limited")
+            web.refused("rate_limited")
             await _plain(send, 429, b"Too Many Requests", headers)
             return
         if not is_open and web.auth.enabled:
@@ -700,11 +700,11 @@ class WebConfigMiddleware:
             client = (scope.get("client") or ("",))[0]
             verdict = await web.auth.check(header, client)
             if verdict is None:
-                web.observer.web_auth_refused("rate_limited")
+                web.refused("rate_limited")
                 await _plain(send, 429, b"Too Many Requests", headers)
                 return
             if not verdict:
-                web.observer.web_auth_refused("missing" if header is None else "invalid")
+                web.refused("missing" if header is None else "invalid")
                 await _plain(send, 401, b"Unauthorized",
                              [*headers, (b"www-authenticate", b"Basic")])
                 return

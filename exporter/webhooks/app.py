@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
@@ -125,8 +125,7 @@ async def _send_answer(send: Send, status: int, headers: Mapping[str, str] | Non
 class WebhookApp(Starlette):
     """Starlette for every route but the hot one: ``POST /webhooks/<source>`` is served on the
     raw ASGI messages (no Request object, router or middleware stack: about half of a
-    delivery's CPU, bench/bench_webhooks.py). Other routes can still be appended to
-    ``router.routes``."""
+    delivery's CPU, bench/bench_webhooks.py)."""
 
     def __init__(self, hot: Callable[[str, Scope, Receive, Send], Awaitable[None]],
                  routes: list[Route], gate: Gate | None = None):
@@ -161,12 +160,14 @@ def create_webhook_app(receivers: Mapping[str, Receiver], inbox: WebhookInbox,
                        max_body_bytes: int = 262_144, read_timeout: float = 10.0,
                        on_accepted: Callable[[list[PendingEvent]], None] = lambda _: None,
                        forward: Forwarder | None = None,
-                       gate: Gate | None = None) -> WebhookApp:
+                       gate: Gate | None = None, routes: Sequence[Route] = ()) -> WebhookApp:
+    """The webhook listener; ``routes``: other features' routes on it (the fix links)."""
     handlers = _Handlers(receivers, inbox, observer, clock, max_body_bytes, read_timeout,
                          on_accepted, forward)
     return WebhookApp(handlers.connect_events, [
         Route("/webhooks/{source}/txpush/{token}", handlers.txpush, methods=["GET", "POST"]),
         Route("/webhooks/{source}", _other_methods, methods=["POST"]),
+        *routes,
     ], gate)
 
 

@@ -24,10 +24,11 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol
 
 from exporter.aio import complete_even_if_cancelled, wait_for_event
 from exporter.records import AccountStatus
+from exporter.sources.base import Source
+from exporter.tracker import Tracker
 from exporter.webhooks.inbox import InboxError, PendingEvent, WebhookInbox
 from exporter.webhooks.observer import WebhookObserver
 
@@ -36,27 +37,9 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (source, owner)
 
 
-class RefreshSource(Protocol):
-    """The part of ``exporter.sources.base.Source`` push needs (INTERFACES.md §3)."""
-
-    name: str
-    provider: str
-
-    def owns(self, owner_id: str) -> bool: ...
-
-    async def refresh_owner(self, owner_id: str) -> list[AccountStatus]: ...
-
-
-class RecordSink(Protocol):
-    """The part of the tracker push needs (INTERFACES.md §2)."""
-
-    async def apply_records(self, source: str, provider: str,
-                            records: Sequence[AccountStatus]) -> None: ...
-
-
 class PushProcessor:
-    def __init__(self, inbox: WebhookInbox, sources: Mapping[str, RefreshSource],
-                 tracker: RecordSink, observer: WebhookObserver, *,
+    def __init__(self, inbox: WebhookInbox, sources: Mapping[str, Source],
+                 tracker: Tracker, observer: WebhookObserver, *,
                  clock: Callable[[], float] = time.time, concurrency: int = 4,
                  backoff: float = 2.0, backoff_max: float = 300.0,
                  give_up_after: float = 21_600.0, prune_every: float = 600.0):
@@ -206,7 +189,7 @@ class PushProcessor:
         log.debug("push: source=%s re-read one owner events=%d records=%d", name,
                   len(rows), records)
 
-    async def _apply(self, source: RefreshSource, records: Sequence[AccountStatus]) -> None:
+    async def _apply(self, source: Source, records: Sequence[AccountStatus]) -> None:
         """Apply one re-read's records, together with the other re-reads of the source that
         finish before the tracker is free; returns (or raises) once they are applied."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -216,7 +199,7 @@ class PushProcessor:
             self._appliers[source.name] = asyncio.create_task(self._apply_batches(source))
         await future
 
-    async def _apply_batches(self, source: RefreshSource) -> None:
+    async def _apply_batches(self, source: Source) -> None:
         waiting = self._to_apply.get(source.name)
         while waiting:
             self._to_apply[source.name] = []

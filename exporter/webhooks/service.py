@@ -11,24 +11,29 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.routing import Route
 
 from exporter.aio import Gate
 from exporter.config import SourceConfig
+from exporter.sources.base import Source
+from exporter.tracker import Tracker
 from exporter.webhooks.app import Receiver, build_receivers, create_webhook_app
 from exporter.webhooks.config import WebhooksConfig
 from exporter.webhooks.forward import Forwarder
 from exporter.webhooks.inbox import WebhookInbox
 from exporter.webhooks.observer import WebhookObserver
-from exporter.webhooks.processor import PushProcessor, RecordSink, RefreshSource
+from exporter.webhooks.processor import PushProcessor
 
 log = logging.getLogger(__name__)
 
 
 class PushService:
     def __init__(self, config: WebhooksConfig, source_configs: Sequence[SourceConfig],
-                 sources: Mapping[str, RefreshSource], tracker: RecordSink,
+                 sources: Mapping[str, Source], tracker: Tracker,
                  observer: WebhookObserver, state_path: str | Path, *,
-                 clock: Callable[[], float] = time.time, gate: Gate | None = None):
+                 clock: Callable[[], float] = time.time, gate: Gate | None = None,
+                 routes: Sequence[Route] = ()):
+        """``routes``: other features' routes on the webhook listener (the fix links)."""
         self.config = config
         self.source_configs = list(source_configs)
         self.sources = sources
@@ -44,7 +49,8 @@ class PushService:
         self.app: Starlette = create_webhook_app(
             self.receivers, self.inbox, observer, clock=clock,
             max_body_bytes=config.max_body_bytes, read_timeout=config.read_timeout,
-            on_accepted=self.processor.add, forward=self.forward, gate=gate)
+            on_accepted=self.processor.add, forward=self.forward, gate=gate,
+            routes=routes)
 
     async def start(self) -> None:
         """Open the inbox (raises ``InboxError``), resolve the secrets, start processing
