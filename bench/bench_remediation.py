@@ -51,6 +51,7 @@ from exporter.remediation.observer import NullRemediationObserver
 from exporter.sources.base import SweepReport
 from exporter.sources.transport import AiohttpTransport
 from exporter.state.accounts import StateStore
+from exporter.state.database import StateDatabase
 from exporter.tracker import Tracker
 from exporter.tracker.events import AccountEvent, EventKind
 
@@ -179,7 +180,7 @@ async def main(n: int, concurrency: int, transport: str, sweep_kind: str, pace: 
             started = time.perf_counter()
             await loop.evaluate()
             created = time.perf_counter() - started
-            tracker = Tracker(StateStore(db), clock=lambda: NOW)  # the same file, as the agent
+            tracker = Tracker(StateStore(StateDatabase(db)), clock=lambda: NOW)  # the same file, as the agent
             await tracker.load({"fin": "finicity", "sbx": "finicity"})
             tracker.subscribe(loop.on_events, steady=True)
             await sweep(tracker)  # first: inserts; the next ones compare
@@ -282,7 +283,7 @@ async def one_sweep(mode: str, ok: list, broken: list) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "state.db"
         clock = [NOW]
-        tracker = Tracker(StateStore(db), clock=lambda: clock[0])
+        tracker = Tracker(StateStore(StateDatabase(db)), clock=lambda: clock[0])
         await tracker.load({"fin": "finicity"})
         loop = None
         if mode == "noop":

@@ -24,6 +24,7 @@ from exporter.routing.routes import routing_routes
 from exporter.routing.store import RoutingStore
 from exporter.sources.base import Source
 from exporter.state.accounts import StateStore
+from exporter.state.database import StateDatabase
 from exporter.state.file import open_state_file
 from exporter.status_codes import Catalog
 from exporter.tracker import Tracker
@@ -55,7 +56,8 @@ class Agent:
         self.state_file = open_state_file(settings.state.path)  # one agent per file
         if self.state_file.recovered_to is not None:
             self.metrics.agent.state_recovered()
-        self.store = StateStore(settings.state.path)
+        self.db = StateDatabase(settings.state.path)  # the one owner of the state file
+        self.store = StateStore(self.db)
         self.tracker = Tracker(
             self.store, catalog=self.catalog, clock=clock,
             otp_streak_threshold=settings.tracker.otp_streak_threshold,
