@@ -72,7 +72,7 @@ class Agent:
         self.repair: RepairLoop | None = None
         if settings.remediation.enabled:
             self.repair = RepairLoop(
-                settings.remediation, settings.state.path, sources={s.name: s for s in sources},
+                settings.remediation, self.db, sources={s.name: s for s in sources},
                 snapshot=lambda: self.tracker.snapshot, clock=clock, observer=self.metrics.agent)
             self.tracker.subscribe(self.repair.on_events, steady=True)
             for s in sources:

@@ -19,8 +19,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -53,7 +51,8 @@ from exporter.remediation.renewals import (
     renewal_decision,
 )
 from exporter.remediation.signing import make_token
-from exporter.remediation.store import OutboxRow, RemediationStore
+from exporter.state.database import StateDatabase
+from exporter.state.remediation import OutboxRow, RemediationStore
 from exporter.tracker.events import AccountEvent, EventKind
 
 log = logging.getLogger(__name__)
@@ -107,7 +106,7 @@ def funnel(ep: Episode, outcome: str | None) -> Effect:
 
 
 class RepairLoop:
-    def __init__(self, cfg: RemediationConfig, db_path: str | Path, *,
+    def __init__(self, cfg: RemediationConfig, database: StateDatabase, *,
                  sources: Mapping[str, FixLinkSource], snapshot: Callable[[], Any],
                  clock: Callable[[], float] = time.time,
                  observer: RemediationObserver | None = None,
@@ -132,9 +131,9 @@ class RepairLoop:
         self._published: dict[str, int] = {}
         self._stopping = False
         self.new_id = new_id
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="remediation")
-        self.store = RemediationStore(db_path)
-        self._baselines: dict[str, float] = self.store.baselines()
+        self.database = database
+        self.store = RemediationStore(database)
+        self._baselines: dict[str, float] = database.write_sync(self.store.baselines)
         self.endpoint = Endpoint(cfg, client)
         self.worker = DeliveryWorker(cfg, self.secret, self.call, self.endpoint, clock,
                                      self.observer, self.link_for, rand, pace=self.pace)
@@ -148,13 +147,11 @@ class RepairLoop:
     # --- plumbing ---------------------------------------------------------------------------
 
     async def call(self, method: str, *args: Any) -> Any:
-        """Run a store method on the store thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, getattr(self.store, method), *args)
+        """Run a store method on the state database's writer thread."""
+        return await self.database.write(getattr(self.store, method), *args)
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        return await self.database.write(fn, *args)
 
     async def start(self) -> None:
         self._consumer()
@@ -179,8 +176,6 @@ class RepairLoop:
         self._tasks = []
         self._consuming = None
         await self.endpoint.aclose()
-        await self._run(self.store.close)
-        self._executor.shutdown(wait=True)
 
     def _consumer(self) -> None:
         if self._consuming is None or self._consuming.done():
