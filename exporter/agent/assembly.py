@@ -97,7 +97,7 @@ class Agent:
         if settings.webhooks is not None:
             self.push = PushService(
                 settings.webhooks, settings.sources, {s.name: s for s in sources},
-                self.tracker, self.metrics.agent, settings.state.path, clock=clock,
+                self.tracker, self.metrics.agent, self.db, clock=clock,
                 gate=self.gate)
             if self.repair is not None and settings.remediation.link == "redirect":
                 # The contract's place for fix links: the internet-facing webhook listener.

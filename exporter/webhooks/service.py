@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 from starlette.applications import Starlette
 
 from exporter.aio import Gate
 from exporter.config import SourceConfig
+from exporter.state.database import StateDatabase
 from exporter.webhooks.app import Receiver, build_receivers, create_webhook_app
 from exporter.webhooks.config import WebhooksConfig
 from exporter.webhooks.forward import Forwarder
@@ -27,14 +27,14 @@ log = logging.getLogger(__name__)
 class PushService:
     def __init__(self, config: WebhooksConfig, source_configs: Sequence[SourceConfig],
                  sources: Mapping[str, RefreshSource], tracker: RecordSink,
-                 observer: WebhookObserver, state_path: str | Path, *,
+                 observer: WebhookObserver, database: StateDatabase, *,
                  clock: Callable[[], float] = time.time, gate: Gate | None = None):
         self.config = config
         self.source_configs = list(source_configs)
         self.sources = sources
         self.clock = clock
         self.observer = observer
-        self.inbox = WebhookInbox(state_path)
+        self.inbox = WebhookInbox(database)
         self.processor = PushProcessor(
             self.inbox, sources, tracker, observer, clock=clock,
             concurrency=config.concurrency, backoff=config.retry_backoff,

@@ -46,7 +46,7 @@ RUNNER = textwrap.dedent('''
         settings = load_config(sys.argv[1])
         sources = {s.name: Source(s.name, s.provider) for s in settings.sources}
         push = PushService(settings.webhooks, settings.sources, sources, Tracker(),
-                           NullWebhookObserver(), settings.state.path)
+                           NullWebhookObserver(), StateDatabase(settings.state.path))
         await push.start()
         try:
             await serve_until_signal([http_server(push.app, settings.webhooks.listen_address)])

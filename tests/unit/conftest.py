@@ -67,7 +67,7 @@ async def inbox(tmp_path):
     """The webhook inbox on a temporary state database."""
     from exporter.webhooks.inbox import WebhookInbox
 
-    box = WebhookInbox(tmp_path / "state.db")
+    box = WebhookInbox(StateDatabase(tmp_path / "state.db"))
     await box.open()
     yield box
     await box.close()
