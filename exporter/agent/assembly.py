@@ -78,10 +78,10 @@ class Agent:
             for s in sources:
                 self.metrics.agent.remediation_source(s.name, s.provider)
         self.health = HealthWiring(settings.health, sources, lambda: self.tracker.snapshot,
-                                   clock, settings.state.path)
+                                   clock, self.db)
         self.routing = Advisor(settings.routing, (s.provider for s in sources),
                                self.metrics.agent)
-        self.routing_store = RoutingStore(settings.state.path)
+        self.routing_store = RoutingStore(self.db)
         self.runner = SweepRunner(sources, self.tracker,
                                   _SweepObservers(self.metrics.agent, self.repair, self.health),
                                   clock, on_snapshot=self.metrics.exposition.prerender)
@@ -144,7 +144,6 @@ class Agent:
             await self.repair.stop()
         await self.health.close()
         await self.routing.save(self.routing_store)
-        self.routing_store.close()
         for s in self.sources:
             await s.aclose()
         await self.tracker.close()

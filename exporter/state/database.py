@@ -62,7 +62,7 @@ class StateDatabase:
         self._ro: sqlite3.Connection | None = None
         self._ready: set[str] = set()
         """features whose tables exist on the writer connection"""
-        self._ro_lock = threading.Lock()
+        self._ro_lock = threading.RLock()
         self.closed = False
 
     # -- the writer --------------------------------------------------------------------------

@@ -116,7 +116,7 @@ def test_incremental_exposition_always_equals_a_full_render(steps, fold, prerend
             path = Path(tmp) / "state.db"
             tracker = Tracker(StateStore(StateDatabase(path)), clock=clock, institution_min_accounts=fold)
             wiring = HealthWiring(HealthConfig(), [], lambda: tracker.snapshot, clock,
-                                  str(path))
+                                  tracker.store.database)
             routing = Routing()
             metrics = build_metrics(lambda: tracker.snapshot, clock=clock,
                                     institutions=lambda: wiring, routing=lambda: routing)
@@ -255,7 +255,7 @@ async def test_institution_health_that_is_not_there_yet_or_any_more_shows_nothin
     clock = Clock()
     tracker = Tracker(StateStore(StateDatabase(tmp_path / "state.db")), clock=clock)
     wiring = HealthWiring(HealthConfig(), [], lambda: tracker.snapshot, clock,
-                          str(tmp_path / "state.db"))
+                          tracker.store.database)
     current: dict[str, HealthWiring | None] = {"health": None}
     metrics = build_metrics(lambda: tracker.snapshot, clock=clock,
                             institutions=lambda: current["health"])
