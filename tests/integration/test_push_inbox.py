@@ -20,6 +20,7 @@ from tests.unit.test_webhooks_support import SECRET, connect_event, sign
 RUNNER = textwrap.dedent('''
     import asyncio, os, sys
     from exporter.config import load_config
+    from exporter.state.database import StateDatabase
     from exporter.web.server import http_server, serve_until_signal
     from exporter.webhooks.observer import NullWebhookObserver
     from exporter.webhooks.service import PushService
