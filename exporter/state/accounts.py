@@ -74,7 +74,9 @@ _INSERT_AT = _INSERT.replace("(source,", "(id, source,").replace("VALUES (", "VA
 
 
 class StateStore:
-    """The SQLite database behind the tracker. One writer connection, used from one thread."""
+    """The tracker's tables (schema: :mod:`exporter.state.schema`, version
+    :data:`SCHEMA_VERSION`) on the state database's writer connection; every method runs on
+    its one writer thread (``Tracker.run``)."""
 
     def __init__(self, database: StateDatabase):
         self.database = database
