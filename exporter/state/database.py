@@ -10,9 +10,14 @@ inbox (:mod:`.inbox`), the institution history (:mod:`.history`), the routing ad
   feature (and the reads that must see them) runs there, so SQLite never blocks the event
   loop (it releases the GIL while it works) and the connection is never used by two threads.
   A unit of work is one short transaction: the tracker writes per chunk, the inbox per group
-  commit, the repair loop per step, so a webhook's acknowledgement waits for at most one
-  chunk. A unit that leaves a transaction open (a bug) is rolled back after it, so it cannot
-  hold the other features' writes.
+  commit, the repair loop per step. A unit that leaves a transaction open (a bug) is rolled
+  back after it, so it cannot hold the other features' writes.
+- **Express units** (``write(..., express=True)``: the webhook inbox's, a listener waits for
+  their commit before it answers) do not queue behind a sweep's chunk: a long unit lets
+  the express units queued meanwhile run at its safe points (:meth:`StateDatabase.interleave`,
+  between reading a chunk's rows, applying the rule and writing the chunk; never inside a
+  transaction). They overtake other features' units, never each other; an express unit
+  touches only its own feature's tables.
 - **Reads that scan much** (the refresh-lag counts grouped over ``accounts``, the
   institution history for the status page) run with ``await db.read(fn, *args)`` on a
   ``state-reader`` thread, on a read-only connection of their own: WAL lets them read a
@@ -31,10 +36,12 @@ agent builds its database; tools (``remediation release``) open one alongside a 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -63,6 +70,7 @@ class StateDatabase:
         self._ready: set[str] = set()
         """features whose tables exist on the writer connection"""
         self._ro_lock = threading.RLock()
+        self._express: deque[tuple[Callable[..., Any], tuple, concurrent.futures.Future]] = deque()
         self.closed = False
 
     # -- the writer --------------------------------------------------------------------------
@@ -97,10 +105,31 @@ class StateDatabase:
             self._ready.add(feature)
         return db
 
-    async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the writer thread, after the work queued before it."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._writer, self._unit, fn, args)
+    async def write(self, fn: Callable[..., T], *args: Any, express: bool = False) -> T:
+        """Run ``fn(*args)`` on the writer thread, after the work queued before it (an
+        ``express`` unit: after the express units queued before it, at the next safe point
+        of a long unit at the latest)."""
+        if not express:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._writer, self._unit, fn, args)
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._express.append((fn, args, done))
+        self._writer.submit(self.interleave)
+        return await asyncio.wrap_future(done)
+
+    def interleave(self) -> None:
+        """On the writer thread, at a safe point of a long unit (no transaction open): run the
+        express units queued meanwhile, in order."""
+        if self._db is not None and self._db.in_transaction:
+            return
+        express = self._express
+        while express:
+            fn, args, done = express.popleft()
+            if done.set_running_or_notify_cancel():
+                try:
+                    done.set_result(self._unit(fn, args))
+                except BaseException as exc:
+                    done.set_exception(exc)
 
     run = write
 

@@ -5,8 +5,8 @@ on the state database's one writer thread, so SQLite never blocks the event loop
 (source, dedupe key, owner): the unique index makes a redelivery a no-op, also across
 restarts, and the row stays (done) until its key's retry window has passed, then
 :meth:`WebhookInbox.prune` drops it. Requests that arrive together are written in one
-transaction (group commit): one short unit on the writer thread, queued between the tracker's
-chunks. WAL with ``synchronous=NORMAL``: a committed row survives the process being killed
+transaction (group commit): one short express unit on the writer thread, which a sweep's chunk
+lets through between its steps (a listener answers once its row is committed). WAL with ``synchronous=NORMAL``: a committed row survives the process being killed
 (not a power cut).
 """
 
@@ -52,7 +52,7 @@ class WebhookInbox:
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            return await self.database.write(fn, *args)
+            return await self.database.write(fn, *args, express=True)
         except StateError as exc:
             raise InboxError(f"webhook inbox {self.path}: {exc}") from exc
 

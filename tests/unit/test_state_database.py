@@ -4,6 +4,7 @@ lives outside ``exporter/state``."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 import threading
@@ -74,6 +75,36 @@ async def test_a_unit_that_leaves_its_transaction_open_does_not_hold_the_others(
     db = StateDatabase(tmp_path / "state.db")
     await db.write(lambda: db.connection.execute("BEGIN IMMEDIATE"))
     assert await db.write(lambda: db.connection.in_transaction) is False
+    await db.close()
+
+
+async def test_an_express_unit_runs_at_the_next_safe_point_of_a_long_unit(tmp_path):
+    """The inbox's commits (express) do not wait for a sweep's whole chunk: the chunk lets
+    them through at its safe points, never inside its transaction; they overtake the other
+    units queued behind the chunk, and keep their own order."""
+    db = StateDatabase(tmp_path / "state.db")
+    order: list[str] = []
+    started, release = threading.Event(), threading.Event()
+
+    def chunk() -> None:
+        started.set()
+        release.wait(10)
+        db.connection.execute("BEGIN IMMEDIATE")
+        db.interleave()  # inside the transaction: nothing runs
+        order.append("chunk written")
+        db.connection.execute("COMMIT")
+        db.interleave()
+        order.append("chunk done")
+
+    long = asyncio.ensure_future(db.write(chunk))
+    await asyncio.to_thread(started.wait, 10)
+    queued = [asyncio.ensure_future(db.write(order.append, "history")),
+              asyncio.ensure_future(db.write(order.append, "inbox 1", express=True)),
+              asyncio.ensure_future(db.write(order.append, "inbox 2", express=True))]
+    await asyncio.sleep(0)  # (each write is queued)
+    release.set()
+    await asyncio.gather(long, *queued)
+    assert order == ["chunk written", "inbox 1", "inbox 2", "chunk done", "history"]
     await db.close()
 
 
