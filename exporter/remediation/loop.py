@@ -313,6 +313,7 @@ class RepairLoop:
         current.update(dict.fromkeys(keys))
         current.update(store.open_episodes(keys))
         fixed_before = store.last_fixed(k for k, ep in current.items() if ep is None)
+        self.database.interleave()  # (the inbox's commits queued meanwhile: see StateDatabase)
         for ev in events:
             key = login_of(ev)
             if key is None and ev.kind is EventKind.REMOVED:
@@ -349,6 +350,7 @@ class RepairLoop:
                     cancel_ids.append(ep.request_id)
                 effects += self._closed(ep, ev.at)
         if touched or rebroke_ids:
+            self.database.interleave()
             store.save_episodes(list(touched.values()), rebroke_ids, cancel_ids, self.clock())
         return effects
 
@@ -485,11 +487,13 @@ class RepairLoop:
             if len(batch) >= _WRITE_BATCH:
                 store.add_requests(batch, now)
                 batch = []
+                self.database.interleave()
         if batch:
             store.add_requests(batch, now)
         for (source, institution_id), n in held_now.items():
             log.warning("fix requests held by the storm guard source=%s institution_id=%s count=%d",
                         source, institution_id, n)
+        self.database.interleave()
         if cfg.renew_before > 0:
             effects += self._renewals(now, facts, storm_left)
         gone = store.abandon_candidates(now - cfg.retry_for - cfg.abandon_after)
@@ -546,6 +550,7 @@ class RepairLoop:
             if len(batch) >= _WRITE_BATCH:
                 store.add_renewals(batch, now)
                 batch = []
+                self.database.interleave()
         if batch:
             store.add_renewals(batch, now)
         if expired:
