@@ -51,6 +51,7 @@ from exporter.remediation.observer import NullRemediationObserver
 from exporter.sources.base import SweepReport
 from exporter.sources.transport import AiohttpTransport
 from exporter.state.accounts import StateStore
+from exporter.state.database import StateDatabase
 from exporter.tracker import Tracker
 from exporter.tracker.events import AccountEvent, EventKind
 
@@ -165,7 +166,8 @@ async def main(n: int, concurrency: int, transport: str, sweep_kind: str, pace: 
                     transport=AiohttpTransport(max_connections=concurrency),
                     follow_redirects=False)
             counted = Delivered()
-            loop = RepairLoop(cfg, db, sources={}, snapshot=lambda: None,
+            database = StateDatabase(db)  # one owner of the file, as in the agent
+            loop = RepairLoop(cfg, database, sources={}, snapshot=lambda: None,
                               clock=lambda: NOW, client=client, observer=counted)
             loop.sweep_finished("fin", True)
             started = time.perf_counter()
@@ -179,7 +181,7 @@ async def main(n: int, concurrency: int, transport: str, sweep_kind: str, pace: 
             started = time.perf_counter()
             await loop.evaluate()
             created = time.perf_counter() - started
-            tracker = Tracker(StateStore(db), clock=lambda: NOW)  # the same file, as the agent
+            tracker = Tracker(StateStore(database), clock=lambda: NOW)  # the same file, as the agent
             await tracker.load({"fin": "finicity", "sbx": "finicity"})
             tracker.subscribe(loop.on_events, steady=True)
             await sweep(tracker)  # first: inserts; the next ones compare
@@ -282,7 +284,8 @@ async def one_sweep(mode: str, ok: list, broken: list) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "state.db"
         clock = [NOW]
-        tracker = Tracker(StateStore(db), clock=lambda: clock[0])
+        database = StateDatabase(db)
+        tracker = Tracker(StateStore(database), clock=lambda: clock[0])
         await tracker.load({"fin": "finicity"})
         loop = None
         if mode == "noop":
@@ -291,7 +294,7 @@ async def one_sweep(mode: str, ok: list, broken: list) -> tuple[float, float]:
             tracker.subscribe(nothing, steady=True)
         elif mode == "loop":
             cfg = RemediationConfig(enabled=True, endpoint="http://127.0.0.1:9/", secret="bench")
-            loop = RepairLoop(cfg, db, sources={}, snapshot=lambda: tracker.snapshot,
+            loop = RepairLoop(cfg, database, sources={}, snapshot=lambda: tracker.snapshot,
                               clock=lambda: clock[0])
             tracker.subscribe(loop.on_events, steady=True)
         await timed_sweep(tracker, ok)

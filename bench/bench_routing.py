@@ -26,6 +26,7 @@ from exporter.health.page import render_status_page
 from exporter.health.report import build_report
 from exporter.routing.advisor import Advisor
 from exporter.routing.config import RoutingConfig
+from exporter.state.database import StateDatabase
 from exporter.tracker import AgeHistogram, Snapshot, SourceAggregate
 
 NOW = 1_800_000_000.0
@@ -77,7 +78,7 @@ def main() -> None:
     print(f"  {away} banks routed away from Finicity; JSON {len(body) / 1e6:.2f} MB")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "state.db"
-        store = HistoryStore(path)
+        store = HistoryStore(StateDatabase(path))
         points = _timed("history: points of one report (points_of)", lambda: points_of(report))
         _timed("history: one quarter hour written (record)",
                lambda: store.record(points, NOW), repeat=1)

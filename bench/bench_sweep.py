@@ -34,6 +34,7 @@ from exporter.metrics import AgentMetrics
 from exporter.sandbox import credentials
 from exporter.sources.base import NullObserver
 from exporter.state.accounts import StateStore
+from exporter.state.database import StateDatabase
 from exporter.tracker import Tracker
 from exporter.upstreams import build_source
 from tests.integration.procs import Sandbox
@@ -84,7 +85,7 @@ async def sweep(url: str, tmp: Path, concurrency: int, page_size: int) -> tuple:
         http={"max_concurrency": concurrency, "rate_limit_per_second": 100000,
               "rate_limit_burst": 1000})
     source = build_source(config, observer, time.time)
-    tracker = Tracker(StateStore(tmp / "state.db"), clock=time.time)
+    tracker = Tracker(StateStore(StateDatabase(tmp / "state.db")), clock=time.time)
     session = await tracker.begin("bench", "finicity")
     started = time.perf_counter()
     report = await source.sweep(session)

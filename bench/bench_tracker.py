@@ -38,6 +38,7 @@ from exporter.metrics import build_metrics
 from exporter.records import AccountStatus
 from exporter.sources.base import SweepReport
 from exporter.state.accounts import StateStore
+from exporter.state.database import StateDatabase
 from exporter.tracker import Tracker
 
 NOW = 1_763_700_000.0
@@ -104,7 +105,7 @@ async def bench_tracker(n: int, shape: str, batch_size: int, consent_every: int)
         gc.collect()
         base = rss_bytes()
         clock = [NOW]
-        store = StateStore(Path(tmp) / "state.db")
+        store = StateStore(StateDatabase(Path(tmp) / "state.db"))
         tracker = Tracker(store, clock=lambda: clock[0], batch_size=batch_size)
         first = await sweep(tracker, n, 0, shape, consent_every=consent_every)
         repoll = await sweep(tracker, n, 0.5, shape, consent_every=consent_every)

@@ -61,6 +61,7 @@ async def serve(config_path: str) -> None:
     tracker that drops."""
     from exporter.config import load_config
     from exporter.sources.sharding import in_shard
+    from exporter.state.database import StateDatabase
     from exporter.web.server import http_server, serve_until_signal
     from exporter.webhooks.observer import NullWebhookObserver
     from exporter.webhooks.service import PushService
@@ -82,7 +83,7 @@ async def serve(config_path: str) -> None:
     settings = load_config(config_path)
     push = PushService(settings.webhooks, settings.sources,
                        {s.name: Source(s) for s in settings.sources},
-                       Tracker(), NullWebhookObserver(), settings.state.path)
+                       Tracker(), NullWebhookObserver(), StateDatabase(settings.state.path))
     await push.start()
     profile = None
     if os.environ.get("BENCH_PROFILE"):

@@ -27,6 +27,7 @@ from exporter.routing.routes import routing_routes
 from exporter.routing.store import RoutingStore
 from exporter.sources.base import Source
 from exporter.state.accounts import StateStore
+from exporter.state.database import StateDatabase
 from exporter.state.file import open_state_file
 from exporter.status_codes import Catalog
 from exporter.tracker import Snapshot, Tracker
@@ -54,11 +55,12 @@ class Agent:
         self.clock = clock
         self.catalog = Catalog.default()
         self_metrics = agent_metrics()  # every part below reports to them
-        # State: one agent per file; the tracker's store on it.
+        # State: one agent per file, one owner of it; the tracker's store on it.
         self.state_file = open_state_file(settings.state.path)
         if self.state_file.recovered_to is not None:
             self_metrics.state_recovered()
-        self.store = StateStore(settings.state.path)
+        self.db = StateDatabase(settings.state.path)  # the one owner of the state file
+        self.store = StateStore(self.db)
         # Tracker: records in, account events and snapshots out.
         self.tracker = tracker = Tracker(
             self.store, catalog=self.catalog, clock=clock,
@@ -78,12 +80,11 @@ class Agent:
         self.sources = sources
         by_name = {s.name: s for s in sources}
         # Institution health: fed by the sources' institution lookups.
-        self.health = health = HealthWiring(settings.health, sources, snapshot, clock,
-                                            settings.state.path)
+        self.health = health = HealthWiring(settings.health, sources, snapshot, clock, self.db)
         # Routing advice: from the health reports, kept in the state database.
         self.routing = routing = Advisor(settings.routing, (s.provider for s in sources),
                                          self_metrics)
-        self.routing_store = RoutingStore(settings.state.path)
+        self.routing_store = RoutingStore(self.db)
         # Webhook deliveries and fix clicks pass through the gate; a stop closes it first.
         self.gate = Gate()
         # Repair loop (optional): a tracker subscriber; its fix links go on the webhook
@@ -92,7 +93,7 @@ class Agent:
         fix_routes: list[Route] = []
         if settings.remediation.enabled:
             self.repair = RepairLoop(
-                settings.remediation, settings.state.path, sources=by_name,
+                settings.remediation, self.db, sources=by_name,
                 snapshot=snapshot, clock=clock, observer=self_metrics)
             tracker.subscribe(self.repair.on_events, steady=True)
             for s in sources:
@@ -104,7 +105,7 @@ class Agent:
         if settings.webhooks is not None:
             self.push = PushService(
                 settings.webhooks, settings.sources, by_name, tracker, self_metrics,
-                settings.state.path, clock=clock, gate=self.gate, routes=fix_routes)
+                self.db, clock=clock, gate=self.gate, routes=fix_routes)
         # /metrics: the collectors over the snapshot, health and routing; the self-metrics.
         self.metrics = build_metrics(snapshot, clock=clock, catalog=self.catalog,
                                      institutions=lambda: health, routing=lambda: routing,
@@ -162,10 +163,9 @@ class Agent:
             await self.repair.stop()
         await self.health.close()
         await self.routing.save(self.routing_store)
-        self.routing_store.close()
         for s in self.sources:
             await s.aclose()
-        await self.tracker.close()
+        await self.tracker.close()  # last: the state database's queued writes, a checkpoint
         self.state_file.release()
         log.info("agent stopped, state flushed")
 

@@ -11,18 +11,16 @@ each quarter hour, off the event loop: a quarter hour keeps the last state seen 
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from itertools import groupby
 from operator import itemgetter
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from exporter.health.report import FOLDED, HealthReport, provider_counts, rfc3339
 from exporter.health.sides import HEALTH_SIDES
-from exporter.state.tables import StateTables
+from exporter.state.database import StateDatabase, StateError
+from exporter.state.history import HistoryTables
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +28,6 @@ POINT_EVERY = 900.0
 """Seconds between points (a quarter hour; points sit at the start of their quarter hour)."""
 KEEP = 48 * 3600.0
 """How long points are kept."""
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS institution_history (
-    key TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    accounts INTEGER NOT NULL,
-    ok REAL,
-    institution REAL,
-    aggregator REAL,
-    state TEXT NOT NULL,
-    PRIMARY KEY (key, provider, ts)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS institution_history_ts ON institution_history (ts);
-"""
 
 Pair = tuple[str, str]
 """(institution key, provider)"""
@@ -87,32 +70,35 @@ def points_of(report: HealthReport) -> dict[Pair, Point]:
     return out
 
 
-class HistoryStore(StateTables):
-    """The ``institution_history`` table (see :class:`~exporter.state.tables.StateTables`)."""
+class HistoryStore(HistoryTables):
+    """Points in and out of the ``institution_history`` table
+    (:class:`~exporter.state.history.HistoryTables`); blocking methods."""
 
-    def __init__(self, path: str | Path):
-        super().__init__(path, _SCHEMA)
+    def __init__(self, database: StateDatabase):
+        super().__init__(database)
+        self._created = False
 
     def record(self, points: Mapping[Pair, Point], now: float) -> None:
         """Write ``points`` (replacing their quarter hour's) and drop those older than
-        :data:`KEEP`, in one transaction."""
+        :data:`KEEP`, in one transaction (on the writer thread)."""
         rows = [(k, p, int(pt.ts), pt.accounts, pt.ok, pt.institution, pt.aggregator, pt.state)
                 for (k, p), pt in points.items()]
-        with self.transaction() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO institution_history VALUES (?,?,?,?,?,?,?,?)", rows)
-            db.execute("DELETE FROM institution_history WHERE ts < ?", (int(now - KEEP),))
+        self.write_rows(rows, int(now - KEEP))
+        self._created = True
 
     def read(self, since: float) -> dict[Pair, list[Point]]:
-        """(key, provider) → its points from ``since`` on, oldest first."""
-        with self.lock:
-            rows = self.db.execute(
-                "SELECT key, provider, ts, accounts, ok, institution, aggregator, state "
-                "FROM institution_history WHERE ts >= ? ORDER BY key, provider, ts",
-                (int(since),)).fetchall()
+        """(key, provider) → its points from ``since`` on, oldest first (on the reader)."""
+        rows = self.rows_since(int(since))
         make = Point._make
         return {pair: [make(r[2:]) for r in group]
                 for pair, group in groupby(rows, itemgetter(0, 1))}
+
+    async def ensure(self) -> None:
+        """The table exists (created on the writer thread the first time), so the reader
+        finds it."""
+        if not self._created:
+            await self.database.write(lambda: self.db)
+            self._created = True
 
 
 class InstitutionHistory:
@@ -134,8 +120,8 @@ class InstitutionHistory:
         if not points:
             return False
         try:
-            await asyncio.to_thread(self.store.record, points, report.generated_at)
-        except sqlite3.Error as exc:
+            await self.store.database.write(self.store.record, points, report.generated_at)
+        except StateError as exc:
             self.failures += 1
             log.warning("institution history point not written: %s", exc)
             return False
@@ -144,8 +130,9 @@ class InstitutionHistory:
     async def read(self, window: float) -> dict[Pair, list[Point]]:
         """The points of the last ``window`` seconds (empty when the database refuses)."""
         try:
-            return await asyncio.to_thread(self.store.read, self._clock() - window)
-        except sqlite3.Error as exc:
+            await self.store.ensure()
+            return await self.store.database.read(self.store.read, self._clock() - window)
+        except StateError as exc:
             log.warning("institution history not read: %s", exc)
             return {}
 

@@ -5,9 +5,9 @@ kept per institution too, it would multiply the aggregates' memory). Per institu
 counts are enough to tell Plaid's refresh interval — accounts whose last success is within
 ``refresh_delayed_after`` (``normal``), within ``refresh_stopped_after`` (``delayed``), older
 (``stopped``), or that never succeeded (``never``) — and one grouped read of the state
-database gives them. :class:`InstitutionAges` makes that read on a read-only connection of its
-own (WAL: it never blocks the tracker's writer) every ``every`` seconds, off the event loop,
-and keeps the last good result when a read fails.
+database gives them (:mod:`exporter.state.lag`). :class:`InstitutionAges` makes that read on
+the state database's read-only reader (WAL: it never blocks the writer) every ``every``
+seconds, off the event loop, and keeps the last good result when a read fails.
 
 The state follows the same rule as the per-source one: the median account is ``normal`` when
 at least half the accounts succeeded within ``refresh_delayed_after``, else ``delayed`` when
@@ -16,29 +16,17 @@ half did within ``refresh_stopped_after``, else ``stopped``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sqlite3
 from collections.abc import Callable
-from contextlib import closing
 from dataclasses import dataclass
-from pathlib import Path
 
 from exporter.health.sides import DEFAULT_THRESHOLDS, Thresholds
+from exporter.state.database import StateDatabase, StateError
+from exporter.state.lag import age_rows
 
 log = logging.getLogger(__name__)
 
 REFRESH_CLASSES = ("normal", "delayed", "stopped", "never")
-
-_QUERY = """
-SELECT source, institution_id,
-       SUM(success_ts >= :delayed),
-       SUM(success_ts < :delayed AND success_ts >= :stopped),
-       SUM(success_ts < :stopped),
-       SUM(success_ts IS NULL)
-FROM accounts GROUP BY source, institution_id
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class AgeCounts:
@@ -73,26 +61,30 @@ class AgeCounts:
         return {c: getattr(self, c) for c in REFRESH_CLASSES}
 
 
-def read_age_counts(path: str | Path, now: float,
+def read_age_counts(database: StateDatabase, now: float,
                     thresholds: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, dict[str, AgeCounts]]:
-    """source → institution_id → :class:`AgeCounts`, from the state database at ``path``."""
-    uri = f"{Path(path).resolve().as_uri()}?mode=ro"
-    params = {"delayed": now - thresholds.refresh_delayed_after,
-              "stopped": now - thresholds.refresh_stopped_after}
+    """source → institution_id → :class:`AgeCounts`, from the state database (blocking)."""
+    return age_counts(database.read_sync(age_rows, database, *_bounds(now, thresholds)))
+
+
+def _bounds(now: float, thresholds: Thresholds) -> tuple[float, float]:
+    return now - thresholds.refresh_delayed_after, now - thresholds.refresh_stopped_after
+
+
+def age_counts(rows) -> dict[str, dict[str, AgeCounts]]:
     out: dict[str, dict[str, AgeCounts]] = {}
-    with closing(sqlite3.connect(uri, uri=True, timeout=5.0)) as db:
-        for source, inst, normal, delayed, stopped, never in db.execute(_QUERY, params):
-            out.setdefault(source, {})[inst] = AgeCounts(
-                normal or 0, delayed or 0, stopped or 0, never or 0)
+    for source, inst, normal, delayed, stopped, never in rows:
+        out.setdefault(source, {})[inst] = AgeCounts(
+            normal or 0, delayed or 0, stopped or 0, never or 0)
     return out
 
 
 class InstitutionAges:
     """The last per-institution age counts, re-read every ``every`` seconds."""
 
-    def __init__(self, state_path: str | Path, thresholds: Thresholds,
+    def __init__(self, database: StateDatabase, thresholds: Thresholds,
                  clock: Callable[[], float], every: float = 300.0):
-        self.state_path = state_path
+        self.database = database
         self.thresholds = thresholds
         self.every = every
         self._clock = clock
@@ -109,9 +101,9 @@ class InstitutionAges:
         """Re-read; False (logged, counts kept) when the database cannot be read."""
         now = self._clock()
         try:
-            counts = await asyncio.to_thread(read_age_counts, self.state_path, now,
-                                             self.thresholds)
-        except sqlite3.Error as exc:
+            counts = age_counts(await self.database.read(
+                age_rows, self.database, *_bounds(now, self.thresholds)))
+        except StateError as exc:
             self.failures += 1
             log.warning("refresh lag per institution not read, the last counts stay: %s", exc)
             return False

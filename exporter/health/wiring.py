@@ -33,6 +33,7 @@ from exporter.health.routes import Advice, health_routes
 from exporter.health.sides import HEALTH_SIDES, side_of
 from exporter.sources.base import Source
 from exporter.sources.institution import Institution
+from exporter.state.database import StateDatabase
 from exporter.tracker import Snapshot
 
 log = logging.getLogger(__name__)
@@ -41,18 +42,18 @@ log = logging.getLogger(__name__)
 class HealthWiring:
     def __init__(self, config: HealthConfig, sources: Sequence[Source],
                  snapshot: Callable[[], Snapshot], clock: Callable[[], float],
-                 state_path: str | None = None) -> None:
+                 database: StateDatabase | None = None) -> None:
         self.directory = InstitutionDirectory(load_key_mapping(config.institution_keys_file))
         self.thresholds = config.thresholds()
         self.ages: InstitutionAges | None = None
-        if state_path is not None and config.refresh_lag_interval > 0:
-            self.ages = InstitutionAges(state_path, self.thresholds, clock,
+        if database is not None and config.refresh_lag_interval > 0:
+            self.ages = InstitutionAges(database, self.thresholds, clock,
                                         config.refresh_lag_interval)
         self._snapshot = snapshot
         self._clock = clock
         self.history: InstitutionHistory | None = None
-        if state_path is not None:
-            self.history = InstitutionHistory(HistoryStore(state_path), self.report, clock)
+        if database is not None:
+            self.history = InstitutionHistory(HistoryStore(database), self.report, clock)
         self._points: set[asyncio.Task[bool]] = set()
         self.refreshers: list[DeclaredStatusRefresher] = []
         self._unhealthy: dict[str, set[str]] = {}
@@ -115,8 +116,6 @@ class HealthWiring:
         for task in list(self._reads):
             task.cancel()
         await asyncio.gather(*self._reads, *self._points, return_exceptions=True)
-        if self.history is not None:
-            self.history.store.close()
 
     def _recorder(self, source: Source) -> Callable[[str, str, Institution], None]:
         def record(institution_id: str, name: str, institution: Institution) -> None:

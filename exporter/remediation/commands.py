@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from exporter.remediation.store import RemediationStore, StoreError
+from exporter.state.database import StateDatabase
+from exporter.state.remediation import RemediationStore, StoreError
 
 
 def add_parser(sub, common: Callable[..., None]) -> None:
@@ -31,7 +32,7 @@ def add_parser(sub, common: Callable[..., None]) -> None:
 
 def run(args: argparse.Namespace, state_path: Path, out=print) -> int:
     try:
-        store = RemediationStore(state_path)
+        store = RemediationStore(StateDatabase(state_path))
     except StoreError as exc:
         out(str(exc))
         return 1

@@ -31,9 +31,9 @@ from exporter.remediation.config import RemediationConfig
 from exporter.remediation.episodes import KIND_OTP
 from exporter.remediation.observer import RemediationObserver
 from exporter.remediation.signing import SIGNATURE_HEADER, sign
-from exporter.remediation.store import OutboxRow
 from exporter.sources.client import env_proxy
 from exporter.sources.transport import AiohttpTransport, Http11Transport
+from exporter.state.remediation import OutboxRow
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -53,8 +51,9 @@ from exporter.remediation.renewals import (
     renewal_decision,
 )
 from exporter.remediation.signing import make_token
-from exporter.remediation.store import OutboxRow, RemediationStore
 from exporter.sources.base import Source
+from exporter.state.database import StateDatabase
+from exporter.state.remediation import OutboxRow, RemediationStore
 from exporter.tracker.events import AccountEvent, EventKind
 
 log = logging.getLogger(__name__)
@@ -102,7 +101,7 @@ def funnel(ep: Episode, outcome: str | None) -> Effect:
 
 
 class RepairLoop:
-    def __init__(self, cfg: RemediationConfig, db_path: str | Path, *,
+    def __init__(self, cfg: RemediationConfig, database: StateDatabase, *,
                  sources: Mapping[str, Source], snapshot: Callable[[], Any],
                  clock: Callable[[], float] = time.time,
                  observer: RemediationObserver | None = None,
@@ -127,9 +126,9 @@ class RepairLoop:
         self._published: dict[str, int] = {}
         self._stopping = False
         self.new_id = new_id
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="remediation")
-        self.store = RemediationStore(db_path)
-        self._baselines: dict[str, float] = self.store.baselines()
+        self.database = database
+        self.store = RemediationStore(database)
+        self._baselines: dict[str, float] = database.write_sync(self.store.baselines)
         self.endpoint = Endpoint(cfg, client)
         self.worker = DeliveryWorker(cfg, self.secret, self.call, self.endpoint, clock,
                                      self.observer, self.link_for, rand, pace=self.pace)
@@ -143,13 +142,11 @@ class RepairLoop:
     # --- plumbing ---------------------------------------------------------------------------
 
     async def call(self, method: str, *args: Any) -> Any:
-        """Run a store method on the store thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, getattr(self.store, method), *args)
+        """Run a store method on the state database's writer thread."""
+        return await self.database.write(getattr(self.store, method), *args)
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        return await self.database.write(fn, *args)
 
     async def start(self) -> None:
         self._consumer()
@@ -174,8 +171,6 @@ class RepairLoop:
         self._tasks = []
         self._consuming = None
         await self.endpoint.aclose()
-        await self._run(self.store.close)
-        self._executor.shutdown(wait=True)
 
     def _consumer(self) -> None:
         if self._consuming is None or self._consuming.done():
@@ -321,6 +316,7 @@ class RepairLoop:
         current.update(dict.fromkeys(keys))
         current.update(store.open_episodes(keys))
         fixed_before = store.last_fixed(k for k, ep in current.items() if ep is None)
+        self.database.interleave()  # (the inbox's commits queued meanwhile: see StateDatabase)
         for ev in events:
             key = login_of(ev)
             if key is None and ev.kind is EventKind.REMOVED:
@@ -357,6 +353,7 @@ class RepairLoop:
                     cancel_ids.append(ep.request_id)
                 effects += self._closed(ep, ev.at)
         if touched or rebroke_ids:
+            self.database.interleave()
             store.save_episodes(list(touched.values()), rebroke_ids, cancel_ids, self.clock())
         return effects
 
@@ -493,11 +490,13 @@ class RepairLoop:
             if len(batch) >= _WRITE_BATCH:
                 store.add_requests(batch, now)
                 batch = []
+                self.database.interleave()
         if batch:
             store.add_requests(batch, now)
         for (source, institution_id), n in held_now.items():
             log.warning("fix requests held by the storm guard source=%s institution_id=%s count=%d",
                         source, institution_id, n)
+        self.database.interleave()
         if cfg.renew_before > 0:
             effects += self._renewals(now, facts, storm_left)
         gone = store.abandon_candidates(now - cfg.retry_for - cfg.abandon_after)
@@ -554,6 +553,7 @@ class RepairLoop:
             if len(batch) >= _WRITE_BATCH:
                 store.add_renewals(batch, now)
                 batch = []
+                self.database.interleave()
         if batch:
             store.add_renewals(batch, now)
         if expired:

@@ -11,9 +11,7 @@ applies at once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ from exporter.routing.advice import (
 from exporter.routing.config import RoutingConfig, load_institution_ids
 from exporter.routing.store import Kept, RoutingStore
 from exporter.sources.institution import INSTITUTION, OVERALL
+from exporter.state.database import StateError
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +182,8 @@ class Advisor:
         if not upserts and not gone:
             return True
         try:
-            await asyncio.to_thread(store.save, upserts, gone)
-        except sqlite3.Error as exc:
+            await store.database.write(store.save, upserts, gone)
+        except StateError as exc:
             self.unsaved(upserts, gone)
             log.warning("routing advice not saved, retried at the next evaluation: %s", exc)
             return False
@@ -193,8 +192,8 @@ class Advisor:
     async def load(self, store: RoutingStore) -> int:
         """Restore the advice of the previous run; the institutions restored."""
         try:
-            kept, bad = await asyncio.to_thread(store.load)
-        except sqlite3.Error as exc:
+            kept, bad = await store.database.write(store.load)
+        except StateError as exc:
             log.warning("routing advice not read, re-derived from the fleet: %s", exc)
             return 0
         if bad:

@@ -11,18 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from exporter.routing.advice import Track
-from exporter.state.tables import StateTables
+from exporter.state.routing import RoutingTables
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS routing_advice (
-    key TEXT PRIMARY KEY,
-    body TEXT NOT NULL
-) WITHOUT ROWID;
-"""
 _TRACK_FIELDS = frozenset(f.name for f in fields(Track))
 
 
@@ -49,17 +42,16 @@ class Kept:
                    float(body["since"]))
 
 
-class RoutingStore(StateTables):
-    def __init__(self, path: str | Path):
-        super().__init__(path, _SCHEMA)
+class RoutingStore(RoutingTables):
+    """Advice in and out of the ``routing_advice`` table
+    (:class:`~exporter.state.routing.RoutingTables`); blocking methods, run on the state
+    database's writer thread."""
 
     def load(self) -> tuple[dict[str, Kept], int]:
         """Every stored institution, and how many rows could not be used (skipped)."""
-        with self.lock:
-            rows = self.db.execute("SELECT key, body FROM routing_advice").fetchall()
         out: dict[str, Kept] = {}
         bad = 0
-        for key, body in rows:
+        for key, body in self.rows():
             try:
                 out[key] = Kept.from_json(body)
             except (ValueError, TypeError, KeyError, AttributeError):
@@ -67,7 +59,4 @@ class RoutingStore(StateTables):
         return out, bad
 
     def save(self, upserts: Mapping[str, Kept], deletes: Iterable[str]) -> None:
-        with self.transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO routing_advice VALUES (?, ?)",
-                           [(k, kept.to_json()) for k, kept in upserts.items()])
-            db.executemany("DELETE FROM routing_advice WHERE key = ?", [(k,) for k in deletes])
+        self.write_rows([(k, kept.to_json()) for k, kept in upserts.items()], deletes)

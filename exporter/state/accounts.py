@@ -22,84 +22,12 @@ import sqlite3
 from array import array
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
-from pathlib import Path
 from typing import NamedTuple
 
 import orjson
 
-SCHEMA_VERSION = 4
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS accounts (
-    id INTEGER PRIMARY KEY,
-    source TEXT NOT NULL,
-    account_key TEXT NOT NULL,
-    institution_id TEXT NOT NULL,
-    code TEXT NOT NULL,
-    attempt_ts REAL,
-    success_ts REAL,
-    broken_since REAL,
-    mfa_streak INTEGER NOT NULL,
-    flags INTEGER NOT NULL,
-    consent_end REAL
-);
-CREATE TABLE IF NOT EXISTS account_keys (
-    source TEXT NOT NULL,
-    account_key TEXT NOT NULL,
-    id INTEGER NOT NULL,
-    PRIMARY KEY (source, account_key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS keys_merged (upto INTEGER NOT NULL);
-INSERT INTO keys_merged SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM keys_merged);
-CREATE TRIGGER IF NOT EXISTS accounts_forget_key AFTER DELETE ON accounts BEGIN DELETE FROM account_keys WHERE source = old.source AND account_key = old.account_key AND id = old.id; END;
-CREATE TABLE IF NOT EXISTS institutions (
-    source TEXT NOT NULL,
-    institution_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    PRIMARY KEY (source, institution_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS transitions (
-    source TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    institution_id TEXT NOT NULL,
-    from_category TEXT NOT NULL,
-    to_category TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    PRIMARY KEY (source, provider, institution_id, from_category, to_category)
-) WITHOUT ROWID;
-"""
-
-# Schema 1 kept one WITHOUT ROWID row per (source, account_key) with the category, fixable
-# and provider copied in (all derivable from the code and the source), the MFA flags as
-# three columns, and the id of the last sweep that saw the row (rewritten every sweep).
-_MIGRATE_FROM_1 = """
-ALTER TABLE accounts RENAME TO accounts_v1;
-{schema}
-INSERT INTO accounts (source, account_key, institution_id, code, attempt_ts, success_ts,
-                      broken_since, mfa_streak, flags)
-    SELECT source, account_key, institution_id, code, attempt_ts, success_ts, broken_since,
-           mfa_streak, otp * {otp} + relapsed * {relapsed} + after_fix * {after_fix}
-    FROM accounts_v1 ORDER BY source, account_key;
-DROP TABLE accounts_v1;
-DROP TABLE IF EXISTS sweeps;
-"""
-_SCHEMA_2_FLAGS = {"otp": 1, "relapsed": 2, "after_fix": 4}
-"""The bits schema 2 gave schema 1's three MFA columns (the tracker's rule still uses them;
-a migration keeps its own copy, as the file it reads was written then)."""
-# Schema 2 kept the key index as a unique index on accounts, updated by every first
-# sighting (random inserts for random keys); schema 3 keeps it as its own table, merged in
-# key order from the rows first seen since the last merge (ids above keys_merged.upto).
-_MIGRATE_FROM_2 = """
-INSERT INTO account_keys (source, account_key, id)
-    SELECT source, account_key, id FROM accounts ORDER BY source, account_key;
-UPDATE keys_merged SET upto = (SELECT coalesce(max(id), 0) FROM accounts);
-DROP INDEX IF EXISTS accounts_by_key;
-"""
-# Schema 4 adds each account's consent end (Finicity authorizationEndDate when
-# authorizationExpires is true): a nullable column added in place, no row rewritten.
-_MIGRATE_FROM_3 = """
-ALTER TABLE accounts ADD COLUMN consent_end REAL;
-"""
+from exporter.state.database import StateDatabase
+from exporter.state.schema import _SCHEMA_2_FLAGS, SCHEMA_VERSION  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -146,24 +74,27 @@ _INSERT_AT = _INSERT.replace("(source,", "(id, source,").replace("VALUES (", "VA
 
 
 class StateStore:
-    """The SQLite database behind the tracker. One writer connection, used from one thread."""
+    """The tracker's tables (schema: :mod:`exporter.state.schema`, version
+    :data:`SCHEMA_VERSION`) on the state database's writer connection; every method runs on
+    its one writer thread (``Tracker.run``)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if self.path.parent and not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA cache_size=-32768")  # 32 MiB of pages, bounded
-        self._migrate()
+    def __init__(self, database: StateDatabase):
+        self.database = database
+        self.path = database.path
         self._staging = _Staging()
         """the rows first seen since the last merge of the key index"""
         self._indexed: dict[str, bool] = {}
         """source → whether the key index holds any of its keys (learnt on first use)"""
-        if self._db.execute("SELECT 1 FROM accounts WHERE id > (SELECT upto FROM keys_merged) "
-                            "LIMIT 1").fetchone():
-            self.merge_keys()  # first sightings of a run that ended before its merge
+        self._db = database.write_sync(self._open)
+
+    def _open(self) -> sqlite3.Connection:
+        """On the writer thread: the connection (tables migrated), and the merge of first
+        sightings of a run that ended before its merge."""
+        self._db = db = self.database.connection
+        if db.execute("SELECT 1 FROM accounts WHERE id > (SELECT upto FROM keys_merged) "
+                      "LIMIT 1").fetchone():
+            self.merge_keys()
+        return db
 
     def merge_keys(self) -> None:
         """Merge the rows first seen since the last merge into the key index, in key order
@@ -194,27 +125,6 @@ class StateStore:
             return
         self._staging = staging
 
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(
-                f"{self.path}: state schema {version} is newer than this agent's "
-                f"({SCHEMA_VERSION}); run the newer agent or move the state file away")
-        if version == SCHEMA_VERSION:
-            return  # nothing to write: a read-only file still opens (its sweeps then fail)
-        with self.transaction() as db:
-            script = _SCHEMA if version != 1 else _MIGRATE_FROM_1.format(
-                schema=_SCHEMA, **_SCHEMA_2_FLAGS)
-            if version in (1, 2):
-                script += _MIGRATE_FROM_2
-            if version in (2, 3):  # (schema 1's rows were copied into the new table)
-                script += _MIGRATE_FROM_3
-            # statement by statement: executescript would commit half-way
-            for statement in script.split(";\n"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
     @property
     def staged(self) -> int:
         """Rows first seen since the last merge of the key index."""
@@ -226,11 +136,9 @@ class StateStore:
         return self._db
 
     def close(self) -> None:
-        try:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as exc:  # a read-only or full disk: the WAL stays, nothing lost
-            log.warning("state not checkpointed at close path=%s error=%s", self.path, exc)
-        self._db.close()
+        """Close the state database (checkpointed; tests and tools: the agent closes its
+        database itself)."""
+        self.database.close_sync()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -165,6 +165,8 @@ class SweepSession:
         now = context.clock()
         latest: dict[str, AccountStatus] = {rec.account_key: rec for rec in chunk}
         previous = self._previous(latest.keys())  # (a key seen twice: the last one wins)
+        interleave = context.store.database.interleave  # the inbox's commits, between steps
+        interleave()
         updates: list[tuple] = []
         stamps: list[tuple] = []
         inserts: list[tuple] = []
@@ -214,6 +216,7 @@ class SweepSession:
         if self._unknown:
             context.note_unknown(self._unknown)
         transitions = Counter((self.provider, *moved) for moved in delta.moved)
+        interleave()
         context.store.write_chunk(source, updates, stamps, inserts, transitions, names)
         # only once the chunk is committed:
         context.fleet().apply(delta)
@@ -250,10 +253,13 @@ class SweepSession:
         if self._pending:
             chunk, self._pending = self._pending, []
             events = self._apply(chunk)
+        interleave = context.store.database.interleave
         if self._sweep or context.store.staged > context.batch_size:
             # index the accounts first seen (a pushed re-read leaves a few to the next sweep)
+            interleave()
             context.store.merge_keys()
         if report.complete and self._seen_count < self._stored:
+            interleave()
             events += context.drop_unseen(self._seen, self._upto)
         context.publish()
         return events

@@ -6,7 +6,8 @@ state back in batches, moves the source's :class:`FleetState` by each committed 
 hands the chunk's events to the subscribers. When a sweep finishes the tracker swaps in a
 new :class:`Snapshot`; the collector only ever reads the current snapshot.
 
-All work on the state store runs on one writer thread, in order: the event loop keeps
+All work on the state store runs on the state database's one writer thread, in order
+(shared with the repair loop, the webhook inbox and the other features' writes): the event loop keeps
 serving scrapes, probes and upstream responses while a chunk is applied (SQLite releases
 the GIL while it works), the store's single connection is never used by two threads, and
 a pushed re-read (:meth:`Tracker.apply_records`) interleaves with a running sweep chunk
@@ -19,11 +20,9 @@ trusted: the sources validate them (``exporter/records.py``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 from weakref import WeakSet
 
@@ -109,7 +108,6 @@ class Tracker:
         self.steady = False
         """whether a subscriber wants STILL_BROKEN events"""
         self.subscriber_errors = 0
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-writer")
 
     @property
     def snapshot(self) -> Snapshot:
@@ -143,8 +141,9 @@ class Tracker:
                 log.exception("account event subscriber failed; the sweep goes on")
 
     async def run(self, fn: Callable[..., T], *args) -> T:
-        """Run ``fn`` on the writer thread (store and fleet state are only touched there)."""
-        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+        """Run ``fn`` on the state database's writer thread (store and fleet state are only
+        touched there)."""
+        return await self.store.database.write(fn, *args)
 
     # -- sweeps and pushed re-reads ----------------------------------------------------
 
@@ -244,9 +243,9 @@ class Tracker:
         self._snapshot = Snapshot(old.version + 1, {**old.sources, source: agg})
 
     async def close(self) -> None:
-        """Wait for the writer's queued work, then flush and close the store."""
-        await self.run(self.store.close)
-        self._writer.shutdown(wait=True)
+        """Wait for the writer's queued work, then checkpoint and close the state database
+        (the agent closes the tracker last)."""
+        await self.store.database.close()
 
     # -- codes ---------------------------------------------------------------------------
 

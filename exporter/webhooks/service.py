@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.routing import Route
@@ -16,6 +15,7 @@ from starlette.routing import Route
 from exporter.aio import Gate
 from exporter.config import SourceConfig
 from exporter.sources.base import Source
+from exporter.state.database import StateDatabase
 from exporter.tracker import Tracker
 from exporter.webhooks.app import Receiver, build_receivers, create_webhook_app
 from exporter.webhooks.config import WebhooksConfig
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class PushService:
     def __init__(self, config: WebhooksConfig, source_configs: Sequence[SourceConfig],
                  sources: Mapping[str, Source], tracker: Tracker,
-                 observer: WebhookObserver, state_path: str | Path, *,
+                 observer: WebhookObserver, database: StateDatabase, *,
                  clock: Callable[[], float] = time.time, gate: Gate | None = None,
                  routes: Sequence[Route] = ()):
         """``routes``: other features' routes on the webhook listener (the fix links)."""
@@ -39,7 +39,7 @@ class PushService:
         self.sources = sources
         self.clock = clock
         self.observer = observer
-        self.inbox = WebhookInbox(state_path)
+        self.inbox = WebhookInbox(database)
         self.processor = PushProcessor(
             self.inbox, sources, tracker, observer, clock=clock,
             concurrency=config.concurrency, backoff=config.retry_backoff,

@@ -20,6 +20,7 @@ from tests.unit.test_webhooks_support import SECRET, connect_event, sign
 RUNNER = textwrap.dedent('''
     import asyncio, os, sys
     from exporter.config import load_config
+    from exporter.state.database import StateDatabase
     from exporter.web.server import http_server, serve_until_signal
     from exporter.webhooks.observer import NullWebhookObserver
     from exporter.webhooks.service import PushService
@@ -46,7 +47,7 @@ RUNNER = textwrap.dedent('''
         settings = load_config(sys.argv[1])
         sources = {s.name: Source(s.name, s.provider) for s in settings.sources}
         push = PushService(settings.webhooks, settings.sources, sources, Tracker(),
-                           NullWebhookObserver(), settings.state.path)
+                           NullWebhookObserver(), StateDatabase(settings.state.path))
         await push.start()
         try:
             await serve_until_signal([http_server(push.app, settings.webhooks.listen_address)])

@@ -8,6 +8,7 @@ from exporter.metrics import build_metrics
 from exporter.records import AccountStatus
 from exporter.sources.base import SweepReport
 from exporter.state.accounts import StateStore
+from exporter.state.database import StateDatabase
 from exporter.tracker import Tracker
 
 T0 = 1_763_700_000.0  # a Friday night in November 2025
@@ -36,7 +37,7 @@ class Harness:
         self.wiring = build_metrics(lambda: self.tracker.snapshot, clock=clock)
         self.fleet, self.live = self.wiring.fleet, self.wiring.live
         self.metrics, self.exposition = self.wiring.agent, self.wiring.exposition
-        self.store = StateStore(path)
+        self.store = StateStore(StateDatabase(path))
         self.tracker = Tracker(self.store, clock=clock, events=self.metrics, **tracker_kwargs)
 
     async def sweep(self, records: list[AccountStatus], *, complete: bool = True,
@@ -66,7 +67,7 @@ async def inbox(tmp_path):
     """The webhook inbox on a temporary state database."""
     from exporter.webhooks.inbox import WebhookInbox
 
-    box = WebhookInbox(tmp_path / "state.db")
+    box = WebhookInbox(StateDatabase(tmp_path / "state.db"))
     await box.open()
     yield box
     await box.close()

@@ -10,6 +10,7 @@ import pytest
 
 from exporter.sources.base import SweepReport
 from exporter.state.accounts import SCHEMA_VERSION, StateStore
+from exporter.state.database import StateDatabase
 from exporter.tracker import EventKind, Tracker
 from exporter.upstreams.finicity.payloads import FinicityAccount
 from tests.unit.conftest import DAY, Harness
@@ -159,7 +160,7 @@ async def test_a_schema_3_state_file_gains_the_consent_end_in_place(tmp_path, ac
     db.close()
     inode = os.stat(path).st_ino
 
-    store = StateStore(path)
+    store = StateStore(StateDatabase(path))
     assert store.connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert os.stat(path).st_ino == inode  # the same file: altered, not copied
     assert store.connection.execute(

@@ -38,6 +38,7 @@ from exporter.records import AccountStatus
 from exporter.sources.base import SweepReport
 from exporter.sources.institution import DeclaredStatus
 from exporter.state.accounts import StateStore
+from exporter.state.database import StateDatabase
 from exporter.tracker import Snapshot, Tracker
 from tests.unit.conftest import DAY, Clock
 
@@ -113,9 +114,9 @@ def test_incremental_exposition_always_equals_a_full_render(steps, fold, prerend
         with tempfile.TemporaryDirectory() as tmp:
             clock = Clock()
             path = Path(tmp) / "state.db"
-            tracker = Tracker(StateStore(path), clock=clock, institution_min_accounts=fold)
+            tracker = Tracker(StateStore(StateDatabase(path)), clock=clock, institution_min_accounts=fold)
             wiring = HealthWiring(HealthConfig(), [], lambda: tracker.snapshot, clock,
-                                  str(path))
+                                  tracker.store.database)
             routing = Routing()
             metrics = build_metrics(lambda: tracker.snapshot, clock=clock,
                                     institutions=lambda: wiring, routing=lambda: routing)
@@ -252,9 +253,9 @@ def test_unusual_families_are_written_by_prometheus_client_itself():
 
 async def test_institution_health_that_is_not_there_yet_or_any_more_shows_nothing(tmp_path):
     clock = Clock()
-    tracker = Tracker(StateStore(tmp_path / "state.db"), clock=clock)
+    tracker = Tracker(StateStore(StateDatabase(tmp_path / "state.db")), clock=clock)
     wiring = HealthWiring(HealthConfig(), [], lambda: tracker.snapshot, clock,
-                          str(tmp_path / "state.db"))
+                          tracker.store.database)
     current: dict[str, HealthWiring | None] = {"health": None}
     metrics = build_metrics(lambda: tracker.snapshot, clock=clock,
                             institutions=lambda: current["health"])

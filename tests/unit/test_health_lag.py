@@ -13,6 +13,7 @@ from exporter.health.directory import InstitutionDirectory
 from exporter.health.lag import AgeCounts, InstitutionAges, read_age_counts
 from exporter.health.report import build_report, refresh_series
 from exporter.health.sides import DEFAULT_THRESHOLDS
+from exporter.state.database import StateDatabase
 
 DAY = 86400.0
 
@@ -44,7 +45,7 @@ async def _fleet(harness, acct, clock):
 
 async def test_one_grouped_read_of_the_state_database(harness, acct, clock):
     await _fleet(harness, acct, clock)
-    counts = read_age_counts(harness.path, clock.now)
+    counts = read_age_counts(harness.store.database, clock.now)
     assert counts == {"fin": {
         "4222": AgeCounts(normal=3, delayed=1),
         "5555": AgeCounts(stopped=2, never=1),
@@ -57,7 +58,7 @@ async def test_configured_thresholds_move_the_split(harness, acct, clock):
     delayed, the 10-day ones delayed and only the 30-day one stopped."""
     await _fleet(harness, acct, clock)
     config = HealthConfig(refresh_delayed_after="1d", refresh_stopped_after="20d")
-    counts = read_age_counts(harness.path, clock.now, config.thresholds())
+    counts = read_age_counts(harness.store.database, clock.now, config.thresholds())
     assert counts["fin"]["5555"] == AgeCounts(delayed=1, stopped=1, never=1)
     assert counts["fin"]["4222"] == AgeCounts(normal=3, delayed=1)
 
@@ -79,7 +80,7 @@ async def test_the_report_and_series_show_each_institution_and_fold_the_small_on
     harness = Harness(tmp_path / "state.db", clock, institution_min_accounts=2)
     try:
         await _fleet(harness, acct, clock)
-        ages = InstitutionAges(harness.path, DEFAULT_THRESHOLDS, clock)
+        ages = InstitutionAges(harness.store.database, DEFAULT_THRESHOLDS, clock)
         snap = harness.tracker.snapshot
         report = build_report(snap, InstitutionDirectory(), clock.now, DEFAULT_THRESHOLDS,
                               ages.counts)
@@ -103,11 +104,11 @@ async def test_the_report_and_series_show_each_institution_and_fold_the_small_on
 
 async def test_a_failed_read_keeps_the_last_counts(tmp_path, harness, acct, clock):
     await _fleet(harness, acct, clock)
-    ages = InstitutionAges(harness.path, DEFAULT_THRESHOLDS, clock)
+    ages = InstitutionAges(harness.store.database, DEFAULT_THRESHOLDS, clock)
     assert await ages.run()
     before = ages.counts("fin")
-    ages.state_path = tmp_path / "missing" / "state.db"
+    ages.database = StateDatabase(tmp_path / "missing" / "state.db")
     assert not await ages.run()
     assert ages.counts("fin") == before and ages.failures == 1
     with pytest.raises(sqlite3.Error):
-        read_age_counts(ages.state_path, clock.now)
+        read_age_counts(ages.database, clock.now)

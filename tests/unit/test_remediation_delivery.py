@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from exporter.remediation.delivery import backoff_delay, retry_after
+from exporter.state.database import StateDatabase
 from exporter.web.server import Server, http_server
 from tests.unit.test_remediation_support import (
     DAY,
@@ -247,7 +248,7 @@ async def deliver_one(tmp_path, clock, endpoint: str | None = None, **kw):
     from tests.unit.test_remediation_support import config
 
     cfg = config(endpoint=endpoint) if endpoint else config()
-    loop = RepairLoop(cfg, tmp_path / "s.db", sources={}, snapshot=lambda: None, clock=clock,
+    loop = RepairLoop(cfg, StateDatabase(tmp_path / "s.db"), sources={}, snapshot=lambda: None, clock=clock,
                       **kw)
     await finished(loop, "fin", True)
     await feed(loop, broke("103", at=clock.now))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from exporter.remediation import store as store_module
-from exporter.remediation.store import RemediationStore
+from exporter.state.database import StateDatabase
+from exporter.state.remediation import RemediationStore
+from exporter.state.schema import REMEDIATION
 
-OLD_SCHEMA = store_module._SCHEMA.replace("    request_code TEXT,\n", "")
+OLD_SCHEMA = REMEDIATION.replace("    request_code TEXT,\n", "")
 
 
 def _old_database(path) -> None:
@@ -36,7 +37,7 @@ def _old_database(path) -> None:
 def test_an_old_database_gets_the_request_code_from_the_body_or_the_latest_code(tmp_path):
     path = tmp_path / "state.db"
     _old_database(path)
-    store = RemediationStore(path)
+    store = RemediationStore(StateDatabase(path))
     codes = {i: store.episode(i).request_code for i in (1, 2, 3)}
     store.close()
     assert codes == {1: "103", 2: "185", 3: None}
@@ -45,11 +46,11 @@ def test_an_old_database_gets_the_request_code_from_the_body_or_the_latest_code(
 def test_the_migration_runs_once(tmp_path):
     path = tmp_path / "state.db"
     _old_database(path)
-    RemediationStore(path).close()
+    RemediationStore(StateDatabase(path)).close()
     db = sqlite3.connect(path)
     db.execute("UPDATE fix_episodes SET request_code = '187' WHERE id = 2")
     db.commit()
     db.close()
-    store = RemediationStore(path)
+    store = RemediationStore(StateDatabase(path))
     assert store.episode(2).request_code == "187"
     store.close()

@@ -11,6 +11,7 @@ import httpx
 
 from exporter.remediation.config import RemediationConfig
 from exporter.remediation.loop import RepairLoop
+from exporter.state.database import StateDatabase
 from exporter.tracker.events import AccountEvent, EventKind
 from tests.unit.conftest import DAY, T0, Clock
 
@@ -151,7 +152,7 @@ def build_loop(tmp_path, clock: Clock, receiver: Receiver | None = None, *,
                observer: Recorder | None = None, rand=lambda: 1.0, **overrides) -> RepairLoop:
     client = httpx.AsyncClient(transport=httpx.MockTransport(receiver or Receiver()))
     holder = {"snap": snap or Snap()}
-    loop = RepairLoop(config(**overrides), tmp_path / "state.db",
+    loop = RepairLoop(config(**overrides), StateDatabase(tmp_path / "state.db"),
                       sources={"fin": source or FakeSource(), "mxs": source or FakeSource()},
                       snapshot=lambda: holder["snap"], clock=clock,
                       observer=observer or Recorder(), client=client, rand=rand,

@@ -30,6 +30,7 @@ from exporter.routing.advisor import Advisor
 from exporter.routing.config import RoutingConfig, load_institution_ids
 from exporter.routing.routes import routing_routes
 from exporter.sources.institution import DeclaredStatus
+from exporter.state.database import StateDatabase
 from exporter.tracker import AgeHistogram, Snapshot, SourceAggregate
 
 HOLD, RECOVER = 1800.0, 7200.0
@@ -385,14 +386,14 @@ def test_history_points_sum_sources_per_key_and_provider_at_the_quarter_hour():
 def test_the_history_store_keeps_48_hours_one_point_per_quarter_hour(tmp_path):
     from exporter.health.history import KEEP, HistoryStore, Point
 
-    store = HistoryStore(tmp_path / "state.db")
+    store = HistoryStore(StateDatabase(tmp_path / "state.db"))
     pair = ("chase.com", "mx")
     store.record({pair: Point(NOW - KEEP - 900, 10, 1.0, 0.0, 0.0, "healthy")}, NOW - KEEP)
     store.record({pair: Point(NOW, 10, 1.0, 0.0, 0.0, "healthy")}, NOW)
     store.record({pair: Point(NOW, 12, 0.5, 0.5, 0.0, "degraded")}, NOW)  # same quarter hour
     assert store.read(0) == {pair: [Point(NOW, 12, 0.5, 0.5, 0.0, "degraded")]}
     store.close()
-    assert HistoryStore(tmp_path / "state.db").read(NOW) == {
+    assert HistoryStore(StateDatabase(tmp_path / "state.db")).read(NOW) == {
         pair: [Point(NOW, 12, 0.5, 0.5, 0.0, "degraded")]}, "kept in the state database"
 
 
@@ -402,7 +403,7 @@ async def test_a_quarter_hour_keeps_the_last_state_seen_in_it(tmp_path):
     now = {"t": NOW}
     snap = {"s": Snapshot(version=1, sources={"mx": _snapshot(40, 0).sources["mx"]})}
     directory = _directory()
-    history = InstitutionHistory(HistoryStore(tmp_path / "state.db"),
+    history = InstitutionHistory(HistoryStore(StateDatabase(tmp_path / "state.db")),
                                  lambda: build_report(snap["s"], directory, now["t"]),
                                  lambda: now["t"])
     assert await history.run()  # MX swept first
@@ -429,7 +430,7 @@ def _history_app(tmp_path) -> httpx.AsyncClient:
     def report():
         return build_report(snap, directory, NOW)
 
-    history = InstitutionHistory(HistoryStore(tmp_path / "state.db"), report, lambda: NOW)
+    history = InstitutionHistory(HistoryStore(StateDatabase(tmp_path / "state.db")), report, lambda: NOW)
     history.store.record({("chase.com", "finicity"): _point(NOW - 3600, 1.0, "healthy")}, NOW)
     history.store.record({("chase.com", "finicity"): _point(NOW, 0.125, "down")}, NOW)
     app = Starlette(routes=health_routes(report, _advisor().update, history.read))
@@ -506,13 +507,13 @@ async def test_a_restart_keeps_the_advice_and_a_hold_under_way(tmp_path):
     first = _advisor(hold="30m", recover_hold="2h")
     first.update(build_report(healthy, directory, NOW))
     first.update(build_report(down, directory, NOW + 60))  # down seen: the hold starts
-    store = RoutingStore(tmp_path / "state.db")
+    store = RoutingStore(StateDatabase(tmp_path / "state.db"))
     assert await first.save(store)
     assert first.changes() == ({}, set()), "saved: nothing left to write"
     store.close()
 
     second = _advisor(hold="30m", recover_hold="2h")
-    assert await second.load(RoutingStore(tmp_path / "state.db")) == 1
+    assert await second.load(RoutingStore(StateDatabase(tmp_path / "state.db"))) == 1
     after = {a.key: a for a in second.update(build_report(down, directory, NOW + 120))}
     chase = after["chase.com"]
     assert chase.shares == {"finicity": 50, "mx": 50} and chase.since == NOW, \
@@ -528,7 +529,7 @@ async def test_after_a_restart_a_recovery_not_yet_held_does_not_move_the_advice_
     directory = _directory()
     first = _advisor()
     first.update(build_report(_snapshot(5, 35), directory, NOW))
-    store = RoutingStore(tmp_path / "state.db")
+    store = RoutingStore(StateDatabase(tmp_path / "state.db"))
     await first.save(store)
     second = _advisor()
     await second.load(store)
@@ -539,7 +540,7 @@ async def test_after_a_restart_a_recovery_not_yet_held_does_not_move_the_advice_
 async def test_unreadable_rows_are_skipped_and_gone_institutions_deleted(tmp_path):
     from exporter.routing.store import RoutingStore
 
-    store = RoutingStore(tmp_path / "state.db")
+    store = RoutingStore(StateDatabase(tmp_path / "state.db"))
     advisor = _advisor()
     directory = _directory()
     advisor.update(build_report(_snapshot(40, 0), directory, NOW))
@@ -566,7 +567,7 @@ async def test_a_failed_save_is_retried_with_the_next_one(tmp_path):
                 raise sqlite3.OperationalError("attempt to write a readonly database")
             super().save(upserts, deletes)
 
-    store = Refusing(tmp_path / "state.db")
+    store = Refusing(StateDatabase(tmp_path / "state.db"))
     advisor = _advisor()
     advisor.update(build_report(_snapshot(40, 0), _directory(), NOW))
     assert not await advisor.save(store)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from exporter.records import AccountStatus
 from exporter.sources.base import SweepReport
 from exporter.state.accounts import SCHEMA_VERSION, StateStore
+from exporter.state.database import StateDatabase
 from exporter.tracker import AccountEvent, AgeHistogram, EventKind, FleetState, Tracker
 from tests.unit.conftest import DAY, T0, Clock
 
@@ -67,7 +68,7 @@ def test_incremental_aggregates_always_equal_a_rebuild_from_the_rows(sweeps, bat
     async def run() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             clock = Clock()
-            store = StateStore(Path(tmp) / "s.db")
+            store = StateStore(StateDatabase(Path(tmp) / "s.db"))
             tracker = Tracker(store, clock=clock, batch_size=batch, otp_streak_threshold=2,
                               max_unknown_codes=1)
             replayed: dict[str, str] = {}
@@ -103,7 +104,7 @@ def test_incremental_aggregates_always_equal_a_rebuild_from_the_rows(sweeps, bat
 
 
 async def test_a_reopened_store_publishes_the_same_aggregates(tmp_path, acct, clock):
-    store = StateStore(tmp_path / "s.db")
+    store = StateStore(StateDatabase(tmp_path / "s.db"))
     tracker = Tracker(store, clock=clock)
     for codes in ([0, 185, 910, 103], [185, 185, 0, 103], [185, 0, 910, None]):
         session = await tracker.begin("fin", "finicity")
@@ -113,7 +114,7 @@ async def test_a_reopened_store_publishes_the_same_aggregates(tmp_path, acct, cl
     before = tracker.snapshot.sources["fin"]
     await tracker.close()
 
-    again = Tracker(StateStore(tmp_path / "s.db"), clock=clock)
+    again = Tracker(StateStore(StateDatabase(tmp_path / "s.db")), clock=clock)
     await again.load({"fin": "finicity"})
     after = again.snapshot.sources["fin"]
     assert (after.accounts, after.fixable, after.otp_suspected, after.transitions) == (
@@ -126,7 +127,7 @@ async def test_a_reopened_store_publishes_the_same_aggregates(tmp_path, acct, cl
 
 async def test_a_sweep_that_fails_half_way_keeps_store_and_aggregates_in_step(
         tmp_path, acct, clock, monkeypatch):
-    store = StateStore(tmp_path / "s.db")
+    store = StateStore(StateDatabase(tmp_path / "s.db"))
     tracker = Tracker(store, clock=clock, batch_size=2)
     session = await tracker.begin("fin", "finicity")
     await session.add([acct(f"a{i}", 0) for i in range(4)])
@@ -186,7 +187,7 @@ async def test_schema_1_state_is_migrated_and_streaks_carry_on(tmp_path, acct, c
     db.commit()
     db.close()
 
-    store = StateStore(path)
+    store = StateStore(StateDatabase(path))
     assert store.connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     rows = dict(store.connection.execute("SELECT account_key, flags FROM accounts"))
     assert rows == {"a1": 0, "a2": 4, "a3": 3}  # after_fix → 4; relapsed 2 + otp 1 → 3
@@ -212,7 +213,7 @@ def test_a_state_file_from_a_newer_agent_is_refused_with_a_clear_error(tmp_path)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     db.close()
     with pytest.raises(sqlite3.DatabaseError, match="newer than this agent"):
-        StateStore(path)
+        StateStore(StateDatabase(path))
 
 
 def test_age_histogram_counts_by_the_minute_and_errs_young():
@@ -230,7 +231,7 @@ def test_age_histogram_counts_by_the_minute_and_errs_young():
 
 async def test_rows_are_read_ahead_in_first_seen_order_and_found_in_any_order(
         tmp_path, acct, clock, monkeypatch):
-    store = StateStore(tmp_path / "s.db")
+    store = StateStore(StateDatabase(tmp_path / "s.db"))
     tracker = Tracker(store, clock=clock, batch_size=3)
     keys = [f"MBR-{i:02d}" for i in range(12)]
 
@@ -261,7 +262,7 @@ async def test_rows_are_read_ahead_in_first_seen_order_and_found_in_any_order(
 
 async def test_a_new_source_beside_a_big_one_reads_ahead_within_bounds(
         tmp_path, acct, clock, monkeypatch):
-    store = StateStore(tmp_path / "s.db")
+    store = StateStore(StateDatabase(tmp_path / "s.db"))
     tracker = Tracker(store, clock=clock, batch_size=4)
 
     async def sweep(source, keys):
@@ -322,7 +323,7 @@ async def test_schema_2_state_is_migrated_to_a_key_table(tmp_path, acct, clock):
     db.commit()
     db.close()
 
-    store = StateStore(path)
+    store = StateStore(StateDatabase(path))
     assert store.connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert store.connection.execute("SELECT * FROM account_keys").fetchall() == [
         ("fin", "a", 2), ("fin", "b", 1)]
@@ -343,7 +344,7 @@ async def test_first_sightings_are_found_before_and_after_the_key_merge(tmp_path
     through the staging lookup before the sweep's end merges it into the key index, and
     through the key index after; a run killed before the merge merges on the next start."""
     path = tmp_path / "s.db"
-    store = StateStore(path)
+    store = StateStore(StateDatabase(path))
     tracker = Tracker(store, clock=clock, batch_size=2)
     session = await tracker.begin("fin", "finicity")
     await session.add([acct("m9", 185), acct("m8", 185), acct("m7", 0),
@@ -370,9 +371,9 @@ async def test_first_sightings_are_found_before_and_after_the_key_merge(tmp_path
     await session.add([acct("n2", 0), acct("n1", 0)])  # committed, never merged: "killed"
     assert store.staged == 2
     store.connection.close()  # (no checkpoint, no merge)
-    tracker._writer.shutdown(wait=True)
+    store.database._writer.shutdown(wait=True)
 
-    again = StateStore(path)
+    again = StateStore(StateDatabase(path))
     assert again.staged == 0
     assert again.connection.execute("SELECT count(*) FROM account_keys").fetchone()[0] == 9
     tracker = Tracker(again, clock=clock)
@@ -387,7 +388,7 @@ async def test_two_new_keys_of_one_hash_are_indexed_at_once(tmp_path, acct, cloc
     chunk merge into the key index in its own transaction (nothing is lost or doubled)."""
     import exporter.state.accounts as state
 
-    store = StateStore(tmp_path / "s.db")
+    store = StateStore(StateDatabase(tmp_path / "s.db"))
     tracker = Tracker(store, clock=clock, batch_size=2)
     monkeypatch.setattr(state, "hash", lambda key: 7, raising=False)
     session = await tracker.begin("fin", "finicity")
@@ -405,7 +406,7 @@ async def test_ids_after_a_deleted_tail_stay_above_the_merged_ones(tmp_path, acc
     """First sightings take the next ids in a row, above every id the key index has known
     (a complete sweep that dropped the newest rows does not hand their ids out again), and
     are found through the staging lookup until the merge."""
-    store = StateStore(tmp_path / "s.db")
+    store = StateStore(StateDatabase(tmp_path / "s.db"))
     tracker = Tracker(store, clock=clock, batch_size=2)
     session = await tracker.begin("fin", "finicity")
     await session.add([acct("k3", 0), acct("k1", 0), acct("k2", 0)])

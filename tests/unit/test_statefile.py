@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from exporter.state.accounts import StateStore
+from exporter.state.database import StateDatabase
 from exporter.state.file import StateFileError, StateFileLocked, open_state_file
 
 NOW = 1_764_500_000.0  # 2025-11-30T10:53:20Z
@@ -60,7 +61,7 @@ def test_a_corrupt_file_is_moved_aside_with_its_wal(tmp_path, damage, caplog):
     assert not (tmp_path / "state.db-wal").exists(), "no stale WAL next to the fresh file"
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "moved aside" in errors[0].getMessage()
-    store = StateStore(path)  # starts fresh
+    store = StateStore(StateDatabase(path))  # starts fresh
     store.close()
 
 

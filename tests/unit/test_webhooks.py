@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from exporter.config import FinicitySourceConfig, MxSourceConfig
+from exporter.state.database import StateDatabase
 from exporter.webhooks.app import build_receivers, create_webhook_app
 from exporter.webhooks.inbox import InboxError, WebhookInbox
 from tests.unit.test_webhooks_support import (
@@ -54,7 +55,7 @@ class Listener:
         self.accepted = []
 
     async def __aenter__(self):
-        self.inbox = WebhookInbox(self.tmp_path / "state.db")
+        self.inbox = WebhookInbox(StateDatabase(self.tmp_path / "state.db"))
         await self.inbox.open()
         receivers = await build_receivers(source_configs(), self.owns, self.inbox, self.clock())
         app = create_webhook_app(receivers, self.inbox, self.observer, clock=self.clock,

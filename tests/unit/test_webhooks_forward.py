@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from exporter.config import FinicitySourceConfig, MxSourceConfig, Settings, ShardConfig
 from exporter.sources.sharding import in_shard, shard_of
+from exporter.state.database import StateDatabase
 from exporter.webhooks.app import build_receivers, create_webhook_app
 from exporter.webhooks.config import WebhooksConfig
 from exporter.webhooks.forward import FORWARDED_HEADER, Forwarder
@@ -56,7 +57,7 @@ class Shard:
 
     async def __aenter__(self):
         cfgs = configs(self.index)
-        self.inbox = WebhookInbox(self.path / f"state-{self.index}.db")
+        self.inbox = WebhookInbox(StateDatabase(self.path / f"state-{self.index}.db"))
         await self.inbox.open()
         owns = {c.name: (lambda o, s=c.shard: in_shard(o, s)) for c in cfgs}
         receivers = await build_receivers(cfgs, owns, self.inbox, self.clock())

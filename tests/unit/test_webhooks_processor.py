@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from exporter.sources.notices import Delivery
+from exporter.state.database import StateDatabase
 from exporter.upstreams.finicity.webhooks import FINICITY_KEEP
 from exporter.upstreams.mx.webhooks import MX_KEEP
 from exporter.webhooks.inbox import WebhookInbox
@@ -231,7 +232,7 @@ async def test_inbox_on_a_file_that_is_not_a_database_raises_a_clear_error(tmp_p
 
     path = tmp_path / "state.db"
     path.write_bytes(b"this is not sqlite" * 100)
-    box = WebhookInbox(path)
+    box = WebhookInbox(StateDatabase(path))
     with pytest.raises(InboxError, match=r"state\.db"):
         await box.open()
     await box.close()

@@ -1,9 +1,10 @@
 """The repair loop's tables in the state database: episodes, the outbox, baselines, releases.
 
-Own connection (WAL, ``busy_timeout`` 10 s), tables created ``IF NOT EXISTS``; every method is
-blocking and is called on the loop's single worker thread (or by the ``remediation release``
-command in its own process: SQLite serialises the writers). Each public method is one
-transaction, so a crash leaves either all of a step or none of it.
+On the state database's writer connection (schema: :data:`~exporter.state.schema.REMEDIATION`,
+created at the loop's construction); every method is blocking and is called on the writer
+thread (``await database.write(...)``), or by the ``remediation release`` command in its own
+process (SQLite serialises the writers). Each public method is one transaction, so a crash
+leaves either all of a step or none of it.
 """
 
 from __future__ import annotations
@@ -12,115 +13,13 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 from exporter.remediation.episodes import Episode, Mark
 from exporter.remediation.renewals import RENEWAL_ID_BASE, ConsentPeriod
+from exporter.state.database import FeatureTables, StateDatabase
 
 T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS fix_episodes (
-    id INTEGER PRIMARY KEY,
-    source TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    owner_id TEXT NOT NULL,
-    login_id TEXT NOT NULL,
-    institution_id TEXT NOT NULL,
-    institution TEXT NOT NULL,
-    code TEXT NOT NULL,
-    category TEXT NOT NULL,
-    opened_at REAL NOT NULL,
-    broken_since REAL NOT NULL,
-    backlog INTEGER NOT NULL,
-    accounts TEXT NOT NULL,
-    fixable INTEGER NOT NULL,
-    any_fixed INTEGER NOT NULL DEFAULT 0,
-    request_id TEXT,
-    kind TEXT,
-    request_category TEXT,
-    request_code TEXT,
-    requested_at REAL,
-    delivered_at REAL,
-    outcome TEXT,
-    closed_at REAL,
-    close_reason TEXT,
-    rebroke INTEGER NOT NULL DEFAULT 0
-);
-CREATE UNIQUE INDEX IF NOT EXISTS fix_episodes_open
-    ON fix_episodes (source, owner_id, login_id) WHERE closed_at IS NULL;
-CREATE INDEX IF NOT EXISTS fix_episodes_fixed
-    ON fix_episodes (source, owner_id, login_id, closed_at) WHERE close_reason = 'fixed';
-CREATE INDEX IF NOT EXISTS fix_episodes_waiting
-    ON fix_episodes (id) WHERE closed_at IS NULL AND request_id IS NULL AND fixable = 1;
-CREATE INDEX IF NOT EXISTS fix_episodes_closed
-    ON fix_episodes (closed_at) WHERE closed_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS fix_episodes_delivered
-    ON fix_episodes (requested_at) WHERE closed_at IS NULL AND outcome IS NULL
-                                     AND delivered_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS fix_episode_accounts (
-    source TEXT NOT NULL,
-    account_key TEXT NOT NULL,
-    episode_id INTEGER NOT NULL,
-    PRIMARY KEY (source, account_key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS fix_episode_accounts_by_episode ON fix_episode_accounts (episode_id);
-CREATE TABLE IF NOT EXISTS fix_outbox (
-    id TEXT PRIMARY KEY,
-    episode_id INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    institution_id TEXT NOT NULL,
-    institution TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    backlog INTEGER NOT NULL,
-    was_held INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    state TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    last_error TEXT,
-    finished_at REAL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS fix_outbox_due ON fix_outbox (next_attempt_at) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS fix_outbox_held ON fix_outbox (source, institution_id) WHERE state = 'held';
-CREATE INDEX IF NOT EXISTS fix_outbox_recent ON fix_outbox (source, institution_id, created_at);
-CREATE TABLE IF NOT EXISTS fix_baselines (
-    source TEXT PRIMARY KEY,
-    done_at REAL NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS consent_periods (
-    id INTEGER PRIMARY KEY,
-    source TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    owner_id TEXT NOT NULL,
-    login_id TEXT NOT NULL,
-    institution_id TEXT NOT NULL,
-    institution TEXT NOT NULL,
-    code TEXT NOT NULL,
-    category TEXT NOT NULL,
-    end_at REAL NOT NULL,
-    seen_at REAL NOT NULL,
-    accounts TEXT NOT NULL,
-    request_id TEXT,
-    requested_at REAL,
-    delivered_at REAL,
-    outcome TEXT,
-    closed_at REAL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS consent_periods_open
-    ON consent_periods (source, owner_id, login_id) WHERE closed_at IS NULL;
-CREATE INDEX IF NOT EXISTS consent_periods_waiting
-    ON consent_periods (end_at) WHERE closed_at IS NULL AND request_id IS NULL;
-CREATE TABLE IF NOT EXISTS fix_releases (
-    source TEXT NOT NULL,
-    institution_id TEXT NOT NULL,
-    released_at REAL NOT NULL,
-    PRIMARY KEY (source, institution_id)
-) WITHOUT ROWID;
-"""
 
 _EPISODE_COLUMNS = (
     "id, source, provider, owner_id, login_id, institution_id, institution, code, category, "
@@ -206,37 +105,16 @@ def _accounts_json(ep: Episode) -> str:
                       separators=(",", ":"))
 
 
-class RemediationStore:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+class RemediationStore(FeatureTables):
+    feature = "remediation"
+
+    def __init__(self, database: StateDatabase):
+        super().__init__(database)
+        self.path = database.path
         try:
-            self.db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                                      check_same_thread=False)
-            self.db.execute("PRAGMA busy_timeout = 10000")
-            self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.execute("PRAGMA synchronous = NORMAL")
-            self.db.executescript(_SCHEMA)
-            self._migrate()
+            database.write_sync(lambda: self.db)  # the tables, created on the writer thread
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open the remediation tables ({exc})") from exc
-
-    def close(self) -> None:
-        self.db.close()
-
-    def _migrate(self) -> None:
-        """Bring tables an earlier version created up to this one (idempotent, one
-        transaction). ``request_code`` (the code a request was made for, the funnel's label):
-        for requests made before it existed, the code in the stored body while it is kept
-        (undelivered), else the episode's latest code, the best left to know."""
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(fix_episodes)")}
-        if "request_code" in columns:
-            return
-        with self._tx():
-            self.db.execute("ALTER TABLE fix_episodes ADD COLUMN request_code TEXT")
-            self.db.execute(
-                "UPDATE fix_episodes SET request_code = coalesce((SELECT json_extract(o.body, "
-                "'$.code') FROM fix_outbox o WHERE o.id = fix_episodes.request_id "
-                "AND json_valid(o.body)), code) WHERE request_id IS NOT NULL")
 
     def _tx(self):
         return _Transaction(self.db)
