@@ -16,7 +16,7 @@ from exporter.upstreams.finicity.payloads import FinicityAccount
 from tests.unit.conftest import DAY, Harness
 from tests.unit.support import NOW
 from tests.unit.test_source_payloads import account, reader
-from tests.unit.test_state import as_dict, rebuilt
+from tests.unit.test_state import NAMES_AND_TRANSITIONS, as_dict, rebuilt
 
 EXPIRING = "openfinance_consent_expiring_accounts"
 
@@ -137,13 +137,7 @@ CREATE TABLE account_keys (source TEXT NOT NULL, account_key TEXT NOT NULL, id I
 CREATE TABLE keys_merged (upto INTEGER NOT NULL);
 INSERT INTO keys_merged VALUES (2);
 CREATE TRIGGER accounts_forget_key AFTER DELETE ON accounts BEGIN DELETE FROM account_keys WHERE source = old.source AND account_key = old.account_key AND id = old.id; END;
-CREATE TABLE institutions (source TEXT NOT NULL, institution_id TEXT NOT NULL,
-    name TEXT NOT NULL, PRIMARY KEY (source, institution_id)) WITHOUT ROWID;
-CREATE TABLE transitions (source TEXT NOT NULL, provider TEXT NOT NULL,
-    institution_id TEXT NOT NULL, from_category TEXT NOT NULL, to_category TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    PRIMARY KEY (source, provider, institution_id, from_category, to_category)) WITHOUT ROWID;
-PRAGMA user_version=3;
+""" + NAMES_AND_TRANSITIONS + """PRAGMA user_version=3;
 """
 
 

@@ -151,6 +151,16 @@ async def test_a_sweep_that_fails_half_way_keeps_store_and_aggregates_in_step(
     await tracker.close()
 
 
+NAMES_AND_TRANSITIONS = """
+CREATE TABLE institutions (source TEXT NOT NULL, institution_id TEXT NOT NULL,
+    name TEXT NOT NULL, PRIMARY KEY (source, institution_id)) WITHOUT ROWID;
+CREATE TABLE transitions (source TEXT NOT NULL, provider TEXT NOT NULL,
+    institution_id TEXT NOT NULL, from_category TEXT NOT NULL, to_category TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (source, provider, institution_id, from_category, to_category)) WITHOUT ROWID;
+"""
+"""The institutions and transitions tables, the same in schemas 1 to 4."""
+
 V1_SCHEMA = """
 CREATE TABLE accounts (
     source TEXT NOT NULL, account_key TEXT NOT NULL, provider TEXT NOT NULL,
@@ -159,13 +169,7 @@ CREATE TABLE accounts (
     mfa_streak INTEGER NOT NULL, after_fix INTEGER NOT NULL, relapsed INTEGER NOT NULL,
     otp INTEGER NOT NULL, sweep_id INTEGER NOT NULL, PRIMARY KEY (source, account_key)
 ) WITHOUT ROWID;
-CREATE TABLE institutions (source TEXT NOT NULL, institution_id TEXT NOT NULL,
-    name TEXT NOT NULL, PRIMARY KEY (source, institution_id)) WITHOUT ROWID;
-CREATE TABLE transitions (source TEXT NOT NULL, provider TEXT NOT NULL,
-    institution_id TEXT NOT NULL, from_category TEXT NOT NULL, to_category TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    PRIMARY KEY (source, provider, institution_id, from_category, to_category)) WITHOUT ROWID;
-CREATE TABLE sweeps (source TEXT PRIMARY KEY, last_id INTEGER NOT NULL) WITHOUT ROWID;
+""" + NAMES_AND_TRANSITIONS + """CREATE TABLE sweeps (source TEXT PRIMARY KEY, last_id INTEGER NOT NULL) WITHOUT ROWID;
 PRAGMA user_version=1;
 """
 
@@ -293,13 +297,7 @@ CREATE TABLE accounts (id INTEGER PRIMARY KEY, source TEXT NOT NULL, account_key
     institution_id TEXT NOT NULL, code TEXT NOT NULL, attempt_ts REAL, success_ts REAL,
     broken_since REAL, mfa_streak INTEGER NOT NULL, flags INTEGER NOT NULL);
 CREATE UNIQUE INDEX accounts_by_key ON accounts (source, account_key);
-CREATE TABLE institutions (source TEXT NOT NULL, institution_id TEXT NOT NULL,
-    name TEXT NOT NULL, PRIMARY KEY (source, institution_id)) WITHOUT ROWID;
-CREATE TABLE transitions (source TEXT NOT NULL, provider TEXT NOT NULL,
-    institution_id TEXT NOT NULL, from_category TEXT NOT NULL, to_category TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    PRIMARY KEY (source, provider, institution_id, from_category, to_category)) WITHOUT ROWID;
-PRAGMA user_version=2;
+""" + NAMES_AND_TRANSITIONS + """PRAGMA user_version=2;
 """
 
 
