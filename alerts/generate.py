@@ -110,6 +110,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "webhook_silent_for": ("15m", "for: of OpenFinanceWebhooksSilent."),
     "push_given_up_window": ("1h", "Window in which any webhook event given up (not applied) counts."),
     "push_given_up_for": ("0s", "for: of OpenFinancePushEventsGivenUp."),
+    "forward_failing_window": ("5m", "Window in which deliveries not forwarded to their owner's shard count; failures that stop within (for - window) stay quiet."),
+    "forward_failing_for": ("10m", "for: of OpenFinanceWebhookForwardFailing (a rolling update's restarts stay below it)."),
 }
 
 DEFAULTS: dict[str, Any] = {name: default for name, (default, _) in PARAMETERS.items()}
@@ -151,6 +153,8 @@ SHORT_DURATIONS: dict[str, Any] = {
     "webhook_silent_for": "0s",
     "push_given_up_window": "1m",
     "push_given_up_for": "0s",
+    "forward_failing_window": "1m",
+    "forward_failing_for": "0s",
 }
 
 PLACEHOLDER_RE = re.compile(r"\[\[ ([a-z0-9_]+) \]\]")
@@ -745,6 +749,27 @@ sum by (source) (increase(openfinance_push_refresh_failures_total{{result="given
             "{{ with printf `sum(increase(openfinance_push_refresh_failures_total{source=%q,"
             f"result=\"retried\"}}[{v.push_given_up_window}]))` $labels.source | query }}}}"
             "{{ . | first | value | printf \"%.0f\" }}{{ else }}0{{ end }}.",
+            agent_dash,
+        ),
+        _alert(
+            v,
+            "OpenFinanceWebhookForwardFailing",
+            f"""
+sum by (source) (increase(openfinance_webhook_forward_failures_total[{v.forward_failing_window}])) > 0
+""",
+            v.forward_failing_for,
+            "warning",
+            "Webhook deliveries for another shard's owners cannot be forwarded to that shard.",
+            "About {{ $value | printf \"%.0f\" }} webhook deliveries to source {{ $labels.source }} "
+            f"for owners of another shard could not be forwarded in the last {v.forward_failing_window} "
+            "(the owner's pod unreachable: {{ with printf `sum(increase(openfinance_webhook_forward_failures_total"
+            f"{{source=%q,reason=\"unreachable\"}}[{v.forward_failing_window}]))` $labels.source | query }}}}"
+            "{{ . | first | value | printf \"%.0f\" }}{{ else }}0{{ end }}; answering 404 or 5xx: "
+            "{{ with printf `sum(increase(openfinance_webhook_forward_failures_total"
+            f"{{source=%q,reason=\"unavailable\"}}[{v.forward_failing_window}]))` $labels.source | query }}}}"
+            "{{ . | first | value | printf \"%.0f\" }}{{ else }}0{{ end }}). The senders were told "
+            "to retry (503 + Retry-After); until that shard takes them, its owners' changes wait "
+            "for the retries or the next sweep.",
             agent_dash,
         ),
     ]

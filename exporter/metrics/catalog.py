@@ -183,6 +183,10 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("webhook_forward_duration_seconds", "histogram", ("source",),
        "Time a delivery forwarded to its owner's shard (webhooks.peers) waited for that pod's "
        "answer.", "agent", buckets=FORWARD_BUCKETS),
+    _m("webhook_forward_failures", "counter", ("source", "reason"),
+       "Deliveries for another shard's owner (webhooks.peers) that could not be forwarded, so "
+       "the sender got 503 + Retry-After and will retry: unreachable (refused, reset or timed "
+       "out), unavailable (the owner's pod answered 404 while starting, or 5xx).", "agent"),
     _m("fix_links", "counter", ("source", "result"),
        "Repair links requested from the aggregator.", "agent"),
     _m("fix_requests", "counter", ("source", "provider", "kind", "result"),

@@ -21,6 +21,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from exporter import __version__
 from exporter.metrics.catalog import METRICS, MetricSpec, spec
 from exporter.sources.drift import DRIFT_KINDS
+from exporter.webhooks.observer import FORWARD_FAILURES, REFRESH_FAILURES
 
 _INSTRUMENTS = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
 
@@ -31,7 +32,6 @@ FIX_KINDS = ("fix", "otp_each_refresh")
 FIX_RESULTS = ("delivered", "retried", "failed", "held", "dead")
 FIX_OUTCOMES = ("fixed", "rebroke", "abandoned")
 FIX_INSTITUTION_OUTCOMES = ("requested", "fixed", "abandoned")
-PUSH_FAILURE_RESULTS = ("retried", "given_up")
 ROUTING_DIRECTIONS = ("away", "back")
 
 
@@ -142,8 +142,10 @@ class AgentMetrics:
         """Create a source's rejection series at zero so rate() and alerts work from the start."""
         for result in ("bad_signature", "unauthorized", "accepted"):
             self._instruments["webhook_events"].labels(source, "unknown", result)
-        for result in PUSH_FAILURE_RESULTS:
+        for result in REFRESH_FAILURES:
             self._instruments["push_refresh_failures"].labels(source, result)
+        for reason in FORWARD_FAILURES:
+            self._instruments["webhook_forward_failures"].labels(source, reason)
 
     def webhook_event(self, source: str, kind: str, result: str) -> None:
         self._inc("webhook_events", source, kind, result)
@@ -156,6 +158,9 @@ class AgentMetrics:
 
     def webhook_forwarded(self, source: str, seconds: float) -> None:
         self._instruments["webhook_forward_duration_seconds"].labels(source).observe(seconds)
+
+    def webhook_forward_failed(self, source: str, reason: str) -> None:
+        self._inc("webhook_forward_failures", source, reason)
 
     # RemediationObserver (exporter.remediation.observer)
     def remediation_source(self, source: str, provider: str) -> None:

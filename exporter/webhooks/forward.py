@@ -45,7 +45,8 @@ KEEPALIVE = 4.0  # below the listener's idle timeout (uvicorn's 5 s), so none go
 @dataclass(frozen=True, slots=True)
 class Forwarded:
     """The sender's answer after forwarding: ``result`` ``forwarded`` when the peers answered,
-    empty (not counted, like an unwritable inbox) when one could not take the event."""
+    empty when one could not take the event (not a webhook_events result, as an unwritable
+    inbox is not: the sender's retry is counted; webhook_forward_failures counts why)."""
 
     status: int
     headers: Mapping[str, str]
@@ -127,11 +128,13 @@ class Forwarder:
         except httpx.HTTPError as exc:  # the URL may hold a TxPush token: never logged
             log.warning("webhook not forwarded to shard %d (%s), answered 503 so the sender "
                         "retries", index, type(exc).__name__)
+            self.observer.webhook_forward_failed(source, "unreachable")
             return _UNAVAILABLE
         self.observer.webhook_forwarded(source, self.clock() - started)
         if status == 404 or status >= 500:
             log.warning("shard %d could not take a webhook (status %d), answered 503 so the "
                         "sender retries", index, status)
+            self.observer.webhook_forward_failed(source, "unavailable")
             return Forwarded(503, {"Retry-After": answered.get("retry-after") or RETRY_AFTER},
                              "")
         return Forwarded(status, {k: answered[k] for k in _ANSWERED if k in answered},

@@ -3,7 +3,8 @@
 ``openfinance_webhook_events_total{source,kind,result}``,
 ``openfinance_push_refresh_duration_seconds{source}`` (DESIGN.md, "Push"),
 ``openfinance_push_refresh_failures_total{source,result}`` and
-``openfinance_webhook_forward_duration_seconds{source}`` ("Push at fleet scale").
+``openfinance_webhook_forward_duration_seconds{source}`` and
+``openfinance_webhook_forward_failures_total{source,reason}`` ("Push at fleet scale").
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ RESULTS = ("accepted", "duplicate", "bad_signature", "unauthorized", "too_large"
 
 REFRESH_FAILURES = ("retried", "given_up")
 """Every value of the ``result`` label of push_refresh_failures."""
+
+FORWARD_FAILURES = ("unreachable", "unavailable")
+"""Every value of the ``reason`` label of webhook_forward_failures: the owner's shard could
+not be reached in time (refused, reset, timed out), or answered that it cannot take the
+event (404 while it starts, 5xx). Either way the sender got 503 + ``Retry-After``."""
 
 
 class WebhookObserver(Protocol):
@@ -36,6 +42,10 @@ class WebhookObserver(Protocol):
     def webhook_forwarded(self, source: str, seconds: float) -> None:
         """A delivery was forwarded to its owner's shard, whose answer took ``seconds``."""
 
+    def webhook_forward_failed(self, source: str, reason: str) -> None:
+        """A delivery for another shard's owner could not be forwarded (``reason`` from
+        :data:`FORWARD_FAILURES`); the sender was told to retry."""
+
 
 class NullWebhookObserver:
     """Drops everything (tests, tools)."""
@@ -53,4 +63,7 @@ class NullWebhookObserver:
         pass
 
     def webhook_forwarded(self, source: str, seconds: float) -> None:
+        pass
+
+    def webhook_forward_failed(self, source: str, reason: str) -> None:
         pass

@@ -364,6 +364,7 @@ PARAMETERS_OF = {
         "webhook_rejected_for", ["webhook_rejected_min"], ["webhook_rejected_window"]),
     "OpenFinanceWebhooksSilent": ("webhook_silent_for", [], ["webhook_silent_window"]),
     "OpenFinancePushEventsGivenUp": ("push_given_up_for", [], ["push_given_up_window"]),
+    "OpenFinanceWebhookForwardFailing": ("forward_failing_for", [], ["forward_failing_window"]),
     # Institution health: the state's thresholds live in its recording rules.
     "OpenFinanceInstitutionDownWhileDeclaredOnline": ("declared_online_down_for", [], []),
     "OpenFinanceInstitutionOutageDuringMaintenance": (

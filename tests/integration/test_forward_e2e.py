@@ -179,6 +179,7 @@ def test_events_for_every_shard_posted_to_pod_0_are_read_once_by_their_owners_sh
     for agent in fleet.agents[1:]:
         assert events(agent, result="forwarded") == 0
     assert events(zero, result="ignored") == 0
+    assert zero.value("openfinance_webhook_forward_failures_total") == 0
 
 
 def test_a_txpush_event_is_forwarded_on_its_tokened_path(fleet):
@@ -219,6 +220,10 @@ def test_a_stopped_peer_gets_503_and_nothing_kept_then_the_retry_is_applied_once
     assert r.status_code == 503
     assert int(r.headers["retry-after"]) > 0
     assert {name: events(zero, result=name) for name in before} == before
+    assert zero.value("openfinance_webhook_forward_failures_total", source=FIN,
+                      reason="unreachable") == 1, "counted once, with why"
+    assert zero.value("openfinance_webhook_forward_failures_total", source=FIN,
+                      reason="unavailable") == 0
     assert _inbox_rows(fleet.work / "state-0.db", owner) == 0
     assert _inbox_rows(fleet.work / "state-2.db", owner) == 0
     assert fleet.reads(0, FIN) == reads0

@@ -115,6 +115,7 @@ async def test_event_for_another_shards_owner_is_persisted_by_that_shard_and_ans
     assert await zero.inbox.counts() == (0, 0)
     assert await one.inbox.counts() == (1, 0)
     assert [s for s, _ in zero.observer.forwards] == ["finicity-prod"]
+    assert zero.observer.forward_failures == []
 
 
 async def test_event_for_this_shards_owner_is_not_forwarded(tmp_path, clock):
@@ -186,11 +187,12 @@ def _time_out(request):
     raise httpx.ReadTimeout("timed out", request=request)
 
 
-@pytest.mark.parametrize("answer", [
-    _refuse, _time_out, lambda r: httpx.Response(500), lambda r: httpx.Response(404),
-    lambda r: httpx.Response(503)], ids=["refused", "timeout", "500", "404", "503"])
+@pytest.mark.parametrize("answer,reason", [
+    (_refuse, "unreachable"), (_time_out, "unreachable"),
+    (lambda r: httpx.Response(500), "unavailable"), (lambda r: httpx.Response(404), "unavailable"),
+    (lambda r: httpx.Response(503), "unavailable")], ids=["refused", "timeout", "500", "404", "503"])
 async def test_a_peer_that_cannot_take_the_event_gives_503_with_retry_after_and_nothing_persisted(
-        tmp_path, clock, answer):
+        tmp_path, clock, answer, reason):
     async with Shard(tmp_path, clock, 0, httpx.MockTransport(Recorder(answer))) as zero:
         body = connect_event(customer=owner(1))
         r = await zero.connect(body, sign(body))
@@ -198,6 +200,8 @@ async def test_a_peer_that_cannot_take_the_event_gives_503_with_retry_after_and_
         assert int(r.headers["retry-after"]) > 0
         assert await zero.inbox.counts() == (0, 0)
         assert "forwarded" not in {res for _, res in zero.counted()}
+        assert zero.observer.forward_failures == [("finicity-prod", reason)], \
+            "a delivery the sender must retry is counted once, with why"
 
 
 async def test_a_peer_down_is_logged_without_its_url(tmp_path, clock, caplog):

@@ -29,6 +29,7 @@ class RecordingObserver:
         self.enabled: list[str] = []
         self.failures: Counter[tuple[str, str]] = Counter()
         self.forwards: list[tuple[str, float]] = []
+        self.forward_failures: list[tuple[str, str]] = []
 
     def webhooks_enabled(self, source: str) -> None:
         self.enabled.append(source)
@@ -44,6 +45,9 @@ class RecordingObserver:
 
     def webhook_forwarded(self, source: str, seconds: float) -> None:
         self.forwards.append((source, seconds))
+
+    def webhook_forward_failed(self, source: str, reason: str) -> None:
+        self.forward_failures.append((source, reason))
 
 
 class FakeSource:
