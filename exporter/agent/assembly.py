@@ -172,7 +172,8 @@ class Agent:
     def http_server(self, listen_address: str) -> Server:
         web = self.settings.web
         return http_server(self.app, listen_address, self.web_config, limits=ListenerLimits(
-            read_header_timeout=web.read_header_timeout, max_connections=web.max_connections))
+            read_header_timeout=web.read_header_timeout, max_connections=web.max_connections,
+            refused=self.metrics.agent.listener("metrics")))
 
     def http_servers(self, listen_address: str | None = None) -> list[Server]:
         """The metrics server, and the webhook listener on its own address when push is on."""
@@ -182,7 +183,8 @@ class Agent:
             servers.append(http_server(
                 self.push.app, hooks.listen_address, self.web_config, authenticate=False,
                 limits=ListenerLimits(read_header_timeout=hooks.read_header_timeout,
-                                      max_connections=hooks.max_connections)))
+                                      max_connections=hooks.max_connections,
+                                      refused=self.metrics.agent.listener("webhooks"))))
         return servers
 
     def fix_server(self) -> Server | None:
@@ -191,7 +193,8 @@ class Agent:
         cfg = self.settings.remediation
         if self.repair is None or cfg.link != "redirect" or not cfg.listen_address:
             return None
-        return http_server(fix_app(self.repair, self.clock, self.gate), cfg.listen_address)
+        return http_server(fix_app(self.repair, self.clock, self.gate), cfg.listen_address,
+                           limits=ListenerLimits(refused=self.metrics.agent.listener("fix")))
 
     async def run(self, listen_address: str | None = None) -> None:
         """Serve until SIGINT/SIGTERM (uvicorn handles the signals), then stop cleanly."""

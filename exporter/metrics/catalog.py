@@ -172,6 +172,11 @@ METRICS: tuple[MetricSpec, ...] = (
        "Requests to the metrics listener refused by the web config file before any route: "
        "missing or invalid basic-auth credentials (malformed ones included), rate_limited "
        "(its rate_limit, or too many password checks queued for one client).", "agent"),
+    _m("listener_refusals", "counter", ("listener", "reason"),
+       "Connections a listener (metrics, webhooks, fix) closed before any route ran: "
+       "max_connections (503 beyond its max_connections), header_timeout (no complete header "
+       "block within read_header_timeout: 408, or a plain close when nothing came), "
+       "header_too_large (431 beyond 64 KB of headers).", "agent"),
     _m("fix_clicks", "counter", ("result",),
        "Clicks on /fix/<token> links by answer: redirected (302), invalid (malformed or "
        "forged token, 400), expired and nothing_to_fix (410), rate_limited (429: per genuine "

@@ -13,19 +13,27 @@ cut off. :func:`guarded_protocol` returns uvicorn's httptools protocol with, per
 - ``max_connections`` open at once: the connection beyond gets 503 and is closed before
   anything is read; those already open are unaffected;
 - keep-alive idle :data:`KEEP_ALIVE_IDLE` (uvicorn's ``timeout_keep_alive``).
+
+Each connection closed by one of the first three is reported to ``refused`` with its reason
+(:data:`REFUSALS`): the agent counts them in ``openfinance_listener_refusals_total``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import asyncio.constants
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEADER_BYTES = 65_536
 KEEP_ALIVE_IDLE = 30
+REFUSALS = ("max_connections", "header_timeout", "header_too_large")
+"""Why a listener closed a connection before any route ran: beyond ``max_connections``
+(503), no complete header block within ``read_header_timeout`` (408, or a plain close when
+nothing came), a header block beyond ``max_header_bytes`` (431)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +41,8 @@ class ListenerLimits:
     read_header_timeout: float = 10.0
     max_connections: int = 1000
     max_header_bytes: int = MAX_HEADER_BYTES
+    refused: Callable[[str], None] | None = field(default=None, compare=False)
+    """told each refusal's reason (:data:`REFUSALS`)"""
 
 
 def _close_with(transport: asyncio.BaseTransport, status: bytes,
@@ -59,9 +69,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
+            self._refused("max_connections")
             _close_with(transport, b"503 Service Unavailable", b"retry-after: 1\r\n")
             return
         self._arm_header_timer()
+
+    def _refused(self, reason: str) -> None:
+        if self.limits.refused is not None:
+            self.limits.refused(reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
@@ -83,6 +98,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.cycle is not None and not self.cycle.response_complete:
             return  # a pipelined request waits for the one in flight
+        self._refused("header_timeout")
         if self._header_bytes:
             _close_with(self.transport, b"408 Request Timeout")
         else:
@@ -100,6 +116,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _too_large(self) -> None:
         self._cancel_header_timer()
         self._awaiting_headers = False
+        self._refused("header_too_large")
         _close_with(self.transport, b"431 Request Header Fields Too Large")
 
     def on_message_begin(self) -> None:

@@ -68,6 +68,12 @@ def ports(rig) -> dict[str, int]:
     return {"metrics": rig.agent.port, "webhooks": rig.hooks_port}
 
 
+def refusals(rig, reason: str) -> dict[str, float]:
+    """listener → ``openfinance_listener_refusals_total`` for ``reason``, as /metrics says."""
+    return {name: rig.agent.value("openfinance_listener_refusals_total", listener=name,
+                                  reason=reason) for name in ports(rig)}
+
+
 def test_malformed_signature_authorization_and_tokens_are_a_counted_no(rig):
     agent = rig.agent
     rows = rig.inbox_rows()
@@ -113,6 +119,7 @@ def test_header_blocks_are_bounded_in_size_on_both_listeners(rig):
     big = b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 100_000 + b"\r\n\r\n"
     many = b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + b"".join(
         b"X-H%d: %s\r\n" % (i, b"b" * 100) for i in range(1000)) + b"\r\n"
+    too_large = refusals(rig, "header_too_large")
     for name, port in ports(rig).items():
         for request in (big, many):
             answer = raw_request(port, request)
@@ -154,12 +161,15 @@ def test_header_blocks_are_bounded_in_size_on_both_listeners(rig):
     assert sum(refused.values()) == 10
     assert all(cut for (_port, cut, _status) in refused), refused
     assert grew < 30e6, f"grew {grew / 1e6:.0f} MB"
+    # each listener counted its 2 oversized and 5 endless header blocks, once each
+    assert refusals(rig, "header_too_large") == {name: n + 7 for name, n in too_large.items()}
     assert_no_traceback(rig.agent.log())
 
 
 def test_slow_header_clients_are_cut_off_while_others_are_served(rig):
     """150 clients per listener each send one header byte every half second; each is closed
     once ``read_header_timeout`` passes, while signed webhooks and scrapes are answered."""
+    timeouts = refusals(rig, "header_timeout")
     clients = slow_header_clients(ports(rig).values(), 150)
     opened = time.monotonic()
     closed_at: dict[int, float] = {}
@@ -211,6 +221,7 @@ def test_slow_header_clients_are_cut_off_while_others_are_served(rig):
           f"(read_header_timeout {HEADER_TIMEOUT:g}s); {sum(answered.values())} webhooks and "
           f"scrapes answered meanwhile")
     assert times[0] >= HEADER_TIMEOUT - 0.5, "none is cut off before its time"
+    assert refusals(rig, "header_timeout") == {name: n + 150 for name, n in timeouts.items()}
     assert_no_traceback(rig.agent.log())
 
 

@@ -50,42 +50,50 @@ async def request(reader, writer, data: bytes = b"GET / HTTP/1.1\r\nHost: x\r\n\
 
 
 async def test_the_connection_beyond_the_cap_gets_503_and_those_open_are_served():
-    async with serving(ListenerLimits(max_connections=3)) as port:
+    refused = []
+    async with serving(ListenerLimits(max_connections=3, refused=refused.append)) as port:
         open_ = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
         await asyncio.sleep(0.05)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        refused = await asyncio.wait_for(reader.read(), 5)
-        assert refused.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in refused.lower()
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in answer.lower()
         writer.close()
         for r, w in open_:
             assert (await request(r, w)).startswith(b"HTTP/1.1 200")
             w.close()
+    assert refused == ["max_connections"], "the refused connection is reported once, with why"
 
 
 async def test_a_keep_alive_requests_headers_have_their_own_deadline():
-    async with serving(ListenerLimits(read_header_timeout=0.3)) as port:
+    refused = []
+    async with serving(ListenerLimits(read_header_timeout=0.3, refused=refused.append)) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert (await request(reader, writer)).startswith(b"HTTP/1.1 200")
         await asyncio.sleep(0.5)  # idle between requests is not header time
         assert (await request(reader, writer)).startswith(b"HTTP/1.1 200")
+        assert refused == [], "an idle keep-alive connection is not refused"
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a next request that never ends
         await writer.drain()
         answer = await asyncio.wait_for(reader.read(), 5)
         assert answer.startswith(b"HTTP/1.1 408"), answer
         writer.close()
+    assert refused == ["header_timeout"]
 
 
 async def test_a_silent_connection_is_closed_after_the_header_timeout():
-    async with serving(ListenerLimits(read_header_timeout=0.2)) as port:
+    refused = []
+    async with serving(ListenerLimits(read_header_timeout=0.2, refused=refused.append)) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
+    assert refused == ["header_timeout"]
 
 
 @pytest.mark.parametrize("piece", [1, 7, 4096, 70_000])
 async def test_the_header_cap_holds_whatever_the_size_of_each_read(piece):
     block = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
-    async with serving(ListenerLimits(max_header_bytes=65_536)) as port:
+    refused = []
+    async with serving(ListenerLimits(max_header_bytes=65_536, refused=refused.append)) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         with contextlib.suppress(ConnectionError):
             for i in range(0, len(block), piece):
@@ -99,15 +107,18 @@ async def test_the_header_cap_holds_whatever_the_size_of_each_read(piece):
             answer = b"reset"  # closed with our bytes unread: the kernel resets, the 431 is lost
         assert answer.startswith(b"HTTP/1.1 431") or answer == b"reset", answer[:100]
         writer.close()
+    assert refused == ["header_too_large"]
 
 
 async def test_pipelined_requests_are_all_answered():
-    async with serving(ListenerLimits(read_header_timeout=0.5)) as port:
+    refused = []
+    async with serving(ListenerLimits(read_header_timeout=0.5, refused=refused.append)) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
         for _ in range(3):
             assert (await request(reader, writer, b"")).startswith(b"HTTP/1.1 200")
         writer.close()
+    assert refused == []
 
 
 async def test_a_large_metrics_body_goes_out_in_slices_and_arrives_whole():
