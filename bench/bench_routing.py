@@ -22,15 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_tracker import reference_loop  # noqa: E402
-from exporter.health.directory import InstitutionDirectory, InstitutionFacts  # noqa: E402
-from exporter.health.history import POINT_EVERY, HistoryStore, points_of  # noqa: E402
-from exporter.health.page import render_status_page  # noqa: E402
-from exporter.health.report import build_report  # noqa: E402
-from exporter.routing.advisor import Advisor  # noqa: E402
-from exporter.routing.config import RoutingConfig  # noqa: E402
-from exporter.state.database import StateDatabase  # noqa: E402
-from exporter.tracker import AgeHistogram, Snapshot, SourceAggregate  # noqa: E402
+from bench.bench_tracker import reference_loop
+from exporter.health.directory import InstitutionDirectory, InstitutionFacts
+from exporter.health.history import POINT_EVERY, HistoryStore, points_of
+from exporter.health.page import render_status_page
+from exporter.health.report import build_report
+from exporter.routing.advisor import Advisor
+from exporter.routing.config import RoutingConfig
+from exporter.state.database import StateDatabase
+from exporter.tracker import AgeHistogram, Snapshot, SourceAggregate
 
 NOW = 1_800_000_000.0
 
