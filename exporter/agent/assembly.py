@@ -32,7 +32,7 @@ from exporter.state.file import open_state_file
 from exporter.status_codes import Catalog
 from exporter.tracker import Snapshot, Tracker
 from exporter.upstreams import build_source
-from exporter.web.limits import ListenerLimits
+from exporter.web.limits import REFUSALS, ListenerLimits
 from exporter.web.server import Server, create_app, http_server, serve_until_signal
 from exporter.web.toolkit import WebConfigFile
 from exporter.webhooks.service import PushService
@@ -173,7 +173,7 @@ class Agent:
         web = self.settings.web
         return http_server(self.app, listen_address, self.web_config, limits=ListenerLimits(
             read_header_timeout=web.read_header_timeout, max_connections=web.max_connections,
-            refused=self.metrics.agent.listener("metrics")))
+            refused=self.metrics.agent.listener("metrics", REFUSALS)))
 
     def http_servers(self, listen_address: str | None = None) -> list[Server]:
         """The metrics server, and the webhook listener on its own address when push is on."""
@@ -184,7 +184,7 @@ class Agent:
                 self.push.app, hooks.listen_address, self.web_config, authenticate=False,
                 limits=ListenerLimits(read_header_timeout=hooks.read_header_timeout,
                                       max_connections=hooks.max_connections,
-                                      refused=self.metrics.agent.listener("webhooks"))))
+                                      refused=self.metrics.agent.listener("webhooks", REFUSALS))))
         return servers
 
     def fix_server(self) -> Server | None:
@@ -194,7 +194,7 @@ class Agent:
         if self.repair is None or cfg.link != "redirect" or not cfg.listen_address:
             return None
         return http_server(fix_app(self.repair, self.clock, self.gate), cfg.listen_address,
-                           limits=ListenerLimits(refused=self.metrics.agent.listener("fix")))
+                           limits=ListenerLimits(refused=self.metrics.agent.listener("fix", REFUSALS)))
 
     async def run(self, listen_address: str | None = None) -> None:
         """Serve until SIGINT/SIGTERM (uvicorn handles the signals), then stop cleanly."""

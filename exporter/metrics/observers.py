@@ -13,7 +13,7 @@ catalogue adds the observer method that sets it (see :mod:`exporter.metrics.cata
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
@@ -21,7 +21,6 @@ from prometheus_client.metrics import MetricWrapperBase
 from exporter import __version__
 from exporter.metrics.catalog import METRICS, MetricSpec, spec
 from exporter.sources.drift import DRIFT_KINDS
-from exporter.web.limits import REFUSALS
 from exporter.webhooks.observer import FORWARD_FAILURES, REFRESH_FAILURES
 
 _INSTRUMENTS = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
@@ -208,11 +207,12 @@ class AgentMetrics:
     def web_auth_refused(self, reason: str) -> None:
         self._inc("web_requests_refused", reason)
 
-    def listener(self, name: str) -> Callable[[str], None]:
-        """What a listener called ``name`` reports its refusals to (the series created at
-        zero: ``rate()`` and alerts work before the first)."""
+    def listener(self, name: str, reasons: Iterable[str]) -> Callable[[str], None]:
+        """What a listener called ``name`` reports its refusals to, one of ``reasons``
+        (:data:`exporter.web.limits.REFUSALS`); the series created at zero, so ``rate()``
+        and alerts work before the first."""
         counter = self._instruments["listener_refusals"]
-        children = {reason: counter.labels(name, reason) for reason in REFUSALS}
+        children = {reason: counter.labels(name, reason) for reason in reasons}
         return lambda reason: children[reason].inc()
 
     def web_config_reload(self, result: str) -> None:
