@@ -171,6 +171,7 @@ MAY_BE_EMPTY = frozenset({"Firing OpenFinance alerts", "Webhook event to /metric
 # Panels about push or the repair loop: off, they show their zero fallback only.
 PUSH_AND_REPAIR = frozenset({
     "Webhook events", "Rejected webhook deliveries", "Failed webhook re-reads",
+    "Deliveries not forwarded to their shard",
     "Fix requests", "Fix requests created", "Fix requests delivered", "Fixed logins",
     "Rebroke within 7 days", "Abandoned episodes", "Pending / held", "Repair funnel per hour",
     "Pending and held fix requests"})
@@ -1104,6 +1105,15 @@ def _push(d: dash.Dashboard, up_fallback: str) -> dash.Dashboard:
         f"{off}", "short",
         [_target("sum by (source, result) (increase(openfinance_push_refresh_failures_total"
                  f"{{{AGENT}}}[$window])) or {up_fallback}", "{{source}} {{result}}")]))
+    d = d.with_panel(_timeseries(
+        "Deliveries not forwarded to their shard", "Deliveries for another shard's owners "
+        "(webhooks.peers) that could not be forwarded per sweep window, so their senders were "
+        "told to retry (503): unreachable (the owner's pod refused, reset or timed out) or "
+        "unavailable (it answered 404 while starting, or 5xx). Lasting: "
+        "OpenFinanceWebhookForwardFailing. Zero unless the agent is sharded with "
+        "webhooks.peers.", "short",
+        [_target("sum by (source, reason) (increase(openfinance_webhook_forward_failures_total"
+                 f"{{{AGENT}}}[$window])) or {up_fallback}", "{{source}} {{reason}}")]))
     return d
 
 
